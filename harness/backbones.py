@@ -1,0 +1,34 @@
+"""Backbones: torchvision ResNets whose state dict *is* the checkpoint contract.
+
+The classifier is replaced by `Identity`, so `state_dict()` has exactly the torchvision keys
+(`conv1.weight`, `bn1.*`, `layer1..4.*`) with no prefix and no `fc.*`.
+"""
+from __future__ import annotations
+
+import torch
+import torchvision
+from torch import nn
+
+from harness.errors import UserError
+
+# name -> (constructor, pooled feature width)
+BACKBONES = {
+    "resnet18": (torchvision.models.resnet18, 512),
+    "resnet50": (torchvision.models.resnet50, 2048),
+}
+
+
+def build_backbone(name: str) -> tuple[nn.Module, int]:
+    """A randomly initialised ResNet trunk returning pooled features, and its feature width."""
+    if name not in BACKBONES:
+        raise UserError(f"unknown backbone '{name}'; choose one of: {', '.join(BACKBONES)}")
+    constructor, width = BACKBONES[name]
+    model = constructor(weights=None)  # never download: weights enter via `bench import-checkpoint`
+    model.fc = nn.Identity()
+    return model, width
+
+
+def feature_map(resnet: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The last convolutional feature map (B, C, H/32, W/32), before average pooling."""
+    x = resnet.maxpool(resnet.relu(resnet.bn1(resnet.conv1(images))))
+    return resnet.layer4(resnet.layer3(resnet.layer2(resnet.layer1(x))))

@@ -1,0 +1,64 @@
+"""The `bench` command line (Typer + rich).
+
+Every sub-command raises `UserError` for problems the user can fix; `main()` turns those into one
+red line on stderr and exit code 2, with no traceback.
+"""
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from harness.errors import UserError
+
+app = typer.Typer(
+    name="bench",
+    help="Benchmark self-supervised pretraining for medical imaging "
+    "(LVM-Med's 15 downstream tasks, pluggable SSL methods).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _mount_subcommands() -> None:
+    # Imported here so `bench --help` stays fast and sub-apps can import `console` from this module.
+    from harness.cli_corpus import corpus_app
+    from harness.cli_pretrain import register as register_pretrain
+
+    app.add_typer(corpus_app, name="corpus")
+    register_pretrain(app)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `bench` script: run the app, turn UserError into one line + exit 2."""
+    _mount_subcommands()
+    try:
+        app(args=argv, standalone_mode=False)
+    except UserError as err:
+        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        return err.exit_code
+    except typer.Exit as done:
+        return done.exit_code
+    except typer.Abort:
+        err_console.print("[red]aborted[/]")
+        return 130
+    except Exception as err:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(err, click.ClickException):
+            err.show()
+            return err.exit_code
+        raise
+    return 0
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,86 @@
+"""`bench pretrain` and `bench runs`."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from harness.workspace import Workspace
+
+WORKSPACE_HELP = "Workspace folder holding corpora and runs (env BENCH_HOME)."
+
+
+def register(app: typer.Typer) -> None:
+    from harness.cli import console
+
+    @app.command(help="""Pretrain a backbone with a self-supervised method on a corpus.
+
+    The method's 'paper' profile holds the hyperparameters of its original publication (batch,
+    optimiser, lr, temperature, momentum, crops); 'quick' is a CPU smoke setting. Options given
+    here override the profile; --set KEY=VALUE overrides any method setting.
+
+    Grayscale medical images are replicated to three channels (so ImageNet-style stems and RGB
+    downstream tasks share one backbone); colour jitter then only changes brightness/contrast.
+
+    Writes a run folder: run.json (config, corpus id, provenance), metrics.jsonl, mmengine
+    checkpoints for --resume, and backbone.safetensors + backbone.json, a torchvision-style
+    state dict every adapter loads. Run under `torchrun --nproc-per-node N` for DDP.""")
+    def pretrain(
+        method: str = typer.Option(..., "--method", "-m", help="simclr | byol | dino"),
+        corpus: Optional[str] = typer.Option(None, help="Corpus id (or prefix) from `bench corpus build`, a manifest.jsonl, or a folder of images."),
+        backbone: Optional[str] = typer.Option(None, help="resnet18 | resnet50 (profile default)."),
+        epochs: Optional[int] = typer.Option(None, help="Training epochs."),
+        batch_size: Optional[int] = typer.Option(None, help="Global batch size, split over DDP processes."),
+        image_size: Optional[int] = typer.Option(None, help="Side of the (global) crops in pixels."),
+        lr: Optional[float] = typer.Option(None, "--lr", help="Base learning rate at batch 256 (scaled linearly with the batch)."),
+        seed: Optional[int] = typer.Option(None, help="Seed for weights, data order and augmentations."),
+        profile: str = typer.Option("quick", help="quick (CPU smoke) | paper (published hyperparameters)."),
+        amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="bf16 mixed precision (GPU only)."),
+        set_: list[str] = typer.Option([], "--set", help="Override any setting: --set temperature=0.2."),
+        name: Optional[str] = typer.Option(None, help="Run name (default METHOD-BACKBONE-TIMESTAMP)."),
+        resume: bool = typer.Option(False, "--resume", help="Continue the run named by --name (or the newest unfinished run with this configuration) from its last epoch."),
+        stop_after_epoch: Optional[int] = typer.Option(None, help="Stop after this many epochs (checkpointed; continue with --resume)."),
+        num_workers: Optional[int] = typer.Option(None, help="Data-loading processes (default: half the CPUs)."),
+        workspace: Path = typer.Option("workspace", envvar="BENCH_HOME", help=WORKSPACE_HELP),
+    ):
+        from harness.config import parse_set_options
+        from harness.pretrain import PretrainRequest, run_pretraining
+        from harness.runs import read_run
+
+        overrides = dict(backbone=backbone, epochs=epochs, batch_size=batch_size, image_size=image_size,
+                         base_lr=lr, seed=seed, amp=amp)
+        request = PretrainRequest(method=method, profile=profile, corpus=corpus, overrides=overrides,
+                                  sets=parse_set_options(set_), workspace=Workspace.resolve(workspace), name=name,
+                                  resume=resume, stop_after_epoch=stop_after_epoch, num_workers=num_workers)
+        run_dir = run_pretraining(request, console)
+        from harness.engine import is_main_process
+
+        if is_main_process():
+            record = read_run(run_dir)
+            console.print(f"[green]{record['status']}[/]: {record['name']}  epochs {record['epochs_done']}/"
+                          f"{record['config']['epochs']}  last loss {record['last_loss']:.4f}  "
+                          f"{record['images_per_second']:.1f} img/s")
+            console.print(f"run folder:  {run_dir}")
+            console.print(f"checkpoint:  {record['backbone_path']}  (+ backbone.json sidecar)")
+
+    @app.command(help="List pretraining runs in the workspace: status, progress, loss, corpus, checkpoint.")
+    def runs(workspace: Path = typer.Option("workspace", envvar="BENCH_HOME", help=WORKSPACE_HELP)):
+        from harness.runs import list_runs
+
+        ws = Workspace.resolve(workspace)
+        records = list_runs(ws)
+        if not records:
+            console.print(f"no runs in {ws.runs}; start one with `bench pretrain --method simclr --corpus ID`")
+            return
+        table = Table(title=f"runs in {ws.runs}")
+        for column in ("name", "method", "backbone", "profile", "status", "epochs", "last loss", "corpus", "created"):
+            table.add_column(column)
+        for r in records:
+            loss = r.get("last_loss")
+            table.add_row(r.get("name", "?"), r.get("method", "?"), r.get("backbone", "?"), r.get("profile", "?"),
+                          r.get("status", "?"), f"{r.get('epochs_done', 0)}/{r.get('config', {}).get('epochs', '?')}",
+                          f"{loss:.4f}" if isinstance(loss, float) else "-", r.get("corpus", {}).get("id", "?"),
+                          r.get("created", "?"))
+        console.print(table)

@@ -1,0 +1,287 @@
+"""Training engine: an `SSLMethod` trained by mmengine's Runner.
+
+mmengine gives the loop, full checkpoints and resume, parameter schedules, AMP and DDP; this
+module adapts a method to it. Three details matter:
+- `PretrainModel.train_step` calls the method's `after_backward` between backward and the
+  optimizer step (DINO cancels its last-layer gradients there); `MethodDDP` routes DDP through
+  the same step so the method behaves identically on one process and many.
+- Under DDP, BN statistics are averaged over ranks after every epoch (mmengine's
+  SyncBuffersHook), so all ranks hold identical weights; the exported sidecar records a digest
+  per rank as proof.
+- Views are seeded per (seed, epoch, index) (harness.data), so resume is exact.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from mmengine.hooks import Hook, SyncBuffersHook
+from mmengine.model import BaseModel, MMDistributedDataParallel, is_model_wrapper
+from mmengine.optim import AmpOptimWrapper, OptimWrapper
+from mmengine.registry import MODEL_WRAPPERS
+from mmengine.runner import Runner
+
+from harness.checkpoint import save_backbone, state_digest
+from harness.config import scaled_lr
+from harness.errors import CorruptImageError, UserError
+from harness.method_api import SSLMethod, StepInfo
+from harness.torch_compat import trusted_mmengine_checkpoint
+
+
+class PretrainModel(BaseModel):
+    """mmengine model around a method: forward returns the method's losses."""
+
+    def __init__(self, method: SSLMethod):
+        super().__init__()
+        self.method = method
+        self.step_info = StepInfo()
+
+    def forward(self, inputs: list[torch.Tensor], data_samples=None, mode: str = "loss"):
+        return self.method.training_loss(inputs, self.step_info)
+
+    def train_step(self, data: dict, optim_wrapper: OptimWrapper, forward=None) -> dict:
+        if "error" in data:  # a file failed to decode in a loader worker
+            raise CorruptImageError(data["error"])
+        forward = forward or self
+        with optim_wrapper.optim_context(forward):
+            data = self.data_preprocessor(data, True)
+            losses = forward(inputs=data["inputs"], mode="loss")
+        loss, log_vars = self.parse_losses(losses)
+        optim_wrapper.backward(optim_wrapper.scale_loss(loss))
+        self.method.after_backward(self.step_info)
+        if optim_wrapper.should_update():
+            optim_wrapper.step()
+            optim_wrapper.zero_grad()
+        return log_vars
+
+
+@MODEL_WRAPPERS.register_module(force=True)
+class MethodDDP(MMDistributedDataParallel):
+    """DDP that runs `PretrainModel.train_step`, forwarding through DDP for gradient sync."""
+
+    def train_step(self, data: dict, optim_wrapper: OptimWrapper) -> dict:
+        return self.module.train_step(data, optim_wrapper, forward=self)
+
+
+class BenchRunner(Runner):
+    """mmengine's Runner; resuming reads the run's own checkpoint under a scoped allow-list."""
+
+    def resume(self, filename, *args, **kwargs):
+        with trusted_mmengine_checkpoint():
+            return super().resume(filename, *args, **kwargs)
+
+
+def unwrap(model) -> PretrainModel:
+    return model.module if is_model_wrapper(model) else model
+
+
+def is_main_process() -> bool:
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def init_distributed() -> bool:
+    """Join the process group when launched by torchrun (gloo on CPU, NCCL on GPU)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    if not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return True
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+class MethodHook(Hook):
+    """Tells the method where training is, and runs its post-step hook (EMA updates)."""
+
+    priority = "ABOVE_NORMAL"
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None):
+        unwrap(runner.model).step_info = StepInfo(runner.epoch, runner.iter, runner.max_iters, runner.max_epochs)
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        model = unwrap(runner.model)
+        model.method.after_step(model.step_info)
+
+
+class RunRecordHook(Hook):
+    """Writes metrics.jsonl every step and exports the backbone + sidecar every epoch.
+
+    Also stops training after `stop_after_epoch` epochs (a full checkpoint is still saved),
+    which is how a run is split into resumable pieces on preemptible machines.
+    """
+
+    priority = "LOW"  # after SyncBuffersHook (NORMAL), so exported BN statistics are synced
+
+    def __init__(self, run_dir: Path, sidecar: dict, stop_after_epoch: int | None = None):
+        self.run_dir = run_dir
+        self.sidecar = sidecar
+        self.stop_after_epoch = stop_after_epoch
+        self.metrics_path = run_dir / "metrics.jsonl"
+        self._last = time.perf_counter()
+        self.last_loss: float | None = None
+        self.steps = 0  # steps run by this process (a resumed run counts from its restart)
+
+    def before_train(self, runner):
+        self._last = time.perf_counter()
+        if is_main_process() and self.metrics_path.exists():
+            # A resumed run restarts after its last full checkpoint: drop steps past it.
+            kept = [ln for ln in self.metrics_path.read_text().splitlines() if json.loads(ln)["step"] <= runner.iter]
+            self.metrics_path.write_text("".join(line + "\n" for line in kept))
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        now = time.perf_counter()
+        values = {k: float(v.detach()) for k, v in (outputs or {}).items()}
+        self.last_loss = values.get("loss")
+        self.steps += 1
+        if is_main_process():
+            row = {"step": runner.iter + 1, "epoch": runner.epoch + 1, **values,
+                   "lr": runner.optim_wrapper.get_lr()["lr"][0], "seconds": round(now - self._last, 5)}
+            with open(self.metrics_path, "a") as handle:
+                handle.write(json.dumps(row) + "\n")
+        self._last = now
+
+    def after_train_epoch(self, runner):
+        model = unwrap(runner.model)
+        epochs_done = runner.epoch + 1
+        digests = [state_digest(model.method.backbone)]
+        if world_size() > 1:
+            gathered: list[Any] = [None] * world_size()
+            dist.all_gather_object(gathered, digests[0])
+            digests = gathered
+        if is_main_process():
+            sidecar = {**self.sidecar, "epoch": epochs_done, "step": runner.iter + 1,
+                       "ddp": {"world_size": world_size(), "rank_digests": digests,
+                               "in_sync": len(set(digests)) == 1}}
+            save_backbone(model.method.backbone, self.run_dir / "backbone.safetensors", sidecar)
+        if self.stop_after_epoch is not None and epochs_done >= self.stop_after_epoch:
+            runner.train_loop.stop_training = True
+
+
+class RichProgressHook(Hook):
+    """A rich progress bar over all training steps, with loss and images/s."""
+
+    priority = "VERY_LOW"
+
+    def __init__(self, console, label: str, batch_size: int):
+        self.console = console
+        self.label = label
+        self.batch_size = batch_size
+        self.progress = None
+
+    def before_train(self, runner):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                                 console=self.console)
+        self.task = self.progress.add_task(self.label, total=runner.max_iters, completed=runner.iter, stats="")
+        self.start = (time.perf_counter(), runner.iter)
+        self.progress.start()
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        seconds, first_iter = time.perf_counter() - self.start[0], self.start[1]
+        rate = (runner.iter + 1 - first_iter) * self.batch_size / max(seconds, 1e-9)
+        loss = float(outputs["loss"]) if outputs else float("nan")
+        stats = f"epoch {runner.epoch + 1}/{runner.max_epochs}  loss {loss:.4f}  {rate:.1f} img/s"
+        self.progress.update(self.task, completed=runner.iter + 1, stats=stats)
+
+    def after_train(self, runner):
+        self.close()
+
+    def close(self):
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+def build_optim_wrapper(model: torch.nn.Module, cfg: dict) -> OptimWrapper:
+    """The optimizer named by cfg; biases and norm parameters get no weight decay (as in the
+    SimCLR/BYOL/DINO recipes)."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim <= 1 else decay).append(param)
+    groups = [{"params": decay, "weight_decay": cfg["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
+    lr, name = scaled_lr(cfg), cfg["optimizer"]
+    if name == "sgd":
+        optimizer = torch.optim.SGD(groups, lr=lr, momentum=cfg["momentum"])
+    elif name == "lars":
+        from lightly.utils.lars import LARS
+
+        optimizer = LARS(groups, lr=lr, momentum=cfg["momentum"])
+    elif name == "adam":
+        optimizer = torch.optim.Adam(groups, lr=lr)
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=lr)
+    extra = {"clip_grad": {"max_norm": cfg["clip_grad"]}} if cfg.get("clip_grad") else {}
+    if cfg.get("amp"):
+        if not torch.cuda.is_available():
+            raise UserError("--amp needs a CUDA GPU (mixed precision is not used on CPU)")
+        return AmpOptimWrapper(optimizer=optimizer, dtype="bfloat16", **extra)
+    return OptimWrapper(optimizer=optimizer, **extra)
+
+
+def param_schedulers(cfg: dict) -> list[dict]:
+    """Linear warm-up, then cosine decay, stepped every iteration."""
+    warmup, epochs = cfg["warmup_epochs"], cfg["epochs"]
+    schedulers = []
+    if warmup > 0:
+        schedulers.append(dict(type="LinearLR", start_factor=1e-3, by_epoch=True, begin=0, end=warmup,
+                               convert_to_iter_based=True))
+    schedulers.append(dict(type="CosineAnnealingLR", T_max=epochs - warmup, by_epoch=True, begin=warmup,
+                           end=epochs, eta_min=scaled_lr(cfg) * cfg["min_lr_ratio"], convert_to_iter_based=True))
+    return schedulers
+
+
+def build_runner(model: PretrainModel, dataset, cfg: dict, run_dir: Path, *, resume: bool, num_workers: int,
+                 hooks: list[Hook]) -> BenchRunner:
+    distributed = world_size() > 1
+    cuda = torch.cuda.is_available()
+    per_rank_batch = cfg["batch_size"] // world_size()
+    wrapper = None
+    if distributed:
+        device_ids = [int(os.environ.get("LOCAL_RANK", "0"))] if cuda else None
+        wrapper = dict(type="MethodDDP", device_ids=device_ids, broadcast_buffers=False)
+        hooks = [SyncBuffersHook(), *hooks]
+    return BenchRunner(
+        model=model,
+        work_dir=str(run_dir / "train"),
+        experiment_name=f"{run_dir.name}-{time.strftime('%Y%m%d_%H%M%S')}",
+        train_dataloader=dict(
+            dataset=dataset,
+            sampler=dict(type="EpochIndexSampler", shuffle=True, seed=cfg["seed"]),
+            collate_fn=dict(type="collate_views"),
+            batch_size=per_rank_batch,
+            num_workers=num_workers,
+            persistent_workers=num_workers > 0,
+            pin_memory=cuda,
+            drop_last=True,
+        ),
+        train_cfg=dict(by_epoch=True, max_epochs=cfg["epochs"]),
+        optim_wrapper=build_optim_wrapper(model, cfg),
+        param_scheduler=param_schedulers(cfg),
+        default_hooks=dict(
+            timer=dict(type="IterTimerHook"),
+            logger=dict(type="LoggerHook", interval=50),
+            param_scheduler=dict(type="ParamSchedulerHook"),
+            checkpoint=dict(type="CheckpointHook", interval=1, max_keep_ckpts=2, save_last=True),
+            sampler_seed=dict(type="DistSamplerSeedHook"),
+        ),
+        custom_hooks=hooks,
+        launcher="pytorch" if distributed else "none",
+        cfg=dict(model_wrapper_cfg=wrapper),  # mmengine reads the DDP wrapper from its config
+        env_cfg=dict(cudnn_benchmark=cuda, dist_cfg=dict(backend="nccl" if cuda else "gloo")),
+        randomness=dict(seed=cfg["seed"]),
+        resume=resume,
+        log_level=os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
+        default_scope="mmengine",
+    )

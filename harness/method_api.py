@@ -1,0 +1,64 @@
+"""The contract between the harness and a pretraining method (one file each in `methods/`).
+
+A method is an `nn.Module` that owns its heads (and teacher copies) around a backbone, names
+the views it wants (`transform`), computes its loss from a batch of views (`training_loss`),
+and may act between backward and the optimizer step (`after_backward`) or after the step
+(`after_step`, e.g. momentum updates). Everything else (loop, optimiser, schedules, checkpoints,
+DDP, AMP, logging) is the harness's.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+import torch
+from torch import nn
+
+
+@dataclass
+class StepInfo:
+    """Where training is: set by the harness before every step."""
+
+    epoch: int = 0  # 0-based epoch of the current step
+    step: int = 0  # 0-based global step
+    max_steps: int = 1
+    max_epochs: int = 1
+
+    @property
+    def progress(self) -> float:
+        return self.step / max(1, self.max_steps)
+
+
+class SSLMethod(nn.Module):
+    name: ClassVar[str]
+    #: hyperparameter profiles; each holds training keys (see harness.config.TRAIN_KEYS) and the
+    #: method's own constructor arguments. 'paper' = the original publication, 'quick' = CPU smoke.
+    profiles: ClassVar[dict[str, dict[str, Any]]]
+    #: one-line description with the reference, shown by `bench pretrain --help`
+    summary: ClassVar[str] = ""
+
+    def __init__(self, backbone: nn.Module, feat_dim: int):
+        super().__init__()
+        self.backbone = backbone
+        self.feat_dim = feat_dim
+
+    @classmethod
+    def hparam_names(cls) -> list[str]:
+        params = inspect.signature(cls.__init__).parameters
+        return [name for name in params if name not in ("self", "backbone", "feat_dim")]
+
+    @classmethod
+    def transform(cls, cfg: dict[str, Any]) -> Callable[[Any], list[torch.Tensor]]:
+        """Image (PIL, RGB) -> list of augmented view tensors."""
+        raise NotImplementedError
+
+    def training_loss(self, views: list[torch.Tensor], step: StepInfo) -> dict[str, torch.Tensor]:
+        """Losses to sum (keys containing 'loss') and values only logged (other keys)."""
+        raise NotImplementedError
+
+    def after_backward(self, step: StepInfo) -> None:
+        """Hook between backward and optimizer step (gradients are already all-reduced)."""
+
+    def after_step(self, step: StepInfo) -> None:
+        """Hook after the optimizer step (e.g. EMA teacher update)."""

@@ -1,0 +1,169 @@
+"""`bench pretrain`: resolve config, corpus and run directory, then train with the engine.
+
+The same code runs as one process or under `torchrun` (DDP): rank 0 resolves names and writes
+records, every rank trains.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch.distributed as dist
+
+from harness.errors import UserError
+from harness.runs import BACKBONE_FILE, find_run, latest_resumable, new_run_name, read_run, update_run
+from harness.workspace import Workspace
+
+
+@dataclass
+class PretrainRequest:
+    method: str
+    profile: str = "quick"
+    corpus: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)  # typed CLI options (None = not given)
+    sets: dict[str, str] = field(default_factory=dict)  # --set KEY=VALUE
+    workspace: Workspace = field(default_factory=Workspace.resolve)
+    name: str | None = None
+    resume: bool = False
+    stop_after_epoch: int | None = None
+    num_workers: int | None = None
+
+
+def _main_first(fn: Callable[[], Any]) -> Any:
+    """Run `fn` on rank 0 and hand its (picklable) result to every rank."""
+    from harness.engine import is_main_process, world_size
+
+    if world_size() == 1:
+        return fn()
+    box: list[Any] = [None]
+    if is_main_process():
+        try:
+            box[0] = fn()
+        except UserError as err:
+            box[0] = err
+    dist.broadcast_object_list(box, src=0)
+    if isinstance(box[0], UserError):
+        raise box[0]
+    return box[0]
+
+
+def _resolve_run(req: PretrainRequest, method_cls) -> tuple[Path, dict, bool]:
+    """(run dir, resolved config, resuming?) — the stored config when resuming."""
+    from harness.config import resolve_config
+
+    asked = resolve_config(method_cls, req.profile, req.overrides, req.sets)
+    if not req.resume:
+        name = req.name or new_run_name(req.method, asked["backbone"])
+        run_dir = req.workspace.runs / name
+        if run_dir.exists():
+            raise UserError(f"run '{name}' already exists in {req.workspace.runs}; "
+                            "choose another --name, or pass --resume to continue it")
+        return run_dir, asked, False
+    run_dir = find_run(req.workspace, req.name) if req.name else latest_resumable(req.workspace, asked)
+    if run_dir is None:
+        raise UserError("--resume: no unfinished run with this configuration; name one with --name "
+                        "(`bench runs` lists them)")
+    record = read_run(run_dir)
+    if record.get("status") == "done":
+        raise UserError(f"run '{run_dir.name}' already finished all {record['config']['epochs']} epochs")
+    if not (run_dir / "train" / "last_checkpoint").is_file():
+        raise UserError(f"run '{run_dir.name}' has no checkpoint to resume from (it stopped before its first epoch)")
+    stored = record["config"]
+    given = {k: v for k, v in req.overrides.items() if v is not None} | set(req.sets)
+    changed = sorted(k for k in given if k in stored and asked.get(k) != stored[k])
+    if record.get("method") != req.method or changed:
+        what = ", ".join(f"{k}={stored[k]!r}" for k in changed) or f"method={record.get('method')}"
+        raise UserError(f"run '{run_dir.name}' was started with {what}; a resumed run keeps its configuration")
+    return run_dir, stored, True
+
+
+def run_pretraining(req: PretrainRequest, console) -> Path:
+    from mmengine.runner import set_random_seed
+
+    from harness.backbones import build_backbone
+    from harness.config import method_kwargs
+    from harness.corpus import resolve_corpus
+    from harness.data import ViewsDataset, default_num_workers
+    from harness.engine import (MethodHook, PretrainModel, RichProgressHook, RunRecordHook, build_runner,
+                                init_distributed, is_main_process, world_size)
+    from harness.provenance import code_version, host_info, package_versions
+    from methods import get_method
+
+    init_distributed()
+    main = is_main_process()
+    if main:
+        req.workspace.writable()
+    method_cls = get_method(req.method)
+    run_dir, cfg, resuming = _main_first(lambda: _resolve_run(req, method_cls))
+    corpus_ref = read_run(run_dir)["corpus"]["id"] if resuming else req.corpus
+    if not corpus_ref:
+        raise UserError("--corpus is required: a corpus id from `bench corpus build`, a manifest.jsonl, "
+                        "or a folder of images")
+    corpus_id = _main_first(lambda: resolve_corpus(corpus_ref, req.workspace).id)
+    corpus = resolve_corpus(corpus_id, req.workspace)
+    entries = corpus.entries
+    if cfg["batch_size"] > len(entries):
+        raise UserError(f"--batch-size {cfg['batch_size']} is larger than corpus {corpus.id} "
+                        f"({len(entries)} images); lower --batch-size or add images")
+    if cfg["batch_size"] % world_size():
+        raise UserError(f"--batch-size {cfg['batch_size']} must divide evenly over {world_size()} processes")
+
+    corpus_info = {"id": corpus.id, "n_images": len(entries), "synthetic": corpus.info.get("synthetic")}
+    provenance = {**code_version(), "versions": package_versions(), "host": host_info()}
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fields = dict(status="running", method=req.method, backbone=cfg["backbone"], profile=cfg["profile"],
+                      config=cfg, corpus=corpus_info, provenance=provenance, world_size=world_size(),
+                      backbone_path=str(run_dir / BACKBONE_FILE))
+        if not resuming:
+            fields.update(name=run_dir.name, created=time.strftime("%Y-%m-%dT%H:%M:%S"), epochs_done=0,
+                          wall_seconds=0.0)
+        update_run(run_dir, **fields)
+    if world_size() > 1:
+        dist.barrier()
+
+    set_random_seed(cfg["seed"])  # the same initial weights on every rank and every run
+    backbone, feat_dim = build_backbone(cfg["backbone"])
+    model = PretrainModel(method_cls(backbone, feat_dim, **method_kwargs(method_cls, cfg)))
+    dataset = ViewsDataset(entries, method_cls.transform(cfg), seed=cfg["seed"])
+    sidecar = {"method": req.method, "backbone": cfg["backbone"], "config": cfg, "seed": cfg["seed"],
+               "corpus": corpus_info, "run": run_dir.name, "git_sha": provenance["git_sha"],
+               "dirty": provenance["dirty"], "versions": provenance["versions"]}
+    record_hook = RunRecordHook(run_dir, sidecar, req.stop_after_epoch)
+    hooks = [MethodHook(), record_hook]
+    progress = RichProgressHook(console, f"{req.method} {cfg['backbone']}", cfg["batch_size"]) if main else None
+    if progress:
+        hooks.append(progress)
+    workers = req.num_workers if req.num_workers is not None else (
+        cfg["num_workers"] if cfg["num_workers"] >= 0 else default_num_workers())
+    runner = build_runner(model, dataset, cfg, run_dir, resume=resuming, num_workers=workers, hooks=hooks)
+
+    started = time.perf_counter()
+    status, error = "failed", None
+    try:
+        runner.train()
+        status = "done" if runner.epoch >= cfg["epochs"] else "stopped"
+    except UserError as err:
+        error = str(err)
+        raise
+    except KeyboardInterrupt:
+        status, error = "interrupted", "interrupted by the user"
+        raise
+    except Exception as err:
+        error = f"{type(err).__name__}: {err}"
+        raise
+    finally:
+        if progress:
+            progress.close()
+        if main:
+            seconds = time.perf_counter() - started
+            total = read_run(run_dir).get("wall_seconds", 0.0) + seconds
+            update_run(run_dir, status=status, error=error, epochs_done=runner.epoch, last_loss=record_hook.last_loss,
+                       images_per_second=round(record_hook.steps * cfg["batch_size"] / max(seconds, 1e-9), 2),
+                       wall_seconds=round(total, 2), device_hours=round(total * world_size() / 3600, 5),
+                       finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        if world_size() > 1 and status != "failed":
+            dist.destroy_process_group()
+    return run_dir

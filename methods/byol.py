@@ -1,0 +1,62 @@
+"""BYOL (Grill et al., NeurIPS 2020): online network predicts an EMA target's projection.
+
+Heads, loss, views and the momentum update are lightly's; the target is updated after each
+optimizer step with a cosine-scheduled momentum from `momentum_base` to 1.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from lightly.loss import NegativeCosineSimilarity
+from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
+from lightly.models.utils import deactivate_requires_grad, update_momentum
+from lightly.transforms import BYOLTransform, BYOLView1Transform, BYOLView2Transform
+from lightly.utils.scheduler import cosine_schedule
+
+from harness.method_api import SSLMethod, StepInfo
+
+
+class BYOL(SSLMethod):
+    name = "byol"
+    summary = "BYOL (Grill et al. 2020): predict an EMA target network's projection, no negatives"
+    profiles = {
+        # BYOL paper: LARS, lr 0.2 x B/256, wd 1.5e-6, 10 warm-up epochs, cosine, batch 4096,
+        # tau_base 0.996 -> 1, projector/predictor 4096 -> 256.
+        "paper": dict(epochs=300, batch_size=4096, image_size=224, optimizer="lars", base_lr=0.2,
+                      weight_decay=1.5e-6, warmup_epochs=10, momentum_base=0.996),
+        # CPU smoke: a faster-moving target (0.99) so a few hundred steps show learning.
+        "quick": dict(epochs=2, batch_size=32, image_size=64, optimizer="sgd", base_lr=0.5,
+                      weight_decay=1e-5, momentum_base=0.99, proj_hidden_dim=512, pred_hidden_dim=512,
+                      proj_out_dim=128),
+    }
+
+    def __init__(self, backbone, feat_dim, proj_hidden_dim: int = 4096, pred_hidden_dim: int = 4096,
+                 proj_out_dim: int = 256, momentum_base: float = 0.996):
+        super().__init__(backbone, feat_dim)
+        self.projection_head = BYOLProjectionHead(feat_dim, proj_hidden_dim, proj_out_dim)
+        self.prediction_head = BYOLPredictionHead(proj_out_dim, pred_hidden_dim, proj_out_dim)
+        self.target_backbone = copy.deepcopy(backbone)
+        self.target_projection_head = copy.deepcopy(self.projection_head)
+        deactivate_requires_grad(self.target_backbone)
+        deactivate_requires_grad(self.target_projection_head)
+        self.momentum_base = momentum_base
+        self.criterion = NegativeCosineSimilarity()
+
+    @classmethod
+    def transform(cls, cfg):
+        size = cfg["image_size"]
+        return BYOLTransform(BYOLView1Transform(input_size=size), BYOLView2Transform(input_size=size))
+
+    def training_loss(self, views: list[torch.Tensor], step: StepInfo) -> dict[str, torch.Tensor]:
+        both = torch.cat(views)
+        p0, p1 = self.prediction_head(self.projection_head(self.backbone(both))).chunk(2)
+        with torch.no_grad():
+            z0, z1 = self.target_projection_head(self.target_backbone(both)).chunk(2)
+        return {"loss": 0.5 * (self.criterion(p0, z1) + self.criterion(p1, z0))}
+
+    @torch.no_grad()
+    def after_step(self, step: StepInfo) -> None:
+        momentum = cosine_schedule(step.step, step.max_steps, self.momentum_base, 1.0)
+        update_momentum(self.backbone, self.target_backbone, m=momentum)
+        update_momentum(self.projection_head, self.target_projection_head, m=momentum)
