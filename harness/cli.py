@@ -57,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
+    import warnings
+
+    # Third-party deprecation notices (lightly's DINO head uses the old weight_norm) are not the user's business.
+    warnings.filterwarnings("ignore", message=".*weight_norm is deprecated.*")
     sys.exit(main())
 
 

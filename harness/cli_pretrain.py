@@ -55,9 +55,7 @@ def register(app: typer.Typer) -> None:
                                   sets=parse_set_options(set_), workspace=Workspace.resolve(workspace), name=name,
                                   resume=resume, stop_after_epoch=stop_after_epoch, num_workers=num_workers)
         run_dir = run_pretraining(request, console)
-        from harness.engine import is_main_process
-
-        if is_main_process():
+        if run_dir is not None:  # the main process reports
             record = read_run(run_dir)
             console.print(f"[green]{record['status']}[/]: {record['name']}  epochs {record['epochs_done']}/"
                           f"{record['config']['epochs']}  last loss {record['last_loss']:.4f}  "
@@ -75,12 +73,15 @@ def register(app: typer.Typer) -> None:
             console.print(f"no runs in {ws.runs}; start one with `bench pretrain --method simclr --corpus ID`")
             return
         table = Table(title=f"runs in {ws.runs}")
-        for column in ("name", "method", "backbone", "profile", "status", "epochs", "last loss", "corpus", "created"):
-            table.add_column(column)
+        table.add_column("name", no_wrap=True, min_width=min(40, max(len(r.get("name", "?")) for r in records)))
+        for column in ("method", "backbone", "status", "epochs", "last loss"):
+            table.add_column(column, no_wrap=True)
+        table.add_column("corpus", no_wrap=True, min_width=12)
+        table.add_column("created", no_wrap=True)
         for r in records:
             loss = r.get("last_loss")
-            table.add_row(r.get("name", "?"), r.get("method", "?"), r.get("backbone", "?"), r.get("profile", "?"),
+            table.add_row(r.get("name", "?"), f"{r.get('method', '?')}/{r.get('profile', '?')}", r.get("backbone", "?"),
                           r.get("status", "?"), f"{r.get('epochs_done', 0)}/{r.get('config', {}).get('epochs', '?')}",
                           f"{loss:.4f}" if isinstance(loss, float) else "-", r.get("corpus", {}).get("id", "?"),
-                          r.get("created", "?"))
+                          r.get("created", "?").replace("T", " ")[:16])
         console.print(table)

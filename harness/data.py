@@ -14,13 +14,11 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 from mmengine.dataset import DefaultSampler
-from mmengine.registry import DATA_SAMPLERS, FUNCTIONS
 from torch.utils.data import Dataset
 
 from harness.errors import CorruptImageError
 
 
-@DATA_SAMPLERS.register_module(force=True)
 class EpochIndexSampler(DefaultSampler):
     """mmengine's DefaultSampler (seeded shuffle, rank sharding) yielding (epoch, index)."""
 
@@ -80,7 +78,6 @@ class ViewsDataset(Dataset):
         return {"inputs": views}
 
 
-@FUNCTIONS.register_module(force=True)
 def collate_views(batch: list[dict]) -> dict[str, Any]:
     """Stack view k of every sample into one tensor; pass the first decode error through."""
     for item in batch:

@@ -13,6 +13,7 @@ module adapts a method to it. Three details matter:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -28,6 +29,7 @@ from mmengine.runner import Runner
 
 from harness.checkpoint import save_backbone, state_digest
 from harness.config import scaled_lr
+from harness.data import EpochIndexSampler, collate_views
 from harness.errors import CorruptImageError, UserError
 from harness.method_api import SSLMethod, StepInfo
 from harness.torch_compat import trusted_mmengine_checkpoint
@@ -190,7 +192,7 @@ class RichProgressHook(Hook):
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
         seconds, first_iter = time.perf_counter() - self.start[0], self.start[1]
         rate = (runner.iter + 1 - first_iter) * self.batch_size / max(seconds, 1e-9)
-        loss = float(outputs["loss"]) if outputs else float("nan")
+        loss = float(outputs["loss"].detach()) if outputs else float("nan")
         stats = f"epoch {runner.epoch + 1}/{runner.max_epochs}  loss {loss:.4f}  {rate:.1f} img/s"
         self.progress.update(self.task, completed=runner.iter + 1, stats=stats)
 
@@ -242,6 +244,15 @@ def param_schedulers(cfg: dict) -> list[dict]:
     return schedulers
 
 
+class QuietMMEngine(logging.Filter):
+    """Drops mmengine warnings that say nothing about a pretraining run."""
+
+    BENIGN = ("has no metainfo", '"FileClient" will be deprecated')
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(text in record.getMessage() for text in self.BENIGN)
+
+
 def build_runner(model: PretrainModel, dataset, cfg: dict, run_dir: Path, *, resume: bool, num_workers: int,
                  hooks: list[Hook]) -> BenchRunner:
     distributed = world_size() > 1
@@ -252,14 +263,14 @@ def build_runner(model: PretrainModel, dataset, cfg: dict, run_dir: Path, *, res
         device_ids = [int(os.environ.get("LOCAL_RANK", "0"))] if cuda else None
         wrapper = dict(type="MethodDDP", device_ids=device_ids, broadcast_buffers=False)
         hooks = [SyncBuffersHook(), *hooks]
-    return BenchRunner(
+    runner = BenchRunner(
         model=model,
         work_dir=str(run_dir / "train"),
         experiment_name=f"{run_dir.name}-{time.strftime('%Y%m%d_%H%M%S')}",
         train_dataloader=dict(
             dataset=dataset,
-            sampler=dict(type="EpochIndexSampler", shuffle=True, seed=cfg["seed"]),
-            collate_fn=dict(type="collate_views"),
+            sampler=dict(type=EpochIndexSampler, shuffle=True, seed=cfg["seed"]),
+            collate_fn=collate_views,
             batch_size=per_rank_batch,
             num_workers=num_workers,
             persistent_workers=num_workers > 0,
@@ -285,3 +296,5 @@ def build_runner(model: PretrainModel, dataset, cfg: dict, run_dir: Path, *, res
         log_level=os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
         default_scope="mmengine",
     )
+    runner.logger.addFilter(QuietMMEngine())
+    return runner

@@ -71,7 +71,7 @@ def _resolve_run(req: PretrainRequest, method_cls) -> tuple[Path, dict, bool]:
     if not (run_dir / "train" / "last_checkpoint").is_file():
         raise UserError(f"run '{run_dir.name}' has no checkpoint to resume from (it stopped before its first epoch)")
     stored = record["config"]
-    given = {k: v for k, v in req.overrides.items() if v is not None} | set(req.sets)
+    given = {k for k, v in req.overrides.items() if v is not None} | set(req.sets)
     changed = sorted(k for k in given if k in stored and asked.get(k) != stored[k])
     if record.get("method") != req.method or changed:
         what = ", ".join(f"{k}={stored[k]!r}" for k in changed) or f"method={record.get('method')}"
@@ -79,7 +79,8 @@ def _resolve_run(req: PretrainRequest, method_cls) -> tuple[Path, dict, bool]:
     return run_dir, stored, True
 
 
-def run_pretraining(req: PretrainRequest, console) -> Path:
+def run_pretraining(req: PretrainRequest, console) -> Path | None:
+    """Train; return the run folder on the main process (None on other DDP ranks)."""
     from mmengine.runner import set_random_seed
 
     from harness.backbones import build_backbone
@@ -166,4 +167,4 @@ def run_pretraining(req: PretrainRequest, console) -> Path:
                        finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
         if world_size() > 1 and status != "failed":
             dist.destroy_process_group()
-    return run_dir
+    return run_dir if main else None

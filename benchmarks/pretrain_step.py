@@ -1,0 +1,200 @@
+"""Step time of `bench`'s SimCLR against a bare loop written with lightly's documented recipe.
+
+Both loops train the same backbone at the same batch and image size on the same views, made
+in advance and held in CPU memory (so data loading is out of the comparison; both copy each
+batch to the device). Measured in one process, interleaved (bare, harness, bare, harness...),
+so machine noise hits both; the figure is the ratio of median per-step times.
+
+Also: images/s of every method's training step at the same settings.
+
+    python benchmarks/pretrain_step.py                       # CPU, quick settings
+    python benchmarks/pretrain_step.py --device cuda --backbone resnet50 --image-size 224 \
+        --batch-size 256 --amp --steps 30                     # GPU, R50 at 224
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from harness.backbones import build_backbone  # noqa: E402
+from harness.config import method_kwargs, resolve_config  # noqa: E402
+from harness.engine import MethodHook, PretrainModel, RunRecordHook, build_runner  # noqa: E402
+from harness.provenance import code_version, package_versions  # noqa: E402
+from methods import METHOD_NAMES, get_method  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+class PremadeViews(torch.utils.data.Dataset):
+    """Per-sample views made once; the sampler's (epoch, index) keys are accepted."""
+
+    def __init__(self, views_per_sample):
+        self.views = views_per_sample
+
+    def __len__(self):
+        return len(self.views)
+
+    def __getitem__(self, key):
+        index = key[1] if isinstance(key, tuple) else key
+        return {"inputs": self.views[index]}
+
+
+def make_views(method_cls, cfg, n: int, seed: int = 0):
+    """n samples of the method's own views, from random-texture RGB images."""
+    from PIL import Image
+
+    torch.manual_seed(seed)
+    transform = method_cls.transform(cfg)
+    side = int(cfg["image_size"] * 1.25)
+    images = [Image.fromarray((torch.rand(side, side, 3) * 255).byte().numpy()) for _ in range(n)]
+    return [transform(img) for img in images]
+
+
+class StepClock:
+    """Per-step wall times; synchronises the device so each step is fully counted."""
+
+    def __init__(self, device: str):
+        self.device = device
+        self.times: list[float] = []
+        self._last = None
+
+    def tick(self):
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        if self._last is not None:
+            self.times.append(now - self._last)
+        self._last = now
+
+
+def bare_lightly_simclr(cfg, batches, device: str, amp: bool, concat: bool) -> list[float]:
+    """lightly's documented SimCLR loop (docs 'Examples > SimCLR'), nothing else."""
+    from lightly.loss import NTXentLoss
+    from lightly.models.modules import SimCLRProjectionHead
+
+    torch.manual_seed(0)
+    backbone, width = build_backbone(cfg["backbone"])
+    model = nn.Sequential(backbone, SimCLRProjectionHead(width, cfg["proj_hidden_dim"], cfg["proj_out_dim"])).to(device)
+    criterion = NTXentLoss(temperature=cfg["temperature"])
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.06, momentum=0.9)
+    clock = StepClock(device)
+    clock.tick()
+    for x0, x1 in batches:
+        x0, x1 = x0.to(device, non_blocking=True), x1.to(device, non_blocking=True)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=amp):
+            if concat:
+                z0, z1 = model(torch.cat([x0, x1])).chunk(2)
+            else:
+                z0, z1 = model(x0), model(x1)
+            loss = criterion(z0, z1)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        loss.item()  # the harness logs the loss every step; so does this loop
+        clock.tick()
+    return clock.times
+
+
+def harness_steps(method: str, cfg, samples, device: str) -> list[float]:
+    """The same steps through bench: PretrainModel + mmengine Runner + bench's hooks."""
+    from mmengine.hooks import Hook
+    from mmengine.runner import set_random_seed
+
+    method_cls = get_method(method)
+    clock = StepClock(device)
+
+    class ClockHook(Hook):
+        priority = "LOWEST"
+
+        def before_train(self, runner):
+            clock.tick()
+
+        def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+            clock.tick()
+
+    set_random_seed(0)
+    backbone, width = build_backbone(cfg["backbone"])
+    model = PretrainModel(method_cls(backbone, width, **method_kwargs(method_cls, cfg)))
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = Path(tmp) / "run"
+        run_dir.mkdir()
+        runner = build_runner(model, PremadeViews(samples), cfg, run_dir, resume=False, num_workers=0,
+                              hooks=[MethodHook(), RunRecordHook(run_dir, {}), ClockHook()])
+        runner.train()
+    return clock.times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--backbone", default="resnet18")
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=12, help="timed steps per round")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of each loop")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps at the start of each round")
+    parser.add_argument("--amp", action="store_true", help="bf16 autocast in both loops (GPU)")
+    parser.add_argument("--methods", default=",".join(METHOD_NAMES))
+    parser.add_argument("--tag", default=None, help="results file suffix (default: device)")
+    args = parser.parse_args()
+    torch.backends.cudnn.benchmark = args.device == "cuda"
+
+    overrides = dict(backbone=args.backbone, image_size=args.image_size, batch_size=args.batch_size, amp=args.amp,
+                     epochs=1)
+    n_steps = args.warmup + args.steps
+    samples = {}
+    for method in args.methods.split(","):
+        cfg = resolve_config(get_method(method), "quick", overrides, {})
+        samples[method] = (cfg, make_views(get_method(method), cfg, args.batch_size * n_steps))
+
+    simclr_cfg, simclr_samples = samples["simclr"]
+    batches = [tuple(torch.stack([s[v] for s in simclr_samples[i:i + args.batch_size]]) for v in range(2))
+               for i in range(0, len(simclr_samples), args.batch_size)]
+    if args.device == "cuda":
+        batches = [tuple(x.pin_memory() for x in b) for b in batches]
+    timings: dict[str, list[float]] = {"bare_lightly": [], "bare_lightly_concat": [], "bench_simclr": []}
+    for _ in range(args.rounds):
+        timings["bare_lightly"] += bare_lightly_simclr(simclr_cfg, batches, args.device, args.amp, False)[args.warmup:]
+        timings["bare_lightly_concat"] += bare_lightly_simclr(simclr_cfg, batches, args.device, args.amp, True)[args.warmup:]
+        timings["bench_simclr"] += harness_steps("simclr", simclr_cfg, simclr_samples, args.device)[args.warmup:]
+    per_method = {}
+    for method, (cfg, method_samples) in samples.items():
+        times = timings["bench_simclr"] if method == "simclr" else harness_steps(method, cfg, method_samples, args.device)[args.warmup:]
+        per_method[method] = {"median_step_s": statistics.median(times), "images_per_s": args.batch_size / statistics.median(times)}
+
+    median = {k: statistics.median(v) for k, v in timings.items()}
+    result = {
+        "benchmark": "pretrain_step",
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "device": torch.cuda.get_device_name(0) if args.device == "cuda" else f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)",
+        "settings": vars(args),
+        "median_step_s": median,
+        "ratio_bench_over_lightly_recipe": median["bench_simclr"] / median["bare_lightly"],
+        "ratio_bench_over_bare_same_computation": median["bench_simclr"] / median["bare_lightly_concat"],
+        "methods": per_method,
+        "n_timed_steps_per_loop": len(timings["bench_simclr"]),
+        "code": code_version(),
+        "versions": package_versions(),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    tag = args.tag or ("gpu" if args.device == "cuda" else "cpu")
+    out = RESULTS / f"pretrain_step_{tag}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: result[k] for k in ("device", "median_step_s", "ratio_bench_over_lightly_recipe",
+                                             "ratio_bench_over_bare_same_computation", "methods")}, indent=2))
+    print(f"results written to {out}")
+
+
+if __name__ == "__main__":
+    main()

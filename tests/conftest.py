@@ -1,0 +1,72 @@
+"""Shared fixtures: a throw-away workspace, small DICOM writing, and the real test files that the
+installed pydicom and nibabel wheels ship (found by globbing the package folders: pydicom's
+`get_testdata_files` tries to download and hangs offline)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness.workspace import Workspace
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Workspace:
+    return Workspace(tmp_path / "workspace")
+
+
+def write_dicom(path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2",
+                bits_stored: int | None = None, **tags) -> Path:
+    """A small valid DICOM file (pydicom 3, file format enforced) with `tags` set."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = generate_uid()
+    ds.Modality = "OT"
+    frames = (pixels.ndim == 3 and photometric.startswith("MONO")) or pixels.ndim == 4
+    ds.set_pixel_data(pixels, photometric, bits_stored or pixels.dtype.itemsize * 8)
+    if frames:
+        ds.NumberOfFrames = pixels.shape[0]
+    for name, value in tags.items():
+        setattr(ds, name, value)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _package_file(package: str, *parts: str) -> Path:
+    module = pytest.importorskip(package)
+    path = Path(module.__file__).parent.joinpath(*parts)
+    if not path.is_file():
+        pytest.skip(f"{path} is not shipped by this {package} build")
+    return path
+
+
+@pytest.fixture
+def pydicom_file():
+    return lambda name: _package_file("pydicom", "data", "test_files", name)
+
+
+@pytest.fixture
+def nibabel_file():
+    return lambda name: _package_file("nibabel", "tests", "data", name)
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory) -> tuple[Path, str]:
+    """A 96-image synthetic corpus (all phantom families, 48 px) built into a shared workspace:
+    (workspace folder, corpus id). Pretraining tests name their runs uniquely within it."""
+    from downstream.phantoms import synthesize_corpus
+    from harness.corpus import build_corpus
+
+    root = tmp_path_factory.mktemp("tiny")
+    synthesize_corpus(root / "corpus", n=96, seed=0, size=48)
+    ws = Workspace(root / "workspace")
+    corpus = build_corpus([root / "corpus"], ws)
+    assert len(corpus.entries) == 96, corpus.info
+    return ws.root, corpus.id
