@@ -62,7 +62,7 @@ def build(
         f"{info['n_duplicates']} duplicates dropped, {len(info['unreadable'])} unreadable, "
         f"{info['ignored']} non-image files ignored", highlight=False, soft_wrap=True)
     console.print(f"manifest: {corpus.manifest_path}", highlight=False, soft_wrap=True)
-    console.print(f"next: bench pretrain --corpus {corpus.id}", highlight=False)
+    console.print(f"next: bench pretrain --method simclr --corpus {corpus.id}", highlight=False)
 
 
 @corpus_app.command(
@@ -135,7 +135,7 @@ def synth(
         return
     corpus = _build_with_progress([Path(summary.get("out", out))], Workspace.resolve(workspace))
     _print_datasets(corpus.info)
-    console.print(f"corpus [bold green]{corpus.id}[/]; next: bench pretrain --corpus {corpus.id}",
+    console.print(f"corpus [bold green]{corpus.id}[/]; next: bench pretrain --method simclr --corpus {corpus.id}",
                   highlight=False)
 
 

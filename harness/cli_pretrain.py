@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich import box
 from rich.table import Table
 
 from harness.workspace import Workspace
@@ -60,8 +61,8 @@ def register(app: typer.Typer) -> None:
             console.print(f"[green]{record['status']}[/]: {record['name']}  epochs {record['epochs_done']}/"
                           f"{record['config']['epochs']}  last loss {record['last_loss']:.4f}  "
                           f"{record['images_per_second']:.1f} img/s")
-            console.print(f"run folder:  {run_dir}")
-            console.print(f"checkpoint:  {record['backbone_path']}  (+ backbone.json sidecar)")
+            console.print(f"run folder:  {run_dir}", soft_wrap=True)
+            console.print(f"checkpoint:  {record['backbone_path']}  (+ backbone.json sidecar)", soft_wrap=True)
 
     @app.command(help="List pretraining runs in the workspace: status, progress, loss, corpus, checkpoint.")
     def runs(workspace: Path = typer.Option("workspace", envvar="BENCH_HOME", help=WORKSPACE_HELP)):
@@ -72,16 +73,15 @@ def register(app: typer.Typer) -> None:
         if not records:
             console.print(f"no runs in {ws.runs}; start one with `bench pretrain --method simclr --corpus ID`")
             return
-        table = Table(title=f"runs in {ws.runs}")
-        table.add_column("name", no_wrap=True, min_width=min(40, max(len(r.get("name", "?")) for r in records)))
-        for column in ("method", "backbone", "status", "epochs", "last loss"):
+        table = Table(title=f"runs in {ws.runs}", box=box.SIMPLE_HEAD, pad_edge=False)
+        table.add_column("name", overflow="fold")
+        table.add_column("method", min_width=12)
+        for column in ("status", "epochs", "loss"):
             table.add_column(column, no_wrap=True)
         table.add_column("corpus", no_wrap=True, min_width=12)
-        table.add_column("created", no_wrap=True)
         for r in records:
             loss = r.get("last_loss")
-            table.add_row(r.get("name", "?"), f"{r.get('method', '?')}/{r.get('profile', '?')}", r.get("backbone", "?"),
+            table.add_row(r.get("name", "?"), f"{r.get('method', '?')} {r.get('backbone', '?')} {r.get('profile', '?')}",
                           r.get("status", "?"), f"{r.get('epochs_done', 0)}/{r.get('config', {}).get('epochs', '?')}",
-                          f"{loss:.4f}" if isinstance(loss, float) else "-", r.get("corpus", {}).get("id", "?"),
-                          r.get("created", "?").replace("T", " ")[:16])
+                          f"{loss:.4f}" if isinstance(loss, float) else "-", r.get("corpus", {}).get("id", "?"))
         console.print(table)

@@ -247,7 +247,7 @@ def param_schedulers(cfg: dict) -> list[dict]:
 class QuietMMEngine(logging.Filter):
     """Drops mmengine warnings that say nothing about a pretraining run."""
 
-    BENIGN = ("has no metainfo", '"FileClient" will be deprecated')
+    BENIGN = ("has no metainfo", '"FileClient" will be deprecated', '"HardDiskBackend" is the alias')
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not any(text in record.getMessage() for text in self.BENIGN)
