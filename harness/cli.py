@@ -46,10 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Abort:
         err_console.print("[red]aborted[/]")
         return 130
-    except Exception as err:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(err, click.ClickException):
+    except Exception as err:
+        # Usage errors (unknown option/command) arrive here in non-standalone mode. Typer vendors
+        # its own click, so recognise them by shape rather than by class.
+        if callable(getattr(err, "show", None)) and isinstance(getattr(err, "exit_code", None), int):
             err.show()
             return err.exit_code
         raise
