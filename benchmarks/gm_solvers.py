@@ -3,7 +3,7 @@
 Run:  .venv/bin/python benchmarks/gm_solvers.py [--quick] [--device cpu|cuda] [--threads 2]
 
 Writes benchmarks/results/gm_solvers.json (one entry per run label, e.g. per machine/device) and prints
-the markdown table that benchmarks/gm_solvers.md records. Deterministic: every instance set and every
+the markdown table in benchmarks/README.md. Deterministic: every instance set and every
 random start is seeded.
 
 Instances (close to the real use; see make_instances): N points in R^128 with cluster structure, two noisy
@@ -365,7 +365,7 @@ def main(argv=None):
                      cpu_count=__import__("os").cpu_count(), torch_threads=torch.get_num_threads(),
                      device=str(dev) + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else "")),
         versions=dict(torch=torch.__version__, numpy=np.__version__, scipy=scipy.__version__,
-                      pygmtools=pygmtools.__version__, lpmp_py="not installable (see benchmarks/gm_solvers.md)"),
+                      pygmtools=pygmtools.__version__, lpmp_py="not installable (see benchmarks/README.md)"),
         quick=a.quick, timing="median of %d runs of one batched call on all instances of a suite, inputs float32 "
         "on the device, including affinity-matrix construction and the Hungarian projection; time16 = same on the "
         "first 16 instances (one batch of 256 images)" % reps,

@@ -37,17 +37,18 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 class PremadeViews(torch.utils.data.Dataset):
-    """Per-sample views made once; the sampler's (epoch, index) keys are accepted."""
+    """`length` samples cycling over views made once; the sampler's (epoch, index) keys are accepted."""
 
-    def __init__(self, views_per_sample):
+    def __init__(self, views_per_sample, length: int):
         self.views = views_per_sample
+        self.length = length
 
     def __len__(self):
-        return len(self.views)
+        return self.length
 
     def __getitem__(self, key):
         index = key[1] if isinstance(key, tuple) else key
-        return {"inputs": self.views[index]}
+        return {"inputs": self.views[index % len(self.views)]}
 
 
 def make_views(method_cls, cfg, n: int, seed: int = 0):
@@ -106,7 +107,7 @@ def bare_lightly_simclr(cfg, batches, device: str, amp: bool, concat: bool) -> l
     return clock.times
 
 
-def harness_steps(method: str, cfg, samples, device: str) -> list[float]:
+def harness_steps(method: str, cfg, samples, device: str, n_steps: int) -> list[float]:
     """The same steps through bench: PretrainModel + mmengine Runner + bench's hooks."""
     from mmengine.hooks import Hook
     from mmengine.runner import set_random_seed
@@ -129,7 +130,7 @@ def harness_steps(method: str, cfg, samples, device: str) -> list[float]:
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "run"
         run_dir.mkdir()
-        runner = build_runner(model, PremadeViews(samples), cfg, run_dir, resume=False, num_workers=0,
+        runner = build_runner(model, PremadeViews(samples, n_steps * cfg["batch_size"]), cfg, run_dir, resume=False, num_workers=0,
                               hooks=[MethodHook(), RunRecordHook(run_dir, {}), ClockHook()])
         runner.train()
     return clock.times
@@ -146,6 +147,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps at the start of each round")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast in both loops (GPU)")
     parser.add_argument("--methods", default=",".join(METHOD_NAMES))
+    parser.add_argument("--distinct-batches", type=int, default=3, help="batches of views made; steps cycle over them")
     parser.add_argument("--tag", default=None, help="results file suffix (default: device)")
     args = parser.parse_args()
     torch.backends.cudnn.benchmark = args.device == "cuda"
@@ -156,21 +158,23 @@ def main() -> None:
     samples = {}
     for method in args.methods.split(","):
         cfg = resolve_config(get_method(method), "quick", overrides, {})
-        samples[method] = (cfg, make_views(get_method(method), cfg, args.batch_size * n_steps))
+        samples[method] = (cfg, make_views(get_method(method), cfg, args.batch_size * args.distinct_batches))
 
     simclr_cfg, simclr_samples = samples["simclr"]
-    batches = [tuple(torch.stack([s[v] for s in simclr_samples[i:i + args.batch_size]]) for v in range(2))
-               for i in range(0, len(simclr_samples), args.batch_size)]
+    distinct = [tuple(torch.stack([s[v] for s in simclr_samples[i:i + args.batch_size]]) for v in range(2))
+                for i in range(0, len(simclr_samples), args.batch_size)]
+    batches = [distinct[i % len(distinct)] for i in range(n_steps)]
     if args.device == "cuda":
         batches = [tuple(x.pin_memory() for x in b) for b in batches]
     timings: dict[str, list[float]] = {"bare_lightly": [], "bare_lightly_concat": [], "bench_simclr": []}
     for _ in range(args.rounds):
         timings["bare_lightly"] += bare_lightly_simclr(simclr_cfg, batches, args.device, args.amp, False)[args.warmup:]
         timings["bare_lightly_concat"] += bare_lightly_simclr(simclr_cfg, batches, args.device, args.amp, True)[args.warmup:]
-        timings["bench_simclr"] += harness_steps("simclr", simclr_cfg, simclr_samples, args.device)[args.warmup:]
+        timings["bench_simclr"] += harness_steps("simclr", simclr_cfg, simclr_samples, args.device, n_steps)[args.warmup:]
     per_method = {}
     for method, (cfg, method_samples) in samples.items():
-        times = timings["bench_simclr"] if method == "simclr" else harness_steps(method, cfg, method_samples, args.device)[args.warmup:]
+        times = (timings["bench_simclr"] if method == "simclr"
+                 else harness_steps(method, cfg, method_samples, args.device, n_steps)[args.warmup:])
         per_method[method] = {"median_step_s": statistics.median(times), "images_per_s": args.batch_size / statistics.median(times)}
 
     median = {k: statistics.median(v) for k, v in timings.items()}

@@ -37,6 +37,7 @@ def register(app: typer.Typer) -> None:
         image_size: Optional[int] = typer.Option(None, help="Side of the (global) crops in pixels."),
         lr: Optional[float] = typer.Option(None, "--lr", help="Base learning rate at batch 256 (scaled linearly with the batch)."),
         seed: Optional[int] = typer.Option(None, help="Seed for weights, data order and augmentations."),
+        init: Optional[Path] = typer.Option(None, help="Start from a bench backbone checkpoint (.safetensors), e.g. imported ImageNet weights: LVM-Med and its baselines start from ImageNet-1K."),
         profile: str = typer.Option("quick", help="quick (CPU smoke) | paper (published hyperparameters)."),
         amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="bf16 mixed precision (GPU only)."),
         set_: list[str] = typer.Option([], "--set", help="Override any setting: --set temperature=0.2."),
@@ -51,7 +52,7 @@ def register(app: typer.Typer) -> None:
         from harness.runs import read_run
 
         overrides = dict(backbone=backbone, epochs=epochs, batch_size=batch_size, image_size=image_size,
-                         base_lr=lr, seed=seed, amp=amp)
+                         base_lr=lr, seed=seed, amp=amp, init=str(init) if init else None)
         request = PretrainRequest(method=method, profile=profile, corpus=corpus, overrides=overrides,
                                   sets=parse_set_options(set_), workspace=Workspace.resolve(workspace), name=name,
                                   resume=resume, stop_after_epoch=stop_after_epoch, num_workers=num_workers)

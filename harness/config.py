@@ -17,7 +17,11 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "batch_size": 32,  # global batch over all ranks (as papers report it)
     "image_size": 64,
     "optimizer": "sgd",  # sgd | lars | adam | adamw
-    "base_lr": 0.05,  # learning rate at batch 256; lr = base_lr * batch_size / 256
+    "base_lr": 0.05,  # with lr_scaling "linear": the lr at batch 256 (lr = base_lr * batch_size / 256)
+    "lr_scaling": "linear",  # linear | none (base_lr is the lr itself)
+    "lr_schedule": "cosine",  # cosine (after warm-up) | step (multiply by lr_gamma at lr_milestones)
+    "lr_milestones": None,  # epochs; None with "step": four evenly spaced halvings
+    "lr_gamma": 0.5,
     "weight_decay": 1e-6,
     "momentum": 0.9,  # SGD / LARS momentum
     "warmup_epochs": 0,
@@ -26,6 +30,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "num_workers": -1,  # -1: choose from the CPU count
     "amp": False,  # mixed precision (GPU only)
     "seed": 0,
+    "init": None,  # a bench backbone checkpoint (.safetensors) to start from, e.g. imported ImageNet weights
 }
 OPTIMIZERS = ("sgd", "lars", "adam", "adamw")
 PROFILES = ("quick", "paper")
@@ -84,7 +89,7 @@ def method_kwargs(method_cls, cfg: dict) -> dict:
 
 
 def scaled_lr(cfg: dict) -> float:
-    return cfg["base_lr"] * cfg["batch_size"] / 256
+    return cfg["base_lr"] * cfg["batch_size"] / 256 if cfg["lr_scaling"] == "linear" else cfg["base_lr"]
 
 
 def _constructor_defaults(method_cls) -> dict:
@@ -104,5 +109,9 @@ def _validate(cfg: dict) -> None:
             raise UserError(f"--{key.replace('_', '-')} must be a positive integer, got {cfg[key]!r}")
     if cfg["optimizer"] not in OPTIMIZERS:
         raise UserError(f"unknown optimizer '{cfg['optimizer']}'; choose one of: {', '.join(OPTIMIZERS)}")
+    if cfg["lr_scaling"] not in ("linear", "none"):
+        raise UserError(f"lr_scaling must be 'linear' or 'none', got {cfg['lr_scaling']!r}")
+    if cfg["lr_schedule"] not in ("cosine", "step"):
+        raise UserError(f"lr_schedule must be 'cosine' or 'step', got {cfg['lr_schedule']!r}")
     if cfg["warmup_epochs"] >= cfg["epochs"] and cfg["warmup_epochs"] > 0:
         cfg["warmup_epochs"] = max(0, cfg["epochs"] - 1)  # short runs: keep at least one cosine epoch

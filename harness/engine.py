@@ -233,14 +233,19 @@ def build_optim_wrapper(model: torch.nn.Module, cfg: dict) -> OptimWrapper:
 
 
 def param_schedulers(cfg: dict) -> list[dict]:
-    """Linear warm-up, then cosine decay, stepped every iteration."""
+    """Linear warm-up, then cosine decay or step decay, stepped every iteration."""
     warmup, epochs = cfg["warmup_epochs"], cfg["epochs"]
     schedulers = []
     if warmup > 0:
         schedulers.append(dict(type="LinearLR", start_factor=1e-3, by_epoch=True, begin=0, end=warmup,
                                convert_to_iter_based=True))
-    schedulers.append(dict(type="CosineAnnealingLR", T_max=epochs - warmup, by_epoch=True, begin=warmup,
-                           end=epochs, eta_min=scaled_lr(cfg) * cfg["min_lr_ratio"], convert_to_iter_based=True))
+    if cfg["lr_schedule"] == "step":
+        milestones = cfg["lr_milestones"] or [round(epochs * k / 5) for k in range(1, 5)]
+        schedulers.append(dict(type="MultiStepLR", milestones=list(milestones), gamma=cfg["lr_gamma"], by_epoch=True,
+                               begin=warmup, end=epochs, convert_to_iter_based=True))
+    else:
+        schedulers.append(dict(type="CosineAnnealingLR", T_max=epochs - warmup, by_epoch=True, begin=warmup,
+                               end=epochs, eta_min=scaled_lr(cfg) * cfg["min_lr_ratio"], convert_to_iter_based=True))
     return schedulers
 
 

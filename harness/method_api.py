@@ -49,6 +49,10 @@ class SSLMethod(nn.Module):
         return [name for name in params if name not in ("self", "backbone", "feat_dim")]
 
     @classmethod
+    def check_config(cls, cfg: dict[str, Any], world_size: int) -> None:
+        """Raise UserError for settings this method cannot train with."""
+
+    @classmethod
     def transform(cls, cfg: dict[str, Any]) -> Callable[[Any], list[torch.Tensor]]:
         """Image (PIL, RGB) -> list of augmented view tensors."""
         raise NotImplementedError

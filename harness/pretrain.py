@@ -79,6 +79,23 @@ def _resolve_run(req: PretrainRequest, method_cls) -> tuple[Path, dict, bool]:
     return run_dir, stored, True
 
 
+def load_init(backbone, cfg: dict) -> dict:
+    """Start from a bench backbone checkpoint (strictly the same architecture); returns its identity."""
+    from harness.checkpoint import load_backbone_state
+    from harness.fsutil import sha256_file
+
+    state, meta = load_backbone_state(cfg["init"])
+    if meta.get("backbone") not in (None, cfg["backbone"]):
+        raise UserError(f"--init holds a {meta['backbone']} backbone, but this run trains {cfg['backbone']}",
+                        cfg["init"])
+    missing, unexpected = backbone.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise UserError(f"--init does not fit {cfg['backbone']}: {len(missing)} missing keys "
+                        f"(e.g. {missing[:1]}), {len(unexpected)} unexpected (e.g. {unexpected[:1]})", cfg["init"])
+    return {"path": str(cfg["init"]), "sha256": sha256_file(cfg["init"]), "method": meta.get("method"),
+            "run": meta.get("run")}
+
+
 def run_pretraining(req: PretrainRequest, console) -> Path | None:
     """Train; return the run folder on the main process (None on other DDP ranks)."""
     from mmengine.runner import set_random_seed
@@ -110,8 +127,13 @@ def run_pretraining(req: PretrainRequest, console) -> Path | None:
                         f"({len(entries)} images); lower --batch-size or add images")
     if cfg["batch_size"] % world_size():
         raise UserError(f"--batch-size {cfg['batch_size']} must divide evenly over {world_size()} processes")
+    method_cls.check_config(cfg, world_size())
 
     corpus_info = {"id": corpus.id, "n_images": len(entries), "synthetic": corpus.info.get("synthetic")}
+    if cfg["init"]:
+        cfg["init"] = str(Path(cfg["init"]).resolve())
+        if not Path(cfg["init"]).is_file():  # checked before a run folder exists
+            raise UserError("--init checkpoint not found", cfg["init"])
     provenance = {**code_version(), "versions": package_versions(), "host": host_info()}
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -127,10 +149,11 @@ def run_pretraining(req: PretrainRequest, console) -> Path | None:
 
     set_random_seed(cfg["seed"])  # the same initial weights on every rank and every run
     backbone, feat_dim = build_backbone(cfg["backbone"])
+    init_info = load_init(backbone, cfg) if cfg["init"] else None  # before the method copies it (EMA teachers)
     model = PretrainModel(method_cls(backbone, feat_dim, **method_kwargs(method_cls, cfg)))
     dataset = ViewsDataset(entries, method_cls.transform(cfg), seed=cfg["seed"])
     sidecar = {"method": req.method, "backbone": cfg["backbone"], "config": cfg, "seed": cfg["seed"],
-               "corpus": corpus_info, "run": run_dir.name, "git_sha": provenance["git_sha"],
+               "corpus": corpus_info, "init": init_info, "run": run_dir.name, "git_sha": provenance["git_sha"],
                "dirty": provenance["dirty"], "versions": provenance["versions"]}
     record_hook = RunRecordHook(run_dir, sidecar, req.stop_after_epoch)
     hooks = [MethodHook(), record_hook]

@@ -10,6 +10,7 @@ _REGISTRY = {
     "simclr": "methods.simclr:SimCLR",
     "byol": "methods.byol:BYOL",
     "dino": "methods.dino:DINO",
+    "lvmmed": "methods.lvmmed:LVMMed",
 }
 
 METHOD_NAMES = tuple(_REGISTRY)

@@ -4,7 +4,7 @@ Problem (maximisation, LVM-Med Eq. 4 with the sign flipped)::
 
     max_{v in permutation matrices}  sum_ia c^v_ia v_ia + sum_{(i,j) in E_s, (a,b) in E_t} c^e_{(i,j),(a,b)} v_ia v_jb
 
-Chosen solver (benchmarks/gm_solvers.md): multi-start robust tabu search over 2-swaps (Taillard 1991),
+Chosen solver (benchmarks/README.md): multi-start robust tabu search over 2-swaps (Taillard 1991),
 batched over instances and restarts in torch; one start is the first-order (LAP) solution. Only that LAP
 leaves the device (scipy ``linear_sum_assignment`` on CPU, ~10 us per 16x16 instance plus one
 device->host copy); the search itself is pure torch and runs wherever the inputs live.

@@ -97,3 +97,23 @@ def test_set_overrides_a_method_setting(tiny_corpus):
     assert pretrain(workspace, corpus_id, "--method", "simclr", "--epochs", "1", "--name", "tau",
                     "--set", "temperature=0.37") == 0
     assert read_run(workspace / "runs" / "tau")["config"]["temperature"] == 0.37
+
+
+def test_init_starts_from_a_bench_checkpoint_and_records_it(tiny_corpus, capsys):
+    workspace, corpus_id = tiny_corpus
+    assert pretrain(workspace, corpus_id, "--method", "simclr", "--epochs", "1", "--name", "init-src") == 0
+    source = workspace / "runs" / "init-src" / "backbone.safetensors"
+    assert pretrain(workspace, corpus_id, "--method", "byol", "--epochs", "1", "--name", "init-dst",
+                    "--init", str(source), "--lr", "0") == 0
+    sidecar = json.loads((workspace / "runs" / "init-dst" / "backbone.json").read_text())
+    assert sidecar["init"]["method"] == "simclr" and sidecar["init"]["path"] == str(source.resolve())
+    # with lr 0 the weights stay those of the source (BN running statistics still move)
+    start, end = load_file(str(source)), load_file(str(workspace / "runs" / "init-dst" / "backbone.safetensors"))
+    for key in start:
+        if "running" not in key and "num_batches" not in key:
+            torch.testing.assert_close(end[key], start[key], msg=key)
+    capsys.readouterr()
+    code = pretrain(workspace, corpus_id, "--method", "simclr", "--epochs", "1", "--name", "init-missing",
+                    "--init", str(workspace / "nope.safetensors"))
+    assert code == 2 and "nope.safetensors" in capsys.readouterr().err
+    assert not (workspace / "runs" / "init-missing").exists()

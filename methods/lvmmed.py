@@ -1,0 +1,138 @@
+"""LVM-Med (Nguyen et al., NeurIPS 2023): second-order graph matching between two views.
+
+Per group of `graph_size` images (a batch of B images is B/16 independent instances, never
+straddling DDP ranks): backbone maps -> avg pool -> projector -> kNN graph per view -> shared
+GCN; vertex affinities mix global cosine and the local (location- and feature-matched cell)
+similarity; edge affinities compare embedding differences along kNN edges; a QAP solve on noisy
+affinities is scored by Hamming loss against the identity matching, with IMLE gradients.
+Spec: ../shared/specs/lvmmed.md. Every choice the paper leaves open is a constructor argument.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from lightly.transforms import VICRegLTransform
+from torch import nn
+
+from harness.backbones import feature_map
+from harness.errors import UserError
+from harness.method_api import SSLMethod, StepInfo
+from methods.graph_matching import edge_indicator, solve_lap, solve_qap
+from methods.imle import imle_hamming_matching
+from methods.lvmmed_graph import GCN, edge_affinity, gcn_adjacency, knn_edges, local_affinity, vertex_affinity
+
+FEATURE_STRIDE = 32  # ResNet: one feature cell per 32x32 input pixels
+
+
+class GeometricViews:
+    """Two VICRegL-style views (lightly) plus, per view, the centre of every backbone feature cell
+    in source-image coordinates normalised to [0, 1] (so cells of different images compare)."""
+
+    def __init__(self, image_size: int, crop_scale: tuple, n_views: int = 2):
+        self.grid = max(1, image_size // FEATURE_STRIDE)
+        self.vicregl = VICRegLTransform(global_crop_size=image_size, n_global_views=n_views, n_local_views=0,
+                                        global_crop_scale=tuple(crop_scale), global_grid_size=self.grid)
+
+    def __call__(self, image):
+        out = self.vicregl(image)
+        half = len(out) // 2
+        size = torch.tensor(image.size, dtype=torch.float32)  # (width, height) = (x, y) scale
+        return out[:half] + [grid / size for grid in out[half:]]
+
+
+class LVMMed(SSLMethod):
+    name = "lvmmed"
+    summary = "LVM-Med (Nguyen et al. 2023): second-order graph matching of two views, IMLE gradients"
+    profiles = {
+        # Paper: 100 epochs, batch 3200 (R50), 224 px (inferred), Adam lr 2e-3 halved four times
+        # (milestones not given: evenly spaced), lambda 80, alpha 0.8, 16-node graphs, k 5, GCN 2x128.
+        "paper": dict(epochs=100, batch_size=3200, image_size=224, optimizer="adam", base_lr=2e-3,
+                      lr_scaling="none", lr_schedule="step", weight_decay=0.0),
+        "quick": dict(epochs=2, batch_size=32, image_size=64, optimizer="adam", base_lr=1e-3, lr_scaling="none",
+                      weight_decay=0.0),
+    }
+
+    def __init__(self, backbone, feat_dim, proj_dim: int = 128, projector_bn: bool = True, gcn_width: int = 128,
+                 gcn_layers: int = 2,
+                 graph_size: int = 16, knn_k: int = 5, alpha: float = 0.8, gamma_pairs: int = 20,
+                 lam: float = 80.0, noise_scale: float = 1.0, margin: float = 1.0, symmetric_local: bool = True,
+                 crop_scale: tuple = (0.2, 1.0), second_order: bool = True, message_passing: bool = True,
+                 gumbel_noise: bool = True, local_similarity: bool = True, solver_restarts: int = 16,
+                 solver_iters: int = 100, seed: int = 0):
+        super().__init__(backbone, feat_dim)
+        # "projector size 2048x128"; normalisation is not stated. BN centres the embeddings per batch:
+        # without it a fresh projector + GCN maps all images to nearly one direction (cos 0.997) and
+        # the matching cannot start (benchmarks/README.md, LVM-Med notes).
+        self.projector = nn.Sequential(nn.Linear(feat_dim, proj_dim), *([nn.BatchNorm1d(proj_dim)] if projector_bn else []))
+        self.gcn = GCN(proj_dim, gcn_width, gcn_layers) if message_passing else None
+        self.hp = dict(graph_size=graph_size, knn_k=knn_k, alpha=alpha, gamma_pairs=gamma_pairs, lam=lam,
+                       noise_scale=noise_scale, margin=margin, symmetric_local=symmetric_local,
+                       second_order=second_order, gumbel_noise=gumbel_noise, local_similarity=local_similarity,
+                       solver=dict(restarts=solver_restarts, iters=solver_iters), seed=seed)
+        self._generator: torch.Generator | None = None
+
+    @classmethod
+    def check_config(cls, cfg, world_size):
+        per_rank = cfg["batch_size"] // world_size
+        if per_rank % cfg["graph_size"]:
+            raise UserError(f"lvmmed matches groups of {cfg['graph_size']} images within each process: the batch "
+                            f"per process ({per_rank}) must be a multiple of graph_size")
+        if cfg["knn_k"] >= cfg["graph_size"]:
+            raise UserError(f"knn_k ({cfg['knn_k']}) must be smaller than graph_size ({cfg['graph_size']})")
+
+    @classmethod
+    def transform(cls, cfg):
+        return GeometricViews(cfg["image_size"], cfg["crop_scale"])
+
+    def _noise(self, shape, device, step: StepInfo, salt: int) -> torch.Tensor:
+        """Gumbel(0, 1) * scale, seeded by (seed, rank, step): exact on resume, different per rank."""
+        if self._generator is None or self._generator.device != torch.device(device):
+            self._generator = torch.Generator(device=device)
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        self._generator.manual_seed(int(np.random.SeedSequence([self.hp["seed"], rank, step.step, salt]).generate_state(1)[0]))
+        uniform = torch.rand(shape, device=device, generator=self._generator).clamp_(1e-10, 1 - 1e-10)
+        return -torch.log(-torch.log(uniform)) * self.hp["noise_scale"]
+
+    def embed(self, views: list[torch.Tensor]):
+        """Group-wise embeddings of both views: maps (2, G, N, P, D), z (2, G, N, F), grids (2, G, N, P, 2)."""
+        x_s, x_t, grid_s, grid_t = views
+        n = self.hp["graph_size"]
+        groups = x_s.shape[0] // n
+        maps = feature_map(self.backbone, torch.cat([x_s, x_t]))  # (2B, D, R, S)
+        z = self.projector(maps.mean((2, 3))).view(2, groups, n, -1)
+        cells = maps.flatten(2).transpose(1, 2).reshape(2, groups, n, -1, maps.shape[1])
+        grids = torch.stack([grid_s, grid_t]).reshape(2, groups, n, -1, 2)
+        return cells, z, grids
+
+    def affinities(self, views: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        hp = self.hp
+        cells, z, grids = self.embed(views)
+        edges_s, edges_t = knn_edges(z[0], hp["knn_k"]), knn_edges(z[1], hp["knn_k"])
+        if self.gcn is not None:
+            z = torch.stack([self.gcn(z[0], gcn_adjacency(edges_s, z.shape[2])),
+                             self.gcn(z[1], gcn_adjacency(edges_t, z.shape[2]))])
+        local = local_affinity(cells[0], cells[1], grids[0], grids[1], hp["gamma_pairs"]) if hp["local_similarity"] else None
+        unary = vertex_affinity(z[0], z[1], local, hp["alpha"], hp["symmetric_local"])
+        edge = edge_affinity(z[0], z[1], edges_s, edges_t) if hp["second_order"] else None
+        return dict(unary=unary, edge=edge, edges_s=edges_s, edges_t=edges_t, z=z, local=local)
+
+    def training_loss(self, views: list[torch.Tensor], step: StepInfo) -> dict[str, torch.Tensor]:
+        hp = self.hp
+        aff = self.affinities(views)
+        unary, edge, edges_s, edges_t = aff["unary"], aff["edge"], aff["edges_s"], aff["edges_t"]
+        gold = torch.eye(unary.shape[-1], device=unary.device).expand_as(unary)
+        if hp["gumbel_noise"]:
+            noise_u = self._noise(unary.shape, unary.device, step, 0)
+            noise_e = None if edge is None else self._noise(edge.shape, edge.device, step, 1)
+        else:  # ablation: a constant margin against the gold matching instead of noise (BB-GM)
+            noise_u = -hp["margin"] * gold
+            noise_e = None if edge is None else -hp["margin"] * edge_indicator(gold, edges_s, edges_t)
+        if hp["second_order"]:
+            solve = lambda u, e: solve_qap(u, e, edges_s, edges_t, **hp["solver"])  # noqa: E731
+        else:  # ablation: first-order matching (linear assignment on vertex affinities)
+            solve = lambda u, e: solve_lap(u)  # noqa: E731
+        edges_of = lambda v: edge_indicator(v, edges_s, edges_t)  # noqa: E731
+        loss, matching = imle_hamming_matching(unary, edge, noise_u, noise_e, hp["lam"], solve, edges_of)
+        accuracy = matching.diagonal(dim1=1, dim2=2).mean()
+        return {"loss": loss.mean(), "match_acc": accuracy.detach()}

@@ -1,0 +1,104 @@
+"""LVM-Med's graphs and affinities (spec: ../shared/specs/lvmmed.md, sections 1.2-1.4).
+
+Shapes: G matching instances (groups) of N images; P feature-map cells per image; D channels;
+F embedding width; E = N*k directed kNN edges per graph. All functions are pure and batched
+over groups.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def knn_edges(z: torch.Tensor, k: int) -> torch.Tensor:
+    """Directed kNN edges (i -> j for the k nearest j != i by cosine), (G, N*k, 2) node indices."""
+    with torch.no_grad():
+        zn = F.normalize(z, dim=-1)
+        sim = zn @ zn.transpose(1, 2)
+        sim.diagonal(dim1=1, dim2=2).fill_(-float("inf"))
+        neighbours = sim.topk(k, dim=-1).indices  # (G, N, k)
+    n = z.shape[1]
+    sources = torch.arange(n, device=z.device).repeat_interleave(k).expand(z.shape[0], -1)
+    return torch.stack([sources, neighbours.reshape(z.shape[0], -1)], dim=-1)
+
+
+def gcn_adjacency(edges: torch.Tensor, n: int) -> torch.Tensor:
+    """D^-1/2 (A + I) D^-1/2 with A the kNN graph made symmetric (GCN needs an undirected graph)."""
+    g = edges.shape[0]
+    adj = torch.zeros(g, n, n, device=edges.device)
+    rows, cols = edges[..., 0], edges[..., 1]
+    batch = torch.arange(g, device=edges.device)[:, None].expand_as(rows)
+    adj[batch, rows, cols] = 1.0
+    adj = torch.maximum(adj, adj.transpose(1, 2)) + torch.eye(n, device=edges.device)
+    inv_sqrt = adj.sum(-1).rsqrt()
+    return inv_sqrt[:, :, None] * adj * inv_sqrt[:, None, :]
+
+
+class GCN(nn.Module):
+    """Two graph-convolution layers (Kipf & Welling), width 128 in LVM-Med: H' = Â H W."""
+
+    def __init__(self, in_dim: int, width: int = 128, layers: int = 2):
+        super().__init__()
+        dims = [in_dim] + [width] * layers
+        self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+
+    def forward(self, x: torch.Tensor, adjacency: torch.Tensor) -> torch.Tensor:
+        for index, linear in enumerate(self.linears):
+            x = adjacency @ linear(x)
+            if index < len(self.linears) - 1:  # no activation on the output embedding
+                x = F.relu(x)
+        return x
+
+
+def local_affinity(maps_s: torch.Tensor, maps_t: torch.Tensor, grid_s: torch.Tensor, grid_t: torch.Tensor,
+                   gamma: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 2 in both directions: (c^lo(x_i^s, x_a^t), c^lo(x_a^t, x_i^s)), each (G, N, N) indexed [i, a].
+
+    maps: (G, N, P, D) backbone cells; grid: (G, N, P, 2) cell centres in source-image coordinates
+    (normalised to [0, 1] per image). For each cell p, the location-matched cell m(p) is the
+    spatially closest cell of the other view, the feature-matched cell m'(p) the nearest in feature
+    L2 distance; each side averages cos over its `gamma` best pairs (smallest distance), and the
+    affinity is 0.5 * (location + feature), as in the paper's pseudo-code.
+    """
+    dots = torch.einsum("gipd,gaqd->giapq", maps_s, maps_t)  # (G, N, N, P, P)
+    norm_s, norm_t = maps_s.norm(dim=-1), maps_t.norm(dim=-1)  # (G, N, P)
+    outer = norm_s[:, :, None, :, None] * norm_t[:, None, :, None, :]
+    cos = dots / outer.clamp_min(1e-8)
+    feat_dist = norm_s[:, :, None, :, None] ** 2 + norm_t[:, None, :, None, :] ** 2 - 2 * dots
+    loc_dist = torch.cdist(grid_s[:, :, None].expand(-1, -1, grid_t.shape[1], -1, -1).flatten(1, 2),
+                           grid_t[:, None].expand(-1, grid_s.shape[1], -1, -1, -1).flatten(1, 2)
+                           ).view_as(cos)
+
+    def one_way(dist: torch.Tensor, cos_: torch.Tensor) -> torch.Tensor:
+        best_dist, best = dist.min(dim=-1)  # nearest partner cell for every cell (.., P)
+        matched_cos = cos_.gather(-1, best[..., None]).squeeze(-1)
+        keep = min(gamma, best_dist.shape[-1])
+        top = best_dist.topk(keep, dim=-1, largest=False).indices
+        return matched_cos.gather(-1, top).mean(-1)
+
+    s_to_t = 0.5 * (one_way(loc_dist, cos) + one_way(feat_dist, cos))
+    swap = lambda x: x.transpose(-1, -2)  # noqa: E731  (cells of t look for partners in s)
+    t_to_s = 0.5 * (one_way(swap(loc_dist), swap(cos)) + one_way(swap(feat_dist), swap(cos)))
+    return s_to_t, t_to_s
+
+
+def vertex_affinity(z_s: torch.Tensor, z_t: torch.Tensor, local: tuple[torch.Tensor, torch.Tensor] | None,
+                    alpha: float, symmetric_local: bool = True) -> torch.Tensor:
+    """Eq. 3: c^v_ia = α cos(ẑ_i^s, ẑ_a^t) + (1-α) (c^lo(s->t) + c^lo(t->s)); `symmetric_local=False`
+    uses the pseudo-code's single direction. `local=None` (ablation) leaves the global term only."""
+    glob = F.normalize(z_s, dim=-1) @ F.normalize(z_t, dim=-1).transpose(1, 2)
+    if local is None:
+        return glob
+    s_to_t, t_to_s = local
+    return alpha * glob + (1 - alpha) * (s_to_t + t_to_s if symmetric_local else s_to_t)
+
+
+def edge_affinity(z_s: torch.Tensor, z_t: torch.Tensor, edges_s: torch.Tensor, edges_t: torch.Tensor) -> torch.Tensor:
+    """c^e_{ia,jb} = cos(ẑ_i^s - ẑ_j^s, ẑ_a^t - ẑ_b^t) for (i,j) in E^s, (a,b) in E^t: (G, E_s, E_t)."""
+
+    def differences(z, edges):
+        take = lambda col: torch.gather(z, 1, edges[..., col:col + 1].expand(-1, -1, z.shape[-1]))  # noqa: E731
+        return F.normalize(take(0) - take(1), dim=-1)
+
+    return differences(z_s, edges_s) @ differences(z_t, edges_t).transpose(1, 2)

@@ -1,0 +1,223 @@
+"""LVM-Med: graphs, affinities, the IMLE gradient, and ablation switches that change only what they name."""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from harness.backbones import build_backbone
+from harness.config import method_kwargs, resolve_config
+from harness.errors import UserError
+from harness.method_api import StepInfo
+from methods.graph_matching import edge_indicator, solve_lap
+from methods.imle import hamming, imle_hamming_matching
+from methods.lvmmed import LVMMed
+from methods.lvmmed_graph import edge_affinity, gcn_adjacency, knn_edges, local_affinity, vertex_affinity
+
+
+# ---------------------------------------------------------------- graphs and affinities, by hand
+def test_knn_edges_pick_the_nearest_other_nodes():
+    z = torch.tensor([[[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]]])
+    edges = knn_edges(z, k=1)
+    assert edges.tolist() == [[[0, 1], [1, 0], [2, 3], [3, 2]]]
+    assert knn_edges(torch.randn(3, 16, 8), k=5).shape == (3, 80, 2)
+
+
+def test_gcn_adjacency_is_symmetric_normalised_with_self_loops():
+    edges = torch.tensor([[[0, 1], [1, 2]]])  # path 0-1-2 once made undirected
+    adj = gcn_adjacency(edges, 3)[0]
+    degree = torch.tensor([2.0, 3.0, 2.0])  # with self loops
+    expected = torch.tensor([[1, 1, 0], [1, 1, 1], [0, 1, 1]]) / (degree[:, None] * degree[None, :]).sqrt()
+    torch.testing.assert_close(adj, expected)
+
+
+def test_edge_affinity_is_cosine_of_embedding_differences():
+    z_s = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]]])
+    z_t = torch.tensor([[[0.0, 0.0], [0.0, 3.0], [1.0, 1.0]]])
+    e_s, e_t = torch.tensor([[[0, 1], [0, 2]]]), torch.tensor([[[0, 1], [2, 0]]])
+    c = edge_affinity(z_s, z_t, e_s, e_t)[0]
+    # s-differences: (-1,0), (0,-2); t-differences: (0,-3), (1,1)
+    expected = torch.tensor([[0.0, -1 / 2 ** 0.5], [1.0, -1 / 2 ** 0.5]])
+    torch.testing.assert_close(c, expected)
+
+
+def test_local_affinity_matches_cells_by_location_and_by_feature():
+    # one group, one image per view, two cells each. View t is view s flipped: cell 0 of s sits where cell 1 of t sits.
+    maps_s = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]])  # (G=1, N=1, P=2, D=2)
+    maps_t = torch.tensor([[[[0.0, 2.0], [3.0, 0.0]]]])
+    grid_s = torch.tensor([[[[0.25, 0.5], [0.75, 0.5]]]])
+    grid_t = torch.tensor([[[[0.75, 0.5], [0.25, 0.5]]]])
+    s_to_t, t_to_s = local_affinity(maps_s, maps_t, grid_s, grid_t, gamma=2)
+    # location partners: s0<->t1, s1<->t0, cos = 1 each; feature partners (L2) are the same cells -> 1.
+    assert s_to_t.item() == pytest.approx(1.0) and t_to_s.item() == pytest.approx(1.0)
+    # move t's cells so that location says s0<->t0 (cos 0) while features still say s0<->t1 (cos 1)
+    s_to_t, _ = local_affinity(maps_s, maps_t, grid_s, grid_s.clone(), gamma=2)
+    assert s_to_t.item() == pytest.approx(0.5 * (0.0 + 1.0))
+
+
+def test_local_affinity_keeps_only_the_gamma_closest_location_pairs():
+    maps_s = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]])
+    maps_t = torch.tensor([[[[1.0, 0.0], [1.0, 0.0]]]])
+    grid_s = torch.tensor([[[[0.0, 0.0], [1.0, 1.0]]]])
+    grid_t = torch.tensor([[[[0.0, 0.0], [0.9, 0.9]]]])  # s0 matches exactly (cos 1), s1 is farther (cos 0)
+    s_to_t, _ = local_affinity(maps_s, maps_t, grid_s, grid_t, gamma=1)
+    # location side keeps s0 only -> 1; feature side keeps the best-L2 pair, s0 -> 1
+    assert s_to_t.item() == pytest.approx(1.0)
+    s_to_t_all, _ = local_affinity(maps_s, maps_t, grid_s, grid_t, gamma=2)
+    assert s_to_t_all.item() == pytest.approx(0.5 * (0.5 + 0.5))
+
+
+def test_vertex_affinity_mixes_global_and_both_local_directions():
+    z_s, z_t = torch.randn(1, 4, 8), torch.randn(1, 4, 8)
+    local = (torch.rand(1, 4, 4), torch.rand(1, 4, 4))
+    glob = F.normalize(z_s, dim=-1) @ F.normalize(z_t, dim=-1).transpose(1, 2)
+    torch.testing.assert_close(vertex_affinity(z_s, z_t, local, 0.8), 0.8 * glob + 0.2 * (local[0] + local[1]))
+    torch.testing.assert_close(vertex_affinity(z_s, z_t, local, 0.8, symmetric_local=False), 0.8 * glob + 0.2 * local[0])
+    torch.testing.assert_close(vertex_affinity(z_s, z_t, None, 0.8), glob)
+
+
+# ---------------------------------------------------------------- IMLE gradient
+def lap(u, e):
+    return solve_lap(u)
+
+
+def test_imle_gradient_with_large_lambda_is_difference_to_gold():
+    torch.manual_seed(0)
+    unary = torch.randn(3, 5, 5, requires_grad=True)
+    zeros = torch.zeros(3, 5, 5)
+    loss, v = imle_hamming_matching(unary, None, zeros, None, 1e4, lap)
+    loss.sum().backward()
+    gold = torch.eye(5).expand(3, 5, 5)
+    torch.testing.assert_close(unary.grad, (v - gold) / 1e4)
+    torch.testing.assert_close(loss, hamming(v, gold))
+
+
+def test_imle_gradient_reaches_edge_costs_through_paid_edges():
+    torch.manual_seed(1)
+    n = 4
+    edges = torch.tensor([[[i, (i + 1) % n] for i in range(n)]])
+    unary = torch.randn(1, n, n, requires_grad=True)
+    edge = torch.randn(1, n, n, requires_grad=True)
+
+    def brute(u, e):  # exact QAP on 4 nodes
+        best, best_v = None, None
+        for perm in itertools.permutations(range(n)):
+            v = torch.zeros(1, n, n)
+            v[0, torch.arange(n), torch.tensor(perm)] = 1
+            score = (u * v).sum() + (e * edge_indicator(v, edges, edges)).sum()
+            if best is None or score > best:
+                best, best_v = score, v
+        return best_v
+
+    edges_of = lambda v: edge_indicator(v, edges, edges)  # noqa: E731
+    loss, v = imle_hamming_matching(unary, edge, torch.zeros(1, n, n), torch.zeros(1, n, n), 500.0, brute, edges_of)
+    loss.sum().backward()
+    gold = torch.eye(n)[None]
+    torch.testing.assert_close(edge.grad, (edges_of(v) - edges_of(gold)) / 500.0)
+
+
+def test_a_step_against_the_imle_gradient_lowers_the_expected_hamming_loss():
+    torch.manual_seed(2)
+    n, samples = 6, 400
+    unary = torch.randn(1, n, n).repeat(samples, 1, 1)
+    noise = -torch.log(-torch.log(torch.rand(samples, n, n).clamp(1e-9, 1 - 1e-9)))  # common random numbers
+
+    def expected_loss(u):
+        return hamming(solve_lap(u + noise), torch.eye(n).expand(samples, n, n)).mean()
+
+    theta = unary[:1].clone().requires_grad_(True)
+    loss, _ = imle_hamming_matching(theta.expand(samples, n, n), None, noise, None, 5.0, lap)
+    loss.mean().backward()
+    before = expected_loss(unary)
+    after = expected_loss((theta - 2.0 * theta.grad / theta.grad.abs().max()).detach().expand(samples, n, n))
+    assert after < before - 0.5, (before, after)
+
+
+# ---------------------------------------------------------------- the method and its ablations
+def build(**overrides):
+    cfg = resolve_config(LVMMed, "quick", dict(image_size=64, batch_size=32), {})
+    cfg.update(solver_restarts=2, solver_iters=20, **overrides)
+    torch.manual_seed(0)
+    backbone, width = build_backbone("resnet18")
+    return LVMMed(backbone, width, **method_kwargs(LVMMed, cfg)), cfg
+
+
+@pytest.fixture(scope="module")
+def views():
+    from PIL import Image
+
+    torch.manual_seed(0)
+    transform = LVMMed.transform(build()[1])
+    images = [Image.fromarray((torch.rand(80, 72, 3) * 255).byte().numpy()) for _ in range(32)]
+    samples = [transform(image) for image in images]
+    return [torch.stack([s[k] for s in samples]) for k in range(4)]
+
+
+def test_views_carry_normalised_cell_coordinates(views):
+    x_s, x_t, grid_s, grid_t = views
+    assert x_s.shape == (32, 3, 64, 64) and grid_s.shape == (32, 2, 2, 2)  # 64 px -> 2x2 ResNet cells
+    assert 0 <= grid_s.min() and grid_s.max() <= 1.5  # source-image fractions (lightly's centres may overhang)
+    assert not torch.equal(grid_s, grid_t)
+
+
+@torch.no_grad()
+def test_ablations_change_only_what_they_name(views):
+    full = build()[0].affinities(views)
+    no_mp = build(message_passing=False)[0].affinities(views)
+    no_local = build(local_similarity=False)[0].affinities(views)
+    first_order = build(second_order=False)[0].affinities(views)
+
+    # no message passing: the same local term, same graphs; embeddings are the projector's output
+    for a, b in zip(full["local"], no_mp["local"]):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(full["edges_s"], no_mp["edges_s"])
+    assert not torch.allclose(full["z"], no_mp["z"])
+    # no local similarity: vertex affinity is the global cosine alone; edges untouched
+    glob = F.normalize(full["z"][0], dim=-1) @ F.normalize(full["z"][1], dim=-1).transpose(1, 2)
+    torch.testing.assert_close(no_local["unary"], glob)
+    torch.testing.assert_close(no_local["edge"], full["edge"])
+    # first order: same vertex affinities, no edge term
+    torch.testing.assert_close(first_order["unary"], full["unary"])
+    assert first_order["edge"] is None
+
+
+def test_gumbel_ablation_replaces_noise_by_a_margin_and_first_order_uses_lap(views, monkeypatch):
+    import methods.lvmmed as lvmmed_module
+
+    calls = []
+    real_lap, real_qap = lvmmed_module.solve_lap, lvmmed_module.solve_qap
+    monkeypatch.setattr(lvmmed_module, "solve_lap", lambda u: calls.append(("lap", u.clone())) or real_lap(u))
+    monkeypatch.setattr(lvmmed_module, "solve_qap", lambda u, e, *a, **k: calls.append(("qap", u.clone())) or real_qap(u, e, *a, **k))
+    step = StepInfo(step=3)
+    model, _ = build(gumbel_noise=False)
+    with torch.no_grad():
+        unary = model.affinities(views)["unary"]
+        model.training_loss(views, step)
+    assert calls[0][0] == "qap"
+    torch.testing.assert_close(calls[0][1], unary - 1.0 * torch.eye(16))  # margin 1 against gold, no noise
+    calls.clear()
+    model, _ = build(second_order=False)
+    with torch.no_grad():
+        model.training_loss(views, step)
+    assert [kind for kind, _ in calls] == ["lap"]
+
+
+def test_noise_is_seeded_by_step_so_resume_is_exact(views):
+    model, _ = build()
+    noise = lambda step, salt=0: model._noise((2, 16, 16), "cpu", StepInfo(step=step), salt)  # noqa: E731
+    torch.manual_seed(123)  # the global RNG must not matter
+    first = noise(5)
+    torch.manual_seed(456)
+    torch.testing.assert_close(noise(5), first)
+    assert not torch.allclose(noise(6), first) and not torch.allclose(noise(5, salt=1), first)
+    with torch.no_grad():
+        assert model.training_loss(views, StepInfo(step=5))["loss"] == model.training_loss(views, StepInfo(step=5))["loss"]
+
+
+def test_batch_must_split_into_whole_groups_per_process():
+    cfg = build()[1]
+    LVMMed.check_config({**cfg, "batch_size": 64}, world_size=2)
+    with pytest.raises(UserError, match="multiple of graph_size"):
+        LVMMed.check_config({**cfg, "batch_size": 48}, world_size=2)
