@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness.backbones import build_backbone  # noqa: E402
 from harness.config import method_kwargs, resolve_config  # noqa: E402
+from harness.data import IMAGE_MEAN, IMAGE_STD, default_num_workers, to_uint8  # noqa: E402
 from harness.engine import MethodHook, PretrainModel, RunRecordHook, build_runner  # noqa: E402
 from harness.provenance import code_version, package_versions  # noqa: E402
 from methods import METHOD_NAMES, get_method  # noqa: E402
@@ -52,14 +53,25 @@ class PremadeViews(torch.utils.data.Dataset):
 
 
 def make_views(method_cls, cfg, n: int, seed: int = 0):
-    """n samples of the method's own views, from random-texture RGB images."""
+    """n samples of the method's own views as the harness ships them (uint8 images, float extras)."""
     from PIL import Image
 
     torch.manual_seed(seed)
     transform = method_cls.transform(cfg)
+    n_images = method_cls.image_view_count(cfg)
     side = int(cfg["image_size"] * 1.25)
-    images = [Image.fromarray((torch.rand(side, side, 3) * 255).byte().numpy()) for _ in range(n)]
-    return [transform(img) for img in images]
+    samples = []
+    for _ in range(n):
+        views = transform(Image.fromarray((torch.rand(side, side, 3) * 255).byte().numpy()))
+        n_img = len(views) if n_images is None else n_images
+        samples.append([to_uint8(v) for v in views[:n_img]] + list(views[n_img:]))
+    return samples
+
+
+def normalised(view_u8: torch.Tensor) -> torch.Tensor:
+    """What lightly's recipe feeds its loop: float views normalised on the CPU."""
+    mean, std = torch.tensor(IMAGE_MEAN).view(3, 1, 1), torch.tensor(IMAGE_STD).view(3, 1, 1)
+    return (view_u8.float() / 255 - mean) / std
 
 
 class StepClock:
@@ -130,7 +142,8 @@ def harness_steps(method: str, cfg, samples, device: str, n_steps: int) -> list[
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "run"
         run_dir.mkdir()
-        runner = build_runner(model, PremadeViews(samples, n_steps * cfg["batch_size"]), cfg, run_dir, resume=False, num_workers=0,
+        runner = build_runner(model, PremadeViews(samples, n_steps * cfg["batch_size"]), cfg, run_dir, resume=False,
+                              num_workers=default_num_workers(),
                               hooks=[MethodHook(), RunRecordHook(run_dir, {}), ClockHook()])
         runner.train()
     return clock.times
@@ -161,7 +174,7 @@ def main() -> None:
         samples[method] = (cfg, make_views(get_method(method), cfg, args.batch_size * args.distinct_batches))
 
     simclr_cfg, simclr_samples = samples["simclr"]
-    distinct = [tuple(torch.stack([s[v] for s in simclr_samples[i:i + args.batch_size]]) for v in range(2))
+    distinct = [tuple(torch.stack([normalised(s[v]) for s in simclr_samples[i:i + args.batch_size]]) for v in range(2))
                 for i in range(0, len(simclr_samples), args.batch_size)]
     batches = [distinct[i % len(distinct)] for i in range(n_steps)]
     if args.device == "cuda":

@@ -29,7 +29,7 @@ from mmengine.runner import Runner
 
 from harness.checkpoint import save_backbone, state_digest
 from harness.config import scaled_lr
-from harness.data import EpochIndexSampler, collate_views
+from harness.data import EpochIndexSampler, ViewsPreprocessor, collate_views
 from harness.errors import CorruptImageError, UserError
 from harness.method_api import SSLMethod, StepInfo
 from harness.torch_compat import trusted_mmengine_checkpoint
@@ -39,7 +39,7 @@ class PretrainModel(BaseModel):
     """mmengine model around a method: forward returns the method's losses."""
 
     def __init__(self, method: SSLMethod):
-        super().__init__()
+        super().__init__(data_preprocessor=ViewsPreprocessor())
         self.method = method
         self.step_info = StepInfo()
 
@@ -228,7 +228,8 @@ def build_optim_wrapper(model: torch.nn.Module, cfg: dict) -> OptimWrapper:
     if cfg.get("amp"):
         if not torch.cuda.is_available():
             raise UserError("--amp needs a CUDA GPU (mixed precision is not used on CPU)")
-        return AmpOptimWrapper(optimizer=optimizer, dtype="bfloat16", **extra)
+        # bf16 has float32's range: no loss scaling (a GradScaler would add a host sync per step)
+        return AmpOptimWrapper(optimizer=optimizer, dtype="bfloat16", loss_scale={"enabled": False}, **extra)
     return OptimWrapper(optimizer=optimizer, **extra)
 
 

@@ -54,8 +54,16 @@ class SSLMethod(nn.Module):
 
     @classmethod
     def transform(cls, cfg: dict[str, Any]) -> Callable[[Any], list[torch.Tensor]]:
-        """Image (PIL, RGB) -> list of augmented view tensors."""
+        """Image (PIL, RGB) -> list of augmented views, float in [0, 1] and NOT normalised (build
+        lightly transforms with normalize=None): the harness ships them as uint8 and normalises on
+        the device (harness.data.IMAGE_MEAN/STD). Non-image outputs (e.g. crop grids) follow the
+        images; see `image_view_count`."""
         raise NotImplementedError
+
+    @classmethod
+    def image_view_count(cls, cfg: dict[str, Any]) -> int | None:
+        """How many leading outputs of `transform` are images (None: all of them)."""
+        return None
 
     def training_loss(self, views: list[torch.Tensor], step: StepInfo) -> dict[str, torch.Tensor]:
         """Losses to sum (keys containing 'loss') and values only logged (other keys)."""

@@ -151,7 +151,8 @@ def run_pretraining(req: PretrainRequest, console) -> Path | None:
     backbone, feat_dim = build_backbone(cfg["backbone"])
     init_info = load_init(backbone, cfg) if cfg["init"] else None  # before the method copies it (EMA teachers)
     model = PretrainModel(method_cls(backbone, feat_dim, **method_kwargs(method_cls, cfg)))
-    dataset = ViewsDataset(entries, method_cls.transform(cfg), seed=cfg["seed"])
+    dataset = ViewsDataset(entries, method_cls.transform(cfg), seed=cfg["seed"],
+                           n_image_views=method_cls.image_view_count(cfg))
     sidecar = {"method": req.method, "backbone": cfg["backbone"], "config": cfg, "seed": cfg["seed"],
                "corpus": corpus_info, "init": init_info, "run": run_dir.name, "git_sha": provenance["git_sha"],
                "dirty": provenance["dirty"], "versions": provenance["versions"]}

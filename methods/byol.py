@@ -46,7 +46,8 @@ class BYOL(SSLMethod):
     @classmethod
     def transform(cls, cfg):
         size = cfg["image_size"]
-        return BYOLTransform(BYOLView1Transform(input_size=size), BYOLView2Transform(input_size=size))
+        return BYOLTransform(BYOLView1Transform(input_size=size, normalize=None),
+                             BYOLView2Transform(input_size=size, normalize=None))
 
     def training_loss(self, views: list[torch.Tensor], step: StepInfo) -> dict[str, torch.Tensor]:
         both = torch.cat(views)

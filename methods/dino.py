@@ -62,7 +62,7 @@ class DINO(SSLMethod):
     def transform(cls, cfg):
         return DINOTransform(global_crop_size=cfg["image_size"], local_crop_size=cfg["local_crop_size"],
                              n_local_views=cfg["n_local_views"], global_crop_scale=tuple(cfg["global_crop_scale"]),
-                             local_crop_scale=tuple(cfg["local_crop_scale"]))
+                             local_crop_scale=tuple(cfg["local_crop_scale"]), normalize=None)
 
     def training_loss(self, views: list[torch.Tensor], step: StepInfo) -> dict[str, torch.Tensor]:
         global_views, local_views = views[:2], views[2:]

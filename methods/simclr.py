@@ -35,7 +35,7 @@ class SimCLR(SSLMethod):
 
     @classmethod
     def transform(cls, cfg):
-        return SimCLRTransform(input_size=cfg["image_size"], min_scale=cfg["min_scale"])
+        return SimCLRTransform(input_size=cfg["image_size"], min_scale=cfg["min_scale"], normalize=None)
 
     def training_loss(self, views: list[torch.Tensor], step: StepInfo) -> dict[str, torch.Tensor]:
         z0, z1 = self.projection_head(self.backbone(torch.cat(views))).chunk(2)
