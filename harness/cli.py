@@ -61,6 +61,7 @@ def run() -> None:
 
     # Third-party deprecation notices (lightly's DINO head uses the old weight_norm) are not the user's business.
     warnings.filterwarnings("ignore", message=".*weight_norm is deprecated.*")
+    warnings.filterwarnings("ignore", message=".*get_image_size.*is deprecated.*")  # lightly's VICRegL crop
     sys.exit(main())
 
 

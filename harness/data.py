@@ -118,6 +118,10 @@ class ViewsPreprocessor(BaseDataPreprocessor):
     def forward(self, data: dict, training: bool = False) -> dict:
         data = self.cast_data(data)
         if "inputs" in data:
-            data["inputs"] = [(v.float() - self.mean) / self.std if v.dtype == torch.uint8 else v
-                              for v in data["inputs"]]
+            data["inputs"] = [self.normalise(v) if v.dtype == torch.uint8 else v for v in data["inputs"]]
         return data
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        if images.ndim != 4 or images.shape[1] != 3:  # never let broadcasting reshape a non-image
+            raise ValueError(f"uint8 views must be (batch, 3, H, W) images, got {tuple(images.shape)}")
+        return (images.float() - self.mean) / self.std

@@ -23,6 +23,7 @@ from methods.imle import imle_hamming_matching
 from methods.lvmmed_graph import GCN, edge_affinity, gcn_adjacency, knn_edges, local_affinity, vertex_affinity
 
 FEATURE_STRIDE = 32  # ResNet: one feature cell per 32x32 input pixels
+EULER_GAMMA = 0.5772156649  # mean of Gumbel(0, 1)
 
 
 class GeometricViews:
@@ -55,9 +56,10 @@ class LVMMed(SSLMethod):
     }
 
     def __init__(self, backbone, feat_dim, proj_dim: int = 128, projector_bn: bool = True, gcn_width: int = 128,
-                 gcn_layers: int = 2,
+                 gcn_layers: int = 2, gcn_residual: bool = True,
                  graph_size: int = 16, knn_k: int = 5, alpha: float = 0.8, gamma_pairs: int = 20,
-                 lam: float = 80.0, noise_scale: float = 1.0, margin: float = 1.0, symmetric_local: bool = True,
+                 lam: float = 80.0, noise_scale: float = 1.0, noise_centered: bool = False, margin: float = 1.0,
+                 symmetric_local: bool = True,
                  crop_scale: tuple = (0.2, 1.0), second_order: bool = True, message_passing: bool = True,
                  gumbel_noise: bool = True, local_similarity: bool = True, solver_restarts: int = 8,
                  solver_iters: int = 50, target_solver_restarts: int = 1, target_solver_iters: int = 10,
@@ -67,9 +69,9 @@ class LVMMed(SSLMethod):
         # without it a fresh projector + GCN maps all images to nearly one direction (cos 0.997) and
         # the matching cannot start (benchmarks/README.md, LVM-Med notes).
         self.projector = nn.Sequential(nn.Linear(feat_dim, proj_dim), *([nn.BatchNorm1d(proj_dim)] if projector_bn else []))
-        self.gcn = GCN(proj_dim, gcn_width, gcn_layers) if message_passing else None
+        self.gcn = GCN(proj_dim, gcn_width, gcn_layers, gcn_residual) if message_passing else None
         self.hp = dict(graph_size=graph_size, knn_k=knn_k, alpha=alpha, gamma_pairs=gamma_pairs, lam=lam,
-                       noise_scale=noise_scale, margin=margin, symmetric_local=symmetric_local,
+                       noise_scale=noise_scale, noise_centered=noise_centered, margin=margin, symmetric_local=symmetric_local,
                        second_order=second_order, gumbel_noise=gumbel_noise, local_similarity=local_similarity,
                        solver=dict(restarts=solver_restarts, iters=solver_iters),
                        target_solver=dict(restarts=target_solver_restarts, iters=target_solver_iters), seed=seed)
@@ -99,7 +101,10 @@ class LVMMed(SSLMethod):
         rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         self._generator.manual_seed(int(np.random.SeedSequence([self.hp["seed"], rank, step.step, salt]).generate_state(1)[0]))
         uniform = torch.rand(shape, device=device, generator=self._generator).clamp_(1e-10, 1 - 1e-10)
-        return -torch.log(-torch.log(uniform)) * self.hp["noise_scale"]
+        gumbel = -torch.log(-torch.log(uniform))
+        if self.hp["noise_centered"]:  # zero mean: otherwise every paid edge pair earns +0.577 on average
+            gumbel = gumbel - EULER_GAMMA
+        return gumbel * self.hp["noise_scale"]
 
     def embed(self, views: list[torch.Tensor]):
         """Group-wise embeddings of both views: maps (2, G, N, P, D), z (2, G, N, F), grids (2, G, N, P, 2)."""

@@ -36,19 +36,29 @@ def gcn_adjacency(edges: torch.Tensor, n: int) -> torch.Tensor:
 
 
 class GCN(nn.Module):
-    """Two graph-convolution layers (Kipf & Welling), width 128 in LVM-Med: H' = Â H W."""
+    """Graph convolutions (Kipf & Welling), two layers of width 128 in LVM-Med: H' = Â H W.
 
-    def __init__(self, in_dim: int, width: int = 128, layers: int = 2):
+    `residual=True` returns x + GCN(x) (ResGCN form). On a 16-node kNN graph (k=5) two plain
+    layers reach almost every node, so each output is close to the group mean and nodes lose the
+    identity that matching needs: on a controlled problem (tests/test_lvmmed.py) the plain form
+    stays at chance accuracy while no-GCN and the residual form learn to ~0.8.
+    """
+
+    def __init__(self, in_dim: int, width: int = 128, layers: int = 2, residual: bool = True):
         super().__init__()
+        if residual and width != in_dim:
+            raise ValueError(f"a residual GCN needs width == input width, got {width} and {in_dim}")
         dims = [in_dim] + [width] * layers
         self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.residual = residual
 
     def forward(self, x: torch.Tensor, adjacency: torch.Tensor) -> torch.Tensor:
+        h = x
         for index, linear in enumerate(self.linears):
-            x = adjacency @ linear(x)
+            h = adjacency @ linear(h)
             if index < len(self.linears) - 1:  # no activation on the output embedding
-                x = F.relu(x)
-        return x
+                h = F.relu(h)
+        return x + h if self.residual else h
 
 
 def local_affinity(maps_s: torch.Tensor, maps_t: torch.Tensor, grid_s: torch.Tensor, grid_t: torch.Tensor,

@@ -14,14 +14,14 @@ from harness.runs import read_run
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["simclr", "dino"])
-def test_torchrun_two_processes_end_with_identical_weights(tiny_corpus, method):
+@pytest.mark.parametrize("method,batch", [("simclr", 16), ("dino", 16), ("lvmmed", 32)])
+def test_torchrun_two_processes_end_with_identical_weights(tiny_corpus, method, batch):
     workspace, corpus_id = tiny_corpus
     torchrun = Path(sys.executable).parent / "torchrun"
     name = f"ddp-{method}"
     cmd = [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "harness", "pretrain",
            "--method", method, "--workspace", str(workspace), "--corpus", corpus_id, "--image-size", "32",
-           "--batch-size", "16", "--epochs", "2", "--num-workers", "0", "--name", name]
+           "--batch-size", str(batch), "--epochs", "2", "--num-workers", "0", "--name", name]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -33,6 +33,7 @@ def test_torchrun_two_processes_end_with_identical_weights(tiny_corpus, method):
     ddp = sidecar["ddp"]
     assert ddp["world_size"] == 2 and len(ddp["rank_digests"]) == 2
     assert ddp["rank_digests"][0] == ddp["rank_digests"][1] and ddp["in_sync"]
-    # 96 images at a global batch of 16 = 6 steps per epoch: each rank took 8 images per step
+    # 96 images at a global batch B = 96/B steps per epoch: each rank took B/2 images per step
+    # (LVM-Med: one 16-image matching group per rank and step)
     steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").open()]
-    assert steps == list(range(1, 13))
+    assert steps == list(range(1, 2 * 96 // batch + 1))
