@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -272,7 +273,8 @@ def build_runner(model: PretrainModel, dataset, cfg: dict, run_dir: Path, *, res
     runner = BenchRunner(
         model=model,
         work_dir=str(run_dir / "train"),
-        experiment_name=f"{run_dir.name}-{time.strftime('%Y%m%d_%H%M%S')}",
+        # unique per Runner: mmengine keys its global logger/visualizer instances on this name
+        experiment_name=f"{run_dir.name}-{time.strftime('%Y%m%d_%H%M%S')}-{uuid.uuid4().hex[:6]}",
         train_dataloader=dict(
             dataset=dataset,
             sampler=dict(type=EpochIndexSampler, shuffle=True, seed=cfg["seed"]),

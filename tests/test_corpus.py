@@ -207,7 +207,7 @@ def test_cli_build_and_show(tree: Path, workspace):
     corpus_id = list_corpora(workspace)[0]["id"]
     assert corpus_id in result.output and "ct_scans" in result.output and "fundus" in result.output
     assert "broken.png" in result.output and "1 unreadable" in result.output
-    assert f"bench pretrain --corpus {corpus_id}" in result.output
+    assert f"bench pretrain --method simclr --corpus {corpus_id}" in result.output
 
     listing = runner.invoke(corpus_app, ["show"], env={"BENCH_HOME": str(workspace.root)})
     assert listing.exit_code == 0 and corpus_id in listing.output
