@@ -24,6 +24,12 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+def workspace_option():
+    """The `--workspace` option every command shares."""
+    return typer.Option("workspace", "--workspace", envvar="BENCH_HOME",
+                        help="Workspace folder holding corpora and runs (env BENCH_HOME).")
+
+
 def _mount_subcommands() -> None:
     # Imported here so `bench --help` stays fast and sub-apps can import `console` from this module.
     from harness.cli_corpus import corpus_app

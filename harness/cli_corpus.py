@@ -7,7 +7,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from harness.cli import console
+from harness.cli import console, workspace_option
 from harness.corpus import build_corpus, list_corpora, resolve_corpus
 from harness.imageio import SUPPORTED_SUFFIXES
 from harness.workspace import Workspace
@@ -21,12 +21,7 @@ corpus_app = typer.Typer(
     no_args_is_help=True,
 )
 
-WORKSPACE_HELP = "Where corpora and runs are kept (env BENCH_HOME)."
 MAX_UNREADABLE_SHOWN = 50
-
-
-def _workspace_option() -> typer.models.OptionInfo:
-    return typer.Option("workspace", "--workspace", envvar="BENCH_HOME", help=WORKSPACE_HELP)
 
 
 def _progress() -> Progress:
@@ -51,7 +46,7 @@ def build(
         ..., "--root", metavar="DIR", help="Folder of images; repeat for several. Each first-level sub-folder "
         "is one dataset (files directly in the root form a dataset named after the root). An "
         'optional dataset.json there, {"modality": "ct", "synthetic": false}, labels it.'),
-    workspace: str = _workspace_option(),
+    workspace: str = workspace_option(),
 ) -> None:
     corpus = _build_with_progress(roots, Workspace.resolve(workspace))
     info = corpus.info
@@ -76,7 +71,7 @@ def show(
     corpus_id: str = typer.Argument(
         None, help="Corpus id (or a unique prefix), a manifest.jsonl or a corpus folder. "
         "Without it, list every corpus in the workspace."),
-    workspace: str = _workspace_option(),
+    workspace: str = workspace_option(),
 ) -> None:
     ws = Workspace.resolve(workspace)
     if corpus_id is None:
@@ -112,7 +107,7 @@ def synth(
     size: int = typer.Option(96, "--size", min=16, help="Image side in pixels."),
     build_now: bool = typer.Option(False, "--build/--no-build",
                                    help="Also build the corpus from OUT and print its id."),
-    workspace: str = _workspace_option(),
+    workspace: str = workspace_option(),
 ) -> None:
     from downstream.phantoms import synthesize_corpus  # heavy; only this command needs it
 

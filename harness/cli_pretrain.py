@@ -10,11 +10,8 @@ from rich.table import Table
 
 from harness.workspace import Workspace
 
-WORKSPACE_HELP = "Workspace folder holding corpora and runs (env BENCH_HOME)."
-
-
 def register(app: typer.Typer) -> None:
-    from harness.cli import console
+    from harness.cli import console, workspace_option
 
     @app.command(help="""Pretrain a backbone with a self-supervised method on a corpus.
 
@@ -45,7 +42,7 @@ def register(app: typer.Typer) -> None:
         resume: bool = typer.Option(False, "--resume", help="Continue the run named by --name (or the newest unfinished run with this configuration) from its last epoch."),
         stop_after_epoch: Optional[int] = typer.Option(None, help="Stop after this many epochs (checkpointed; continue with --resume)."),
         num_workers: Optional[int] = typer.Option(None, help="Data-loading processes (default: half the CPUs)."),
-        workspace: Path = typer.Option("workspace", envvar="BENCH_HOME", help=WORKSPACE_HELP),
+        workspace: Path = workspace_option(),
     ):
         from harness.config import parse_set_options
         from harness.pretrain import PretrainRequest, run_pretraining
@@ -66,7 +63,7 @@ def register(app: typer.Typer) -> None:
             console.print(f"checkpoint:  {record['backbone_path']}  (+ backbone.json sidecar)", soft_wrap=True)
 
     @app.command(help="List pretraining runs in the workspace: status, progress, loss, corpus, checkpoint.")
-    def runs(workspace: Path = typer.Option("workspace", envvar="BENCH_HOME", help=WORKSPACE_HELP)):
+    def runs(workspace: Path = workspace_option()):
         from harness.runs import list_runs
 
         ws = Workspace.resolve(workspace)
