@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness.backbones import build_backbone  # noqa: E402
 from harness.config import method_kwargs, resolve_config  # noqa: E402
-from harness.data import IMAGE_MEAN, IMAGE_STD, default_num_workers, to_uint8  # noqa: E402
+from harness.data import IMAGE_MEAN, IMAGE_STD, default_num_workers, ship_views  # noqa: E402
 from harness.engine import MethodHook, PretrainModel, RunRecordHook, build_runner  # noqa: E402
 from harness.provenance import code_version, package_versions  # noqa: E402
 from methods import METHOD_NAMES, get_method  # noqa: E402
@@ -60,12 +60,8 @@ def make_views(method_cls, cfg, n: int, seed: int = 0):
     transform = method_cls.transform(cfg)
     n_images = method_cls.image_view_count(cfg)
     side = int(cfg["image_size"] * 1.25)
-    samples = []
-    for _ in range(n):
-        views = transform(Image.fromarray((torch.rand(side, side, 3) * 255).byte().numpy()))
-        n_img = len(views) if n_images is None else n_images
-        samples.append([to_uint8(v) for v in views[:n_img]] + list(views[n_img:]))
-    return samples
+    images = (Image.fromarray((torch.rand(side, side, 3) * 255).byte().numpy()) for _ in range(n))
+    return [ship_views(transform(image), n_images) for image in images]
 
 
 def normalised(view_u8: torch.Tensor) -> torch.Tensor:

@@ -17,12 +17,14 @@ from mmengine.dataset import DefaultSampler
 from mmengine.model import BaseDataPreprocessor
 from torch.utils.data import Dataset
 
+from lightly.transforms.utils import IMAGENET_NORMALIZE
+
 from harness.errors import CorruptImageError
 
 # Views travel as uint8 (4x less memory through loader workers, pinning and host->device copies)
-# and are normalised on the device with these ImageNet statistics (lightly's default).
-IMAGE_MEAN = (0.485, 0.456, 0.406)
-IMAGE_STD = (0.229, 0.224, 0.225)
+# and are normalised on the device with lightly's default ImageNet statistics.
+IMAGE_MEAN = tuple(IMAGENET_NORMALIZE["mean"])
+IMAGE_STD = tuple(IMAGENET_NORMALIZE["std"])
 
 
 class EpochIndexSampler(DefaultSampler):
@@ -34,8 +36,9 @@ class EpochIndexSampler(DefaultSampler):
             yield (epoch, index)
 
 
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+def derived_seed(*keys: int) -> int:
+    """A well-mixed 32-bit seed from a tuple of integers, e.g. (seed, epoch, index)."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
 
 
 class ViewsDataset(Dataset):
@@ -74,7 +77,7 @@ class ViewsDataset(Dataset):
         # three for this sample and restore them afterwards.
         with torch.random.fork_rng(devices=[]):
             py_state, np_state = random.getstate(), np.random.get_state()
-            seed = sample_seed(self.seed, epoch, index)
+            seed = derived_seed(self.seed, epoch, index)
             torch.manual_seed(seed)
             random.seed(seed)
             np.random.seed(seed)
@@ -83,8 +86,13 @@ class ViewsDataset(Dataset):
             finally:
                 random.setstate(py_state)
                 np.random.set_state(np_state)
-        n_images = len(views) if self.n_image_views is None else self.n_image_views
-        return {"inputs": [to_uint8(v) for v in views[:n_images]] + list(views[n_images:])}
+        return {"inputs": ship_views(views, self.n_image_views)}
+
+
+def ship_views(views: list[torch.Tensor], n_image_views: int | None) -> list[torch.Tensor]:
+    """The form views travel in: the first `n_image_views` (None: all) as uint8, the rest unchanged."""
+    n_images = len(views) if n_image_views is None else n_image_views
+    return [to_uint8(v) for v in views[:n_images]] + list(views[n_images:])
 
 
 def to_uint8(view: torch.Tensor) -> torch.Tensor:

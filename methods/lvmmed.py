@@ -9,13 +9,13 @@ Spec: ../shared/specs/lvmmed.md. Every choice the paper leaves open is a constru
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from lightly.transforms import VICRegLTransform
 from torch import nn
 
 from harness.backbones import feature_map
+from harness.data import derived_seed
 from harness.errors import UserError
 from harness.method_api import SSLMethod, StepInfo
 from methods.graph_matching import edge_indicator, solve_lap, solve_qap
@@ -99,7 +99,7 @@ class LVMMed(SSLMethod):
         if self._generator is None or self._generator.device != torch.device(device):
             self._generator = torch.Generator(device=device)
         rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-        self._generator.manual_seed(int(np.random.SeedSequence([self.hp["seed"], rank, step.step, salt]).generate_state(1)[0]))
+        self._generator.manual_seed(derived_seed(self.hp["seed"], rank, step.step, salt))
         uniform = torch.rand(shape, device=device, generator=self._generator).clamp_(1e-10, 1 - 1e-10)
         gumbel = -torch.log(-torch.log(uniform))
         if self.hp["noise_centered"]:  # zero mean: otherwise every paid edge pair earns +0.577 on average
