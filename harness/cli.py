@@ -32,18 +32,20 @@ def workspace_option():
 
 def _mount_subcommands() -> None:
     # Imported here so `bench --help` stays fast and sub-apps can import `console` from this module.
+    from harness import cli_checkpoints, cli_eval, cli_pretrain
     from harness.cli_corpus import corpus_app
-    from harness.cli_pretrain import register as register_pretrain
 
     app.add_typer(corpus_app, name="corpus")
-    register_pretrain(app)
+    cli_pretrain.register(app)
+    cli_checkpoints.register(app)
+    cli_eval.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `bench` script: run the app, turn UserError into one line + exit 2."""
     _mount_subcommands()
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)  # a command's typer.Exit(n) comes back as n here
     except UserError as err:
         err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
         return err.exit_code
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             err.show()
             return err.exit_code
         raise
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 def run() -> None:

@@ -1,0 +1,332 @@
+"""Classification tasks (FGADR grading, Brain Tumor MRI): linear probe, kNN and fine-tune.
+
+Protocols (LVM-Med Table 5, App. B; one FC layer on the pooled backbone features, Adam, CE):
+- linear: the frozen encoder's features are computed once per checkpoint and cached; a linear
+  layer is trained on them. Its learning rate and weight decay (a small grid around the paper's)
+  and its epoch are chosen on the validation split, never on test. Features are standardised
+  with the training statistics, so checkpoints with different feature scales compete fairly.
+- knn: weighted k-nearest-neighbour vote on cosine similarity (temperature 0.07, as InstDisc and
+  DINO); k chosen on validation.
+- finetune: encoder + FC trained end to end by mmengine's Runner; the epoch with the best
+  validation accuracy is the one tested (as the paper's repo does).
+Metrics: accuracy (the paper's), macro-F1 and macro one-vs-rest AUROC (torchmetrics), per-class
+recall/F1/AUROC, and per-image outcomes so the leaderboard can bootstrap confidence intervals.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+import tempfile
+import uuid
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from mmengine.evaluator import BaseMetric
+from mmengine.hooks import Hook
+from mmengine.model import BaseModel, ImgDataPreprocessor
+from mmengine.runner import Runner
+from PIL import Image
+from torch import nn
+from torchmetrics.functional.classification import multiclass_auroc, multiclass_f1_score, multiclass_recall
+
+from downstream.datasets.canonical import ClassificationDataset, Sample, label_fraction_subset
+from downstream.registry import Protocol, Task
+from harness.backbones import build_backbone
+from harness.data import IMAGE_MEAN, IMAGE_STD, derived_seed
+from harness.errors import CorruptImageError
+from harness.fsutil import atomic_path
+
+SPLITS = ("train", "val", "test")
+KNN_TEMPERATURE = 0.07
+KNN_KS = (5, 10, 20)
+LINEAR_LR_FACTORS = (0.3, 1.0, 3.0)
+LINEAR_WEIGHT_DECAYS = (0.0, 1e-4, 1e-2)
+
+
+# ----------------------------------------------------------------------------- metrics
+def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, classes: list[str],
+                           ids: list[str] | None = None) -> dict:
+    """Accuracy, macro-F1 and macro AUROC of class probabilities `probs` (N, C) against `labels`.
+
+    AUROC is averaged over the classes it is defined for (present and absent in `labels`);
+    None when it is defined for none.
+    """
+    num_classes = len(classes)
+    labels = labels.long()
+    preds = probs.argmax(1)
+    recall = multiclass_recall(preds, labels, num_classes, average=None)
+    f1 = multiclass_f1_score(preds, labels, num_classes, average="macro")
+    per_class_f1 = multiclass_f1_score(preds, labels, num_classes, average=None)
+    counts = torch.bincount(labels, minlength=num_classes)
+    defined = (counts > 0) & (counts < len(labels))
+    with warnings.catch_warnings():  # undefined classes are excluded below; torchmetrics warns about them
+        warnings.simplefilter("ignore", UserWarning)
+        auroc_all = multiclass_auroc(probs.float(), labels, num_classes, average=None, thresholds=None)
+    auroc = float(auroc_all[defined].mean()) if defined.any() else None
+    per_class = {name: {"n": int(counts[c]), "recall": float(recall[c]), "f1": float(per_class_f1[c]),
+                        "auroc": float(auroc_all[c]) if defined[c] else None} for c, name in enumerate(classes)}
+    ids = ids if ids is not None else [str(i) for i in range(len(labels))]
+    per_case = [{"id": i, "label": int(t), "pred": int(p)} for i, t, p in zip(ids, labels.tolist(), preds.tolist())]
+    accuracy = float((preds == labels).float().mean())
+    return {"metric": "accuracy", "value": accuracy,
+            "metrics": {"accuracy": accuracy, "macro_f1": float(f1), "auroc": auroc, "n": len(labels)},
+            "per_class": per_class, "per_case": per_case}
+
+
+# ----------------------------------------------------------------------------- images
+def load_image(sample: Sample, size: int) -> torch.Tensor:
+    """(3, size, size) uint8: RGB (grayscale replicated, as in pretraining), resized bilinearly."""
+    try:
+        with Image.open(sample.path) as image:
+            rgb = image.convert("RGB").resize((size, size), Image.BILINEAR)
+    except (OSError, ValueError) as err:
+        raise CorruptImageError(f"cannot decode image ({err})", sample.path) from None
+    return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1)
+
+
+class ImageSet(torch.utils.data.Dataset):
+    """Samples as mmengine batches: {"inputs": uint8 image, "data_samples": label}."""
+
+    def __init__(self, samples: list[Sample], size: int, flip: bool = False):
+        self.samples, self.size, self.flip = samples, size, flip
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict:
+        image = load_image(self.samples[index], self.size)
+        if self.flip and torch.rand(()) < 0.5:
+            image = image.flip(-1)
+        return {"inputs": image, "data_samples": self.samples[index].label}
+
+
+def preprocessor() -> ImgDataPreprocessor:
+    return ImgDataPreprocessor(mean=[m * 255 for m in IMAGE_MEAN], std=[s * 255 for s in IMAGE_STD])
+
+
+# ----------------------------------------------------------------------------- frozen features
+def build_encoder(ref, backbone_name: str, seed: int) -> nn.Module:
+    """The checkpoint's backbone; random init is seeded per evaluation seed (a baseline over seeds)."""
+    from harness.checkpoints import load_checkpoint_into
+
+    torch.manual_seed(derived_seed(seed, 0x5EED))
+    backbone, _ = build_backbone(ref.backbone if ref.path else backbone_name)
+    load_checkpoint_into(ref, backbone)
+    return backbone
+
+
+@torch.no_grad()
+def extract_features(encoder: nn.Module, samples: list[Sample], size: int, batch_size: int,
+                     device: torch.device) -> torch.Tensor:
+    encoder.eval().to(device)
+    norm = preprocessor().to(device)
+    loader = torch.utils.data.DataLoader(ImageSet(samples, size), batch_size=batch_size, num_workers=0)
+    chunks = [encoder(norm({"inputs": batch["inputs"]})["inputs"]).float().cpu() for batch in loader]
+    return torch.cat(chunks)
+
+
+class FeatureCache:
+    """Frozen features per (checkpoint, data content, image size): computed once, kept in memory
+    and on disk (safetensors, written atomically) for later runs."""
+
+    def __init__(self, folder: Path | None):
+        self.folder = folder
+        self.memory: dict[str, dict[str, torch.Tensor]] = {}
+        self.computed = 0
+
+    def get(self, ref, seed: int, data: ClassificationDataset, protocol: Protocol, device) -> dict[str, torch.Tensor]:
+        from safetensors.torch import load_file, save_file
+
+        # Random init differs per seed; a pretrained checkpoint's frozen features do not.
+        owner = f"{ref.id}-seed{seed}" if ref.path is None else ref.id
+        key = f"{owner}/{data.name}-{data.meta['content_hash'][:16]}-{protocol.image_size}px"
+        if key in self.memory:
+            return self.memory[key]
+        path = self.folder / f"{key}.safetensors" if self.folder else None
+        if path is not None and path.is_file():
+            feats = load_file(str(path))
+        else:
+            encoder = build_encoder(ref, protocol.backbone, seed)
+            feats = {s: extract_features(encoder, data.split(s), protocol.image_size, protocol.batch_size, device)
+                     for s in SPLITS}
+            self.computed += 1
+            if path is not None:
+                with atomic_path(path) as tmp:
+                    save_file(feats, str(tmp))
+        self.memory[key] = feats
+        return feats
+
+
+# ----------------------------------------------------------------------------- probes
+def _standardise(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
+    mean, std = train.mean(0), train.std(0, unbiased=False).clamp_min(1e-6)
+    return [(x - mean) / std for x in (train, *others)]
+
+
+def linear_probe(feats: dict, labels: dict, classes: list[str], protocol: Protocol, seed: int) -> dict:
+    """Train one FC layer on cached features (Adam, the paper's lr and batch); pick lr, weight
+    decay and epoch on val. Returns {"val": result, "test": result, "selected": {...}}."""
+    x_train, x_val, x_test = _standardise(feats["train"], feats["val"], feats["test"])
+    y_train = labels["train"]
+    best = (-1.0, math.inf, None, None)
+    for lr_factor in LINEAR_LR_FACTORS:
+        for wd in sorted({*LINEAR_WEIGHT_DECAYS, protocol.weight_decay}):
+            gen = torch.Generator().manual_seed(derived_seed(seed, 1))
+            head = nn.Linear(x_train.shape[1], len(classes))
+            with torch.no_grad():
+                head.weight.copy_(torch.randn(head.weight.shape, generator=gen) * 0.01)
+                head.bias.zero_()
+            optim = torch.optim.Adam(head.parameters(), lr=protocol.lr * lr_factor, weight_decay=wd)
+            for epoch in range(protocol.epochs):
+                for idx in torch.randperm(len(y_train), generator=gen).split(protocol.batch_size):
+                    optim.zero_grad()
+                    F.cross_entropy(head(x_train[idx]), y_train[idx]).backward()
+                    optim.step()
+                with torch.no_grad():
+                    logits = head(x_val)
+                    acc = float((logits.argmax(1) == labels["val"]).float().mean())
+                    loss = float(F.cross_entropy(logits, labels["val"]))
+                if acc > best[0] or (acc == best[0] and loss < best[1]):
+                    best = (acc, loss, copy.deepcopy(head.state_dict()),
+                            {"lr": protocol.lr * lr_factor, "weight_decay": wd, "epoch": epoch + 1})
+    head.load_state_dict(best[2])
+    with torch.no_grad():
+        out = {s: classification_metrics(head(x).softmax(1), labels[s], classes)
+               for s, x in (("val", x_val), ("test", x_test))}
+    out["selected"] = best[3]
+    return out
+
+
+def knn_probe(feats: dict, labels: dict, classes: list[str]) -> dict:
+    """Cosine-similarity kNN with exp(sim / 0.07) weighted votes; k chosen on val."""
+    train = F.normalize(feats["train"], dim=1)
+
+    def votes(x: torch.Tensor, k: int) -> torch.Tensor:
+        sims, idx = (F.normalize(x, dim=1) @ train.T).topk(min(k, len(train)), dim=1)
+        onehot = F.one_hot(labels["train"][idx], len(classes)).float()
+        scores = (onehot * (sims / KNN_TEMPERATURE).exp().unsqueeze(-1)).sum(1)
+        return scores / scores.sum(1, keepdim=True)
+
+    best_k = max(KNN_KS, key=lambda k: (float((votes(feats["val"], k).argmax(1) == labels["val"]).float().mean()), -k))
+    out = {s: classification_metrics(votes(feats[s], best_k), labels[s], classes) for s in ("val", "test")}
+    out["selected"] = {"k": best_k, "temperature": KNN_TEMPERATURE}
+    return out
+
+
+# ----------------------------------------------------------------------------- fine-tune
+class Classifier(BaseModel):
+    """Backbone + one FC layer (LVM-Med's '1-fcn' head)."""
+
+    def __init__(self, backbone: nn.Module, width: int, num_classes: int):
+        super().__init__(data_preprocessor=preprocessor())
+        self.backbone, self.head = backbone, nn.Linear(width, num_classes)
+
+    def forward(self, inputs, data_samples=None, mode: str = "tensor"):
+        logits = self.head(self.backbone(inputs))
+        if mode == "loss":
+            return {"loss": F.cross_entropy(logits, data_samples)}
+        if mode == "predict":
+            return list(zip(logits.softmax(1).float().cpu(), data_samples.cpu()))
+        return logits
+
+
+class ClassificationMetric(BaseMetric):
+    """mmengine metric: keeps the full result of the last evaluation in `self.last`."""
+
+    def __init__(self, classes: list[str]):
+        super().__init__()
+        self.classes, self.last = classes, None
+
+    def process(self, data_batch, data_samples) -> None:
+        self.results.extend(data_samples)
+
+    def compute_metrics(self, results: list) -> dict:
+        probs = torch.stack([p for p, _ in results])
+        labels = torch.stack([t for _, t in results])
+        self.last = classification_metrics(probs, labels, self.classes)
+        return {"accuracy": self.last["value"]}
+
+
+class KeepBestHook(Hook):
+    """Keeps (in memory) the weights of the epoch with the best validation accuracy."""
+
+    def __init__(self):
+        self.best_accuracy, self.best_state, self.best_epoch = -1.0, None, 0
+
+    def after_val_epoch(self, runner, metrics=None) -> None:
+        accuracy = (metrics or {}).get("accuracy", -1.0)
+        if accuracy > self.best_accuracy:
+            self.best_accuracy, self.best_epoch = accuracy, runner.epoch
+            self.best_state = copy.deepcopy(runner.model.state_dict())
+
+
+def finetune(ref, data: ClassificationDataset, train: list[Sample], protocol: Protocol, seed: int,
+             work_root: Path) -> dict:
+    """Fine-tune backbone + FC with mmengine's Runner; test the best-validation epoch."""
+    from harness.engine import QuietMMEngine
+
+    encoder = build_encoder(ref, protocol.backbone, seed)
+    width = build_backbone(ref.backbone if ref.path else protocol.backbone)[1]
+    model = Classifier(encoder, width, len(data.classes))
+    loader = lambda samples, shuffle: dict(  # noqa: E731
+        dataset=ImageSet(samples, protocol.image_size, flip=shuffle), batch_size=protocol.batch_size,
+        sampler=dict(type="DefaultSampler", shuffle=shuffle, seed=seed), collate_fn=dict(type="default_collate"),
+        num_workers=0)
+    val_metric, test_metric, keep = ClassificationMetric(data.classes), ClassificationMetric(data.classes), KeepBestHook()
+    work_root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=work_root) as work_dir:
+        runner = Runner(
+            model=model, work_dir=work_dir, experiment_name=f"finetune-{uuid.uuid4().hex[:8]}",
+            train_dataloader=loader(train, True), val_dataloader=loader(data.split("val"), False),
+            test_dataloader=loader(data.split("test"), False),
+            train_cfg=dict(by_epoch=True, max_epochs=protocol.epochs, val_interval=1),
+            val_cfg=dict(), test_cfg=dict(), val_evaluator=[val_metric], test_evaluator=[test_metric],
+            optim_wrapper=dict(optimizer=dict(type="Adam", lr=protocol.lr, weight_decay=protocol.weight_decay),
+                               clip_grad=dict(max_norm=1.0)),
+            default_hooks=dict(timer=dict(type="IterTimerHook"), logger=dict(type="LoggerHook", interval=50),
+                               checkpoint=dict(type="CheckpointHook", interval=-1, save_last=False)),
+            custom_hooks=[keep], randomness=dict(seed=derived_seed(seed, 2)),
+            log_level=os.environ.get("BENCH_LOG_LEVEL", "WARNING"), default_scope="mmengine")
+        runner.logger.addFilter(QuietMMEngine())
+        runner.train()
+        runner.model.load_state_dict(keep.best_state)
+        runner.val()
+        runner.test()
+    ids = {s: [x.id for x in data.split(s)] for s in ("val", "test")}
+    out = {}
+    for split, metric in (("val", val_metric), ("test", test_metric)):
+        result = metric.last
+        for case, sample_id in zip(result["per_case"], ids[split]):
+            case["id"] = sample_id
+        out[split] = result
+    out["selected"] = {"epoch": keep.best_epoch + 1}
+    return out
+
+
+# ----------------------------------------------------------------------------- one job
+def run_job(task: Task, protocol: Protocol, data: ClassificationDataset, ref, *, label_fraction: float, seed: int,
+            cache: FeatureCache, device: torch.device, work_root: Path) -> dict:
+    """One evaluation: returns {"val": ..., "test": ..., "selected": ..., "n_train": ...}."""
+    train_labels = data.labels("train")
+    keep = label_fraction_subset(train_labels, label_fraction, seed)
+    train = [data.split("train")[i] for i in keep]
+    if protocol.name == "finetune":
+        out = finetune(ref, data, train, protocol, seed, work_root)
+    else:
+        feats = cache.get(ref, seed, data, protocol, device)
+        feats = {**feats, "train": feats["train"][torch.as_tensor(keep)]}
+        labels = {"train": torch.as_tensor(train_labels[keep]), "val": torch.as_tensor(data.labels("val")),
+                  "test": torch.as_tensor(data.labels("test"))}
+        if protocol.name == "linear":
+            out = linear_probe(feats, labels, data.classes, protocol, seed)
+        else:
+            out = knn_probe(feats, labels, data.classes)
+        for split in ("val", "test"):
+            for case, sample in zip(out[split]["per_case"], data.split(split)):
+                case["id"] = sample.id
+    out["n_train"] = len(train)
+    return out

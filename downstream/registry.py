@@ -1,0 +1,150 @@
+"""The 15 downstream tasks of LVM-Med (NeurIPS 2023), as ../shared/specs/tasks.md defines them.
+
+One entry per task: its family (which evaluation module runs it), dataset adapter, classes,
+metrics exactly as the paper computes them, protocols and their parameters. `paper` holds the
+published protocol (LVM-Med Tables 7 and 8, App. B, and its repo configs where the paper is
+silent); `quick` is a CPU smoke setting (ResNet-18, 64 px, few epochs).
+
+Families are built one issue at a time; `FAMILIES_BUILT` says which run today.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from harness.errors import UserError
+
+FAMILIES = ("classification", "segmentation_2d", "segmentation_3d", "detection", "ood_segmentation")
+FAMILIES_BUILT = frozenset({"classification"})
+FAMILY_ISSUE = {"segmentation_2d": 5, "segmentation_3d": 5, "ood_segmentation": 5, "detection": 6}
+PROFILES = ("quick", "paper")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How one task is trained and scored under one protocol (linear / knn / finetune)."""
+
+    name: str
+    image_size: int
+    lr: float
+    epochs: int
+    batch_size: int
+    weight_decay: float = 0.0
+    backbone: str = "resnet50"
+    optimizer: str = "adam"
+    source: str = ""
+
+    def as_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    title: str
+    family: str
+    dataset: str
+    classes: int
+    metric: str                      # the paper's metric: what the leaderboard ranks by
+    metrics: tuple[str, ...]
+    paper: dict[str, Protocol]        # protocol name -> paper parameters
+    reported: dict[str, float] = field(default_factory=dict)  # LVM-Med R50, per protocol (tasks.md)
+    note: str = ""
+
+    @property
+    def protocols(self) -> tuple[str, ...]:
+        return tuple(self.paper)
+
+    @property
+    def built(self) -> bool:
+        return self.family in FAMILIES_BUILT
+
+    def protocol(self, name: str, profile: str) -> Protocol:
+        if name not in self.paper:
+            raise UserError(f"task '{self.name}' has no '{name}' protocol; it has: {', '.join(self.paper)}")
+        if profile not in PROFILES:
+            raise UserError(f"unknown profile '{profile}'; choose one of: {', '.join(PROFILES)}")
+        paper = self.paper[name]
+        return paper if profile == "paper" else quick_protocol(paper)
+
+
+def quick_protocol(paper: Protocol) -> Protocol:
+    """The CPU smoke version of a paper protocol: ResNet-18 at 64 px, short schedules. Probes on
+    cached features cost little, so they keep enough epochs to converge."""
+    epochs = {"linear": 60, "knn": 0}.get(paper.name, 4)
+    return replace(paper, image_size=64, backbone="resnet18", epochs=epochs, batch_size=32,
+                   source=f"quick (CPU) version of: {paper.source}")
+
+
+def _cls(name, lr, wd, batch, size, epochs, source) -> Protocol:
+    return Protocol(name, size, lr, epochs, batch, wd, source=source)
+
+
+def _seg(size, lr, epochs, batch, source) -> dict[str, Protocol]:
+    return {"finetune": Protocol("finetune", size, lr, epochs, batch, source=source)}
+
+
+CLS_METRICS = ("accuracy", "macro_f1", "auroc")
+T7, T8 = "LVM-Med Table 7 (U-Net, Adam, Dice+CE)", "LVM-Med Table 8 (slice-wise U-Net, Adam)"
+DET = "LVM-Med App. B + repo command.sh (Faster R-CNN R50-FPN, Adam, clip 1)"
+_PROSTATE = "LVM-Med Table 8 (train BMC, slice-wise, Adam)"
+
+TASKS: dict[str, Task] = {t.name: t for t in [
+    Task("isic2018", "Skin lesion segmentation (ISIC-2018)", "segmentation_2d", "isic2018", 2, "dice", ("dice",),
+         _seg(512, 1e-4, 35, 16, T7), {"finetune": 87.76}),
+    Task("jsrt", "Lung segmentation (JSRT + SCR)", "segmentation_2d", "jsrt", 2, "dice", ("dice",),
+         _seg(224, 1e-3, 50, 32, T7), {"finetune": 95.13}),
+    Task("kvasir_seg", "Polyp segmentation (Kvasir-SEG)", "segmentation_2d", "kvasir", 2, "dice", ("dice",),
+         _seg(224, 1e-3, 35, 64, T7), {"finetune": 86.76}),
+    Task("drive", "Retinal vessel segmentation (DRIVE)", "segmentation_2d", "drive", 2, "dice", ("dice",),
+         _seg(224, 1e-3, 50, 16, T7), {"finetune": 66.97}),
+    Task("busi", "Breast lesion segmentation (BUSI/BUID)", "segmentation_2d", "busi", 2, "dice", ("dice",),
+         _seg(256, 1e-4, 50, 8, T7), {"finetune": 78.65}),
+    Task("brats", "Brain tumour segmentation (BraTS 2018)", "segmentation_3d", "brats", 4, "iou_3d", ("iou_3d",),
+         _seg(224, 1.5e-3, 20, 128, T8), {"finetune": 73.58}),
+    Task("mmwhs_ct", "Heart (left atrium) segmentation (MMWHS-CT)", "segmentation_3d", "mmwhs_ct", 8, "iou_3d",
+         ("iou_3d",), _seg(224, 1e-3, 20, 64, T8), {"finetune": 84.91},
+         note="the paper's reported target is the left atrium (label 420); all structures as an option"),
+    Task("mmwhs_mri", "Heart (left atrium) segmentation (MMWHS-MRI)", "segmentation_3d", "mmwhs_mri", 8, "iou_3d",
+         ("iou_3d",), _seg(224, 1.5e-3, 30, 64, T8), {"finetune": 78.59}),
+    Task("fgadr", "Diabetic retinopathy grading (FGADR, 5 grades)", "classification", "fgadr", 5, "accuracy",
+         CLS_METRICS, {
+             "linear": _cls("linear", 1e-3, 5e-3, 32, 512, 20, "LVM-Med Table 5 / App. B (1 FC, Adam, lr 1e-3); repo config: batch 32, wd 5e-3, 20 epochs"),
+             "knn": _cls("knn", 0.0, 0.0, 32, 512, 0, "weighted kNN on frozen features (not in the paper; a standard SSL probe)"),
+             "finetune": _cls("finetune", 1e-4, 5e-3, 32, 512, 30, "LVM-Med Table 5 + repo config (1 FC, Adam lr 1e-4, batch 32, wd 5e-3, 30 epochs)"),
+         }, {"linear": 68.33, "finetune": 68.32}),
+    Task("brain_tumor", "Brain tumour classification (Kaggle Brain Tumor MRI, 4 classes)", "classification",
+         "brain_tumor", 4, "accuracy", CLS_METRICS, {
+             "linear": _cls("linear", 5e-4, 0.0, 64, 224, 20, "LVM-Med Table 5 / App. B (1 FC, Adam lr 5e-4, batch 64, 20 epochs)"),
+             "knn": _cls("knn", 0.0, 0.0, 64, 224, 0, "weighted kNN on frozen features (not in the paper; a standard SSL probe)"),
+             "finetune": _cls("finetune", 5e-4, 0.0, 64, 224, 30, "LVM-Med Table 5 + repo config (1 FC, Adam lr 5e-4, batch 64, 30 epochs)"),
+         }, {"linear": 66.33, "finetune": 76.82}),
+    Task("vindr_cxr", "Lung lesion detection (VinDr-CXR, 14 classes)", "detection", "vindr_cxr", 14, "ap50",
+         ("ap50", "map"), {"finetune": Protocol("finetune", 512, 1e-4, 40, 16, 1e-4, source=DET)}),
+    Task("kvasir_det", "Polyp detection (Kvasir)", "detection", "kvasir", 1, "ap50", ("ap50", "map"),
+         {"finetune": Protocol("finetune", 512, 2.5e-4, 40, 8, 1e-4, source=DET)}),
+    Task("prostate_runmc", "Prostate segmentation, out of distribution: train BMC, test RUNMC", "ood_segmentation",
+         "prostate", 2, "dice", ("dice",), _seg(224, 1e-3, 30, 64, _PROSTATE), {"finetune": 62.48}),
+    Task("prostate_bidmc", "Prostate segmentation, out of distribution: train BMC, test BIDMC", "ood_segmentation",
+         "prostate", 2, "dice", ("dice",), _seg(224, 1e-3, 30, 64, _PROSTATE), {"finetune": 56.76}),
+    Task("prostate_hk", "Prostate segmentation, out of distribution: train BMC, test HK", "ood_segmentation",
+         "prostate", 2, "dice", ("dice",), _seg(224, 1e-3, 30, 64, _PROSTATE), {"finetune": 52.78}),
+]}
+
+
+def get_task(name: str) -> Task:
+    if name not in TASKS:
+        raise UserError(f"unknown task '{name}'; `bench tasks` lists the 15: {', '.join(TASKS)}")
+    return TASKS[name]
+
+
+def select_tasks(names: list[str], all_tasks: bool) -> list[Task]:
+    """The tasks to run: the named ones (each must be built), or with --all-tasks every built one."""
+    if all_tasks:
+        return [t for t in TASKS.values() if t.built]
+    if not names:
+        raise UserError("name a task with --task NAME (repeatable) or use --all-tasks; `bench tasks` lists them")
+    tasks = [get_task(n) for n in names]
+    for task in tasks:
+        if not task.built:
+            raise UserError(f"task '{task.name}' ({task.family}) is not built yet (issue #{FAMILY_ISSUE[task.family]})")
+    return tasks

@@ -1,0 +1,164 @@
+"""`bench tasks`, `bench data prepare|synth` and `bench eval`."""
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich import box
+from rich.table import Table
+
+from harness.errors import UserError
+from harness.workspace import Workspace
+
+data_app = typer.Typer(help="Downstream datasets: read the layouts users download into bench's canonical form.",
+                       no_args_is_help=True)
+
+
+def _adapter(task_name: str):
+    from downstream.datasets import ADAPTERS
+    from downstream.registry import FAMILY_ISSUE, get_task
+
+    task = get_task(task_name)
+    if task.dataset not in ADAPTERS:
+        raise UserError(f"no dataset adapter for '{task.name}' yet ({task.family}, issue #{FAMILY_ISSUE.get(task.family, '?')})")
+    return task, ADAPTERS[task.dataset]
+
+
+def register(app: typer.Typer) -> None:
+    from harness.cli import console, workspace_option
+
+    @data_app.command("prepare", help="""Read TASK's dataset as downloaded (--src) and write the canonical form under --out.
+
+    The raw layout is validated (missing files, unknown labels, unreadable images, malformed rows:
+    each reported with the file) and the split is fixed in the output: the paper's split where it
+    published one (FGADR: ids 1-1500 train, 1501+ test; Brain Tumor: Training/Testing), validation
+    carved from train by a seeded stratified split (FGADR 20%, Brain Tumor 30%, as LVM-Med's configs).""")
+    def prepare(task: str = typer.Argument(..., help="Task name (`bench tasks`)."),
+                src: Path = typer.Option(..., help="The dataset folder as downloaded."),
+                out: Optional[Path] = typer.Option(None, help="Data root (default WORKSPACE/data)."),
+                seed: int = typer.Option(42, help="Seed of the validation carve-out (LVM-Med: 42)."),
+                workspace: Path = workspace_option()):
+        task_entry, adapter = _adapter(task)
+        root = out or Workspace.resolve(workspace).root / "data"
+        folder = adapter.prepare(src, root, seed=seed)
+        from downstream.datasets.canonical import load_classification_dataset
+
+        data = load_classification_dataset(folder)
+        counts = {s: len(data.split(s)) for s in ("train", "val", "test")}
+        kind = "synthetic" if data.meta["synthetic"] else "real"
+        console.print(f"prepared {task_entry.name} ({kind}, content {data.meta['content_hash'][:12]}): "
+                      + "  ".join(f"{s} {n}" for s, n in counts.items()))
+        console.print(f"written to: {folder}", soft_wrap=True)
+
+    @data_app.command("synth", help="""Write synthetic data for TASK in the exact layout users download (so `prepare` reads it
+    as it reads the real thing). Labels live in lesion counts, shapes and locations, not in brightness.
+    Everything evaluated on it is labelled synthetic.""")
+    def synth(task: str = typer.Argument(..., help="Task name (`bench tasks`)."),
+              out: Path = typer.Option(..., help="Folder to write the raw layout into."),
+              n: int = typer.Option(120, help="Number of images."),
+              seed: int = typer.Option(0, help="Generator seed (same seed, same bytes)."),
+              size: int = typer.Option(96, help="Image side in pixels.")):
+        _, adapter = _adapter(task)
+        folder = adapter.synthesize(out, n=n, seed=seed, size=size)
+        console.print(f"synthetic {task} ({n} images, {adapter.LAYOUT}) written to: {folder}", soft_wrap=True)
+
+    app.add_typer(data_app, name="data")
+
+    @app.command(help="List the 15 downstream tasks of LVM-Med: family, metric, protocols and the paper's parameters.")
+    def tasks():
+        from downstream.registry import FAMILY_ISSUE, TASKS
+
+        table = Table(title="LVM-Med's 15 downstream tasks (../shared/specs/tasks.md)", box=box.SIMPLE_HEAD,
+                      caption="paper protocol: image px / lr / epochs / batch of the last protocol listed "
+                              "(LVM-Med Tables 7, 8, App. B); LVM-Med R50: its reported score")
+        for column in ("task", "family", "metric", "protocols", "paper protocol", "LVM-Med R50", "status"):
+            table.add_column(column, no_wrap=True)
+        for t in TASKS.values():
+            p = t.paper[t.protocols[-1]]
+            reported = " / ".join(f"{v:.2f}" for v in t.reported.values()) or "-"
+            status = "[green]ready[/]" if t.built else f"[yellow]issue #{FAMILY_ISSUE[t.family]}[/]"
+            table.add_row(t.name, t.family, t.metric, ",".join(t.protocols),
+                          f"{p.image_size} / {p.lr:g} / {p.epochs} / {p.batch_size}", reported, status)
+        console.print(table)
+
+    @app.command("eval", help="""Evaluate checkpoints on downstream tasks and record every result in the results store.
+
+    One job = checkpoint x task x protocol x label fraction x seed; jobs already in the store are
+    skipped (--force re-runs them), a failed job is recorded with its reason and the others go on.
+    Protocols (LVM-Med Table 5): linear = one FC layer on frozen, cached features (lr, weight decay
+    and epoch chosen on val, never on test); knn = weighted kNN on the same features; finetune =
+    encoder + FC trained end to end, best-val epoch tested. `random` (random init, seeded per
+    evaluation seed) is a baseline row.""")
+    def eval_(checkpoint: Optional[str] = typer.Option(None, help="PATH (.safetensors) | RUN name | imported name | id prefix | random | all. Default: every checkpoint plus random; done jobs are skipped."),
+              task: list[str] = typer.Option([], "--task", help="Task name (repeatable); `bench tasks` lists them."),
+              all_tasks: bool = typer.Option(False, "--all-tasks", help="Every task whose family is built."),
+              protocol: Optional[str] = typer.Option(None, help="linear | knn | finetune, comma-separated (default: every protocol of the task)."),
+              label_fraction: str = typer.Option("1.0", help="Fractions of the training labels, e.g. 0.01,0.1,1.0 (stratified, seeded)."),
+              seeds: int = typer.Option(3, help="Number of seeds (0..N-1); the paper reports 3 runs."),
+              profile: str = typer.Option("quick", help="quick (CPU smoke: ResNet-18 random baseline, 64 px) | paper (the published protocol)."),
+              data_root: Optional[Path] = typer.Option(None, help="Where `bench data prepare` wrote the datasets (default WORKSPACE/data)."),
+              db: Optional[str] = typer.Option(None, help="Results store URL (default sqlite file WORKSPACE/results.db; postgresql://user@host/db for a shared one)."),
+              force: bool = typer.Option(False, help="Re-run jobs that are already done."),
+              launcher: str = typer.Option("pool", help="pool (local processes) | slurm (submitit) | submitit-local."),
+              jobs: Optional[int] = typer.Option(None, help="Parallel local workers (default: half the CPUs, at most 4; 1 on GPU)."),
+              slurm_partition: Optional[str] = typer.Option(None, help="Slurm partition (--launcher slurm)."),
+              workspace: Path = workspace_option()):
+        from harness.evaluate import EvalRequest, launch, plan
+        from harness.store import ResultsStore
+
+        try:
+            fractions = tuple(float(x) for x in label_fraction.split(","))
+        except ValueError:
+            raise UserError(f"--label-fraction must be comma-separated numbers, not '{label_fraction}'") from None
+        ws = Workspace.resolve(workspace).writable()
+        req = EvalRequest(workspace=ws, checkpoints=checkpoint, tasks=task, all_tasks=all_tasks,
+                          protocols=protocol.split(",") if protocol else None, label_fractions=fractions,
+                          seeds=seeds, profile=profile, data_root=data_root, db=db, force=force, launcher=launcher,
+                          jobs=jobs, slurm={"partition": slurm_partition})
+        store = ResultsStore.open(db, ws)
+        units, skipped = plan(req, store)
+        total = sum(len(u.keys) for u in units)
+        console.print(f"{total} jobs to run in {len(units)} units ({skipped} already done, skipped); store: {store.url}")
+        totals = {"done": 0, "failed": 0}
+        if units:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            with Progress(TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                          console=console) as bar:
+                task_id = bar.add_task("eval", total=total)
+                totals = launch(req, units, store, progress=lambda n: bar.update(task_id, completed=n))
+        show_results(console, store, units, req)
+        console.print(f"{totals['done']} done, {totals['failed']} failed; results in {store.url}", soft_wrap=True)
+        store.close()
+        if totals["failed"]:
+            raise typer.Exit(1)
+
+
+def show_results(console, store, units, req) -> None:
+    """A table of the primary metric (mean ± std over seeds) for the checkpoints and tasks just run."""
+    ids = {u.checkpoint.id: u.checkpoint for u in units} if units else None
+    rows: dict[tuple, dict] = {}
+    for r in store.results(split=None):
+        if ids is not None and r["checkpoint_id"] not in ids:
+            continue
+        if req.tasks and r["task"] not in req.tasks:
+            continue
+        key = (r["checkpoint_id"], r["task"], r["protocol"], r["label_fraction"])
+        rows.setdefault(key, {"val": [], "test": [], "metric": r["metric"], "synthetic": r.get("synthetic")})
+        if r["split"] in ("val", "test") and r["value"] is not None:
+            rows[key][r["split"]].append(r["value"])
+    names = {c["id"]: f"{c['name']} ({c['method']})" for c in store.checkpoints()}
+    table = Table(title="results (mean ± std over seeds)", box=box.SIMPLE_HEAD)
+    for column in ("checkpoint", "task", "protocol", "labels", "seeds", "metric", "val", "test", "data"):
+        table.add_column(column, overflow="fold")
+    fmt = lambda v: f"{100 * statistics.mean(v):.1f} ± {100 * (statistics.stdev(v) if len(v) > 1 else 0):.1f}" if v else "-"  # noqa: E731
+    for (ckpt, task, protocol, fraction), row in sorted(rows.items()):
+        table.add_row(names.get(ckpt, ckpt), task, protocol, f"{fraction:g}", str(len(row["test"])), row["metric"],
+                      fmt(row["val"]), fmt(row["test"]), "synthetic" if row["synthetic"] else "real")
+    console.print(table)
+    failed = [e for e in store.evaluations(status="failed") if ids is None or e["checkpoint_id"] in ids]
+    for e in failed[:10]:
+        console.print(f"[red]failed[/] {names.get(e['checkpoint_id'], e['checkpoint_id'])} {e['task']} {e['protocol']} "
+                      f"seed {e['seed']}: {e['reason']}", soft_wrap=True, highlight=False)

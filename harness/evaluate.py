@@ -1,0 +1,218 @@
+"""`bench eval`: plan checkpoint x task x protocol x label fraction x seed jobs, skip the ones
+the results store already holds, fan the rest out, record each one atomically.
+
+A *unit* is one checkpoint on one task: it loads the task's data once, computes the frozen
+features once (cached on disk too) and runs its jobs one after another, writing each to the
+store as it finishes. Units run in a local process pool (default) or through submitit (Slurm, or
+its local executor); a job that fails is recorded as failed with its reason and the rest go on.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import os
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.errors import UserError
+from harness.workspace import Workspace
+
+LAUNCHERS = ("pool", "slurm", "submitit-local")
+
+
+@dataclass
+class EvalRequest:
+    workspace: Workspace
+    checkpoints: str | None = None          # None: every checkpoint (jobs already done are skipped)
+    tasks: list[str] = field(default_factory=list)
+    all_tasks: bool = False
+    protocols: list[str] | None = None      # None: every protocol of each task
+    label_fractions: tuple[float, ...] = (1.0,)
+    seeds: int = 3
+    profile: str = "quick"
+    data_root: Path | None = None
+    db: str | None = None
+    force: bool = False
+    launcher: str = "pool"
+    jobs: int | None = None
+    slurm: dict = field(default_factory=dict)
+
+
+@dataclass
+class Unit:
+    checkpoint: object   # harness.checkpoints.CheckpointRef
+    task: str
+    keys: list           # harness.store.EvalKey
+
+
+def data_root(req: EvalRequest) -> Path:
+    return Path(req.data_root).expanduser().resolve() if req.data_root else req.workspace.root / "data"
+
+
+def plan(req: EvalRequest, store) -> tuple[list[Unit], int]:
+    """Units with the jobs still to run, and the number of jobs skipped because they are done."""
+    from downstream.registry import get_task, select_tasks
+    from harness.checkpoints import list_checkpoints, random_checkpoint, resolve_checkpoints
+    from harness.store import EvalKey, label_fraction_ppm
+
+    if req.launcher not in LAUNCHERS:
+        raise UserError(f"unknown launcher '{req.launcher}'; choose one of: {', '.join(LAUNCHERS)}")
+    for fraction in req.label_fractions:
+        label_fraction_ppm(fraction)  # (0, 1] and exactly storable, or a UserError now rather than in a worker
+    if req.seeds < 1:
+        raise UserError("--seeds must be at least 1")
+    tasks = select_tasks(req.tasks, req.all_tasks)
+    random_backbone = get_task(tasks[0].name).protocol(tasks[0].protocols[0], req.profile).backbone if tasks else "resnet18"
+    if req.checkpoints:
+        refs = resolve_checkpoints(req.checkpoints, req.workspace, backbone=random_backbone)
+    else:
+        refs = [*list_checkpoints(req.workspace), random_checkpoint(random_backbone)]
+    for protocol in req.protocols or []:
+        if not any(protocol in t.protocols for t in tasks):
+            raise UserError(f"no selected task has a '{protocol}' protocol")
+    units, skipped = [], 0
+    for ref in refs:
+        store.upsert_checkpoint(ref.as_record())
+        done = set() if req.force else store.done_keys(checkpoint_id=ref.id)
+        for task in tasks:
+            protocols = [p for p in task.protocols if req.protocols is None or p in req.protocols]
+            keys = [EvalKey(ref.id, task.name, p, f, s) for p in protocols for f in req.label_fractions
+                    for s in range(req.seeds)]
+            todo = [k for k in keys if k not in done]
+            skipped += len(keys) - len(todo)
+            if todo:
+                units.append(Unit(ref, task.name, todo))
+    return units, skipped
+
+
+def run_unit(spec: dict) -> dict:
+    """Run one unit's jobs (in a worker process or a Slurm job); every job is recorded."""
+    import torch
+
+    from downstream import classification
+    from downstream.datasets.canonical import load_classification_dataset
+    from downstream.registry import get_task
+    from harness.provenance import code_version, host_info, package_versions
+    from harness.store import ResultsStore
+
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    ws = Workspace(Path(spec["workspace"]))
+    store = ResultsStore.open(spec["db"], ws)
+    task, ref, profile = get_task(spec["task"]), spec["checkpoint"], spec["profile"]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cache = classification.FeatureCache(ws.root / "cache" / "features")
+    counts = {"done": 0, "failed": 0}
+    data, data_error = None, None
+    try:
+        data = load_classification_dataset(Path(spec["data_root"]) / task.dataset)
+    except UserError as err:
+        data_error = f"{err}; prepare it with: bench data prepare {task.name} --src DIR --out {spec['data_root']}"
+    base = {"checkpoint": {k: v for k, v in ref.as_record().items() if k != "sidecar"},
+            "method": ref.method, "pretrain_config": ref.sidecar.get("config"), "profile": profile,
+            "code": code_version(), "packages": package_versions(), "host": host_info()}
+    if data is not None:
+        base["data"] = {"dataset": data.name, "content_hash": data.meta["content_hash"],
+                        "synthetic": data.meta["synthetic"], "source": data.meta.get("source"),
+                        "split": data.meta.get("split")}
+    for key in spec["keys"]:
+        protocol = task.protocol(key.protocol, profile)
+        config = {**protocol.as_dict(), "profile": profile, "label_fraction": key.label_fraction}
+        provenance = {**base, "seed": key.seed, "protocol": config}
+        start = time.perf_counter()
+        try:
+            if data_error:
+                raise UserError(data_error)
+            out = classification.run_job(task, protocol, data, ref, label_fraction=key.label_fraction, seed=key.seed,
+                                         cache=cache, device=device, work_root=ws.root / "cache" / "work")
+            config.update(selected=out.pop("selected"), n_train=out.pop("n_train"))
+            store.record_done(key, splits=out, protocol=config, provenance=provenance,
+                              wall_time_s=time.perf_counter() - start, force=spec["force"])
+            counts["done"] += 1
+        except Exception as err:  # a failed job is recorded and the others go on
+            reason = str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
+            if not isinstance(err, UserError):
+                provenance["traceback"] = traceback.format_exc()[-4000:]
+            store.record_failed(key, reason=reason, protocol=config, provenance=provenance,
+                                wall_time_s=time.perf_counter() - start)
+            counts["failed"] += 1
+    store.close()
+    return {**counts, "features_computed": cache.computed}
+
+
+def default_jobs() -> int:
+    import torch
+
+    if torch.cuda.is_available():
+        return 1
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(4, cpus // 2))
+
+
+def launch(req: EvalRequest, units: list[Unit], store, progress=None) -> dict:
+    """Run the units with the chosen launcher; `progress(n_finished)` is called as jobs finish
+    (counted from the store, so it works for every launcher). Returns the summed counts."""
+    jobs = req.jobs or default_jobs()
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    specs = [dict(workspace=str(req.workspace.root), db=req.db, task=u.task, checkpoint=u.checkpoint, keys=u.keys,
+                  profile=req.profile, data_root=str(data_root(req)), force=req.force,
+                  threads=max(1, cpus // jobs) if req.launcher == "pool" else None) for u in units]
+    planned = {k for u in units for k in u.keys}
+
+    checkpoint_ids = sorted({u.checkpoint.id for u in units})
+
+    def stamps() -> dict:
+        rows = (r for c in checkpoint_ids for r in store.evaluations(checkpoint_id=c))
+        return {_key(r): str(r["updated"]) for r in rows if _key(r) in planned}
+
+    before = stamps()  # a job is finished once its record is new or rewritten (robust to clocks)
+
+    def finished() -> int:
+        return sum(1 for key, stamp in stamps().items() if before.get(key) != stamp)
+
+    if req.launcher == "pool":
+        context = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
+        executor = concurrent.futures.ProcessPoolExecutor(max_workers=min(jobs, len(specs)), mp_context=context)
+        futures = [executor.submit(run_unit, spec) for spec in specs]
+        wait = lambda: concurrent.futures.wait(futures, timeout=1.0)[1] == set()  # noqa: E731
+        results = lambda: [f.result() for f in futures]  # noqa: E731
+    else:
+        import submitit
+
+        folder = req.workspace.root / "submitit" / time.strftime("%Y%m%d-%H%M%S")
+        executor = submitit.AutoExecutor(folder=folder, cluster="slurm" if req.launcher == "slurm" else "local")
+        executor.update_parameters(timeout_min=req.slurm.get("timeout_min", 24 * 60), **_slurm_params(req))
+        futures = [executor.submit(run_unit, spec) for spec in specs]
+        wait = lambda: (time.sleep(1.0), all(j.done() for j in futures))[1]  # noqa: E731
+        results = lambda: [j.result() for j in futures]  # noqa: E731
+    try:
+        while not wait():
+            if progress:
+                progress(finished())
+    finally:
+        if req.launcher == "pool":
+            executor.shutdown(wait=True, cancel_futures=True)
+    if progress:
+        progress(finished())
+    totals = {"done": 0, "failed": 0, "features_computed": 0}
+    for outcome in results():
+        for k in totals:
+            totals[k] += outcome[k]
+    return totals
+
+
+def _slurm_params(req: EvalRequest) -> dict:
+    if req.launcher != "slurm":
+        return {}
+    params = {"slurm_partition": req.slurm.get("partition")} if req.slurm.get("partition") else {}
+    if req.slurm.get("gpus"):
+        params["gpus_per_node"] = req.slurm["gpus"]
+    return params
+
+
+def _key(row: dict):
+    from harness.store import EvalKey
+
+    return EvalKey(row["checkpoint_id"], row["task"], row["protocol"], row["label_fraction"], row["seed"])
