@@ -24,12 +24,19 @@ test: setup
 test-fast: setup
 	$(VENV)/bin/pytest -q -m "not slow"
 
-# The main job on the embedded default: synthetic corpus -> corpus manifest -> SimCLR (quick).
+# The whole path on the embedded default data (every number it prints is labelled synthetic):
+# synthetic downstream data in the public layouts -> prepare -> phantom corpus -> SimCLR (quick)
+# -> eval of every checkpoint and random init on every built task (quick profile, 3 seeds).
 demo: setup
+	$(BENCH) data synth brain_tumor --out $(DEMO)/raw/brain_tumor --n 160 --seed 0 --size 64
+	$(BENCH) data synth fgadr --out $(DEMO)/raw/fgadr --n 160 --seed 0 --size 64
+	$(BENCH) data prepare brain_tumor --src $(DEMO)/raw/brain_tumor --workspace $(DEMO)
+	$(BENCH) data prepare fgadr --src $(DEMO)/raw/fgadr --workspace $(DEMO)
 	$(BENCH) corpus synth --out $(DEMO)/corpus --n 256 --seed 0 --size 96
 	$(BENCH) corpus build --root $(DEMO)/corpus --workspace $(DEMO)
 	$(BENCH) pretrain --method simclr --profile quick --corpus $(DEMO)/corpus --workspace $(DEMO) --epochs 2
 	$(BENCH) runs --workspace $(DEMO)
+	$(BENCH) eval --all-tasks --profile quick --seeds 3 --workspace $(DEMO)
 
 bench-speed: setup
 	$(VENV)/bin/python benchmarks/pretrain_step.py

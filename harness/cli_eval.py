@@ -100,6 +100,7 @@ def register(app: typer.Typer) -> None:
               profile: str = typer.Option("quick", help="quick (CPU smoke: ResNet-18 random baseline, 64 px) | paper (the published protocol)."),
               data_root: Optional[Path] = typer.Option(None, help="Where `bench data prepare` wrote the datasets (default WORKSPACE/data)."),
               db: Optional[str] = typer.Option(None, help="Results store URL (default sqlite file WORKSPACE/results.db; postgresql://user@host/db for a shared one)."),
+              image_size: Optional[int] = typer.Option(None, help="Override the protocol's image side in pixels (recorded with each result)."),
               force: bool = typer.Option(False, help="Re-run jobs that are already done."),
               launcher: str = typer.Option("pool", help="pool (local processes) | slurm (submitit) | submitit-local."),
               jobs: Optional[int] = typer.Option(None, help="Parallel local workers (default: half the CPUs, at most 4; 1 on GPU)."),
@@ -116,7 +117,7 @@ def register(app: typer.Typer) -> None:
         req = EvalRequest(workspace=ws, checkpoints=checkpoint, tasks=task, all_tasks=all_tasks,
                           protocols=protocol.split(",") if protocol else None, label_fractions=fractions,
                           seeds=seeds, profile=profile, data_root=data_root, db=db, force=force, launcher=launcher,
-                          jobs=jobs, slurm={"partition": slurm_partition})
+                          jobs=jobs, image_size=image_size, slurm={"partition": slurm_partition})
         store = ResultsStore.open(db, ws)
         units, skipped = plan(req, store)
         total = sum(len(u.keys) for u in units)

@@ -13,7 +13,7 @@ import multiprocessing
 import os
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from harness.errors import UserError
@@ -37,6 +37,7 @@ class EvalRequest:
     force: bool = False
     launcher: str = "pool"
     jobs: int | None = None
+    image_size: int | None = None           # overrides the protocol's image size (recorded)
     slurm: dict = field(default_factory=dict)
 
 
@@ -119,6 +120,8 @@ def run_unit(spec: dict) -> dict:
                         "split": data.meta.get("split")}
     for key in spec["keys"]:
         protocol = task.protocol(key.protocol, profile)
+        if spec.get("image_size"):
+            protocol = replace(protocol, image_size=spec["image_size"])
         config = {**protocol.as_dict(), "profile": profile, "label_fraction": key.label_fraction}
         provenance = {**base, "seed": key.seed, "protocol": config}
         start = time.perf_counter()
@@ -157,7 +160,7 @@ def launch(req: EvalRequest, units: list[Unit], store, progress=None) -> dict:
     jobs = req.jobs or default_jobs()
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     specs = [dict(workspace=str(req.workspace.root), db=req.db, task=u.task, checkpoint=u.checkpoint, keys=u.keys,
-                  profile=req.profile, data_root=str(data_root(req)), force=req.force,
+                  profile=req.profile, data_root=str(data_root(req)), force=req.force, image_size=req.image_size,
                   threads=max(1, cpus // jobs) if req.launcher == "pool" else None) for u in units]
     planned = {k for u in units for k in u.keys}
 

@@ -199,8 +199,15 @@ def xray(rng: np.random.Generator, size: int, *, masks: dict | None = None) -> n
 
 
 # ----------------------------------------------------------------------------- colour photographs
-def fundus(rng: np.random.Generator, size: int, *, masks: dict | None = None) -> np.ndarray:
-    """Colour fundus photograph: FOV disc, optic disc, macula, branching arteries/veins, lesions."""
+def fundus(rng: np.random.Generator, size: int, *, masks: dict | None = None,
+           lesions=None) -> np.ndarray:
+    """Colour fundus photograph: FOV disc, optic disc, macula, branching arteries/veins, lesions.
+
+    `lesions`, if given, replaces the random lesion step: `lesions(rng, img, anatomy) -> img`
+    paints on the float RGB image before noise, gain and the FOV mask; `anatomy` holds base
+    (background colour), disc, disc_radius, macula (normalised), eye (+-1) and masks. Used by
+    the DR-grading generator; None keeps the pretraining images exactly as they were.
+    """
     U = rng.uniform
     yy, xx = grid(size)
     fov = star_blob(size, (U(-.02, .02), U(-.02, .02)), (U(.92, .99),) * 2, soft=1.5)
@@ -231,7 +238,10 @@ def fundus(rng: np.random.Generator, size: int, *, masks: dict | None = None) ->
     img = paint(img, vm * F32(.85), base * np.array([.55, .3, .45], F32))
     img = paint(img, am * F32(.8), base * np.array([.8, .55, .7], F32))
     record(masks, "vessels", np.maximum(vm, am))
-    if rng.random() < 0.4:
+    if lesions is not None:
+        img = lesions(rng, img, dict(base=base, disc=disc, disc_radius=rd, macula=mac, eye=eye,
+                                     masks=masks))
+    elif rng.random() < 0.4:
         pos = lambda: (U(-.75, .75), U(-.75, .75))  # noqa: E731
         for _ in range(rng.integers(1, 9)):  # microaneurysms
             img = paint(img, gaussian_blob(size, pos(), U(.6, 1.2) * 2 / size), base * [.45, .15, .2])
