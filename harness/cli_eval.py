@@ -42,8 +42,15 @@ def register(app: typer.Typer) -> None:
                 workspace: Path = workspace_option()):
         task_entry, adapter = _adapter(task)
         root = out or Workspace.resolve(workspace).root / "data"
-        folder = adapter.prepare(src, root, seed=seed)
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
         from downstream.datasets.canonical import load_classification_dataset
+
+        with Progress(TextColumn(f"checking and copying {task_entry.name}"), BarColumn(), MofNCompleteColumn(),
+                      TimeRemainingColumn(), console=console, transient=True) as bar:
+            bar_id = bar.add_task("prepare", total=None)
+            folder = adapter.prepare(src, root, seed=seed,
+                                     progress=lambda done, total: bar.update(bar_id, completed=done, total=total))
 
         data = load_classification_dataset(folder)
         counts = {s: len(data.split(s)) for s in ("train", "val", "test")}
@@ -150,14 +157,17 @@ def show_results(console, store, units, req) -> None:
         rows.setdefault(key, {"val": [], "test": [], "metric": r["metric"], "synthetic": r.get("synthetic")})
         if r["split"] in ("val", "test") and r["value"] is not None:
             rows[key][r["split"]].append(r["value"])
-    names = {c["id"]: f"{c['name']} ({c['method']})" for c in store.checkpoints()}
-    table = Table(title="results (mean ± std over seeds)", box=box.SIMPLE_HEAD)
-    for column in ("checkpoint", "task", "protocol", "labels", "seeds", "metric", "val", "test", "data"):
-        table.add_column(column, overflow="fold")
-    fmt = lambda v: f"{100 * statistics.mean(v):.1f} ± {100 * (statistics.stdev(v) if len(v) > 1 else 0):.1f}" if v else "-"  # noqa: E731
+    names = {c["id"]: c["name"] if c["method"] in c["name"] else f"{c['name']} ({c['method']})"
+             for c in store.checkpoints()}
+    table = Table(title="results: each task's metric (bench tasks) x 100, mean±std over n seeds",
+                  box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    table.add_column("checkpoint", overflow="fold", min_width=14)
+    for column in ("task", "protocol", "labels", "n", "val", "test", "data"):
+        table.add_column(column, no_wrap=True)
+    fmt = lambda v: f"{100 * statistics.mean(v):.1f}±{100 * (statistics.stdev(v) if len(v) > 1 else 0):.1f}" if v else "-"  # noqa: E731
     for (ckpt, task, protocol, fraction), row in sorted(rows.items()):
-        table.add_row(names.get(ckpt, ckpt), task, protocol, f"{fraction:g}", str(len(row["test"])), row["metric"],
-                      fmt(row["val"]), fmt(row["test"]), "synthetic" if row["synthetic"] else "real")
+        table.add_row(names.get(ckpt, ckpt), task, protocol, f"{fraction:g}", str(len(row["test"])),
+                      fmt(row["val"]), fmt(row["test"]), "syn" if row["synthetic"] else "real")
     console.print(table)
     failed = [e for e in store.evaluations(status="failed") if ids is None or e["checkpoint_id"] in ids]
     for e in failed[:10]:

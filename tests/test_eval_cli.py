@@ -150,3 +150,33 @@ def test_bad_eval_requests_get_one_line_errors(eval_ws, capsys, args, message):
     assert main(["eval", *args, *common]) == 2
     err = capsys.readouterr().err.strip()
     assert message in " ".join(err.split()) and "Traceback" not in err
+
+
+def test_finetune_protocol_tests_the_best_validation_epoch(eval_ws, brain_root):
+    ws, common = eval_ws
+    assert main(["eval", "--checkpoint", "tv18", "--task", "brain_tumor", "--protocol", "finetune", "--seeds", "1",
+                 "--label-fraction", "0.5", *common]) == 0
+    rows = {r["split"]: r for r in _store(ws).results()}
+    config = rows["test"]["protocol_config"]
+    assert 1 <= config["selected"]["epoch"] <= config["epochs"]
+    from downstream.datasets.canonical import load_classification_dataset
+
+    data = load_classification_dataset(brain_root / "brain_tumor")
+    assert [c["id"] for c in rows["test"]["per_case"]] == [s.id for s in data.split("test")]
+    assert config["n_train"] < len(data.split("train"))  # half the labels
+    # the metric row agrees with its own per-image outcomes
+    cases = rows["val"]["per_case"]
+    assert rows["val"]["value"] == pytest.approx(sum(c["label"] == c["pred"] for c in cases) / len(cases))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["prepare", "fgadr", "--src", "{empty}", "--workspace", "{ws}"], "{empty}"),
+    (["prepare", "isic2018", "--src", "{empty}", "--workspace", "{ws}"], "no dataset adapter for 'isic2018' yet"),
+    (["synth", "nope", "--out", "{empty}"], "unknown task 'nope'"),
+])
+def test_bad_data_commands_get_one_line_errors(tmp_path, capsys, args, message):
+    (tmp_path / "empty").mkdir()
+    fill = lambda text: text.replace("{empty}", str(tmp_path / "empty")).replace("{ws}", str(tmp_path / "ws"))  # noqa: E731
+    assert main(["data", *map(fill, args)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert fill(message) in err and "Traceback" not in err
