@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from downstream.datasets.canonical import (
-    SourceItem, allocate, is_synthetic, stratified_split, synthetic_output,
+    SourceItem, allocate, check_synth_request, is_synthetic, stratified_split, synthetic_output,
     write_classification_dataset,
 )
 from downstream.phantoms.classification import brain_slice
@@ -175,10 +175,7 @@ def synthesize(out: Path, *, n: int = 120, seed: int = 0, size: int = 96, varian
     Classes differ by tumour location/shape (downstream.phantoms.classification.brain_slice)."""
     if variant not in VARIANTS:
         raise UserError(f"unknown variant {variant!r} (choose from {', '.join(VARIANTS)})")
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 4 * len(CLASSES):
-        raise UserError(f"n={n} is too small (minimum {4 * len(CLASSES)})")
-    if int(size) < 32:
-        raise UserError(f"size={size} is too small (minimum 32 px)")
+    check_synth_request(n, size, len(CLASSES))
     seed = int(seed) % 2 ** 63
     plan = np.random.default_rng([seed, _TAG, 0])
     folder_of = {c: raw for raw, c in VARIANTS[variant].items()}

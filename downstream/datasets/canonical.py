@@ -285,6 +285,14 @@ def synthetic_output(out: Path, marker: dict) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def check_synth_request(n, size: int, n_classes: int) -> None:
+    """Synthetic writers need a few images per class and a side the phantoms can draw."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 4 * n_classes:
+        raise UserError(f"n={n} is too small (minimum {4 * n_classes}: a few images per class and split)")
+    if int(size) < 32:
+        raise UserError(f"size={size} is too small (minimum 32 px)")
+
+
 def allocate(total: int, weights: Sequence[float], minimum: int = 0) -> list[int]:
     """Split `total` into integer parts proportional to `weights` (largest remainder), each at
     least `minimum` when the total allows. Used by the synthetic writers to plan class counts."""

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from downstream.datasets.canonical import (
-    SourceItem, allocate, is_synthetic, stratified_split, synthetic_output,
+    SourceItem, allocate, check_synth_request, is_synthetic, stratified_split, synthetic_output,
     write_classification_dataset,
 )
 from downstream.phantoms.classification import dr_fundus
@@ -148,10 +148,7 @@ def synthesize(out: Path, *, n: int = 120, seed: int = 0, size: int = 96) -> Pat
     """Write a synthetic FGADR Seg-set under `out` (raw layout): ~80 % of the images get ids
     0001.., the rest ids 1501.., so the paper split rule applies as to the real release.
     Grades set lesion counts/types (downstream.phantoms.classification.dr_fundus)."""
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 4 * len(CLASSES):
-        raise UserError(f"n={n} is too small for a graded set (minimum {4 * len(CLASSES)})")
-    if int(size) < 32:
-        raise UserError(f"size={size} is too small (minimum 32 px)")
+    check_synth_request(n, size, len(CLASSES))
     seed = int(seed) % 2 ** 63
     plan = np.random.default_rng([seed, _TAG, 0])
     n_test = int(round(n * FALLBACK_TEST_FRACTION))
