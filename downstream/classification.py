@@ -35,7 +35,7 @@ from torchmetrics.functional.classification import multiclass_auroc, multiclass_
 
 from downstream.datasets.canonical import ClassificationDataset, Sample, label_fraction_subset
 from downstream.registry import Protocol, Task
-from harness.backbones import build_backbone
+from harness.backbones import BACKBONES, build_backbone
 from harness.data import IMAGE_MEAN, IMAGE_STD, derived_seed
 from harness.errors import CorruptImageError
 from harness.fsutil import atomic_path
@@ -109,12 +109,12 @@ def preprocessor() -> ImgDataPreprocessor:
 
 
 # ----------------------------------------------------------------------------- frozen features
-def build_encoder(ref, backbone_name: str, seed: int) -> nn.Module:
+def build_encoder(ref, seed: int) -> nn.Module:
     """The checkpoint's backbone; random init is seeded per evaluation seed (a baseline over seeds)."""
     from harness.checkpoints import load_checkpoint_into
 
     torch.manual_seed(derived_seed(seed, 0x5EED))
-    backbone, _ = build_backbone(ref.backbone if ref.path else backbone_name)
+    backbone, _ = build_backbone(ref.backbone)
     load_checkpoint_into(ref, backbone)
     return backbone
 
@@ -150,7 +150,7 @@ class FeatureCache:
         if path is not None and path.is_file():
             feats = load_file(str(path))
         else:
-            encoder = build_encoder(ref, protocol.backbone, seed)
+            encoder = build_encoder(ref, seed)
             feats = {s: extract_features(encoder, data.split(s), protocol.image_size, protocol.batch_size, device)
                      for s in SPLITS}
             self.computed += 1
@@ -269,9 +269,7 @@ def finetune(ref, data: ClassificationDataset, train: list[Sample], protocol: Pr
     """Fine-tune backbone + FC with mmengine's Runner; test the best-validation epoch."""
     from harness.engine import QuietMMEngine
 
-    encoder = build_encoder(ref, protocol.backbone, seed)
-    width = build_backbone(ref.backbone if ref.path else protocol.backbone)[1]
-    model = Classifier(encoder, width, len(data.classes))
+    model = Classifier(build_encoder(ref, seed), BACKBONES[ref.backbone][1], len(data.classes))
     loader = lambda samples, shuffle: dict(  # noqa: E731
         dataset=ImageSet(samples, protocol.image_size, flip=shuffle), batch_size=protocol.batch_size,
         sampler=dict(type="DefaultSampler", shuffle=shuffle, seed=seed), collate_fn=dict(type="default_collate"),
