@@ -15,6 +15,7 @@ import torchvision
 from harness.cli import main
 from harness.store import ResultsStore
 from harness.workspace import Workspace
+from tests.pg import new_database, postgres_url  # noqa: F401  (postgres_url is a fixture)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -134,6 +135,16 @@ def test_submitit_local_launcher_runs_the_same_jobs(eval_ws):
     [evaluation] = _store(ws).evaluations()
     assert evaluation["status"] == "done"
     assert list((ws.root / "submitit").rglob("*_result.pkl"))  # it really went through submitit
+
+
+def test_eval_writes_to_a_shared_postgresql_store(eval_ws, postgres_url):
+    ws, common = eval_ws
+    url = new_database(postgres_url, "eval_shared")
+    assert main(["eval", "--checkpoint", "tv18", "--task", "brain_tumor", "--protocol", "knn", "--seeds", "2",
+                 "--db", url, *common]) == 0
+    store = ResultsStore.open(url, ws)
+    assert len(store.results()) == 4 and {c["name"] for c in store.checkpoints()} == {"tv18"}
+    assert not (ws.root / "results.db").exists()  # nothing went to the default SQLite file
 
 
 @pytest.mark.parametrize("args, message", [
