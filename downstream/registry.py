@@ -79,33 +79,37 @@ def _cls(name, lr, wd, batch, size, epochs, source) -> Protocol:
     return Protocol(name, size, lr, epochs, batch, wd, source=source)
 
 
-def _seg(size, lr, epochs, batch, source) -> dict[str, Protocol]:
-    return {"finetune": Protocol("finetune", size, lr, epochs, batch, source=source)}
-
-
 CLS_METRICS = ("accuracy", "macro_f1", "auroc")
 T7, T8 = "LVM-Med Table 7 (U-Net, Adam, Dice+CE)", "LVM-Med Table 8 (slice-wise U-Net, Adam)"
 DET = "LVM-Med App. B + repo command.sh (Faster R-CNN R50-FPN, Adam, clip 1)"
 _PROSTATE = "LVM-Med Table 8 (train BMC, slice-wise, Adam)"
 
+
+def _seg_task(name, title, family, dataset, classes, size, lr, epochs, batch, source, reported, note="") -> Task:
+    """A segmentation task: fine-tuned U-Net, scored by Dice (2D, OOD) or per-volume IoU (3D), as the paper."""
+    metric = "iou_3d" if family == "segmentation_3d" else "dice"
+    finetune = Protocol("finetune", size, lr, epochs, batch, source=source)
+    return Task(name, title, family, dataset, classes, metric, (metric,), {"finetune": finetune}, {"finetune": reported},
+                note)
+
+
 TASKS: dict[str, Task] = {t.name: t for t in [
-    Task("isic2018", "Skin lesion segmentation (ISIC-2018)", "segmentation_2d", "isic2018", 2, "dice", ("dice",),
-         _seg(512, 1e-4, 35, 16, T7), {"finetune": 87.76}),
-    Task("jsrt", "Lung segmentation (JSRT + SCR)", "segmentation_2d", "jsrt", 2, "dice", ("dice",),
-         _seg(224, 1e-3, 50, 32, T7), {"finetune": 95.13}),
-    Task("kvasir_seg", "Polyp segmentation (Kvasir-SEG)", "segmentation_2d", "kvasir", 2, "dice", ("dice",),
-         _seg(224, 1e-3, 35, 64, T7), {"finetune": 86.76}),
-    Task("drive", "Retinal vessel segmentation (DRIVE)", "segmentation_2d", "drive", 2, "dice", ("dice",),
-         _seg(224, 1e-3, 50, 16, T7), {"finetune": 66.97}),
-    Task("busi", "Breast lesion segmentation (BUSI/BUID)", "segmentation_2d", "busi", 2, "dice", ("dice",),
-         _seg(256, 1e-4, 50, 8, T7), {"finetune": 78.65}),
-    Task("brats", "Brain tumour segmentation (BraTS 2018)", "segmentation_3d", "brats", 4, "iou_3d", ("iou_3d",),
-         _seg(224, 1.5e-3, 20, 128, T8), {"finetune": 73.58}),
-    Task("mmwhs_ct", "Heart (left atrium) segmentation (MMWHS-CT)", "segmentation_3d", "mmwhs_ct", 8, "iou_3d",
-         ("iou_3d",), _seg(224, 1e-3, 20, 64, T8), {"finetune": 84.91},
-         note="the paper's reported target is the left atrium (label 420); all structures as an option"),
-    Task("mmwhs_mri", "Heart (left atrium) segmentation (MMWHS-MRI)", "segmentation_3d", "mmwhs_mri", 8, "iou_3d",
-         ("iou_3d",), _seg(224, 1.5e-3, 30, 64, T8), {"finetune": 78.59}),
+    _seg_task("isic2018", "Skin lesion segmentation (ISIC-2018)", "segmentation_2d", "isic2018", 2, 512, 1e-4, 35, 16,
+              T7, 87.76),
+    _seg_task("jsrt", "Lung segmentation (JSRT + SCR)", "segmentation_2d", "jsrt", 2, 224, 1e-3, 50, 32, T7, 95.13),
+    _seg_task("kvasir_seg", "Polyp segmentation (Kvasir-SEG)", "segmentation_2d", "kvasir", 2, 224, 1e-3, 35, 64,
+              T7, 86.76),
+    _seg_task("drive", "Retinal vessel segmentation (DRIVE)", "segmentation_2d", "drive", 2, 224, 1e-3, 50, 16,
+              T7, 66.97),
+    _seg_task("busi", "Breast lesion segmentation (BUSI/BUID)", "segmentation_2d", "busi", 2, 256, 1e-4, 50, 8,
+              T7, 78.65),
+    _seg_task("brats", "Brain tumour segmentation (BraTS 2018)", "segmentation_3d", "brats", 4, 224, 1.5e-3, 20, 128,
+              T8, 73.58),
+    _seg_task("mmwhs_ct", "Heart (left atrium) segmentation (MMWHS-CT)", "segmentation_3d", "mmwhs_ct", 8,
+              224, 1e-3, 20, 64, T8, 84.91,
+              note="the paper's reported target is the left atrium (label 420); all structures as an option"),
+    _seg_task("mmwhs_mri", "Heart (left atrium) segmentation (MMWHS-MRI)", "segmentation_3d", "mmwhs_mri", 8,
+              224, 1.5e-3, 30, 64, T8, 78.59),
     Task("fgadr", "Diabetic retinopathy grading (FGADR, 5 grades)", "classification", "fgadr", 5, "accuracy",
          CLS_METRICS, {
              "linear": _cls("linear", 1e-3, 5e-3, 32, 512, 20, "LVM-Med Table 5 / App. B (1 FC, Adam, lr 1e-3); repo config: batch 32, wd 5e-3, 20 epochs"),
@@ -122,12 +126,9 @@ TASKS: dict[str, Task] = {t.name: t for t in [
          ("ap50", "map"), {"finetune": Protocol("finetune", 512, 1e-4, 40, 16, 1e-4, source=DET)}),
     Task("kvasir_det", "Polyp detection (Kvasir)", "detection", "kvasir", 1, "ap50", ("ap50", "map"),
          {"finetune": Protocol("finetune", 512, 2.5e-4, 40, 8, 1e-4, source=DET)}),
-    Task("prostate_runmc", "Prostate segmentation, out of distribution: train BMC, test RUNMC", "ood_segmentation",
-         "prostate", 2, "dice", ("dice",), _seg(224, 1e-3, 30, 64, _PROSTATE), {"finetune": 62.48}),
-    Task("prostate_bidmc", "Prostate segmentation, out of distribution: train BMC, test BIDMC", "ood_segmentation",
-         "prostate", 2, "dice", ("dice",), _seg(224, 1e-3, 30, 64, _PROSTATE), {"finetune": 56.76}),
-    Task("prostate_hk", "Prostate segmentation, out of distribution: train BMC, test HK", "ood_segmentation",
-         "prostate", 2, "dice", ("dice",), _seg(224, 1e-3, 30, 64, _PROSTATE), {"finetune": 52.78}),
+    *(_seg_task(f"prostate_{site.lower()}", f"Prostate segmentation, out of distribution: train BMC, test {site}",
+                "ood_segmentation", "prostate", 2, 224, 1e-3, 30, 64, _PROSTATE, reported)
+      for site, reported in (("RUNMC", 62.48), ("BIDMC", 56.76), ("HK", 52.78))),
 ]}
 
 
