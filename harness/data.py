@@ -7,7 +7,6 @@ what makes resume exact. The sampler therefore yields (epoch, index) pairs.
 """
 from __future__ import annotations
 
-import os
 import random
 from typing import Any, Callable, Iterator
 
@@ -20,6 +19,7 @@ from torch.utils.data import Dataset
 from lightly.transforms.utils import IMAGENET_NORMALIZE
 
 from harness.errors import CorruptImageError
+from harness.provenance import available_cpus
 
 # Views travel as uint8 (4x less memory through loader workers, pinning and host->device copies)
 # and are normalised on the device with lightly's default ImageNet statistics.
@@ -111,8 +111,7 @@ def collate_views(batch: list[dict]) -> dict[str, Any]:
 
 def default_num_workers() -> int:
     # Leave cores for the training step itself; 2-core CI machines get one loader worker.
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(0, min(8, cpus // 2))
+    return max(0, min(8, available_cpus() // 2))
 
 
 class ViewsPreprocessor(BaseDataPreprocessor):

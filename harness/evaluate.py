@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import multiprocessing
-import os
 import time
 import traceback
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from harness.errors import UserError
+from harness.provenance import available_cpus
 from harness.workspace import Workspace
 
 LAUNCHERS = ("pool", "slurm", "submitit-local")
@@ -54,7 +54,7 @@ def data_root(req: EvalRequest) -> Path:
 
 def plan(req: EvalRequest, store) -> tuple[list[Unit], int]:
     """Units with the jobs still to run, and the number of jobs skipped because they are done."""
-    from downstream.registry import get_task, select_tasks
+    from downstream.registry import select_tasks
     from harness.checkpoints import list_checkpoints, random_checkpoint, resolve_checkpoints
     from harness.store import EvalKey, label_fraction_ppm
 
@@ -65,7 +65,8 @@ def plan(req: EvalRequest, store) -> tuple[list[Unit], int]:
     if req.seeds < 1:
         raise UserError("--seeds must be at least 1")
     tasks = select_tasks(req.tasks, req.all_tasks)
-    random_backbone = get_task(tasks[0].name).protocol(tasks[0].protocols[0], req.profile).backbone if tasks else "resnet18"
+    # random init gets the profile's backbone (quick: ResNet-18, paper: ResNet-50)
+    random_backbone = tasks[0].protocol(tasks[0].protocols[0], req.profile).backbone
     if req.checkpoints:
         refs = resolve_checkpoints(req.checkpoints, req.workspace, backbone=random_backbone)
     else:
@@ -150,15 +151,14 @@ def default_jobs() -> int:
 
     if torch.cuda.is_available():
         return 1
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(4, cpus // 2))
+    return max(1, min(4, available_cpus() // 2))
 
 
 def launch(req: EvalRequest, units: list[Unit], store, progress=None) -> dict:
     """Run the units with the chosen launcher; `progress(n_finished)` is called as jobs finish
     (counted from the store, so it works for every launcher). Returns the summed counts."""
     jobs = req.jobs or default_jobs()
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cpus = available_cpus()
     specs = [dict(workspace=str(req.workspace.root), db=req.db, task=u.task, checkpoint=u.checkpoint, keys=u.keys,
                   profile=req.profile, data_root=str(data_root(req)), force=req.force, image_size=req.image_size,
                   threads=max(1, cpus // jobs) if req.launcher == "pool" else None) for u in units]
