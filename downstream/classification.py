@@ -37,8 +37,8 @@ from downstream.datasets.canonical import ClassificationDataset, Sample, label_f
 from downstream.registry import Protocol, Task
 from harness.backbones import BACKBONES, build_backbone
 from harness.data import IMAGE_MEAN, IMAGE_STD, derived_seed
-from harness.errors import CorruptImageError
 from harness.fsutil import atomic_path
+from harness.imageio import load_rgb
 
 SPLITS = ("train", "val", "test")
 KNN_TEMPERATURE = 0.07
@@ -79,12 +79,9 @@ def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, classes: l
 
 # ----------------------------------------------------------------------------- images
 def load_image(sample: Sample, size: int) -> torch.Tensor:
-    """(3, size, size) uint8: RGB (grayscale replicated, as in pretraining), resized bilinearly."""
-    try:
-        with Image.open(sample.path) as image:
-            rgb = image.convert("RGB").resize((size, size), Image.BILINEAR)
-    except (OSError, ValueError) as err:
-        raise CorruptImageError(f"cannot decode image ({err})", sample.path) from None
+    """(3, size, size) uint8, decoded as pretraining decodes (grayscale replicated, 16-bit windowed),
+    resized bilinearly; a file that cannot be decoded raises CorruptImageError naming it."""
+    rgb = load_rgb(sample.path).resize((size, size), Image.BILINEAR)
     return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1)
 
 
@@ -294,15 +291,7 @@ def finetune(ref, data: ClassificationDataset, train: list[Sample], protocol: Pr
         runner.model.load_state_dict(keep.best_state)
         runner.val()
         runner.test()
-    ids = {s: [x.id for x in data.split(s)] for s in ("val", "test")}
-    out = {}
-    for split, metric in (("val", val_metric), ("test", test_metric)):
-        result = metric.last
-        for case, sample_id in zip(result["per_case"], ids[split]):
-            case["id"] = sample_id
-        out[split] = result
-    out["selected"] = {"epoch": keep.best_epoch + 1}
-    return out
+    return {"val": val_metric.last, "test": test_metric.last, "selected": {"epoch": keep.best_epoch + 1}}
 
 
 # ----------------------------------------------------------------------------- one job
@@ -323,8 +312,8 @@ def run_job(task: Task, protocol: Protocol, data: ClassificationDataset, ref, *,
             out = linear_probe(feats, labels, data.classes, protocol, seed)
         else:
             out = knn_probe(feats, labels, data.classes)
-        for split in ("val", "test"):
-            for case, sample in zip(out[split]["per_case"], data.split(split)):
-                case["id"] = sample.id
+    for split in ("val", "test"):  # every protocol scores the split in sample order: name the cases
+        for case, sample in zip(out[split]["per_case"], data.split(split), strict=True):
+            case["id"] = sample.id
     out["n_train"] = len(train)
     return out

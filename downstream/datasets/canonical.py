@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
 import json
 import os
 import re
@@ -28,10 +27,10 @@ from pathlib import Path
 from typing import Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
-from PIL import Image
 
-from harness.errors import CorruptImageError, UserError
-from harness.fsutil import ensure_writable_dir, sha256_file, write_json_atomic
+from harness.errors import UserError
+from harness.fsutil import ensure_writable_dir, sha256_bytes, sha256_file, write_json_atomic
+from harness.imageio import read_pixels
 
 FORMAT = "bench-dataset/1"
 SPLITS = ("train", "val", "test")
@@ -138,21 +137,9 @@ def is_synthetic(*folders: Path) -> dict | None:
     return None
 
 
-def check_image(path: Path) -> None:
-    """Decode the whole image (truncated or corrupt files fail here), or raise CorruptImageError."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-            if img.width < 1 or img.height < 1:
-                raise ValueError("empty image")
-    except Exception as exc:  # Pillow raises many types for bad input; the user needs one line
-        reason = " ".join(str(exc).replace(str(path), Path(path).name).split())[:200]
-        raise CorruptImageError(f"cannot decode image ({type(exc).__name__}: {reason})", path) from None
-
-
 def _place(src: Path, dst: Path) -> str:
-    """Check, hash and link-or-copy one image; returns its sha256."""
-    check_image(src)
+    """Check (decode fully), hash and link-or-copy one image; returns its sha256."""
+    read_pixels(src)  # a truncated or corrupt file fails here with CorruptImageError naming it
     try:
         os.link(src, dst)
     except OSError:  # other file system, no permission, links unsupported
@@ -163,7 +150,7 @@ def _place(src: Path, dst: Path) -> str:
 def content_hash(rows: Sequence[tuple[str, int, str]]) -> str:
     """sha256 over the sorted (split, label, file sha256) triples: names and paths do not count."""
     lines = sorted(f"{split}\t{label}\t{digest}\n" for split, label, digest in rows)
-    return hashlib.sha256("".join(lines).encode()).hexdigest()
+    return sha256_bytes("".join(lines).encode())
 
 
 def temp_dir_beside(final: Path) -> Path:
