@@ -24,7 +24,8 @@ corpus_app = typer.Typer(
 MAX_UNREADABLE_SHOWN = 50
 
 
-def _progress() -> Progress:
+def progress_bar() -> Progress:
+    """The bar of file-by-file commands (corpus build, data prepare): description, count, time left."""
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeRemainingColumn(), console=console, transient=True)
 
@@ -111,7 +112,7 @@ def synth(
 ) -> None:
     from downstream.phantoms import synthesize_corpus  # heavy; only this command needs it
 
-    with _progress() as bar:
+    with progress_bar() as bar:
         task = bar.add_task("generating phantoms", total=n)
 
         # synthesize_corpus reports increments: progress(k) after writing k more images.
@@ -135,7 +136,7 @@ def synth(
 
 
 def _build_with_progress(roots: list[Path], ws: Workspace):
-    with _progress() as bar:
+    with progress_bar() as bar:
         task = bar.add_task("decoding images", total=None)
         return build_corpus(roots, ws, progress=lambda done, total: bar.update(
             task, completed=done, total=total))

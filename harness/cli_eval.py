@@ -42,13 +42,11 @@ def register(app: typer.Typer) -> None:
                 workspace: Path = workspace_option()):
         task_entry, adapter = _adapter(task)
         root = out or Workspace.resolve(workspace).root / "data"
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
         from downstream.datasets.canonical import load_classification_dataset
+        from harness.cli_corpus import progress_bar
 
-        with Progress(TextColumn(f"checking and copying {task_entry.name}"), BarColumn(), MofNCompleteColumn(),
-                      TimeRemainingColumn(), console=console, transient=True) as bar:
-            bar_id = bar.add_task("prepare", total=None)
+        with progress_bar() as bar:
+            bar_id = bar.add_task(f"checking and copying {task_entry.name}", total=None)
             folder = adapter.prepare(src, root, seed=seed,
                                      progress=lambda done, total: bar.update(bar_id, completed=done, total=total))
 
