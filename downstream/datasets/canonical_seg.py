@@ -145,6 +145,35 @@ def volume_to_uint8(volume: np.ndarray, low: float = 0.5, high: float = 99.5) ->
     return np.clip((volume - lo) / (hi - lo) * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
+def read_nifti(path: Path, *, label: bool = False) -> np.ndarray:
+    """A NIfTI volume as (H, W, D): reoriented to the closest canonical (RAS+) orientation and each
+    axial slice rotated upright, exactly as the corpus decoder slices NIfTI (harness.imageio), so
+    images and label maps read through here stay voxel-aligned. 4D: the first volume. Labels are
+    read without scaling (int64); images as float32. Errors name the file."""
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+        if len(img.shape) < 3:
+            raise UserError(f"NIfTI has shape {img.shape}: a volume needs 3 dimensions", path)
+        if len(img.shape) > 3:
+            img = img.slicer[(slice(None),) * 3 + (0,) * (len(img.shape) - 3)]
+        img = nib.as_closest_canonical(img)
+        data = np.asarray(img.dataobj) if label else np.asarray(img.get_fdata(dtype=np.float32))
+    except UserError:
+        raise
+    except Exception as exc:  # nibabel raises many types for truncated/garbled files
+        raise UserError(f"unreadable NIfTI ({type(exc).__name__}: {exc})", path) from None
+    if data.size == 0:
+        raise UserError(f"NIfTI volume is empty (shape {data.shape})", path)
+    if label:
+        if data.dtype.kind == "f":
+            if not np.all(np.isfinite(data)) or np.any(data != np.round(data)):
+                raise UserError("label volume holds non-integer values: not a label map", path)
+        data = data.astype(np.int64)
+    return np.ascontiguousarray(np.rot90(data, axes=(0, 1)))
+
+
 # ----------------------------------------------------------------------------- writing
 def _image_shape(item: SegItem, dst_dir: Path, sid: str) -> tuple[str, tuple[int, int], str]:
     """Place the image (link or PNG); return (relative path, (H, W), sha256)."""
