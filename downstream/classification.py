@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
-import tempfile
-import uuid
 import warnings
 from pathlib import Path
 
@@ -26,14 +23,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from mmengine.evaluator import BaseMetric
-from mmengine.hooks import Hook
 from mmengine.model import BaseModel, ImgDataPreprocessor
-from mmengine.runner import Runner
 from PIL import Image
 from torch import nn
 from torchmetrics.functional.classification import multiclass_auroc, multiclass_f1_score, multiclass_recall
 
 from downstream.datasets.canonical import ClassificationDataset, Sample, label_fraction_subset
+from downstream.finetuning import fit_best_on_val
 from downstream.registry import Protocol, Task
 from harness.backbones import BACKBONES, build_backbone
 from harness.data import IMAGE_MEAN, IMAGE_STD, derived_seed
@@ -248,50 +244,15 @@ class ClassificationMetric(BaseMetric):
         return {"accuracy": self.last["value"]}
 
 
-class KeepBestHook(Hook):
-    """Keeps (in memory) the weights of the epoch with the best validation accuracy."""
-
-    def __init__(self):
-        self.best_accuracy, self.best_state, self.best_epoch = -1.0, None, 0
-
-    def after_val_epoch(self, runner, metrics=None) -> None:
-        accuracy = (metrics or {}).get("accuracy", -1.0)
-        if accuracy > self.best_accuracy:
-            self.best_accuracy, self.best_epoch = accuracy, runner.epoch
-            self.best_state = copy.deepcopy(runner.model.state_dict())
-
-
 def finetune(ref, data: ClassificationDataset, train: list[Sample], protocol: Protocol, seed: int,
              work_root: Path) -> dict:
     """Fine-tune backbone + FC with mmengine's Runner; test the best-validation epoch."""
-    from harness.engine import QuietMMEngine
-
     model = Classifier(build_encoder(ref, seed), BACKBONES[ref.backbone][1], len(data.classes))
-    loader = lambda samples, shuffle: dict(  # noqa: E731
-        dataset=ImageSet(samples, protocol.image_size, flip=shuffle), batch_size=protocol.batch_size,
-        sampler=dict(type="DefaultSampler", shuffle=shuffle, seed=seed), collate_fn=dict(type="default_collate"),
-        num_workers=0)
-    val_metric, test_metric, keep = ClassificationMetric(data.classes), ClassificationMetric(data.classes), KeepBestHook()
-    work_root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=work_root) as work_dir:
-        runner = Runner(
-            model=model, work_dir=work_dir, experiment_name=f"finetune-{uuid.uuid4().hex[:8]}",
-            train_dataloader=loader(train, True), val_dataloader=loader(data.split("val"), False),
-            test_dataloader=loader(data.split("test"), False),
-            train_cfg=dict(by_epoch=True, max_epochs=protocol.epochs, val_interval=1),
-            val_cfg=dict(), test_cfg=dict(), val_evaluator=[val_metric], test_evaluator=[test_metric],
-            optim_wrapper=dict(optimizer=dict(type="Adam", lr=protocol.lr, weight_decay=protocol.weight_decay),
-                               clip_grad=dict(max_norm=1.0)),
-            default_hooks=dict(timer=dict(type="IterTimerHook"), logger=dict(type="LoggerHook", interval=50),
-                               checkpoint=dict(type="CheckpointHook", interval=-1, save_last=False)),
-            custom_hooks=[keep], randomness=dict(seed=derived_seed(seed, 2)),
-            log_level=os.environ.get("BENCH_LOG_LEVEL", "WARNING"), default_scope="mmengine")
-        runner.logger.addFilter(QuietMMEngine())
-        runner.train()
-        runner.model.load_state_dict(keep.best_state)
-        runner.val()
-        runner.test()
-    return {"val": val_metric.last, "test": test_metric.last, "selected": {"epoch": keep.best_epoch + 1}}
+    return fit_best_on_val(
+        model, ImageSet(train, protocol.image_size, flip=True), ImageSet(data.split("val"), protocol.image_size),
+        ImageSet(data.split("test"), protocol.image_size), val_metric=ClassificationMetric(data.classes),
+        test_metric=ClassificationMetric(data.classes), key="accuracy", epochs=protocol.epochs, lr=protocol.lr,
+        weight_decay=protocol.weight_decay, batch_size=protocol.batch_size, seed=seed, work_root=work_root)
 
 
 # ----------------------------------------------------------------------------- one job

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from harness.errors import UserError
 
 FAMILIES = ("classification", "segmentation_2d", "segmentation_3d", "detection", "ood_segmentation")
-FAMILIES_BUILT = frozenset({"classification"})
+FAMILIES_BUILT = frozenset({"classification", "segmentation_2d", "segmentation_3d", "ood_segmentation"})
 FAMILY_ISSUE = {"segmentation_2d": 5, "segmentation_3d": 5, "ood_segmentation": 5, "detection": 6}
 PROFILES = ("quick", "paper")
 
@@ -49,10 +49,17 @@ class Task:
     paper: dict[str, Protocol]        # protocol name -> paper parameters
     reported: dict[str, float] = field(default_factory=dict)  # LVM-Med R50, per protocol (tasks.md)
     note: str = ""
+    optional: tuple[str, ...] = ()    # protocols run only when named with --protocol
+    train_domain: str | None = None   # multi-site data: the site trained (and validated) on
+    test_domain: str | None = None    # ... and the site tested on
 
     @property
     def protocols(self) -> tuple[str, ...]:
         return tuple(self.paper)
+
+    @property
+    def default_protocols(self) -> tuple[str, ...]:
+        return tuple(p for p in self.paper if p not in self.optional)
 
     @property
     def built(self) -> bool:
@@ -64,14 +71,18 @@ class Task:
         if profile not in PROFILES:
             raise UserError(f"unknown profile '{profile}'; choose one of: {', '.join(PROFILES)}")
         paper = self.paper[name]
-        return paper if profile == "paper" else quick_protocol(paper)
+        return paper if profile == "paper" else quick_protocol(paper, self.family)
 
 
-def quick_protocol(paper: Protocol) -> Protocol:
+def quick_protocol(paper: Protocol, family: str) -> Protocol:
     """The CPU smoke version of a paper protocol: ResNet-18 at 64 px, short schedules. Probes on
-    cached features cost little, so they keep enough epochs to converge."""
-    epochs = {"linear": 60, "knn": 0}.get(paper.name, 4)
-    return replace(paper, image_size=64, backbone="resnet18", epochs=epochs, batch_size=32,
+    cached features cost little, so they keep enough epochs to converge; segmentation trains in
+    small batches so a few dozen images still give it enough steps."""
+    if family == "classification":
+        epochs, batch = {"linear": 60, "knn": 0}.get(paper.name, 4), 32
+    else:
+        epochs, batch = 6, 8
+    return replace(paper, image_size=64, backbone="resnet18", epochs=epochs, batch_size=batch,
                    source=f"quick (CPU) version of: {paper.source}")
 
 
@@ -85,19 +96,23 @@ DET = "LVM-Med App. B + repo command.sh (Faster R-CNN R50-FPN, Adam, clip 1)"
 _PROSTATE = "LVM-Med Table 8 (train BMC, slice-wise, Adam)"
 
 
-def _seg_task(name, title, family, dataset, classes, size, lr, epochs, batch, source, reported, note="") -> Task:
-    """A segmentation task: fine-tuned U-Net, scored by Dice (2D, OOD) or per-volume IoU (3D), as the paper."""
-    metric = "iou_3d" if family == "segmentation_3d" else "dice"
+def _seg_task(name, title, family, dataset, classes, size, lr, epochs, batch, source, reported, note="",
+              test_domain=None) -> Task:
+    """A segmentation task: fine-tuned U-Net, scored by Dice (2D, OOD) or per-volume IoU (3D), as the paper;
+    `frozen` (decoder trained on a fixed encoder) runs when asked for."""
+    metric, other = ("iou_3d", "dice_3d") if family == "segmentation_3d" else ("dice", "iou")
     finetune = Protocol("finetune", size, lr, epochs, batch, source=source)
-    return Task(name, title, family, dataset, classes, metric, (metric,), {"finetune": finetune}, {"finetune": reported},
-                note)
+    frozen = replace(finetune, name="frozen", source=f"{source}; encoder frozen, decoder trained (not in the paper)")
+    return Task(name, title, family, dataset, classes, metric, (metric, other), {"finetune": finetune, "frozen": frozen},
+                {"finetune": reported}, note, optional=("frozen",), train_domain="BMC" if test_domain else None,
+                test_domain=test_domain)
 
 
 TASKS: dict[str, Task] = {t.name: t for t in [
     _seg_task("isic2018", "Skin lesion segmentation (ISIC-2018)", "segmentation_2d", "isic2018", 2, 512, 1e-4, 35, 16,
               T7, 87.76),
     _seg_task("jsrt", "Lung segmentation (JSRT + SCR)", "segmentation_2d", "jsrt", 2, 224, 1e-3, 50, 32, T7, 95.13),
-    _seg_task("kvasir_seg", "Polyp segmentation (Kvasir-SEG)", "segmentation_2d", "kvasir", 2, 224, 1e-3, 35, 64,
+    _seg_task("kvasir_seg", "Polyp segmentation (Kvasir-SEG)", "segmentation_2d", "kvasir_seg", 2, 224, 1e-3, 35, 64,
               T7, 86.76),
     _seg_task("drive", "Retinal vessel segmentation (DRIVE)", "segmentation_2d", "drive", 2, 224, 1e-3, 50, 16,
               T7, 66.97),
@@ -124,10 +139,10 @@ TASKS: dict[str, Task] = {t.name: t for t in [
          }, {"linear": 66.33, "finetune": 76.82}),
     Task("vindr_cxr", "Lung lesion detection (VinDr-CXR, 14 classes)", "detection", "vindr_cxr", 14, "ap50",
          ("ap50", "map"), {"finetune": Protocol("finetune", 512, 1e-4, 40, 16, 1e-4, source=DET)}),
-    Task("kvasir_det", "Polyp detection (Kvasir)", "detection", "kvasir", 1, "ap50", ("ap50", "map"),
+    Task("kvasir_det", "Polyp detection (Kvasir)", "detection", "kvasir_det", 1, "ap50", ("ap50", "map"),
          {"finetune": Protocol("finetune", 512, 2.5e-4, 40, 8, 1e-4, source=DET)}),
     *(_seg_task(f"prostate_{site.lower()}", f"Prostate segmentation, out of distribution: train BMC, test {site}",
-                "ood_segmentation", "prostate", 2, 224, 1e-3, 30, 64, _PROSTATE, reported)
+                "ood_segmentation", "prostate", 2, 224, 1e-3, 30, 64, _PROSTATE, reported, test_domain=site)
       for site, reported in (("RUNMC", 62.48), ("BIDMC", 56.76), ("HK", 52.78))),
 ]}
 

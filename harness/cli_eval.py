@@ -31,10 +31,11 @@ def register(app: typer.Typer) -> None:
 
     @data_app.command("prepare", help="""Read TASK's dataset as downloaded (--src) and write the canonical form under --out.
 
-    The raw layout is validated (missing files, unknown labels, unreadable images, malformed rows:
-    each reported with the file) and the split is fixed in the output: the paper's split where it
-    published one (FGADR: ids 1-1500 train, 1501+ test; Brain Tumor: Training/Testing), validation
-    carved from train by a seeded stratified split (FGADR 20%, Brain Tumor 30%, as LVM-Med's configs).""")
+    The raw layout is validated (missing files, unknown labels, masks that do not fit their image,
+    label codes outside the codebook, empty volumes: each reported with the file) and the split is
+    fixed in the output: the paper's or the official split where one is published (FGADR ids,
+    Brain Tumor Training/Testing, ISIC's folders, DRIVE 20/20, MMWHS's volume ids), else a seeded
+    split recorded in dataset.json (3D data by volume, never by slice). `bench tasks` lists the tasks.""")
     def prepare(task: str = typer.Argument(..., help="Task name (`bench tasks`)."),
                 src: Path = typer.Option(..., help="The dataset folder as downloaded."),
                 out: Optional[Path] = typer.Option(None, help="Data root (default WORKSPACE/data)."),
@@ -42,7 +43,7 @@ def register(app: typer.Typer) -> None:
                 workspace: Path = workspace_option()):
         task_entry, adapter = _adapter(task)
         root = out or Workspace.resolve(workspace).root / "data"
-        from downstream.datasets.canonical import load_classification_dataset
+        from downstream.datasets import load_prepared
         from harness.cli_corpus import progress_bar
 
         with progress_bar() as bar:
@@ -50,10 +51,11 @@ def register(app: typer.Typer) -> None:
             folder = adapter.prepare(src, root, seed=seed,
                                      progress=lambda done, total: bar.update(bar_id, completed=done, total=total))
 
-        data = load_classification_dataset(folder)
+        data = load_prepared(folder, task_entry.family)
         counts = {s: len(data.split(s)) for s in ("train", "val", "test")}
         kind = "synthetic" if data.meta["synthetic"] else "real"
-        console.print(f"prepared {task_entry.name} ({kind}, content {data.meta['content_hash'][:12]}): "
+        unit = "slices" if getattr(data, "kind", "") == "3d" else "images"
+        console.print(f"prepared {task_entry.dataset} ({kind}, content {data.meta['content_hash'][:12]}), {unit}: "
                       + "  ".join(f"{s} {n}" for s, n in counts.items()))
         console.print(f"written to: {folder}", soft_wrap=True)
 
@@ -62,12 +64,13 @@ def register(app: typer.Typer) -> None:
     Everything evaluated on it is labelled synthetic.""")
     def synth(task: str = typer.Argument(..., help="Task name (`bench tasks`)."),
               out: Path = typer.Option(..., help="Folder to write the raw layout into."),
-              n: int = typer.Option(120, help="Number of images."),
+              n: Optional[int] = typer.Option(None, help="Number of images (3D tasks: volumes); default per dataset."),
               seed: int = typer.Option(0, help="Generator seed (same seed, same bytes)."),
-              size: int = typer.Option(96, help="Image side in pixels.")):
+              size: Optional[int] = typer.Option(None, help="Image side in pixels (3D: in-plane); default per dataset.")):
         _, adapter = _adapter(task)
-        folder = adapter.synthesize(out, n=n, seed=seed, size=size)
-        console.print(f"synthetic {task} ({n} images, {adapter.LAYOUT}) written to: {folder}", soft_wrap=True)
+        options = {k: v for k, v in (("n", n), ("size", size)) if v is not None}
+        folder = adapter.synthesize(out, seed=seed, **options)
+        console.print(f"synthetic {task} ({adapter.LAYOUT}) written to: {folder}", soft_wrap=True)
 
     app.add_typer(data_app, name="data")
 
@@ -76,15 +79,16 @@ def register(app: typer.Typer) -> None:
         from downstream.registry import FAMILY_ISSUE, TASKS
 
         table = Table(title="LVM-Med's 15 downstream tasks (../shared/specs/tasks.md)", box=box.SIMPLE_HEAD,
-                      caption="paper protocol: image px / lr / epochs / batch of the last protocol listed "
-                              "(LVM-Med Tables 7, 8, App. B); LVM-Med R50: its reported score")
+                      caption="paper protocol: image px / lr / epochs / batch of the last standard protocol "
+                              "(LVM-Med Tables 7, 8, App. B); (protocol): runs only when named with "
+                              "--protocol; LVM-Med R50: its reported score")
         for column in ("task", "family", "metric", "protocols", "paper protocol", "LVM-Med R50", "status"):
             table.add_column(column, no_wrap=True)
         for t in TASKS.values():
-            p = t.paper[t.protocols[-1]]
+            p = t.paper[t.default_protocols[-1]]
             reported = " / ".join(f"{v:.2f}" for v in t.reported.values()) or "-"
             status = "[green]ready[/]" if t.built else f"[yellow]issue #{FAMILY_ISSUE[t.family]}[/]"
-            table.add_row(t.name, t.family, t.metric, ",".join(t.protocols),
+            table.add_row(t.name, t.family, t.metric, ",".join(f"({n})" if n in t.optional else n for n in t.protocols),
                           f"{p.image_size} / {p.lr:g} / {p.epochs} / {p.batch_size}", reported, status)
         console.print(table)
 
@@ -92,14 +96,16 @@ def register(app: typer.Typer) -> None:
 
     One job = checkpoint x task x protocol x label fraction x seed; jobs already in the store are
     skipped (--force re-runs them), a failed job is recorded with its reason and the others go on.
-    Protocols (LVM-Med Table 5): linear = one FC layer on frozen, cached features (lr, weight decay
-    and epoch chosen on val, never on test); knn = weighted kNN on the same features; finetune =
-    encoder + FC trained end to end, best-val epoch tested. `random` (random init, seeded per
-    evaluation seed) is a baseline row.""")
+    Classification (LVM-Med Table 5): linear = one FC layer on frozen, cached features (lr, weight
+    decay and epoch chosen on val, never on test); knn = weighted kNN on the same features;
+    finetune = encoder + FC trained end to end, best-val epoch tested. Segmentation (Tables 7, 8):
+    finetune = U-Net on the encoder through mmseg, CE + Dice, best-val epoch tested, scored by the
+    paper's per-image Dice / per-volume 3D IoU; frozen (on request) trains the decoder only.
+    `random` (random init, seeded per evaluation seed) is a baseline row.""")
     def eval_(checkpoint: Optional[str] = typer.Option(None, help="PATH (.safetensors) | RUN name | imported name | id prefix | random | all. Default: every checkpoint plus random; done jobs are skipped."),
               task: list[str] = typer.Option([], "--task", help="Task name (repeatable); `bench tasks` lists them."),
               all_tasks: bool = typer.Option(False, "--all-tasks", help="Every task whose family is built."),
-              protocol: Optional[str] = typer.Option(None, help="linear | knn | finetune, comma-separated (default: every protocol of the task)."),
+              protocol: Optional[str] = typer.Option(None, help="linear | knn | finetune | frozen, comma-separated (default: each task's standard protocols; `bench tasks` lists them)."),
               label_fraction: str = typer.Option("1.0", help="Fractions of the training labels, e.g. 0.01,0.1,1.0 (stratified, seeded)."),
               seeds: int = typer.Option(3, help="Number of seeds (0..N-1); the paper reports 3 runs."),
               profile: str = typer.Option("quick", help="quick (CPU smoke: ResNet-18 random baseline, 64 px) | paper (the published protocol)."),

@@ -79,7 +79,8 @@ def plan(req: EvalRequest, store) -> tuple[list[Unit], int]:
         store.upsert_checkpoint(ref.as_record())
         done = set() if req.force else store.done_keys(checkpoint_id=ref.id)
         for task in tasks:
-            protocols = [p for p in task.protocols if req.protocols is None or p in req.protocols]
+            protocols = list(task.default_protocols) if req.protocols is None else \
+                [p for p in task.protocols if p in req.protocols]
             keys = [EvalKey(ref.id, task.name, p, f, s) for p in protocols for f in req.label_fractions
                     for s in range(req.seeds)]
             todo = [k for k in keys if k not in done]
@@ -94,7 +95,7 @@ def run_unit(spec: dict) -> dict:
     import torch
 
     from downstream import classification
-    from downstream.datasets.canonical import load_classification_dataset
+    from downstream.datasets import load_prepared
     from downstream.registry import get_task
     from harness.provenance import code_version, host_info, package_versions
     from harness.store import ResultsStore
@@ -109,7 +110,7 @@ def run_unit(spec: dict) -> dict:
     counts = {"done": 0, "failed": 0}
     data, data_error = None, None
     try:
-        data = load_classification_dataset(Path(spec["data_root"]) / task.dataset)
+        data = load_prepared(Path(spec["data_root"]) / task.dataset, task.family)
     except UserError as err:
         data_error = f"{err}; prepare it with: bench data prepare {task.name} --src DIR --out {spec['data_root']}"
     base = {"checkpoint": {k: v for k, v in ref.as_record().items() if k != "sidecar"},
@@ -129,8 +130,9 @@ def run_unit(spec: dict) -> dict:
         try:
             if data_error:
                 raise UserError(data_error)
-            out = classification.run_job(task, protocol, data, ref, label_fraction=key.label_fraction, seed=key.seed,
-                                         cache=cache, device=device, work_root=ws.root / "cache" / "work")
+            out = family_module(task.family).run_job(
+                task, protocol, data, ref, label_fraction=key.label_fraction, seed=key.seed, cache=cache,
+                device=device, work_root=ws.root / "cache" / "work")
             config.update(selected=out.pop("selected"), n_train=out.pop("n_train"))
             store.record_done(key, splits=out, protocol=config, provenance=provenance,
                               wall_time_s=time.perf_counter() - start, force=spec["force"])
@@ -144,6 +146,17 @@ def run_unit(spec: dict) -> dict:
             counts["failed"] += 1
     store.close()
     return {**counts, "features_computed": cache.computed}
+
+
+def family_module(family: str):
+    """The evaluation module of a task family (imported when needed: mmseg takes seconds to import)."""
+    if family == "classification":
+        from downstream import classification
+
+        return classification
+    from downstream import segmentation
+
+    return segmentation
 
 
 def default_jobs() -> int:

@@ -1,14 +1,29 @@
 """Downstream dataset adapters: raw download (or synthetic stand-in) -> canonical prepared form.
 
-Each adapter module exposes NAME, CLASSES, LAYOUT, `prepare(src, out_root, *, seed, progress)`
-and `synthesize(out, *, n, seed, size)`; `ADAPTERS` maps the dataset name to its module.
+Each adapter module exposes NAME, LAYOUT, `prepare(src, out_root, *, seed, progress)` and
+`synthesize(out, *, n, seed, size)` (segmentation adapters also DEFAULT_N); `ADAPTERS` maps the
+dataset name (the registry's `Task.dataset`) to its module.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from types import ModuleType
 
-from downstream.datasets import brain_tumor, fgadr
+from downstream.datasets import brain_tumor, drive, fgadr, isic2018, jsrt, kvasir_seg
 
-ADAPTERS: dict[str, ModuleType] = {module.NAME: module for module in (fgadr, brain_tumor)}
+ADAPTERS: dict[str, ModuleType] = {module.NAME: module for module in (
+    fgadr, brain_tumor, isic2018, jsrt, kvasir_seg, drive)}
 
-__all__ = ["ADAPTERS"]
+
+def load_prepared(folder: Path, family: str):
+    """The prepared dataset in `folder`, read by the loader of the task family's canonical form."""
+    if family == "classification":
+        from downstream.datasets.canonical import load_classification_dataset
+
+        return load_classification_dataset(folder)
+    from downstream.datasets.canonical_seg import load_segmentation_dataset
+
+    return load_segmentation_dataset(folder)
+
+
+__all__ = ["ADAPTERS", "load_prepared"]

@@ -1,0 +1,70 @@
+"""Supervised fine-tuning through mmengine's Runner, shared by every downstream family.
+
+`fit_best_on_val` trains with the paper's recipe (Adam, gradient-norm clip 1, LVM-Med App. B),
+validates every epoch, keeps the weights of the epoch with the best validation score (the
+paper's repo tests its best-val checkpoint) and scores that epoch on val and test.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+import uuid
+from pathlib import Path
+
+from mmengine.hooks import Hook
+from mmengine.runner import Runner
+
+from harness.data import derived_seed
+
+
+class KeepBestHook(Hook):
+    """Keeps (in memory) the weights of the epoch with the best validation value of `key`."""
+
+    def __init__(self, key: str):
+        self.key, self.best_value, self.best_state, self.best_epoch = key, float("-inf"), None, 0
+
+    def after_val_epoch(self, runner, metrics=None) -> None:
+        value = (metrics or {}).get(self.key)
+        if value is not None and value > self.best_value:  # runner.epoch counts finished epochs: 1-based here
+            self.best_value, self.best_epoch = value, runner.epoch
+            self.best_state = copy.deepcopy(runner.model.state_dict())
+
+
+def loader(dataset, batch_size: int, shuffle: bool, seed: int, collate: str = "default_collate") -> dict:
+    return dict(dataset=dataset, batch_size=batch_size, sampler=dict(type="DefaultSampler", shuffle=shuffle, seed=seed),
+                collate_fn=dict(type=collate), num_workers=0)
+
+
+def fit_best_on_val(model, train_set, val_set, test_set, *, val_metric, test_metric, key: str, epochs: int,
+                    lr: float, weight_decay: float, batch_size: int, seed: int, work_root: Path,
+                    collate: str = "default_collate", scope: str = "mmengine") -> dict:
+    """Train `model` (an mmengine BaseModel) for `epochs`, test its best-validation epoch.
+
+    `val_metric` / `test_metric` are mmengine metrics that keep their full result in `.last`;
+    returns {"val": val_metric.last, "test": test_metric.last, "selected": {"epoch": n}}.
+    """
+    from harness.engine import QuietMMEngine
+
+    keep = KeepBestHook(key)
+    work_root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=work_root) as work_dir:
+        runner = Runner(
+            model=model, work_dir=work_dir, experiment_name=f"finetune-{uuid.uuid4().hex[:8]}",
+            train_dataloader=loader(train_set, batch_size, True, seed, collate),
+            val_dataloader=loader(val_set, batch_size, False, seed, collate),
+            test_dataloader=loader(test_set, batch_size, False, seed, collate),
+            train_cfg=dict(by_epoch=True, max_epochs=epochs, val_interval=1),
+            val_cfg=dict(), test_cfg=dict(), val_evaluator=[val_metric], test_evaluator=[test_metric],
+            optim_wrapper=dict(optimizer=dict(type="Adam", lr=lr, weight_decay=weight_decay),
+                               clip_grad=dict(max_norm=1.0)),
+            default_hooks=dict(timer=dict(type="IterTimerHook"), logger=dict(type="LoggerHook", interval=50),
+                               checkpoint=dict(type="CheckpointHook", interval=-1, save_last=False)),
+            custom_hooks=[keep], randomness=dict(seed=derived_seed(seed, 2)),
+            log_level=os.environ.get("BENCH_LOG_LEVEL", "WARNING"), default_scope=scope)
+        runner.logger.addFilter(QuietMMEngine())
+        runner.train()
+        runner.model.load_state_dict(keep.best_state)
+        runner.val()
+        runner.test()
+    return {"val": val_metric.last, "test": test_metric.last, "selected": {"epoch": keep.best_epoch}}

@@ -1,0 +1,130 @@
+"""The segmentation model through mmsegmentation: a `bench` backbone checkpoint inside an mmseg
+`EncoderDecoder`, with a U-Net decoder (LVM-Med fine-tunes a U-Net on its ResNet-50 encoder,
+App. B / repo: segmentation_models_pytorch's Unet, decoder widths 256-128-64-32-16).
+
+Registered in mmseg's MODELS registry, so an mmseg config can use them directly:
+    backbone=dict(type="BenchResNet", arch="resnet50", checkpoint="runs/<run>/backbone.safetensors")
+    decode_head=dict(type="UNetHead", in_channels=[64, 256, 512, 1024, 2048], ...)
+Loss: cross-entropy + soft Dice over all classes (mmseg's CrossEntropyLoss + DiceLoss), as the paper.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+from mmengine.config import ConfigDict
+from torch import nn
+
+from harness import mmcv_ops
+
+mmcv_ops.install()  # before mmseg.models imports mmcv.ops: CPU stand-in unless compiled mmcv exists
+
+from mmcv.cnn import ConvModule  # noqa: E402
+from mmseg.models.decode_heads.decode_head import BaseDecodeHead  # noqa: E402
+from mmseg.registry import MODELS  # noqa: E402
+
+from harness.backbones import build_backbone  # noqa: E402
+from harness.data import IMAGE_MEAN, IMAGE_STD  # noqa: E402
+
+# torchvision ResNet stage widths: stem (stride 2), layer1 (4), layer2 (8), layer3 (16), layer4 (32)
+STAGE_CHANNELS = {"resnet18": (64, 64, 128, 256, 512), "resnet50": (64, 256, 512, 1024, 2048)}
+DECODER_CHANNELS = (256, 128, 64, 32, 16)
+
+
+@MODELS.register_module()
+class BenchResNet(nn.Module):
+    """A torchvision ResNet trunk that loads `bench`'s backbone checkpoint contract and returns the
+    five stage outputs a U-Net decoder needs. `frozen=True` keeps it (and its BatchNorm statistics)
+    fixed: the frozen-encoder protocol. `ref` (a CheckpointRef) may replace `checkpoint` so the
+    weights' recorded sha256 is checked at load time."""
+
+    def __init__(self, arch: str = "resnet50", checkpoint: str | None = None, ref=None, frozen: bool = False):
+        super().__init__()
+        from harness.checkpoints import load_checkpoint_into, strict_load
+
+        self.resnet, _ = build_backbone(arch)
+        if ref is not None:
+            load_checkpoint_into(ref, self.resnet)
+        elif checkpoint:
+            from harness.checkpoint import load_backbone_state
+
+            state, _ = load_backbone_state(checkpoint)
+            strict_load(self.resnet, state, arch, checkpoint)
+        self.frozen = frozen
+        if frozen:
+            self.resnet.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.frozen:
+            self.resnet.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        r = self.resnet
+        stem = r.relu(r.bn1(r.conv1(x)))
+        l1 = r.layer1(r.maxpool(stem))
+        l2 = r.layer2(l1)
+        l3 = r.layer3(l2)
+        return stem, l1, l2, l3, r.layer4(l3)
+
+
+class UpBlock(nn.Module):
+    """Upsample x2, concatenate the skip feature (if any), two 3x3 conv-BN-ReLU."""
+
+    def __init__(self, in_ch: int, skip_ch: int, out_ch: int):
+        super().__init__()
+        norm = dict(type="BN")
+        self.conv1 = ConvModule(in_ch + skip_ch, out_ch, 3, padding=1, norm_cfg=norm)
+        self.conv2 = ConvModule(out_ch, out_ch, 3, padding=1, norm_cfg=norm)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
+        x = nn.functional.interpolate(x, scale_factor=2.0, mode="nearest")
+        if skip is not None:
+            x = torch.cat([x, skip], dim=1)
+        return self.conv2(self.conv1(x))
+
+
+@MODELS.register_module()
+class UNetHead(BaseDecodeHead):
+    """U-Net decoder over the five encoder stages: deepest first, a skip at each scale, one last
+    block without skip back to full resolution, then mmseg's 1x1 classifier (`conv_seg`)."""
+
+    def __init__(self, in_channels, decoder_channels=DECODER_CHANNELS, **kwargs):
+        super().__init__(in_channels=list(in_channels), channels=decoder_channels[-1],
+                         in_index=list(range(len(in_channels))), input_transform="multiple_select", **kwargs)
+        skips = list(in_channels[:-1])[::-1] + [0]
+        ins = [in_channels[-1], *decoder_channels[:-1]]
+        self.blocks = nn.ModuleList(UpBlock(i, s, o) for i, s, o in zip(ins, skips, decoder_channels))
+
+    def forward(self, inputs) -> torch.Tensor:
+        feats = self._transform_inputs(inputs)
+        x, skips = feats[-1], list(feats[:-1])[::-1] + [None]
+        for block, skip in zip(self.blocks, skips):
+            x = block(x, skip)
+        return self.cls_seg(x)
+
+
+def build_segmentor(arch: str, num_classes: int, *, ref=None, checkpoint: str | None = None, frozen: bool = False):
+    """An mmseg EncoderDecoder: BenchResNet + UNetHead, CE + Dice loss, ImageNet-style normalisation
+    of RGB uint8 inputs (the statistics pretraining used), whole-image inference."""
+    cfg = dict(
+        type="EncoderDecoder",
+        data_preprocessor=dict(type="SegDataPreProcessor", mean=[m * 255 for m in IMAGE_MEAN],
+                               std=[s * 255 for s in IMAGE_STD], bgr_to_rgb=False, size_divisor=32,
+                               pad_val=0, seg_pad_val=255),
+        backbone=dict(type="BenchResNet", arch=arch, ref=ref, checkpoint=checkpoint, frozen=frozen),
+        decode_head=dict(type="UNetHead", in_channels=STAGE_CHANNELS[arch], num_classes=num_classes,
+                         dropout_ratio=0.0, align_corners=False,
+                         loss_decode=[dict(type="CrossEntropyLoss", loss_weight=1.0, avg_non_ignore=True),
+                                      dict(type="DiceLoss", use_sigmoid=False, naive_dice=True, loss_weight=1.0)]),
+        train_cfg=dict(), test_cfg=dict(mode="whole"))
+    from mmengine.registry import DefaultScope
+    from mmseg.utils import register_all_modules
+
+    register_all_modules(init_default_scope=False)  # EncoderDecoder, losses, SegDataPreProcessor
+    with DefaultScope.overwrite_default_scope("mmseg"), warnings.catch_warnings():
+        # mmseg suggests a 1-channel sigmoid head for 2 classes; the paper trains 2-class softmax
+        warnings.filterwarnings("ignore", message="For binary segmentation", category=UserWarning)
+        warnings.filterwarnings("ignore", message=".*build_loss.*", category=UserWarning)
+        return MODELS.build(ConfigDict(cfg))

@@ -1,0 +1,122 @@
+"""Segmentation tasks (2D, 3D via slices, prostate out of distribution) through mmsegmentation.
+
+Protocol (LVM-Med App. B, Tables 7 and 8; repo: segmentation_2d/3d): a U-Net on the pretrained
+ResNet encoder (downstream.seg_model: mmseg EncoderDecoder), fine-tuned end to end with Adam,
+cross-entropy + Dice loss and gradient-norm clip 1, no augmentation; images resized to the
+protocol's side; validated every epoch and the best-validation epoch tested. `frozen` keeps the
+encoder fixed and trains the decoder only (an option; not in the paper's tables).
+3D volumes are segmented slice by slice and trained on balanced slices: every slice with
+foreground plus as many drawn from those without (the repo's have_label / non_label sampling).
+Prostate: trained on the BMC site; val on BMC; test on the task's site.
+Predictions are scored at the original image resolution (mmseg resizes them back), with the
+paper's metrics (downstream.seg_metrics). Label fractions subsample training cases (volumes).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from mmcv.transforms import BaseTransform
+from mmengine.registry import DefaultScope
+
+from downstream.datasets.canonical_seg import SegmentationDataset, SegSample
+from downstream.registry import Protocol, Task
+from downstream.seg_metrics import PaperSegMetric
+from downstream.seg_model import build_segmentor
+from harness.data import derived_seed
+from harness.errors import UserError
+from harness.imageio import load_rgb
+
+from mmseg.datasets import BaseSegDataset  # noqa: E402  (after seg_model installed the mmcv ops stand-in)
+from mmseg.registry import TRANSFORMS  # noqa: E402
+
+META_KEYS = ("img_path", "seg_map_path", "ori_shape", "img_shape", "pad_shape", "scale_factor", "flip",
+             "flip_direction", "reduce_zero_label", "sample_id", "case", "slice", "domain")
+
+
+@TRANSFORMS.register_module()
+class LoadBenchImage(BaseTransform):
+    """Decode an image exactly as pretraining and classification do (harness.imageio: grayscale
+    replicated to RGB, 16-bit windowed), RGB uint8 (H, W, 3)."""
+
+    def transform(self, results: dict) -> dict:
+        img = np.asarray(load_rgb(results["img_path"]))
+        results.update(img=img, img_shape=img.shape[:2], ori_shape=img.shape[:2])
+        return results
+
+
+class SampleSet(BaseSegDataset):
+    """A list of prepared samples as an mmseg dataset (its pipeline, its packing)."""
+
+    def __init__(self, samples: list[SegSample], classes: list[str], size: int, test_mode: bool):
+        self._samples = samples
+        resize = dict(type="Resize", scale=(size, size), keep_ratio=False)
+        load_mask = dict(type="LoadAnnotations")
+        # Train: the mask is resized with the image (nearest). Test: the mask stays at full size and
+        # mmseg resizes the prediction back to it, so scores are at the original resolution.
+        steps = [resize, load_mask] if test_mode else [load_mask, resize]
+        palette = [[(37 * i) % 256, (91 * i) % 256, (151 * i) % 256] for i in range(len(classes))]
+        with DefaultScope.overwrite_default_scope("mmseg"):  # the pipeline's types live in mmseg's registry
+            super().__init__(metainfo=dict(classes=tuple(classes), palette=palette), test_mode=test_mode,
+                             pipeline=[dict(type="LoadBenchImage"), *steps,
+                                       dict(type="PackSegInputs", meta_keys=META_KEYS)])
+
+    def load_data_list(self) -> list[dict]:
+        return [dict(img_path=str(s.image), seg_map_path=str(s.mask), label_map=None, reduce_zero_label=False,
+                     seg_fields=[], sample_id=s.id, case=s.case, slice=s.slice, domain=s.domain) for s in self._samples]
+
+
+def case_fraction(cases: list[str], fraction: float, seed: int) -> set[str]:
+    """A seeded `fraction` of the training cases (at least one); 1.0 keeps all."""
+    if fraction >= 1.0:
+        return set(cases)
+    rng = np.random.default_rng(derived_seed(seed, 3))
+    keep = max(1, int(np.floor(len(cases) * fraction + 0.5)))
+    return {cases[i] for i in rng.permutation(len(cases))[:keep]}
+
+
+def balanced_slices(samples: list[SegSample], seed: int) -> list[SegSample]:
+    """Every slice with foreground plus an equal number (or all, if fewer) of empty slices."""
+    from PIL import Image
+
+    has = np.array([bool(np.asarray(Image.open(s.mask)).any()) for s in samples])
+    empty = np.flatnonzero(~has)
+    rng = np.random.default_rng(derived_seed(seed, 4))
+    chosen = sorted(np.flatnonzero(has).tolist() + rng.permutation(empty)[: int(has.sum())].tolist())
+    return [samples[i] for i in chosen]
+
+
+def training_samples(task: Task, data: SegmentationDataset, label_fraction: float, seed: int) -> list[SegSample]:
+    pool = data.split("train", task.train_domain)
+    cases = case_fraction(list(dict.fromkeys(s.case for s in pool)), label_fraction, seed)
+    train = [s for s in pool if s.case in cases]
+    return balanced_slices(train, seed) if data.kind == "3d" else train
+
+
+def run_job(task: Task, protocol: Protocol, data: SegmentationDataset, ref, *, label_fraction: float, seed: int,
+            device: torch.device, work_root: Path, cache=None) -> dict:
+    """One evaluation: fine-tune (or train the decoder of a frozen encoder), test the best-val epoch.
+    Returns {"val": ..., "test": ..., "selected": ..., "n_train": ...}."""
+    from downstream.finetuning import fit_best_on_val
+
+    if task.test_domain and task.test_domain not in data.domains:
+        raise UserError(f"site {task.test_domain} is not in the prepared {data.name} data (sites present: "
+                        f"{', '.join(d for d in data.domains if d) or 'none'})", data.root)
+    train = training_samples(task, data, label_fraction, seed)
+    val = data.split("val", task.train_domain)
+    test = data.split("test", task.test_domain or task.train_domain)
+    for name, split in (("train", train), ("val", val), ("test", test)):
+        if not split:
+            raise UserError(f"the {name} split of {data.name} is empty; re-prepare it with more images", data.root)
+    torch.manual_seed(derived_seed(seed, 0x5EED))  # random init (and the decoder) differ per seed
+    model = build_segmentor(ref.backbone, len(data.classes), ref=ref, frozen=protocol.name == "frozen")
+    metric = lambda: PaperSegMetric(task.metric, data.classes, data.target_classes)  # noqa: E731
+    out = fit_best_on_val(
+        model, SampleSet(train, data.classes, protocol.image_size, False),
+        SampleSet(val, data.classes, protocol.image_size, True), SampleSet(test, data.classes, protocol.image_size, True),
+        val_metric=metric(), test_metric=metric(), key=task.metric, epochs=protocol.epochs, lr=protocol.lr,
+        weight_decay=protocol.weight_decay, batch_size=protocol.batch_size, seed=seed, work_root=work_root,
+        collate="pseudo_collate", scope="mmseg")
+    out["n_train"] = len(train)
+    return out

@@ -1,0 +1,156 @@
+"""DRIVE adapter: synthetic raw layout -> prepare -> canonical segmentation folder -> loader;
+official 20/20 split and the no-test-labels fallback, FOV mask validation, thin vessels,
+determinism, and the errors that name the offending file."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from downstream.datasets import drive
+from downstream.datasets.canonical_seg import load_segmentation_dataset
+from harness.errors import UserError
+
+N, SIZE = 40, 48  # the real 20/20 layout at a small size
+WIDTH = round(SIZE * 565 / 584)
+
+
+def _files(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".bench-synthetic.json"}
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory) -> Path:
+    return drive.synthesize(tmp_path_factory.mktemp("drive") / "download", n=N, seed=2, size=SIZE)
+
+
+@pytest.fixture
+def src(raw, tmp_path) -> Path:
+    """A private copy of the raw download, to damage."""
+    return Path(shutil.copytree(raw, tmp_path / "src"))
+
+
+def _gif(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return (np.asarray(im.convert("L")) > 127).astype(np.uint8)
+
+
+def _raises(call, *fragments: str) -> None:
+    with pytest.raises(UserError) as err:
+        call()
+    for fragment in fragments:
+        assert fragment in str(err.value), (fragment, str(err.value))
+
+
+def test_raw_layout(raw):
+    root = raw / "DRIVE"
+    train = sorted(p.name for p in (root / "training" / "images").iterdir())
+    test = sorted(p.name for p in (root / "test" / "images").iterdir())
+    assert train == [f"{k}_training.tif" for k in range(21, 41)]
+    assert test == [f"{k:02d}_test.tif" for k in range(1, 21)]
+    with Image.open(root / "training" / "images" / "21_training.tif") as im:
+        assert (im.format, im.mode, im.size) == ("TIFF", "RGB", (WIDTH, SIZE))  # non-square, like 565x584
+    for name in ("training/1st_manual/21_manual1.gif", "training/mask/21_training_mask.gif",
+                 "test/1st_manual/01_manual1.gif", "test/2nd_manual/01_manual2.gif", "test/mask/01_test_mask.gif"):
+        assert (root / name).is_file(), name
+    assert {Image.open(g).mode for g in root.rglob("*.gif")} == {"P", "L"}  # both GIF flavours
+
+
+def test_vessels_are_thin_and_many(tmp_path):
+    src = drive.synthesize(tmp_path / "big", n=8, seed=0, size=96)
+    for gif in sorted(src.glob("DRIVE/*/1st_manual/*.gif")):
+        vessels = _gif(gif)
+        fov = _gif(next(src.glob(f"DRIVE/*/mask/{gif.name.split('_')[0]}_*_mask.gif")))
+        assert not (vessels & (1 - fov)).any()  # annotations stay inside the field of view
+        assert 0.04 < vessels.sum() / fov.sum() < 0.25
+        core = cv2.erode(vessels, np.ones((3, 3), np.uint8))  # what survives is wider than 2 px
+        assert core.sum() < 0.25 * vessels.sum(), gif.name
+        assert vessels.sum() > 500  # many branches: ~1,000 vessel pixels in a 93x96 image
+
+
+def test_official_split_round_trip(raw, tmp_path):
+    ds = load_segmentation_dataset(drive.prepare(raw, tmp_path / "out", seed=7))
+    assert (ds.name, ds.kind, ds.classes, ds.target_classes) == ("drive", "2d", ["background", "vessel"], [1])
+    assert ds.meta["synthetic"] is True and ds.meta["source"]["test_labels"] is True
+    assert {s: len(ds.split(s)) for s in ("train", "val", "test")} == {"train": 16, "val": 4, "test": 20}
+    assert all(s.id.endswith("_test") for s in ds.split("test"))
+    assert ds.meta["warnings"] == []
+    assert ds.meta["fov_masks"]["21_training"] == "training/mask/21_training_mask.gif"
+    assert len(ds.meta["fov_masks"]) == N
+    sample = next(s for s in ds.samples if s.id == "05_test")
+    mask = np.asarray(Image.open(sample.mask))
+    assert np.array_equal(mask, _gif(raw / "DRIVE" / "test" / "1st_manual" / "05_manual1.gif"))
+    image = np.asarray(Image.open(sample.image))
+    original = np.asarray(Image.open(raw / "DRIVE" / "test" / "images" / "05_test.tif"))
+    assert image.shape == (SIZE, WIDTH, 3) and np.array_equal(image, original)
+    # vessels are darker than the background inside the FOV (green channel, as in real fundus images)
+    fov = _gif(raw / "DRIVE" / "test" / "mask" / "05_test_mask.gif").astype(bool)
+    assert image[..., 1][mask.astype(bool)].mean() < image[..., 1][fov & (mask == 0)].mean()
+
+
+def test_without_test_labels(src, tmp_path):
+    shutil.rmtree(src / "DRIVE" / "test" / "1st_manual")
+    shutil.rmtree(src / "DRIVE" / "test" / "2nd_manual")
+    ds = load_segmentation_dataset(drive.prepare(src / "DRIVE", tmp_path / "out", seed=7))
+    assert {s: len(ds.split(s)) for s in ("train", "val", "test")} == {"train": 12, "val": 4, "test": 4}
+    assert all(s.id.endswith("_training") for s in ds.samples)
+    assert ds.meta["unlabelled_test_images"] == 20 and "no test labels" in ds.meta["warnings"][0]
+    assert ds.meta["source"]["test_labels"] is False
+
+
+def test_deterministic(raw, tmp_path):
+    again = drive.synthesize(tmp_path / "again", n=N, seed=2, size=SIZE)
+    assert _files(raw) == _files(again)
+    assert _files(drive.synthesize(tmp_path / "other", n=N, seed=3, size=SIZE)) != _files(again)
+    metas = [json.loads((drive.prepare(raw, tmp_path / d, seed=1) / "dataset.json").read_text()) for d in "ab"]
+    assert metas[0]["content_hash"] == metas[1]["content_hash"]
+    other = json.loads((drive.prepare(raw, tmp_path / "c", seed=2) / "dataset.json").read_text())
+    assert other["split"]["counts"] == metas[0]["split"]["counts"]  # sizes fixed, members seeded
+
+
+def test_missing_annotation_and_fov(src, tmp_path):
+    train = src / "DRIVE" / "training"
+    (train / "1st_manual" / "23_manual1.gif").rename(tmp_path / "kept.gif")
+    _raises(lambda: drive.prepare(src, tmp_path / "out"), "23_training.tif", "no vessel annotation")
+    (tmp_path / "kept.gif").rename(train / "1st_manual" / "23_manual1.gif")
+    (train / "mask" / "24_training_mask.gif").unlink()
+    _raises(lambda: drive.prepare(src, tmp_path / "out"), "24_training_mask.gif", "field-of-view mask")
+    shutil.rmtree(train / "mask")
+    _raises(lambda: drive.prepare(src, tmp_path / "out"), "training/mask", "folder is missing")
+
+
+def test_annotation_without_image(src, tmp_path):
+    (src / "DRIVE" / "test" / "images" / "07_test.tif").unlink()
+    _raises(lambda: drive.prepare(src, tmp_path / "out"), "07_manual1.gif", "has no image")
+
+
+def test_size_mismatches(src, tmp_path):
+    fov = src / "DRIVE" / "training" / "mask" / "30_training_mask.gif"
+    Image.fromarray(np.full((SIZE, SIZE), 255, np.uint8)).save(fov, format="GIF")
+    _raises(lambda: drive.prepare(src, tmp_path / "out"), "30_training_mask.gif", "field-of-view mask is")
+    Image.fromarray(np.full((SIZE, WIDTH), 255, np.uint8)).save(fov, format="GIF")
+    manual = src / "DRIVE" / "test" / "1st_manual" / "02_manual1.gif"
+    Image.fromarray(np.zeros((SIZE + 1, WIDTH), np.uint8)).save(manual, format="GIF")
+    _raises(lambda: drive.prepare(src, tmp_path / "out"), "02_manual1.gif", "vessel annotation is")
+    assert not (tmp_path / "out" / "drive").exists()
+
+
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data")
+def test_corrupt_image_and_missing_root(src, tmp_path):
+    tif = src / "DRIVE" / "training" / "images" / "33_training.tif"
+    tif.write_bytes(tif.read_bytes()[:2000])  # a valid header, truncated pixel data
+    _raises(lambda: drive.prepare(src, tmp_path / "out"), "33_training.tif", "truncated")
+    tif.write_bytes(b"II*\0garbage")
+    _raises(lambda: drive.prepare(src, tmp_path / "out"), "33_training.tif", "unreadable image")
+    shutil.rmtree(src / "DRIVE" / "training")
+    _raises(lambda: drive.prepare(src, tmp_path / "out"), "has test/ but no training/")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _raises(lambda: drive.prepare(empty, tmp_path / "out"), str(empty), "no DRIVE training/ folder")
