@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from types import ModuleType
 
-from downstream.datasets import brain_tumor, drive, fgadr, isic2018, jsrt, kvasir_seg
+from downstream.datasets import brain_tumor, busi, drive, fgadr, isic2018, jsrt, kvasir_seg, prostate
 
 ADAPTERS: dict[str, ModuleType] = {module.NAME: module for module in (
-    fgadr, brain_tumor, isic2018, jsrt, kvasir_seg, drive)}
+    fgadr, brain_tumor, isic2018, jsrt, kvasir_seg, drive, busi, prostate)}
 
 
 def load_prepared(folder: Path, family: str):

@@ -1,0 +1,191 @@
+"""Multi-site prostate adapter: synthetic NIfTI sites -> prepare -> canonical slices -> loader;
+by-case split (BMC 60/20/20, other sites test), voxel alignment incl. LPS-stored sites, optional
+sites, determinism, input errors."""
+from __future__ import annotations
+
+import hashlib
+import shutil
+from collections import defaultdict
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+
+from downstream.datasets import prostate
+from downstream.datasets.canonical_seg import load_segmentation_dataset
+from downstream.phantoms.seg_prostate import SITE_STYLES
+from harness.errors import UserError
+
+N, SIZE, SEED = 12, 48, 5
+
+
+def _files(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory) -> Path:
+    return prostate.synthesize(tmp_path_factory.mktemp("prostate") / "download", n=N, seed=SEED, size=SIZE)
+
+
+@pytest.fixture(scope="module")
+def prepared(raw, tmp_path_factory):
+    calls = []
+    ds = load_segmentation_dataset(prostate.prepare(raw, tmp_path_factory.mktemp("out"),
+                                                    progress=lambda done, total: calls.append((done, total))))
+    assert calls[0][0] == 0 and calls[-1] == (len(ds.samples), len(ds.samples))  # total known up front
+    return ds
+
+
+@pytest.fixture
+def damaged(raw, tmp_path) -> Path:
+    return Path(shutil.copytree(raw, tmp_path / "src"))
+
+
+def _by_case(ds) -> dict[str, list]:
+    cases = defaultdict(list)
+    for s in ds.samples:
+        cases[s.case].append(s)
+    return {c: sorted(v, key=lambda s: s.slice) for c, v in cases.items()}
+
+
+# ----------------------------------------------------------------------------- round trip
+def test_raw_layout(raw):
+    plan = prostate.plan_sites(N)
+    assert sum(plan.values()) == N and plan["BMC"] >= 3 and set(plan) == set(prostate.SITES)
+    assert prostate.plan_sites(prostate.DEFAULT_N)["BMC"] >= 6
+    assert min(prostate.plan_sites(prostate.DEFAULT_N).values()) >= 2
+    names = {p.name for p in raw.rglob("*.nii.gz")}
+    assert "Case00_Segmentation.nii.gz" in names and "Case00_segmentation.nii.gz" in names
+    flipped = next(s for s in prostate.SITES if SITE_STYLES[s].flip)
+    assert nib.load(raw / flipped / "Case00.nii.gz").affine[0, 0] < 0  # stored LPS: must be reoriented
+    sides = {nib.load(raw / s / "Case00.nii.gz").shape[0] for s in prostate.SITES}
+    assert len(sides) > 1  # sites differ in matrix size
+
+
+def test_round_trip_and_split(raw, prepared):
+    ds, meta = prepared, prepared.meta
+    assert ds.kind == "3d" and ds.classes == ["background", "prostate"] and ds.target_classes == [1]
+    assert meta["synthetic"] and meta["dataset"] == "prostate" and meta["ignored_files"] == 1
+    assert set(ds.domains) == set(prostate.SITES) and meta["sites_missing"] == []
+    cases = _by_case(ds)
+    plan = prostate.plan_sites(N)
+    for site, count in plan.items():
+        assert len({c for c in cases if c.startswith(site + "/")}) == count
+    for case, slices in cases.items():
+        site = case.split("/")[0]
+        assert len({s.split for s in slices}) == 1, case  # never split by slice
+        assert {s.domain for s in slices} == {site}
+        assert [s.slice for s in slices] == list(range(len(slices)))
+        assert nib.load(raw / f"{case}.nii.gz").shape[2] == len(slices)
+        if site != "BMC":
+            assert slices[0].split == "test"
+    bmc = {s: len(ds.cases(s, "BMC")) for s in ("train", "val", "test")}
+    assert bmc == {"train": plan["BMC"] - 2, "val": 1, "test": 1}
+    assert ds.cases("train") == ds.cases("train", "BMC") and not ds.split("val", "HK")
+
+
+def test_masks_match_the_generator(raw, prepared):
+    """Every prepared mask equals the label the phantom drew, LPS-stored sites included, and the
+    image slices are the phantom's slices (windowed): image and mask stay voxel-aligned."""
+    for case, slices in _by_case(prepared).items():
+        site, name = case.split("/")
+        image, label, _ = prostate.synthetic_case(SEED, site, int(name[4:]), SIZE)
+        masks = np.stack([np.asarray(Image.open(s.mask)) for s in slices], axis=-1)
+        assert np.array_equal(masks, label), case
+        pixels = np.stack([np.asarray(Image.open(s.image)) for s in slices], axis=-1).astype(float)
+        assert np.corrcoef(pixels.ravel(), image.ravel())[0, 1] > 0.95, case
+    assert any(np.asarray(Image.open(s.mask)).any() for s in prepared.samples)
+
+
+def test_determinism(raw, prepared, tmp_path):
+    again = prostate.synthesize(tmp_path / "again", n=N, seed=SEED, size=SIZE)
+    assert _files(again) == _files(raw)
+    assert prostate.prepare(again, tmp_path / "o").is_dir()
+    again_ds = load_segmentation_dataset(tmp_path / "o" / "prostate")
+    assert again_ds.meta["content_hash"] == prepared.meta["content_hash"]
+    other = prostate.synthesize(tmp_path / "other", n=N, seed=SEED + 1, size=SIZE)
+    assert _files(other)["BMC/Case00.nii.gz"] != _files(raw)["BMC/Case00.nii.gz"]
+
+
+def test_optional_sites(tmp_path):
+    src = prostate.synthesize(tmp_path / "two", n=5, seed=1, size=40, sites=("BMC", "HK"))
+    ds = load_segmentation_dataset(prostate.prepare(src, tmp_path / "o"))
+    assert set(ds.domains) == {"BMC", "HK"} and "RUNMC" in ds.meta["sites_missing"]
+    assert any("missing: RUNMC" in n for n in ds.meta["notes"])
+    assert {s.split for s in ds.samples if s.domain == "HK"} == {"test"}
+
+
+# ----------------------------------------------------------------------------- errors
+def _fails(call, out: Path, *fragments: str) -> None:
+    with pytest.raises(UserError) as err:
+        call()
+    message = str(err.value)
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+    assert not (out / prostate.NAME).exists()  # nothing half-written
+
+
+def _save(path: Path, data: np.ndarray, like: Path) -> None:
+    nib.save(nib.Nifti1Image(data, nib.load(like).affine), path)
+
+
+def test_bmc_required(damaged, tmp_path):
+    shutil.rmtree(damaged / "BMC")
+    _fails(lambda: prostate.prepare(damaged, tmp_path / "o"), tmp_path / "o", "no BMC/")
+
+
+def test_label_missing(damaged, tmp_path):
+    (damaged / "RUNMC" / "Case01_segmentation.nii.gz").unlink()
+    _fails(lambda: prostate.prepare(damaged, tmp_path / "o"), tmp_path / "o", "RUNMC/Case01.nii.gz",
+           "label volume missing")
+
+
+def test_label_without_image(damaged, tmp_path):
+    (damaged / "HK" / "Case00.nii.gz").unlink()
+    _fails(lambda: prostate.prepare(damaged, tmp_path / "o"), tmp_path / "o", "Case00_Segmentation.nii.gz",
+           "without its image")
+
+
+def test_shape_mismatch_names_both(damaged, tmp_path):
+    label = damaged / "BMC" / "Case01_segmentation.nii.gz"
+    _save(label, np.zeros((20, 20, 5), np.uint8), label)
+    _fails(lambda: prostate.prepare(damaged, tmp_path / "o"), tmp_path / "o", "Case01_segmentation.nii.gz",
+           "Case01.nii.gz", "shape")
+
+
+def test_unknown_label_value(damaged, tmp_path):
+    label = damaged / "BIDMC" / "Case00_segmentation.nii.gz"
+    data = np.asarray(nib.load(label).dataobj).copy()
+    data[data == 1] = 2  # a zonal label (2) outside the codebook {0, 1}
+    _save(label, data, label)
+    _fails(lambda: prostate.prepare(damaged, tmp_path / "o"), tmp_path / "o",
+           "BIDMC/Case00_segmentation.nii.gz",
+           "2", "outside the codebook")
+
+
+def test_empty_and_unreadable_volumes(damaged, tmp_path):
+    image = damaged / "UCL" / "Case00.nii.gz"
+    _save(image, np.zeros(nib.load(image).shape, np.int16), image)
+    _fails(lambda: prostate.prepare(damaged, tmp_path / "o"), tmp_path / "o", "UCL/Case00.nii.gz", "empty")
+    (damaged / "I2CVB" / "Case00.nii.gz").write_bytes(b"garbage")
+    _fails(lambda: prostate.prepare(damaged, tmp_path / "o"), tmp_path / "o", "I2CVB/Case00.nii.gz",
+           "unreadable")
+
+
+def test_two_label_spellings(damaged, tmp_path):
+    bmc = damaged / "BMC"
+    shutil.copy(bmc / "Case00_segmentation.nii.gz", bmc / "Case00_Segmentation.nii.gz")
+    _fails(lambda: prostate.prepare(damaged, tmp_path / "o"), tmp_path / "o", "Case00", "two label volumes")
+
+
+def test_bad_requests(tmp_path):
+    for call in (lambda: prostate.prepare(tmp_path / "nowhere", tmp_path / "o"),
+                 lambda: prostate.prepare(tmp_path, tmp_path / "o"),
+                 lambda: prostate.synthesize(tmp_path / "s", n=3),
+                 lambda: prostate.synthesize(tmp_path / "s", sites=("HK", "UCL"))):
+        with pytest.raises(UserError):
+            call()
