@@ -7,6 +7,7 @@ paper's repo tests its best-val checkpoint) and scores that epoch on val and tes
 from __future__ import annotations
 
 import copy
+import multiprocessing
 import os
 import tempfile
 import uuid
@@ -61,6 +62,8 @@ def fit_best_on_val(model, train_set, val_set, test_set, *, val_metric, test_met
             default_hooks=dict(timer=dict(type="IterTimerHook"), logger=dict(type="LoggerHook", interval=50),
                                checkpoint=dict(type="CheckpointHook", interval=-1, save_last=False)),
             custom_hooks=[keep], randomness=dict(seed=derived_seed(seed, 2)),
+            # keep the process's start method (eval workers are spawned; mmengine would force fork)
+            env_cfg=dict(mp_cfg=dict(mp_start_method=multiprocessing.get_start_method(allow_none=True) or "fork")),
             log_level=os.environ.get("BENCH_LOG_LEVEL", "WARNING"), default_scope=scope)
         runner.logger.addFilter(QuietMMEngine())
         runner.train()

@@ -78,6 +78,8 @@ class PaperSegMetric(BaseMetric):
     """mmengine metric over mmseg predictions: the paper's Dice / 3D IoU (see module docstring).
     The full result of the last evaluation (per image / per volume too) is kept in `self.last`."""
 
+    default_prefix = ""  # metric keys stay plain ("dice", "iou_3d"): the best-epoch hook looks them up
+
     def __init__(self, metric: str, classes: list[str], target_classes=(1,), **kwargs):
         super().__init__(**kwargs)
         self.metric, self.classes, self.target_classes, self.last = metric, list(classes), tuple(target_classes), None

@@ -252,9 +252,11 @@ def param_schedulers(cfg: dict) -> list[dict]:
 
 
 class QuietMMEngine(logging.Filter):
-    """Drops mmengine warnings that say nothing about a pretraining run."""
+    """Drops mmengine/mmseg warnings that say nothing about a run (the last one: mmseg infers a batch
+    of differently sized images fine, each prediction is resized back to its own image)."""
 
-    BENIGN = ("has no metainfo", '"FileClient" will be deprecated', '"HardDiskBackend" is the alias')
+    BENIGN = ("has no metainfo", '"FileClient" will be deprecated', '"HardDiskBackend" is the alias',
+              "Image shapes are different in the batch")
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not any(text in record.getMessage() for text in self.BENIGN)

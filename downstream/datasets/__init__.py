@@ -9,10 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from types import ModuleType
 
-from downstream.datasets import brain_tumor, busi, drive, fgadr, isic2018, jsrt, kvasir_seg, prostate
+from downstream.datasets import (
+    brain_tumor, brats, busi, drive, fgadr, isic2018, jsrt, kvasir_seg, mmwhs_ct, mmwhs_mri, prostate,
+)
 
 ADAPTERS: dict[str, ModuleType] = {module.NAME: module for module in (
-    fgadr, brain_tumor, isic2018, jsrt, kvasir_seg, drive, busi, prostate)}
+    fgadr, brain_tumor, isic2018, jsrt, kvasir_seg, drive, busi, brats, mmwhs_ct, mmwhs_mri, prostate)}
 
 
 def load_prepared(folder: Path, family: str):

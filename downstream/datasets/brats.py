@@ -91,7 +91,7 @@ def _find_cases(src: Path) -> tuple[dict[str, dict], list[Path]]:
                          and len(folder.parts) - base < _MAX_DEPTH)
         matched = {}
         for name in sorted(files):
-            m = _FILE.match(name)
+            m = None if name.startswith(".") else _FILE.match(name)  # "._x.nii.gz": macOS zip residue
             if m is None:
                 if name != SYNTHETIC_MARKER:
                     ignored.append(folder / name)  # survival_data.csv, name_mapping.csv, .DS_Store, ...

@@ -1,0 +1,211 @@
+"""MM-WHS CT/MRI adapters: synthetic raw layout -> prepare -> canonical 3D folder -> loader; masks
+equal the phantom's labels, LVM-Med's published split vs the seeded one, determinism, the stray
+421 code, and every bad input."""
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+
+from downstream.datasets import mmwhs, mmwhs_ct, mmwhs_mri
+from downstream.datasets.canonical_seg import load_segmentation_dataset, volume_to_uint8
+from harness.errors import UserError
+
+N, SIZE, SEED = 4, 32, 1
+ADAPTERS = {"ct": mmwhs_ct, "mr": mmwhs_mri}
+
+
+def _files(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory) -> dict[str, Path]:
+    """One small synthetic download per modality (read-only)."""
+    root = tmp_path_factory.mktemp("raw")
+    return {p: a.synthesize(root / a.NAME, n=N, seed=SEED, size=SIZE) for p, a in ADAPTERS.items()}
+
+
+@pytest.fixture(scope="module")
+def prepared(raw, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out")
+    return {p: load_segmentation_dataset(a.prepare(raw[p], out)) for p, a in ADAPTERS.items()}
+
+
+@pytest.fixture
+def ct(raw, tmp_path) -> Path:
+    """A private copy of the CT download, to damage."""
+    return Path(shutil.copytree(raw["ct"], tmp_path / "src"))
+
+
+def _rewrite(path: Path, change) -> None:
+    img = nib.load(str(path))
+    nib.save(nib.Nifti1Image(change(np.asarray(img.dataobj).copy()), img.affine), str(path))
+
+
+def _mask(sample) -> np.ndarray:
+    return np.asarray(Image.open(sample.mask))
+
+
+def _raises(call, *fragments: str) -> str:
+    with pytest.raises(UserError) as err:
+        call()
+    message = str(err.value)
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+    return message
+
+
+def _expected(codes: np.ndarray) -> np.ndarray:
+    out = np.zeros(codes.shape, np.uint8)
+    for code, index in mmwhs.CODEBOOK.items():
+        out[codes == code] = index
+    return out
+
+
+# ----------------------------------------------------------------------------- round trip
+@pytest.mark.parametrize("p", ["ct", "mr"])
+def test_round_trip_counts_split_and_metadata(prepared, raw, p):
+    ds, adapter = prepared[p], ADAPTERS[p]
+    assert (ds.name, ds.kind, ds.classes) == (adapter.NAME, "3d", mmwhs.CLASSES)
+    assert ds.target_classes == [2] and ds.classes[2] == "left_atrium" and ds.meta["synthetic"] is True
+    assert ds.meta["label_codes"]["left_atrium"] == [420] and ds.meta["unlabelled_test_volumes"] == 2
+    assert "seeded by volume" in ds.meta["split"]["method"]  # 1001-1004 are not the published 20
+    assert [len(ds.cases(s)) for s in ("train", "val", "test")] == [2, 1, 1]
+    ids = ds.meta["volume_ids"]
+    assert sorted(ids["train"] + ids["val"] + ids["test"]) == [1001, 1002, 1003, 1004]
+    depths = {f"{p}_train_{v}": nib.load(str(raw[p] / f"{p}_train" / f"{p}_train_{v}_image.nii.gz")).shape[2]
+              for v in range(1001, 1001 + N)}
+    assert len(ds.samples) == sum(depths.values())
+    for case, depth in depths.items():
+        rows = [s for s in ds.samples if s.case == case]
+        assert len({s.split for s in rows}) == 1, case  # a volume never straddles splits
+        assert sorted(s.slice for s in rows) == list(range(depth))
+
+
+@pytest.mark.parametrize("p", ["ct", "mr"])
+def test_masks_and_images_equal_the_phantom(prepared, p):
+    image, codes, depth = mmwhs.synthetic_volume(p, SEED, "1002", SIZE)
+    expected, pixels = _expected(codes), volume_to_uint8(image.astype(np.float32))
+    rows = sorted((s for s in prepared[p].samples if s.case == f"{p}_train_1002"), key=lambda s: s.slice)
+    assert len(rows) == depth and (expected == 2).any()
+    for s in rows:
+        assert np.array_equal(_mask(s), expected[:, :, s.slice]), s.id
+        assert np.array_equal(np.asarray(Image.open(s.image)), pixels[:, :, s.slice]), s.id
+
+
+def test_class_voxel_counts_match_the_raw_label_files(prepared, raw):
+    """Decoded independently (nibabel, no reorientation): per-code voxel counts = per-class counts."""
+    for p, ds in prepared.items():
+        for path in sorted((raw[p] / f"{p}_train").glob("*_label.nii.gz")):
+            codes = np.asarray(nib.load(str(path)).dataobj)
+            assert set(np.unique(codes)) == set(mmwhs.CODEBOOK), path.name  # all 7 structures drawn
+            case = path.name.replace("_label.nii.gz", "")
+            masks = np.stack([_mask(s) for s in ds.samples if s.case == case])
+            for code, index in mmwhs.CODEBOOK.items():
+                assert int((codes == code).sum()) == int((masks == index).sum()), (path.name, code)
+
+
+def test_published_split_with_the_standard_twenty_ids(tmp_path):
+    src = mmwhs_ct.synthesize(tmp_path / "ct20", n=20, seed=SEED, size=SIZE)
+    ds = load_segmentation_dataset(mmwhs_ct.prepare(src, tmp_path / "out", seed=5))
+    assert "published" in ds.meta["split"]["method"]
+    assert {s: tuple(v) for s, v in ds.meta["volume_ids"].items()} == mmwhs.PUBLISHED_SPLIT
+    assert [len(ds.cases(s)) for s in ("train", "val", "test")] == [13, 3, 4]
+    assert set(ds.cases("test")) == {"ct_train_1002", "ct_train_1010", "ct_train_1012", "ct_train_1019"}
+    # One volume short of the 20: the published ids no longer apply -> seeded split.
+    for f in (src / "ct_train").glob("ct_train_1020_*"):
+        f.unlink()
+    ds19 = load_segmentation_dataset(mmwhs_ct.prepare(src, tmp_path / "out19"))
+    assert "seeded by volume" in ds19.meta["split"]["method"] and len(ds19.cases("train")) == 12
+
+
+def test_synthesis_and_prepare_are_deterministic(raw, tmp_path, prepared):
+    again = mmwhs_ct.synthesize(tmp_path / "again", n=N, seed=SEED, size=SIZE)
+    assert _files(again) == _files(raw["ct"])
+    assert sorted(_files(again)) == sorted(
+        [f"ct_train/ct_train_{v}_{k}.nii.gz" for v in range(1001, 1005) for k in ("image", "label")]
+        + ["ct_test/ct_test_2001_image.nii.gz", "ct_test/ct_test_2002_image.nii.gz", ".bench-synthetic.json"])
+    assert _files(mmwhs_ct.synthesize(tmp_path / "other", n=N, seed=SEED + 1, size=SIZE)) != _files(again)
+    ds = load_segmentation_dataset(mmwhs_ct.prepare(again, tmp_path / "out"))
+    assert ds.meta["content_hash"] == prepared["ct"].meta["content_hash"]
+
+
+def test_both_modalities_in_one_download(raw, tmp_path):
+    root = tmp_path / "MM-WHS 2017 Dataset"
+    for p in ("ct", "mr"):
+        shutil.copytree(raw[p] / f"{p}_train", root / f"{p}_train")
+    for p, adapter in ADAPTERS.items():
+        ds = load_segmentation_dataset(adapter.prepare(tmp_path, tmp_path / "out"))  # one wrapper folder
+        assert {s.case[:3] for s in ds.samples} == {f"{p}_"} and ds.meta["source"]["modality"] == p
+    shutil.rmtree(root / "ct_train")
+    _raises(lambda: mmwhs_ct.prepare(root, tmp_path / "out"), "no ct_train/", "mmwhs_mri")
+
+
+def test_stray_421_becomes_background_with_a_warning(raw, tmp_path):
+    src = Path(shutil.copytree(raw["mr"], tmp_path / "src"))
+    label = src / "mr_train" / "mr_train_1003_label.nii.gz"
+    codes = np.asarray(nib.load(str(label)).dataobj)
+    edge = np.argwhere(codes == 420)[:5]
+    _rewrite(label, lambda v: (v.__setitem__(tuple(edge.T), 421), v)[1])
+    ds = load_segmentation_dataset(mmwhs_mri.prepare(src, tmp_path / "out"))
+    assert any("mr_train_1003_label.nii.gz: 5 voxel(s) with the stray code 421" in w for w in ds.meta["warnings"])
+    masks = np.stack([_mask(s) for s in ds.samples if s.case == "mr_train_1003"])
+    assert int((masks == 2).sum()) == int((codes == 420).sum()) - 5
+
+
+# ----------------------------------------------------------------------------- bad inputs
+def test_image_without_label_and_label_without_image(ct, tmp_path):
+    (ct / "ct_train" / "ct_train_1002_label.nii.gz").unlink()
+    _raises(lambda: mmwhs_ct.prepare(ct, tmp_path / "out"), "ct_train_1002_image.nii.gz",
+            "without its label", "ct_train_1002_label.nii.gz")
+    (ct / "ct_train" / "ct_train_1002_image.nii.gz").unlink()
+    (ct / "ct_train" / "ct_train_1003_image.nii.gz").unlink()
+    _raises(lambda: mmwhs_ct.prepare(ct, tmp_path / "out"), "ct_train_1003_label.nii.gz", "without its image")
+    assert not (tmp_path / "out" / "mmwhs_ct").exists()
+
+
+def test_shape_mismatch_names_both_files(ct, tmp_path):
+    _rewrite(ct / "ct_train" / "ct_train_1004_label.nii.gz", lambda v: v[:, :, :-1])
+    _raises(lambda: mmwhs_ct.prepare(ct, tmp_path / "out"), "ct_train_1004_image.nii.gz",
+            "ct_train_1004_label.nii.gz", "voxel-aligned")
+    assert not (tmp_path / "out" / "mmwhs_ct").exists()  # nothing half-written
+
+
+def test_code_outside_codebook(ct, tmp_path):
+    _rewrite(ct / "ct_train" / "ct_train_1001_label.nii.gz", lambda v: np.where(v == 850, 300, v).astype(np.int16))
+    _raises(lambda: mmwhs_ct.prepare(ct, tmp_path / "out"), "ct_train_1001_label.nii.gz", "label value(s) 300")
+
+
+def test_empty_image_volume(ct, tmp_path):
+    _rewrite(ct / "ct_train" / "ct_train_1003_image.nii.gz", np.zeros_like)
+    _raises(lambda: mmwhs_ct.prepare(ct, tmp_path / "out"), "ct_train_1003_image.nii.gz", "empty")
+
+
+def test_wrong_modality_file_and_strays(ct, tmp_path):
+    (ct / "ct_train" / "readme.txt").write_text("MM-WHS 2017\n")
+    ds = load_segmentation_dataset(mmwhs_ct.prepare(ct, tmp_path / "out"))
+    assert ds.meta["ignored_files"] == 1
+    (ct / "ct_train" / "ct_train_1001_label.nii.gz").rename(ct / "ct_train" / "mr_train_1001_label.nii.gz")
+    _raises(lambda: mmwhs_ct.prepare(ct, tmp_path / "out"), "mr_train_1001_label.nii.gz", "MR volume in the CT")
+
+
+def test_unreadable_volume_and_missing_folder(ct, tmp_path):
+    (ct / "ct_train" / "ct_train_1001_image.nii.gz").write_bytes(b"\x1f\x8b garbage")
+    _raises(lambda: mmwhs_ct.prepare(ct, tmp_path / "out"), "ct_train_1001_image.nii.gz", "unreadable")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _raises(lambda: mmwhs_ct.prepare(empty, tmp_path / "out"), str(empty), "no ct_train/")
+    (empty / "ct_train").mkdir()
+    _raises(lambda: mmwhs_ct.prepare(empty, tmp_path / "out"), "ct_train", "no ct_train_<id>_image/label")
+
+
+def test_synthesize_rejects_bad_requests(tmp_path):
+    _raises(lambda: mmwhs_mri.synthesize(tmp_path / "a", n=2, size=SIZE), "n=2")
+    _raises(lambda: mmwhs_ct.synthesize(tmp_path / "b", n=N, size=16), "size=16")
