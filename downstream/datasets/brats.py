@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from downstream.datasets.canonical import SPLITS, SYNTHETIC_MARKER, allocate, is_synthetic, synthetic_output
+from downstream.datasets.canonical import SYNTHETIC_MARKER, allocate, is_synthetic, synthetic_output
 from downstream.datasets.canonical_seg import (
-    SegItem, map_codes, read_nifti, volume_to_uint8, write_segmentation_dataset,
+    SegItem, map_codes, nifti_header, read_nifti, seeded_case_split, volume_to_uint8, write_segmentation_dataset,
 )
 from downstream.phantoms.seg_brats import brats_case, depth_range, nifti_gz_bytes
 from harness.errors import UserError
@@ -48,35 +48,6 @@ _FILE = re.compile(r"^(?P<case>.+)[_-](?P<mod>flair|t1ce|t1|t2|t1c|t1n|t2f|t2w|s
 _SKIP_DIRS = ("__MACOSX",)
 _MAX_DEPTH = 5  # folders below src searched for case folders
 _TAG = 0xB4A7
-
-
-def nifti_depth(path: Path) -> int:
-    """Number of axial slices read_nifti will give, from the header only (cheap)."""
-    import nibabel as nib
-    from nibabel.orientations import io_orientation
-
-    try:
-        img = nib.load(str(path))
-        shape, axes = img.shape, io_orientation(img.affine)[:, 0]
-    except Exception as exc:  # nibabel raises many types for garbled headers
-        raise UserError(f"unreadable NIfTI ({type(exc).__name__}: {exc})", path) from None
-    if len(shape) < 3:
-        raise UserError(f"NIfTI has shape {shape}: a volume needs 3 dimensions", path)
-    hit = np.flatnonzero(axes == 2)
-    return int(shape[int(hit[0])] if len(hit) else shape[2])
-
-
-def seeded_case_split(cases, fractions, seed: int) -> dict[str, str]:
-    """{case: split}: a seeded permutation of the sorted case ids cut by `fractions`
-    (train, val, test); each split gets a case when there are at least three."""
-    cases = sorted(cases)
-    counts = allocate(len(cases), fractions, minimum=1)
-    order = np.random.default_rng(seed).permutation(len(cases))
-    out, start = {}, 0
-    for split, k in zip(SPLITS, counts):
-        out.update({cases[i]: split for i in order[start:start + k]})
-        start += k
-    return out
 
 
 def _find_cases(src: Path) -> tuple[dict[str, dict], list[Path]]:
@@ -165,7 +136,7 @@ def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None) -> Path
     naming = next(iter(cases.values()))["naming"]
     mods, input_mod, codebook = NAMINGS[naming]
     split = seeded_case_split(cases, SPLIT_FRACTIONS, seed)
-    total = sum(nifti_depth(info["files"][input_mod]) for info in cases.values())
+    total = sum(nifti_header(info["files"][input_mod])[0][2] for info in cases.values())
     unused = sum(len(info["files"]) - 2 for info in cases.values())
     grades = {g: sum(1 for i in cases.values() if i["grade"] == g) for g in ("HGG", "LGG", "")}
     marker = is_synthetic(src, *[p for p in sorted(src.iterdir()) if p.is_dir()])

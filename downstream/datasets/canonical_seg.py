@@ -174,6 +174,40 @@ def read_nifti(path: Path, *, label: bool = False) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(data, axes=(0, 1)))
 
 
+def nifti_header(path: Path) -> tuple[tuple[int, int, int], np.ndarray]:
+    """(shape as `read_nifti` returns it before the in-plane rotation, i.e. canonical RAS+ axis
+    order, affine) from the header alone: cheap checks of a pair and slice counts for progress."""
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+        shape, affine = img.shape, img.affine
+        ornt = nib.orientations.io_orientation(affine)
+    except Exception as exc:  # nibabel raises many types for garbled headers
+        raise UserError(f"unreadable NIfTI ({type(exc).__name__}: {exc})", path) from None
+    if len(shape) < 3:
+        raise UserError(f"NIfTI has shape {shape}: a volume needs 3 dimensions", path)
+    canonical = [0, 0, 0]
+    for axis in range(3):
+        canonical[int(ornt[axis, 0])] = int(shape[axis])
+    return tuple(canonical), affine
+
+
+def seeded_case_split(cases, fractions, seed) -> dict[str, str]:
+    """{case: split}: a seeded permutation of the sorted case ids cut by `fractions` (train, val,
+    test); each split gets a case when there are at least three. 3D data is split by case."""
+    from downstream.datasets.canonical import allocate
+
+    cases = sorted(cases)
+    counts = allocate(len(cases), fractions, minimum=1)
+    order = np.random.default_rng(seed).permutation(len(cases))
+    out, start = {}, 0
+    for split, k in zip(SPLITS, counts):
+        out.update({cases[i]: split for i in order[start:start + k]})
+        start += k
+    return out
+
+
 # ----------------------------------------------------------------------------- writing
 def _image_shape(item: SegItem, dst_dir: Path, sid: str) -> tuple[str, tuple[int, int], str]:
     """Place the image (link or PNG); return (relative path, (H, W), sha256)."""

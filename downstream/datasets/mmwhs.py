@@ -21,10 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from downstream.datasets.brats import nifti_depth, seeded_case_split
 from downstream.datasets.canonical import SYNTHETIC_MARKER, is_synthetic, synthetic_output
 from downstream.datasets.canonical_seg import (
-    SegItem, map_codes, read_nifti, volume_to_uint8, write_segmentation_dataset,
+    SegItem, map_codes, nifti_header, read_nifti, seeded_case_split, volume_to_uint8, write_segmentation_dataset,
 )
 from downstream.phantoms.seg_brats import depth_range, nifti_gz_bytes
 from downstream.phantoms.seg_heart import heart_case
@@ -162,7 +161,7 @@ def prepare(src: Path, out_root: Path, *, modality: str, name: str, seed: int = 
     pairs, ignored = _pairs(train, p)
     test_images = sorted(f for f in test.iterdir() if f.is_file() and "_image.nii" in f.name.lower()) if test else []
     split, method = _split(sorted(pairs), seed)
-    total = sum(nifti_depth(files["image"]) for files in pairs.values())
+    total = sum(nifti_header(files["image"])[0][2] for files in pairs.values())
     marker = is_synthetic(src, train.parent)
     warnings: list[str] = []
     notes = [f"scored foreground = class 2 left atrium (code 420), as LVM-Med's eval_class 2; all "

@@ -13,7 +13,6 @@ be scored later). BMC is required; the other sites are optional and the notes sa
 """
 from __future__ import annotations
 
-import gzip
 import re
 from pathlib import Path
 
@@ -21,8 +20,9 @@ import numpy as np
 
 from downstream.datasets.canonical import SYNTHETIC_MARKER, allocate, is_synthetic, synthetic_output
 from downstream.datasets.canonical_seg import (
-    SegItem, map_codes, read_nifti, volume_to_uint8, write_segmentation_dataset,
+    SegItem, map_codes, nifti_header, read_nifti, seeded_case_split, volume_to_uint8, write_segmentation_dataset,
 )
+from downstream.phantoms.seg_brats import nifti_gz
 from downstream.phantoms.seg_prostate import SITE_STYLES, prostate_volume
 from harness.errors import UserError
 
@@ -37,6 +37,7 @@ LAYOUT = ("<SITE>/CaseNN.nii.gz + <SITE>/CaseNN_segmentation.nii.gz (or _Segment
 DEFAULT_N = 18
 CODEBOOK = {0: 0, 1: 1}
 VAL_FRACTION = TEST_FRACTION = 0.2
+BMC_FRACTIONS = (1 - VAL_FRACTION - TEST_FRACTION, VAL_FRACTION, TEST_FRACTION)
 _FILE = re.compile(r"^(?P<case>.+?)(?P<seg>_segmentation)?\.nii(?:\.gz)?$", re.IGNORECASE)
 _SKIP_DIRS = ("__MACOSX",)
 _TAG = 0x9057
@@ -97,35 +98,6 @@ def scan_site(folder: Path) -> tuple[list[tuple[str, Path, Path]], list[Path]]:
     return cases, ignored
 
 
-def _header(path: Path) -> tuple[tuple[int, int, int], np.ndarray]:
-    """(shape after canonical reorientation, affine) from the header alone."""
-    import nibabel as nib
-
-    try:
-        img = nib.load(str(path))
-        shape, affine = img.shape, img.affine
-        ornt = nib.orientations.io_orientation(affine)
-    except Exception as exc:  # nibabel raises many types for garbled headers
-        raise UserError(f"unreadable NIfTI ({type(exc).__name__}: {exc})", path) from None
-    if len(shape) < 3:
-        raise UserError(f"NIfTI has shape {shape}: a volume needs 3 dimensions", path)
-    canonical = [0, 0, 0]
-    for axis in range(3):
-        canonical[int(ornt[axis, 0])] = int(shape[axis])
-    return tuple(canonical), affine
-
-
-def split_bmc(cases: list[str], seed: int) -> dict[str, str]:
-    """Seeded 60/20/20 train/val/test over BMC cases (at least one each from three cases up)."""
-    n = len(cases)
-    order = np.random.default_rng([seed, _TAG]).permutation(n)
-    n_val = n_test = max(1, int(np.floor(n * VAL_FRACTION + 0.5))) if n >= 3 else 0
-    split = {}
-    for rank, i in enumerate(order):
-        split[cases[i]] = "val" if rank < n_val else "test" if rank < n_val + n_test else "train"
-    return split
-
-
 def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None) -> Path:
     """Read a multi-site prostate download and write `out_root/prostate/` (slices, by-case split)."""
     root = find_root(src)
@@ -144,10 +116,10 @@ def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None) -> Path
                 raise UserError("the training site folder holds no CaseNN.nii.gz volumes", found[site])
             warnings.append(f"site folder {found[site].name}/ holds no volumes: left out")
             continue
-        split = split_bmc([c for c, _, _ in cases], seed) if site == TRAIN_SITE else {}
+        split = seeded_case_split([c for c, _, _ in cases], BMC_FRACTIONS, [seed, _TAG]) if site == TRAIN_SITE else {}
         for case, image, label in cases:
-            shape, affine = _header(image)
-            lshape, laffine = _header(label)
+            shape, affine = nifti_header(image)
+            lshape, laffine = nifti_header(label)
             if shape != lshape:
                 raise UserError(f"label volume {label.name} has shape {lshape} but its image {image.name} "
                                 f"has {shape} (after reorientation)", label)
@@ -212,16 +184,6 @@ def plan_sites(n: int, sites=SITES) -> dict[str, int]:
     return {TRAIN_SITE: n_bmc, **dict(zip(others, counts))}
 
 
-def _nifti_gz(data: np.ndarray, affine: np.ndarray) -> bytes:
-    """.nii.gz bytes with a fixed gzip header (nibabel's own writer stamps the time)."""
-    import nibabel as nib
-
-    img = nib.Nifti1Image(data, affine)
-    img.set_data_dtype(data.dtype)
-    img.header.set_xyzt_units("mm", "sec")
-    return gzip.compress(img.to_bytes(), compresslevel=6, mtime=0)
-
-
 def synthetic_case(seed: int, site: str, index: int, size: int):
     """(image, label, spacing) of synthetic case `index` at `site`, in read_nifti's orientation:
     what prepare should read back from the files synthesize writes."""
@@ -265,8 +227,8 @@ def synthesize(out: Path, *, n: int = DEFAULT_N, seed: int = 0, size: int = 64, 
                     image = np.rint(np.clip(image, 0, 32767)).astype(np.int16)
                 image = np.ascontiguousarray(image, dtype=SITE_STYLES[site].dtype)
                 spelling = _SYNTH_SPELLING.get(site, "segmentation")
-                (folder / f"Case{i:02d}.nii.gz").write_bytes(_nifti_gz(image, affine))
+                (folder / f"Case{i:02d}.nii.gz").write_bytes(nifti_gz(image, affine))
                 (folder / f"Case{i:02d}_{spelling}.nii.gz").write_bytes(
-                    _nifti_gz(np.ascontiguousarray(label, dtype=np.uint8), affine))
+                    nifti_gz(np.ascontiguousarray(label, dtype=np.uint8), affine))
         (tmp / TRAIN_SITE / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1" + bytes(26))  # macOS stray
     return Path(out)

@@ -98,12 +98,19 @@ def nifti_gz_bytes(vol: np.ndarray, spacing: tuple[float, float, float], dtype) 
     exactly `vol`: reorienting to RAS flips both in-plane axes, then it rotates by +90 degrees,
     so the stored array is `vol` rotated by +90 degrees. gzip without a timestamp: same bytes
     for the same volume."""
-    import nibabel as nib
-
     data = np.ascontiguousarray(np.rot90(np.asarray(vol).astype(dtype), 1, axes=(0, 1)))
     affine = np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])
     affine[:3, 3] = -affine[:3, :3] @ ((np.array(data.shape) - 1) / 2.0)
+    return nifti_gz(data, affine)
+
+
+def nifti_gz(data: np.ndarray, affine: np.ndarray) -> bytes:
+    """`data` as stored voxels with `affine`, as .nii.gz bytes; gzip without a timestamp (nibabel's
+    own writer stamps the time), so the same volume gives the same bytes."""
+    import nibabel as nib
+
     img = nib.Nifti1Image(data, affine)
+    img.set_data_dtype(data.dtype)
     img.header.set_xyzt_units("mm")
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
