@@ -82,14 +82,15 @@ def register(app: typer.Typer) -> None:
                       caption="paper protocol: image px / lr / epochs / batch of the last standard protocol "
                               "(LVM-Med Tables 7, 8, App. B); (protocol): runs only when named with "
                               "--protocol; LVM-Med R50: its reported score")
-        for column in ("task", "family", "metric", "protocols", "paper protocol", "LVM-Med R50", "status"):
-            table.add_column(column, no_wrap=True)
+        for column in ("task", "status", "family", "metric", "protocols", "paper protocol", "LVM-Med R50"):
+            table.add_column(column, no_wrap=column in ("task", "status"), overflow="fold")
         for t in TASKS.values():
             p = t.paper[t.default_protocols[-1]]
             reported = " / ".join(f"{v:.2f}" for v in t.reported.values()) or "-"
             status = "[green]ready[/]" if t.built else f"[yellow]issue #{FAMILY_ISSUE[t.family]}[/]"
-            table.add_row(t.name, t.family, t.metric, ",".join(f"({n})" if n in t.optional else n for n in t.protocols),
-                          f"{p.image_size} / {p.lr:g} / {p.epochs} / {p.batch_size}", reported, status)
+            table.add_row(t.name, status, t.family, t.metric,
+                          ",".join(f"({n})" if n in t.optional else n for n in t.protocols),
+                          f"{p.image_size} / {p.lr:g} / {p.epochs} / {p.batch_size}", reported)
         console.print(table)
 
     @app.command("eval", help="""Evaluate checkpoints on downstream tasks and record every result in the results store.

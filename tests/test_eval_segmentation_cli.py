@@ -1,0 +1,63 @@
+"""`bench data` + `bench eval` on the segmentation families, through the CLI: 2D per-image Dice,
+3D per-volume IoU, the OOD site, and what `bench tasks` says."""
+from __future__ import annotations
+
+import pytest
+
+from downstream.datasets import load_prepared
+from harness.cli import main
+from harness.store import ResultsStore
+from harness.workspace import Workspace
+
+
+@pytest.fixture(scope="module")
+def seg_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("seg")
+    for task, n, size in (("busi", 24, 64), ("mmwhs_ct", 5, 32)):
+        assert main(["data", "synth", task, "--out", str(root / "raw" / task), "--n", str(n), "--size", str(size)]) == 0
+        assert main(["data", "prepare", task, "--src", str(root / "raw" / task), "--out", str(root / "data"),
+                     "--workspace", str(root / "ws")]) == 0
+    return root / "data"
+
+
+@pytest.mark.slow
+def test_eval_segmentation_records_per_image_dice_and_per_volume_iou(seg_root, tmp_path, capsys):
+    ws = Workspace(tmp_path / "ws")
+    common = ["--workspace", str(ws.root), "--data-root", str(seg_root), "--jobs", "1", "--image-size", "32"]
+    assert main(["eval", "--checkpoint", "random", "--task", "busi", "--task", "mmwhs_ct", "--seeds", "1", *common]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "busi" in out and "mmwhs_ct" in out and "2 done, 0 failed" in out
+    store = ResultsStore.open(None, ws)
+    rows = {(r["task"], r["split"]): r for r in store.results()}
+    assert {e["protocol"] for e in store.evaluations()} == {"finetune"}  # frozen only when asked for
+
+    busi, data = rows["busi", "test"], load_prepared(seg_root / "busi", "segmentation_2d")
+    assert busi["metric"] == "dice" and 0 <= busi["value"] <= 1
+    assert sorted(c["id"] for c in busi["per_case"]) == sorted(s.id for s in data.split("test"))
+    assert busi["value"] == pytest.approx(sum(c["dice"] for c in busi["per_case"]) / len(busi["per_case"]))
+
+    heart, volumes = rows["mmwhs_ct", "test"], load_prepared(seg_root / "mmwhs_ct", "segmentation_3d")
+    assert heart["metric"] == "iou_3d" and set(heart["metrics"]) >= {"iou_3d", "dice_3d", "iou_3d_all"}
+    assert sorted(c["id"] for c in heart["per_case"]) == sorted(volumes.cases("test"))  # one value per volume
+    assert set(heart["per_class"]) == set(volumes.classes[1:])
+    assert heart["protocol_config"]["image_size"] == 32 and heart["protocol_config"]["n_train"] > 0
+
+
+def test_tasks_lists_segmentation_as_ready(capsys):
+    assert main(["tasks"]) == 0
+    lines = {line.split()[0]: line.split()[1] for line in capsys.readouterr().out.splitlines() if len(line.split()) > 1}
+    assert lines["brats"] == lines["prostate_hk"] == lines["isic2018"] == "ready"
+    assert lines["vindr_cxr"] == "issue" and lines["kvasir_det"] == "issue"
+
+
+def test_prepare_reports_the_offending_file_for_a_mask_that_does_not_fit(tmp_path, capsys):
+    from PIL import Image
+
+    raw = tmp_path / "raw"
+    assert main(["data", "synth", "busi", "--out", str(raw), "--n", "12", "--size", "48"]) == 0
+    mask = next((raw / "Dataset_BUSI_with_GT" / "benign").glob("* (1)_mask.png"))
+    Image.new("L", (20, 20)).save(mask)
+    capsys.readouterr()
+    assert main(["data", "prepare", "busi", "--src", str(raw), "--out", str(tmp_path / "data")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert mask.name in err and "Traceback" not in err and not (tmp_path / "data" / "busi").exists()
