@@ -16,11 +16,13 @@ data_app = typer.Typer(help="Downstream datasets: read the layouts users downloa
                        no_args_is_help=True)
 
 
-def _adapter(task_name: str):
+def _adapter(name: str):
+    """The (first) task using dataset `name`, or task `name`, and its dataset adapter: several tasks
+    share one dataset (prostate_runmc/bidmc/hk all read `prostate`)."""
     from downstream.datasets import ADAPTERS
-    from downstream.registry import FAMILY_ISSUE, get_task
+    from downstream.registry import FAMILY_ISSUE, TASKS, get_task
 
-    task = get_task(task_name)
+    task = next((t for t in TASKS.values() if t.dataset == name and t.dataset in ADAPTERS), None) or get_task(name)
     if task.dataset not in ADAPTERS:
         raise UserError(f"no dataset adapter for '{task.name}' yet ({task.family}, issue #{FAMILY_ISSUE.get(task.family, '?')})")
     return task, ADAPTERS[task.dataset]
@@ -36,7 +38,7 @@ def register(app: typer.Typer) -> None:
     fixed in the output: the paper's or the official split where one is published (FGADR ids,
     Brain Tumor Training/Testing, ISIC's folders, DRIVE 20/20, MMWHS's volume ids), else a seeded
     split recorded in dataset.json (3D data by volume, never by slice). `bench tasks` lists the tasks.""")
-    def prepare(task: str = typer.Argument(..., help="Task name (`bench tasks`)."),
+    def prepare(task: str = typer.Argument(..., help="Task or dataset name (`bench tasks`; e.g. prostate for the three prostate tasks)."),
                 src: Path = typer.Option(..., help="The dataset folder as downloaded."),
                 out: Optional[Path] = typer.Option(None, help="Data root (default WORKSPACE/data)."),
                 seed: int = typer.Option(42, help="Seed of the validation carve-out (LVM-Med: 42)."),
@@ -62,7 +64,7 @@ def register(app: typer.Typer) -> None:
     @data_app.command("synth", help="""Write synthetic data for TASK in the exact layout users download (so `prepare` reads it
     as it reads the real thing). Labels live in lesion counts, shapes and locations, not in brightness.
     Everything evaluated on it is labelled synthetic.""")
-    def synth(task: str = typer.Argument(..., help="Task name (`bench tasks`)."),
+    def synth(task: str = typer.Argument(..., help="Task or dataset name (`bench tasks`)."),
               out: Path = typer.Option(..., help="Folder to write the raw layout into."),
               n: Optional[int] = typer.Option(None, help="Number of images (3D tasks: volumes); default per dataset."),
               seed: int = typer.Option(0, help="Generator seed (same seed, same bytes)."),
