@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from downstream.datasets import mmwhs, mmwhs_ct, mmwhs_mri
+from downstream.datasets import mmwhs
+from downstream.datasets.mmwhs import CT as mmwhs_ct, MRI as mmwhs_mri
 from downstream.datasets.canonical_seg import load_segmentation_dataset, volume_to_uint8
 from harness.errors import UserError
 

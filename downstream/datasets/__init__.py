@@ -1,6 +1,6 @@
 """Downstream dataset adapters: raw download (or synthetic stand-in) -> canonical prepared form.
 
-Each adapter module exposes NAME, LAYOUT, `prepare(src, out_root, *, seed, progress)` and
+Each adapter (a module; MMWHS: one object per modality) exposes NAME, LAYOUT, `prepare(src, out_root, *, seed, progress)` and
 `synthesize(out, *, n, seed, size)` (segmentation adapters also DEFAULT_N); `ADAPTERS` maps the
 dataset name (the registry's `Task.dataset`) to its module.
 """
@@ -9,12 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from types import ModuleType
 
-from downstream.datasets import (
-    brain_tumor, brats, busi, drive, fgadr, isic2018, jsrt, kvasir_seg, mmwhs_ct, mmwhs_mri, prostate,
-)
+from downstream.datasets import brain_tumor, brats, busi, drive, fgadr, isic2018, jsrt, kvasir_seg, mmwhs, prostate
 
-ADAPTERS: dict[str, ModuleType] = {module.NAME: module for module in (
-    fgadr, brain_tumor, isic2018, jsrt, kvasir_seg, drive, busi, brats, mmwhs_ct, mmwhs_mri, prostate)}
+ADAPTERS: dict[str, ModuleType | mmwhs.ModalityAdapter] = {adapter.NAME: adapter for adapter in (
+    fgadr, brain_tumor, isic2018, jsrt, kvasir_seg, drive, busi, brats, mmwhs.CT, mmwhs.MRI, prostate)}
 
 
 def load_prepared(folder: Path, family: str):

@@ -296,8 +296,9 @@ def allocate(total: int, weights: Sequence[float], minimum: int = 0) -> list[int
 
 
 # ----------------------------------------------------------------------------- loading
-def load_classification_dataset(folder: Path) -> ClassificationDataset:
-    """Read and validate a prepared dataset folder; every problem is a UserError naming a file."""
+def read_dataset_meta(folder: Path, family: str) -> tuple[dict, Path]:
+    """A prepared folder's dataset.json (format and family checked, classes a list of distinct
+    names) and its samples.csv path; every problem is a UserError naming the file."""
     folder = Path(folder)
     meta_path, csv_path = folder / "dataset.json", folder / "samples.csv"
     if not meta_path.is_file():
@@ -309,14 +310,22 @@ def load_classification_dataset(folder: Path) -> ClassificationDataset:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise UserError(f"format is {got!r}, expected {FORMAT!r}", meta_path)
-    if meta.get("family") != "classification":
-        raise UserError(f"family is {meta.get('family')!r}, expected 'classification'", meta_path)
+    if meta.get("family") != family:
+        raise UserError(f"family is {meta.get('family')!r}, expected {family!r}", meta_path)
     classes = meta.get("classes")
     if (not isinstance(classes, list) or not classes or len(set(map(str, classes))) != len(classes)
             or not all(isinstance(c, str) for c in classes)):
         raise UserError(f"'classes' must be a non-empty list of distinct names, got {classes!r}", meta_path)
     if not csv_path.is_file():
         raise UserError("missing: the sample list of this dataset is gone", csv_path)
+    return meta, csv_path
+
+
+def load_classification_dataset(folder: Path) -> ClassificationDataset:
+    """Read and validate a prepared dataset folder; every problem is a UserError naming a file."""
+    folder = Path(folder)
+    meta, csv_path = read_dataset_meta(folder, "classification")
+    classes = meta["classes"]
     samples, ids = [], set()
     with open(csv_path, newline="") as handle:
         reader = csv.reader(handle)

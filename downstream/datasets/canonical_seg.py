@@ -20,7 +20,6 @@ each image against its mask, builds the folder beside the target and swaps it in
 from __future__ import annotations
 
 import csv
-import json
 import os
 import re
 import shutil
@@ -32,7 +31,7 @@ from typing import Callable, Iterable, NamedTuple, Sequence
 import numpy as np
 from PIL import Image
 
-from downstream.datasets.canonical import FORMAT, SPLITS, safe_id, swap_in, temp_dir_beside
+from downstream.datasets.canonical import FORMAT, SPLITS, read_dataset_meta, safe_id, swap_in, temp_dir_beside
 from harness.errors import UserError
 from harness.fsutil import ensure_writable_dir, sha256_bytes, sha256_file, write_json_atomic
 from harness.imageio import PIL_SUFFIXES, read_pixels
@@ -310,21 +309,10 @@ def write_segmentation_dataset(out_root: Path, name: str, kind: str, classes: Se
 def load_segmentation_dataset(folder: Path) -> SegmentationDataset:
     """Read and validate a prepared segmentation folder; every problem is a UserError naming a file."""
     folder = Path(folder)
-    meta_path, csv_path = folder / "dataset.json", folder / "samples.csv"
-    if not meta_path.is_file():
-        raise UserError("missing: not a prepared dataset folder (run prepare first)", meta_path)
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise UserError(f"unreadable ({type(exc).__name__}: {exc})", meta_path) from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("family") != "segmentation":
-        got = (meta.get("format"), meta.get("family")) if isinstance(meta, dict) else type(meta).__name__
-        raise UserError(f"format/family is {got!r}, expected ({FORMAT!r}, 'segmentation')", meta_path)
-    classes = meta.get("classes")
-    if not isinstance(classes, list) or len(classes) < 2 or meta.get("kind") not in KINDS:
-        raise UserError("'classes' (>= 2, background first) and 'kind' (2d/3d) are required", meta_path)
-    if not csv_path.is_file():
-        raise UserError("missing: the sample list of this dataset is gone", csv_path)
+    meta, csv_path = read_dataset_meta(folder, "segmentation")
+    if len(meta["classes"]) < 2 or meta.get("kind") not in KINDS:
+        raise UserError("'classes' (>= 2, background first) and 'kind' (2d/3d) are required", folder / "dataset.json")
+    classes = meta["classes"]
     samples, ids = [], set()
     with open(csv_path, newline="") as handle:
         reader = csv.reader(handle)

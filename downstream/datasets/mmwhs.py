@@ -1,5 +1,5 @@
-"""MM-WHS 2017 whole-heart segmentation, CT and MRI (datasets.md B.7): shared reader and
-synthetic writer behind the thin adapters mmwhs_ct and mmwhs_mri (modality "ct" / "mr").
+"""MM-WHS 2017 whole-heart segmentation, CT and MRI (datasets.md B.7): one reader and synthetic
+writer, two adapters (`CT` = dataset mmwhs_ct, `MRI` = mmwhs_mri; modality prefixes "ct" / "mr").
 
 Layout: <p>_train/<p>_train_10NN_image.nii.gz + <p>_train_10NN_label.nii.gz (20 labelled
 volumes, 1001-1020) and <p>_test/<p>_test_20NN_image.nii.gz (no labels: counted, not used),
@@ -17,6 +17,7 @@ sample per axial slice.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -214,3 +215,28 @@ def synthesize(out: Path, *, modality: str, n: int = DEFAULT_N, seed: int = 0, s
             if part == "train":
                 (folder / f"{p}_{part}_{vid}_label.nii.gz").write_bytes(nifti_gz_bytes(label, spacing, np.int16))
     return Path(out)
+
+
+# ----------------------------------------------------------------------------- the two adapters
+@dataclass(frozen=True)
+class ModalityAdapter:
+    """The adapter interface (NAME, LAYOUT, DEFAULT_N, prepare, synthesize) for one modality."""
+
+    NAME: str
+    MODALITY: str
+    DEFAULT_N: int = DEFAULT_N
+    DEFAULT_SIZE: int = DEFAULT_SIZE
+
+    @property
+    def LAYOUT(self) -> str:  # noqa: N802  (the adapter interface's name)
+        return layout(self.MODALITY)
+
+    def prepare(self, src: Path, out_root: Path, *, seed: int = 42, progress=None) -> Path:
+        return prepare(src, out_root, modality=self.MODALITY, name=self.NAME, seed=seed, progress=progress)
+
+    def synthesize(self, out: Path, *, n: int = DEFAULT_N, seed: int = 0, size: int = DEFAULT_SIZE) -> Path:
+        return synthesize(out, modality=self.MODALITY, n=n, seed=seed, size=size)
+
+
+CT = ModalityAdapter("mmwhs_ct", "ct")
+MRI = ModalityAdapter("mmwhs_mri", "mr")
