@@ -53,7 +53,7 @@ def main() -> None:
                 adapter.prepare(raw, data_root)
                 print(f"{task.dataset}: synthesised and prepared in {time.perf_counter() - start:.1f} s", flush=True)
             keys = [EvalKey(ref.id, task.name, p, 1.0, 0) for p in task.default_protocols]
-            run_unit(dict(workspace=str(ws.root), db=None, task=task.name, checkpoint=ref, keys=keys, profile="quick",
+            run_unit(dict(workspace=str(ws.root), db=None, dataset=task.dataset, checkpoint=ref, keys=keys, profile="quick",
                           data_root=str(data_root), force=False, image_size=None, threads=args.threads))
             for e in store.evaluations(checkpoint_id=ref.id):
                 if e["task"] == task.name:

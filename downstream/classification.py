@@ -248,11 +248,13 @@ def finetune(ref, data: ClassificationDataset, train: list[Sample], protocol: Pr
              work_root: Path) -> dict:
     """Fine-tune backbone + FC with mmengine's Runner; test the best-validation epoch."""
     model = Classifier(build_encoder(ref, seed), BACKBONES[ref.backbone][1], len(data.classes))
-    return fit_best_on_val(
+    out = fit_best_on_val(
         model, ImageSet(train, protocol.image_size, flip=True), ImageSet(data.split("val"), protocol.image_size),
         ImageSet(data.split("test"), protocol.image_size), val_metric=ClassificationMetric(data.classes),
         test_metric=ClassificationMetric(data.classes), key="accuracy", epochs=protocol.epochs, lr=protocol.lr,
         weight_decay=protocol.weight_decay, batch_size=protocol.batch_size, seed=seed, work_root=work_root)
+    out.pop("trained")
+    return out
 
 
 # ----------------------------------------------------------------------------- one job

@@ -39,11 +39,13 @@ def loader(dataset, batch_size: int, shuffle: bool, seed: int, collate: str = "d
 
 def fit_best_on_val(model, train_set, val_set, test_set, *, val_metric, test_metric, key: str, epochs: int,
                     lr: float, weight_decay: float, batch_size: int, seed: int, work_root: Path,
-                    collate: str = "default_collate", scope: str = "mmengine") -> dict:
+                    collate: str = "default_collate", scope: str = "mmengine", trained: dict | None = None) -> dict:
     """Train `model` (an mmengine BaseModel) for `epochs`, test its best-validation epoch.
 
     `val_metric` / `test_metric` are mmengine metrics that keep their full result in `.last`;
-    returns {"val": val_metric.last, "test": test_metric.last, "selected": {"epoch": n}}.
+    returns {"val": val_metric.last, "test": test_metric.last, "selected": {"epoch": n},
+    "trained": {"state": best weights, "epoch": n}}. Passing an earlier run's `trained` skips the
+    training and only scores those weights (tasks that share training but test elsewhere).
     """
     from harness.engine import QuietMMEngine
 
@@ -66,8 +68,11 @@ def fit_best_on_val(model, train_set, val_set, test_set, *, val_metric, test_met
             env_cfg=dict(mp_cfg=dict(mp_start_method=multiprocessing.get_start_method(allow_none=True) or "fork")),
             log_level=os.environ.get("BENCH_LOG_LEVEL", "WARNING"), default_scope=scope)
         runner.logger.addFilter(QuietMMEngine())
-        runner.train()
-        runner.model.load_state_dict(keep.best_state)
+        if trained is None:
+            runner.train()
+            trained = {"state": keep.best_state, "epoch": keep.best_epoch}
+        runner.model.load_state_dict(trained["state"])
         runner.val()
         runner.test()
-    return {"val": val_metric.last, "test": test_metric.last, "selected": {"epoch": keep.best_epoch}}
+    return {"val": val_metric.last, "test": test_metric.last, "selected": {"epoch": trained["epoch"]},
+            "trained": trained}

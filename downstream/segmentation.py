@@ -31,6 +31,7 @@ from harness.imageio import load_rgb
 from mmseg.datasets import BaseSegDataset  # noqa: E402  (after seg_model installed the mmcv ops stand-in)
 from mmseg.registry import TRANSFORMS  # noqa: E402
 
+_LAST_TRAINED: dict = {}  # {training identity: {"state", "epoch"}}, one entry (see run_job)
 META_KEYS = ("img_path", "seg_map_path", "ori_shape", "img_shape", "pad_shape", "scale_factor", "flip",
              "flip_direction", "reduce_zero_label", "sample_id", "case", "slice", "domain")
 
@@ -112,11 +113,18 @@ def run_job(task: Task, protocol: Protocol, data: SegmentationDataset, ref, *, l
     torch.manual_seed(derived_seed(seed, 0x5EED))  # random init (and the decoder) differ per seed
     model = build_segmentor(ref.backbone, len(data.classes), ref=ref, frozen=protocol.name == "frozen")
     metric = lambda: PaperSegMetric(task.metric, data.classes, data.target_classes)  # noqa: E731
+    # The prostate sites train the same model (BMC, same protocol and seed) and test elsewhere:
+    # train once. evaluate.plan puts such jobs back to back, so remembering the last one suffices.
+    training = (ref.id, data.meta["content_hash"], repr(protocol.as_dict()), seed, label_fraction, task.train_domain)
+    reuse = _LAST_TRAINED.get(training)
     out = fit_best_on_val(
         model, SampleSet(train, data.classes, protocol.image_size, False),
         SampleSet(val, data.classes, protocol.image_size, True), SampleSet(test, data.classes, protocol.image_size, True),
         val_metric=metric(), test_metric=metric(), key=task.metric, epochs=protocol.epochs, lr=protocol.lr,
         weight_decay=protocol.weight_decay, batch_size=protocol.batch_size, seed=seed, work_root=work_root,
-        collate="pseudo_collate", scope="mmseg")
+        collate="pseudo_collate", scope="mmseg", trained=reuse)
+    _LAST_TRAINED.clear()
+    _LAST_TRAINED[training] = out.pop("trained")
     out["n_train"] = len(train)
+    out["selected"]["reused_training"] = reuse is not None
     return out

@@ -1,9 +1,9 @@
 """`bench eval`: plan checkpoint x task x protocol x label fraction x seed jobs, skip the ones
 the results store already holds, fan the rest out, record each one atomically.
 
-A *unit* is one checkpoint on one task: it loads the task's data once, computes the frozen
-features once (cached on disk too) and runs its jobs one after another, writing each to the
-store as it finishes. Units run in a local process pool (default) or through submitit (Slurm, or
+A *unit* is one checkpoint on one dataset (the tasks that share it: the three prostate sites):
+it loads the data once, computes the frozen features once (cached on disk too) and runs its jobs
+one after another, writing each to the store as it finishes. Units run in a local process pool (default) or through submitit (Slurm, or
 its local executor); a job that fails is recorded as failed with its reason and the rest go on.
 """
 from __future__ import annotations
@@ -44,7 +44,7 @@ class EvalRequest:
 @dataclass
 class Unit:
     checkpoint: object   # harness.checkpoints.CheckpointRef
-    task: str
+    dataset: str         # the tasks of `keys` all read this dataset
     keys: list           # harness.store.EvalKey
 
 
@@ -78,6 +78,7 @@ def plan(req: EvalRequest, store) -> tuple[list[Unit], int]:
     for ref in refs:
         store.upsert_checkpoint(ref.as_record())
         done = set() if req.force else store.done_keys(checkpoint_id=ref.id)
+        by_dataset: dict[str, list] = {}
         for task in tasks:
             protocols = list(task.default_protocols) if req.protocols is None else \
                 [p for p in task.protocols if p in req.protocols]
@@ -85,8 +86,10 @@ def plan(req: EvalRequest, store) -> tuple[list[Unit], int]:
                     for s in range(req.seeds)]
             todo = [k for k in keys if k not in done]
             skipped += len(keys) - len(todo)
-            if todo:
-                units.append(Unit(ref, task.name, todo))
+            by_dataset.setdefault(task.dataset, []).extend(todo)
+        # jobs that differ only in task run back to back: tasks sharing a dataset may share training
+        order = lambda k: (k.protocol, k.label_fraction, k.seed, k.task)  # noqa: E731
+        units.extend(Unit(ref, dataset, sorted(keys, key=order)) for dataset, keys in by_dataset.items() if keys)
     return units, skipped
 
 
@@ -104,15 +107,17 @@ def run_unit(spec: dict) -> dict:
         torch.set_num_threads(spec["threads"])
     ws = Workspace(Path(spec["workspace"]))
     store = ResultsStore.open(spec["db"], ws)
-    task, ref, profile = get_task(spec["task"]), spec["checkpoint"], spec["profile"]
+    ref, profile = spec["checkpoint"], spec["profile"]
+    tasks = {k.task: get_task(k.task) for k in spec["keys"]}
+    family = next(iter(tasks.values())).family
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cache = classification.FeatureCache(ws.root / "cache" / "features")
     counts = {"done": 0, "failed": 0}
     data, data_error = None, None
     try:
-        data = load_prepared(Path(spec["data_root"]) / task.dataset, task.family)
+        data = load_prepared(Path(spec["data_root"]) / spec["dataset"], family)
     except UserError as err:
-        data_error = f"{err}; prepare it with: bench data prepare {task.name} --src DIR --out {spec['data_root']}"
+        data_error = f"{err}; prepare it with: bench data prepare {spec['dataset']} --src DIR --out {spec['data_root']}"
     base = {"checkpoint": {k: v for k, v in ref.as_record().items() if k != "sidecar"},
             "method": ref.method, "pretrain_config": ref.sidecar.get("config"), "profile": profile,
             "code": code_version(), "packages": package_versions(), "host": host_info()}
@@ -121,6 +126,7 @@ def run_unit(spec: dict) -> dict:
                         "synthetic": data.meta["synthetic"], "source": data.meta.get("source"),
                         "split": data.meta.get("split")}
     for key in spec["keys"]:
+        task = tasks[key.task]
         protocol = task.protocol(key.protocol, profile)
         if spec.get("image_size"):
             protocol = replace(protocol, image_size=spec["image_size"])
@@ -172,7 +178,7 @@ def launch(req: EvalRequest, units: list[Unit], store, progress=None) -> dict:
     (counted from the store, so it works for every launcher). Returns the summed counts."""
     jobs = req.jobs or default_jobs()
     cpus = available_cpus()
-    specs = [dict(workspace=str(req.workspace.root), db=req.db, task=u.task, checkpoint=u.checkpoint, keys=u.keys,
+    specs = [dict(workspace=str(req.workspace.root), db=req.db, dataset=u.dataset, checkpoint=u.checkpoint, keys=u.keys,
                   profile=req.profile, data_root=str(data_root(req)), force=req.force, image_size=req.image_size,
                   threads=max(1, cpus // jobs) if req.launcher == "pool" else None) for u in units]
     planned = {k for u in units for k in u.keys}

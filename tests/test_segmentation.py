@@ -165,14 +165,21 @@ def test_frozen_protocol_trains_the_decoder_only():
 def test_ood_task_trains_on_bmc_and_tests_on_its_site_and_names_a_missing_site(tmp_path):
     from downstream.segmentation import run_job
 
-    data = _blob_dataset(tmp_path / "data", n_train=4, n_val=2, n_test=3, size=32, domains=("BMC", "HK"))
+    data = _blob_dataset(tmp_path / "data", n_train=4, n_val=2, n_test=3, size=32, domains=("BMC", "HK", "RUNMC"))
     task = get_task("prostate_hk")
     assert (task.train_domain, task.test_domain) == ("BMC", "HK")
     protocol = replace(task.protocol("finetune", "quick"), image_size=32, epochs=1)
-    out = run_job(task, protocol, data, random_checkpoint("resnet18"), label_fraction=1.0, seed=0,
-                  device=torch.device("cpu"), work_root=tmp_path / "work")
-    assert out["n_train"] == 4
+    job = lambda name, seed: run_job(get_task(name), protocol, data, random_checkpoint("resnet18"),  # noqa: E731
+                                     label_fraction=1.0, seed=seed, device=torch.device("cpu"),
+                                     work_root=tmp_path / "work")
+    out = job("prostate_hk", 0)
+    assert out["n_train"] == 4 and not out["selected"]["reused_training"]
     assert {c["id"] for c in out["test"]["per_case"]} == {s.id for s in data.split("test", "HK")}
+    # the next site trains the same model (BMC, same seed): it is trained once and tested twice
+    runmc = job("prostate_runmc", 0)
+    assert runmc["selected"]["reused_training"] and runmc["val"]["value"] == out["val"]["value"]
+    assert {c["id"] for c in runmc["test"]["per_case"]} == {s.id for s in data.split("test", "RUNMC")}
+    assert not job("prostate_runmc", 1)["selected"]["reused_training"]  # another seed trains anew
     with pytest.raises(UserError, match="site BIDMC is not in the prepared blobs data"):
         run_job(get_task("prostate_bidmc"), protocol, data, random_checkpoint("resnet18"), label_fraction=1.0,
                 seed=0, device=torch.device("cpu"), work_root=tmp_path / "work")
