@@ -230,6 +230,8 @@ class Classifier(BaseModel):
 class ClassificationMetric(BaseMetric):
     """mmengine metric: keeps the full result of the last evaluation in `self.last`."""
 
+    default_prefix = ""  # plain metric keys ("accuracy"): the best-epoch hook looks them up
+
     def __init__(self, classes: list[str]):
         super().__init__()
         self.classes, self.last = classes, None

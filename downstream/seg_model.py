@@ -9,6 +9,8 @@ Loss: cross-entropy + soft Dice (mmseg's CrossEntropyLoss + DiceLoss), as the pa
 leaves the background channel out (`ignore_index=0`): mmseg's DiceLoss pools all channels into one
 Dice, and with background in it that Dice is dominated by background and small targets are not
 learnt (measured on synthetic Kvasir: test Dice 0.0); the paper averages a per-class Dice instead.
+That per-class mean (mmseg's TverskyLoss with alpha = beta = 0.5) learnt more slowly here: synthetic
+Kvasir, 10 % labels, quick schedule, random init: test Dice 13.7 vs 33 with the foreground Dice.
 """
 from __future__ import annotations
 
