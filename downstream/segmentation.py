@@ -5,8 +5,8 @@ ResNet encoder (downstream.seg_model: mmseg EncoderDecoder), fine-tuned end to e
 cross-entropy + Dice loss and gradient-norm clip 1, no augmentation; images resized to the
 protocol's side; validated every epoch and the best-validation epoch tested. `frozen` keeps the
 encoder fixed and trains the decoder only (an option; not in the paper's tables).
-3D volumes are segmented slice by slice and trained on balanced slices: every slice with
-foreground plus as many drawn from those without (the repo's have_label / non_label sampling).
+3D volumes are segmented slice by slice and trained on balanced slices: every slice showing the
+scored target plus as many drawn from the others (the repo's have_label / non_label sampling).
 Prostate: trained on the BMC site; val on BMC; test on the task's site.
 Predictions are scored at the original image resolution (mmseg resizes them back), with the
 paper's metrics (downstream.seg_metrics). Label fractions subsample training cases (volumes).
@@ -77,14 +77,16 @@ def case_fraction(cases: list[str], fraction: float, seed: int) -> set[str]:
     return {cases[i] for i in rng.permutation(len(cases))[:keep]}
 
 
-def balanced_slices(samples: list[SegSample], seed: int) -> list[SegSample]:
-    """Every slice with foreground plus an equal number (or all, if fewer) of empty slices."""
+def balanced_slices(samples: list[SegSample], target_classes, seed: int) -> list[SegSample]:
+    """Every slice showing the scored target plus an equal number (or all, if fewer) of the others,
+    as the repo's have_label / non_label lists (MMWHS: keyed on the left atrium, not any structure)."""
     from PIL import Image
 
-    has = np.array([bool(np.asarray(Image.open(s.mask)).any()) for s in samples])
-    empty = np.flatnonzero(~has)
+    targets = list(target_classes)
+    has = np.array([bool(np.isin(np.asarray(Image.open(s.mask)), targets).any()) for s in samples])
+    others = np.flatnonzero(~has)
     rng = np.random.default_rng(derived_seed(seed, 4))
-    chosen = sorted(np.flatnonzero(has).tolist() + rng.permutation(empty)[: int(has.sum())].tolist())
+    chosen = sorted(np.flatnonzero(has).tolist() + rng.permutation(others)[: int(has.sum())].tolist())
     return [samples[i] for i in chosen]
 
 
@@ -92,7 +94,7 @@ def training_samples(task: Task, data: SegmentationDataset, label_fraction: floa
     pool = data.split("train", task.train_domain)
     cases = case_fraction(list(dict.fromkeys(s.case for s in pool)), label_fraction, seed)
     train = [s for s in pool if s.case in cases]
-    return balanced_slices(train, seed) if data.kind == "3d" else train
+    return balanced_slices(train, data.target_classes, seed) if data.kind == "3d" else train
 
 
 def run_job(task: Task, protocol: Protocol, data: SegmentationDataset, ref, *, label_fraction: float, seed: int,

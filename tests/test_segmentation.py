@@ -183,3 +183,22 @@ def test_ood_task_trains_on_bmc_and_tests_on_its_site_and_names_a_missing_site(t
     with pytest.raises(UserError, match="site BIDMC is not in the prepared blobs data"):
         run_job(get_task("prostate_bidmc"), protocol, data, random_checkpoint("resnet18"), label_fraction=1.0,
                 seed=0, device=torch.device("cpu"), work_root=tmp_path / "work")
+
+
+def test_balanced_slices_key_on_the_scored_target_not_any_structure(tmp_path):
+    from downstream.segmentation import balanced_slices
+
+    items = []
+    for z in range(10):  # class 2 (the target) on slices 0-1, class 1 only on 2-5, nothing on 6-9
+        mask = np.zeros((8, 8), np.uint8)
+        if z < 6:
+            mask[:2, :2] = 1
+        if z < 2:
+            mask[4:, 4:] = 2
+        items.append(SegItem(f"v_{z}", np.full((8, 8), 50, np.uint8), mask, "train", case="v", slice=z))
+    folder = write_segmentation_dataset(tmp_path, "vol", "3d", ["bg", "other", "target"], items, source={"src": "t"},
+                                        split_method="fixture", seed=0, synthetic=True, target_classes=(2,))
+    train = load_segmentation_dataset(folder).split("train")
+    chosen = balanced_slices(train, (2,), seed=0)
+    assert len(chosen) == 4 and {s.slice for s in chosen} >= {0, 1}
+    assert chosen == balanced_slices(train, (2,), seed=0)  # drawn with the seed: reproducible
