@@ -161,6 +161,21 @@ def test_frozen_protocol_trains_the_decoder_only():
     assert trainable and not any(n.startswith("backbone.") for n in trainable)
     assert not model.backbone.resnet.training  # BatchNorm statistics stay fixed too
 
+    from mmseg.structures import SegDataSample
+    from mmengine.structures import PixelData
+
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    sample = SegDataSample(gt_sem_seg=PixelData(data=(torch.rand(1, 64, 64) > 0.5).long()))
+    sample.set_metainfo(dict(img_shape=(64, 64), ori_shape=(64, 64), pad_shape=(64, 64)))
+    batch = model.data_preprocessor({"inputs": [torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8)] * 2,
+                                     "data_samples": [sample, sample]}, True)
+    optim = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    sum(v for k, v in model(**batch, mode="loss").items() if "loss" in k).backward()
+    optim.step()
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("decode_head.") for k in changed)  # weights and BN stats
+
 
 def test_ood_task_trains_on_bmc_and_tests_on_its_site_and_names_a_missing_site(tmp_path):
     from downstream.segmentation import run_job
