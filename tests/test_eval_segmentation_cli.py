@@ -61,3 +61,30 @@ def test_prepare_reports_the_offending_file_for_a_mask_that_does_not_fit(tmp_pat
     assert main(["data", "prepare", "busi", "--src", str(raw), "--out", str(tmp_path / "data")]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert mask.name in err and "Traceback" not in err and not (tmp_path / "data" / "busi").exists()
+
+
+@pytest.mark.slow
+def test_simclr_pretraining_beats_random_init_on_synthetic_busi(tmp_path):
+    """Issue #5's pipeline-sanity check, on exactly the demo's path: the phantom corpus (256 images,
+    which includes breast-ultrasound-like scans), SimCLR quick for 2 epochs, then BUSI fine-tuning
+    in the quick profile over 3 seeds. Measured on the demo: 57.4 vs 48.2 Dice (seeds 0-2)."""
+    ws, corpus, raw = tmp_path / "ws", tmp_path / "corpus", tmp_path / "raw"
+    for args in (["corpus", "synth", "--out", str(corpus), "--n", "256", "--seed", "0", "--size", "96"],
+                 ["corpus", "build", "--root", str(corpus), "--workspace", str(ws)],
+                 ["pretrain", "--method", "simclr", "--profile", "quick", "--corpus", str(corpus),
+                  "--workspace", str(ws), "--epochs", "2", "--name", "simclr-demo"],
+                 ["data", "synth", "busi", "--out", str(raw), "--seed", "0"],
+                 ["data", "prepare", "busi", "--src", str(raw), "--workspace", str(ws)],
+                 ["eval", "--checkpoint", "simclr-demo,random", "--task", "busi", "--seeds", "3",
+                  "--workspace", str(ws), "--jobs", "1"]):
+        assert main(args) == 0, args
+    store = ResultsStore.open(None, Workspace(ws))
+    names = {c["id"]: c["name"] for c in store.checkpoints()}
+    dice: dict[str, dict[int, float]] = {}
+    for r in store.results(task="busi", split="test"):
+        dice.setdefault(names[r["checkpoint_id"]], {})[r["seed"]] = r["value"]
+    pretrained, random = dice["simclr-demo"], dice["random"]
+    assert len(pretrained) == len(random) == 3
+    gaps = [pretrained[s] - random[s] for s in range(3)]
+    assert sum(gaps) / 3 >= 0.03, (pretrained, random)  # at least 3 Dice points on average
+    assert min(gaps) > 0, (pretrained, random)          # and on every seed
