@@ -3,8 +3,9 @@ the results store already holds, fan the rest out, record each one atomically.
 
 A *unit* is one checkpoint on one dataset (the tasks that share it: the three prostate sites):
 it loads the data once, computes the frozen features once (cached on disk too) and runs its jobs
-one after another, writing each to the store as it finishes. Units run in a local process pool (default) or through submitit (Slurm, or
-its local executor); a job that fails is recorded as failed with its reason and the rest go on.
+one after another, writing each to the store as it finishes. Units run in a local process pool
+(default) or through submitit (Slurm, or its local executor); a job that fails is recorded as
+failed with its reason and the rest go on.
 """
 from __future__ import annotations
 
