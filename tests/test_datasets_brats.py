@@ -2,7 +2,6 @@
 phantom's labels, split by case, determinism, other releases' naming, and every bad input."""
 from __future__ import annotations
 
-import hashlib
 import shutil
 from pathlib import Path
 
@@ -13,15 +12,10 @@ from PIL import Image
 
 from downstream.datasets import brats
 from downstream.datasets.canonical_seg import load_segmentation_dataset, volume_to_uint8
-from harness.errors import UserError
+from tests.dataset_helpers import file_digests as _files, raises as _raises, mask_of as _mask, rewrite_nifti as _rewrite
 
 N, SIZE, SEED = 4, 32, 1
 TRAINING = "MICCAI_BraTS_2018_Data_Training"
-
-
-def _files(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -45,26 +39,6 @@ def copy(raw, tmp_path) -> Path:
 
 def _case_dirs(root: Path) -> list[Path]:
     return sorted(p.parent for p in root.rglob("*_seg.nii.gz"))
-
-
-def _rewrite(path: Path, change) -> None:
-    """Replace a NIfTI volume's voxels with change(voxels) (same affine, same dtype unless changed)."""
-    img = nib.load(str(path))
-    data = change(np.asarray(img.dataobj).copy())
-    nib.save(nib.Nifti1Image(data, img.affine), str(path))
-
-
-def _mask(sample) -> np.ndarray:
-    return np.asarray(Image.open(sample.mask))
-
-
-def _raises(call, *fragments: str) -> str:
-    with pytest.raises(UserError) as err:
-        call()
-    message = str(err.value)
-    for fragment in fragments:
-        assert fragment in message, (fragment, message)
-    return message
 
 
 # ----------------------------------------------------------------------------- round trip

@@ -2,7 +2,6 @@
 rule (normal dropped, stratified 413/104/130 proportions), mask OR, determinism, input errors."""
 from __future__ import annotations
 
-import hashlib
 import shutil
 from pathlib import Path
 
@@ -14,13 +13,9 @@ from downstream.datasets import busi
 from downstream.datasets.canonical_seg import load_segmentation_dataset
 from downstream.phantoms.seg_busi import busi_scan
 from harness.errors import UserError
+from tests.dataset_helpers import file_digests as _files
 
 N, SIZE = 30, 64
-
-
-def _files(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ canonical folder -> loader; split rules, determinism, validation errors, shortcu
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -16,14 +15,9 @@ from downstream.datasets import ADAPTERS, brain_tumor, fgadr
 from downstream.datasets.canonical import (
     SYNTHETIC_MARKER, label_fraction_subset, load_classification_dataset, stratified_split,
 )
-from harness.errors import UserError
+from tests.dataset_helpers import file_digests as _files, raises as _raises
 
 N, SIZE = 60, 48
-
-
-def _files(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -39,16 +33,6 @@ def raw(tmp_path_factory) -> dict[str, Path]:
 def copy(raw, tmp_path):
     """A private copy of a raw folder, to damage."""
     return lambda key: Path(shutil.copytree(raw[key], tmp_path / f"src-{key}"))
-
-
-def _raises(call, *fragments: str) -> str:
-    with pytest.raises(UserError) as err:
-        call()
-    message = str(err.value)
-    assert "\n" not in message
-    for fragment in fragments:
-        assert fragment in message, (fragment, message)
-    return message
 
 
 def _grade_rows(root: Path) -> list[list[str]]:

@@ -3,7 +3,6 @@ official 20/20 split and the no-test-labels fallback, FOV mask validation, thin 
 determinism, and the errors that name the offending file."""
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -15,15 +14,14 @@ from PIL import Image
 
 from downstream.datasets import drive
 from downstream.datasets.canonical_seg import load_segmentation_dataset
-from harness.errors import UserError
+from tests.dataset_helpers import file_digests, raises as _raises
 
 N, SIZE = 40, 48  # the real 20/20 layout at a small size
 WIDTH = round(SIZE * 565 / 584)
 
 
 def _files(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".bench-synthetic.json"}
+    return file_digests(root, skip=(".bench-synthetic.json",))
 
 
 @pytest.fixture(scope="module")
@@ -40,13 +38,6 @@ def src(raw, tmp_path) -> Path:
 def _gif(path: Path) -> np.ndarray:
     with Image.open(path) as im:
         return (np.asarray(im.convert("L")) > 127).astype(np.uint8)
-
-
-def _raises(call, *fragments: str) -> None:
-    with pytest.raises(UserError) as err:
-        call()
-    for fragment in fragments:
-        assert fragment in str(err.value), (fragment, str(err.value))
 
 
 def test_raw_layout(raw):

@@ -2,7 +2,6 @@
 official-trio and Training-only split rules, mask fidelity, determinism and input errors."""
 from __future__ import annotations
 
-import hashlib
 import shutil
 from pathlib import Path
 
@@ -14,14 +13,10 @@ from downstream.datasets import isic2018
 from downstream.datasets.canonical_seg import load_segmentation_dataset
 from downstream.phantoms.seg_isic import isic_sample, lesion_under_hair
 from harness.errors import UserError
+from tests.dataset_helpers import file_digests as _files
 
 N, SIZE, SEED = 20, 40, 3
 TRAIN_IN, TRAIN_GT = isic2018.input_dir("Training"), isic2018.truth_dir("Training")
-
-
-def _files(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ big-endian raw decoding, half-resolution GIF masks (both flavours), split rule, 
 tolerated folder variants and the errors that name the offending file."""
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -14,14 +13,9 @@ from PIL import Image
 
 from downstream.datasets import jsrt
 from downstream.datasets.canonical_seg import load_segmentation_dataset
-from harness.errors import UserError
+from tests.dataset_helpers import file_digests as _files, raises as _raises
 
 N, SIZE = 12, 64
-
-
-def _files(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -102,13 +96,6 @@ def test_tolerated_folder_variants(src, tmp_path):
     (wrapper / "SCR" / "fold1" / "masks" / "left lung" / ".DS_Store").write_bytes(b"\0")
     ds = load_segmentation_dataset(jsrt.prepare(tmp_path / "download", tmp_path / "out"))
     assert len(ds.samples) == N and ds.meta["ignored_files"] == 3  # the .DS_Store is skipped, counted
-
-
-def _raises(call, *fragments: str) -> None:
-    with pytest.raises(UserError) as err:
-        call()
-    for fragment in fragments:
-        assert fragment in str(err.value), (fragment, str(err.value))
 
 
 def test_bad_raw_files(src, tmp_path):

@@ -3,7 +3,6 @@ canonical folder -> loader; seeded 64/16/20 split, mask thresholding, box correc
 determinism and input errors."""
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
@@ -18,13 +17,9 @@ from downstream.datasets import kvasir_seg
 from downstream.datasets.canonical_seg import load_segmentation_dataset
 from downstream.phantoms.seg_kvasir import kvasir_sample, polyp_boxes
 from harness.errors import UserError
+from tests.dataset_helpers import file_digests as _files
 
 N, SIZE, SEED = 20, 40, 4
-
-
-def _files(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ equal the phantom's labels, LVM-Med's published split vs the seeded one, determi
 421 code, and every bad input."""
 from __future__ import annotations
 
-import hashlib
 import shutil
 from pathlib import Path
 
@@ -15,15 +14,10 @@ from PIL import Image
 from downstream.datasets import mmwhs
 from downstream.datasets.mmwhs import CT as mmwhs_ct, MRI as mmwhs_mri
 from downstream.datasets.canonical_seg import load_segmentation_dataset, volume_to_uint8
-from harness.errors import UserError
+from tests.dataset_helpers import file_digests as _files, raises as _raises, mask_of as _mask, rewrite_nifti as _rewrite
 
 N, SIZE, SEED = 4, 32, 1
 ADAPTERS = {"ct": mmwhs_ct, "mr": mmwhs_mri}
-
-
-def _files(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -43,24 +37,6 @@ def prepared(raw, tmp_path_factory):
 def ct(raw, tmp_path) -> Path:
     """A private copy of the CT download, to damage."""
     return Path(shutil.copytree(raw["ct"], tmp_path / "src"))
-
-
-def _rewrite(path: Path, change) -> None:
-    img = nib.load(str(path))
-    nib.save(nib.Nifti1Image(change(np.asarray(img.dataobj).copy()), img.affine), str(path))
-
-
-def _mask(sample) -> np.ndarray:
-    return np.asarray(Image.open(sample.mask))
-
-
-def _raises(call, *fragments: str) -> str:
-    with pytest.raises(UserError) as err:
-        call()
-    message = str(err.value)
-    for fragment in fragments:
-        assert fragment in message, (fragment, message)
-    return message
 
 
 def _expected(codes: np.ndarray) -> np.ndarray:

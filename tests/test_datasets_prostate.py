@@ -3,7 +3,6 @@ by-case split (BMC 60/20/20, other sites test), voxel alignment incl. LPS-stored
 sites, determinism, input errors."""
 from __future__ import annotations
 
-import hashlib
 import shutil
 from collections import defaultdict
 from pathlib import Path
@@ -17,13 +16,9 @@ from downstream.datasets import prostate
 from downstream.datasets.canonical_seg import load_segmentation_dataset
 from downstream.phantoms.seg_prostate import SITE_STYLES
 from harness.errors import UserError
+from tests.dataset_helpers import file_digests as _files
 
 N, SIZE, SEED = 12, 48, 5
-
-
-def _files(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
