@@ -179,6 +179,19 @@ def swap_in(tmp: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def staged_folder(final: Path) -> Iterator[Path]:
+    """Yield an empty folder beside `final`; swap it onto `final` when the block succeeds, remove it
+    when it fails: a reader never sees a half-written folder."""
+    tmp = temp_dir_beside(final)
+    try:
+        yield tmp
+        swap_in(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def write_classification_dataset(out_root: Path, name: str, classes: Sequence[str],
                                  items: Sequence[SourceItem], *, source: dict, split_method: str,
                                  seed: int, synthetic: bool, extra: dict | None = None,
@@ -203,8 +216,7 @@ def write_classification_dataset(out_root: Path, name: str, classes: Sequence[st
         raise UserError(f"no training images for class(es) {', '.join(empty)}: a classifier cannot "
                         f"learn them (train counts {counts['train']})", src)
     out_root = ensure_writable_dir(Path(out_root))
-    tmp = temp_dir_beside(out_root / name)
-    try:
+    with staged_folder(out_root / name) as tmp:
         (tmp / "images").mkdir()
         ids, digests, seen = [], [], set()
         for item in items:
@@ -247,10 +259,6 @@ def write_classification_dataset(out_root: Path, name: str, classes: Sequence[st
             **(extra or {}),
         }
         write_json_atomic(tmp / "dataset.json", meta)
-        swap_in(tmp, out_root / name)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out_root / name
 
 
@@ -262,14 +270,9 @@ def synthetic_output(out: Path, marker: dict) -> Iterator[Path]:
     out = Path(out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / SYNTHETIC_MARKER).is_file())):
         raise UserError("exists and is not an earlier synthetic dataset: choose a new or empty folder", out)
-    tmp = temp_dir_beside(out)
-    try:
+    with staged_folder(out) as tmp:
         yield tmp
         (tmp / SYNTHETIC_MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
-        swap_in(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def check_synth_request(n, size: int, n_classes: int) -> None:

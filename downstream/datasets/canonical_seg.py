@@ -31,7 +31,7 @@ from typing import Callable, Iterable, NamedTuple, Sequence
 import numpy as np
 from PIL import Image
 
-from downstream.datasets.canonical import FORMAT, SPLITS, read_dataset_meta, safe_id, swap_in, temp_dir_beside
+from downstream.datasets.canonical import FORMAT, SPLITS, read_dataset_meta, safe_id, staged_folder
 from harness.errors import UserError
 from harness.fsutil import ensure_writable_dir, sha256_bytes, sha256_file, write_json_atomic
 from harness.imageio import PIL_SUFFIXES, read_pixels
@@ -240,11 +240,10 @@ def write_segmentation_dataset(out_root: Path, name: str, kind: str, classes: Se
     classes = [str(c) for c in classes]
     src = source.get("src")
     out_root = ensure_writable_dir(Path(out_root))
-    tmp = temp_dir_beside(out_root / name)
     counts = {s: {"cases": 0, "images": 0, "foreground_images": 0} for s in SPLITS}
     case_split: dict[tuple[str, str], str] = {}
     hash_rows, seen = [], set()
-    try:
+    with staged_folder(out_root / name) as tmp:
         (tmp / "images").mkdir()
         (tmp / "masks").mkdir()
         with open(tmp / "samples.csv", "w", newline="") as handle:
@@ -298,10 +297,6 @@ def write_segmentation_dataset(out_root: Path, name: str, kind: str, classes: Se
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **(extra or {}),
         }
         write_json_atomic(tmp / "dataset.json", meta)
-        swap_in(tmp, out_root / name)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out_root / name
 
 
