@@ -241,3 +241,26 @@ def test_default_store_is_in_the_workspace(workspace):
     with ResultsStore.open(None, workspace) as store:
         assert store.url == f"sqlite:///{workspace.root / 'results.db'}"
     assert (workspace.root / "results.db").is_file()
+
+
+def test_wal_switch_waits_for_a_lock_sqlite_would_not_wait_for(tmp_path):
+    """Two first opens converting a fresh file to WAL at once: SQLite answers 'locked' without
+    calling its busy handler. The store retries; here another connection holds the file
+    exclusively for 0.3 s and the connection under test has no busy timeout at all."""
+    import threading
+    from harness.store import _enable_wal
+
+    path = tmp_path / "results.db"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN EXCLUSIVE")
+    holder.execute("CREATE TABLE t (x)")
+    waiter = sqlite3.connect(path, isolation_level=None, timeout=0)
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        waiter.execute("PRAGMA journal_mode=WAL")
+    release = threading.Timer(0.3, lambda: holder.execute("COMMIT"))
+    release.start()
+    started = time.monotonic()
+    _enable_wal(waiter.cursor())
+    assert time.monotonic() - started >= 0.25
+    assert waiter.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    release.join()
