@@ -6,6 +6,7 @@ BENCH := $(VENV)/bin/bench
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | sha256sum | cut -c1-12)
 DEMO := workspace/demo
 SEG_DATA := isic2018 jsrt kvasir_seg drive busi brats mmwhs_ct mmwhs_mri prostate
+DET_DATA := vindr_cxr kvasir_det
 
 .PHONY: setup test test-fast demo bench-speed clean-demo
 
@@ -27,8 +28,8 @@ test-fast: setup
 
 # The whole path on the embedded default data (every number it prints is labelled synthetic):
 # synthetic downstream data in the public layouts -> prepare -> phantom corpus -> SimCLR (quick)
-# -> eval of every checkpoint and random init on every built task (quick profile): the
-# classification tasks over 3 seeds, the 11 segmentation tasks over 1 (each is a fine-tuning).
+# -> eval of every checkpoint and random init on the paper's 15 tasks (quick profile): the
+# classification tasks over 3 seeds, the 11 segmentation and 2 detection tasks over 1 (each a fine-tuning).
 demo: setup
 	$(BENCH) data synth brain_tumor --out $(DEMO)/raw/brain_tumor --n 160 --seed 0 --size 64
 	$(BENCH) data synth fgadr --out $(DEMO)/raw/fgadr --n 160 --seed 0 --size 64
@@ -36,6 +37,9 @@ demo: setup
 	$(BENCH) data prepare fgadr --src $(DEMO)/raw/fgadr --workspace $(DEMO)
 	for d in $(SEG_DATA); do \
 	  $(BENCH) data synth $$d --out $(DEMO)/raw/$$d --seed 0 && \
+	  $(BENCH) data prepare $$d --src $(DEMO)/raw/$$d --workspace $(DEMO) || exit 1; done
+	for d in $(DET_DATA); do \
+	  $(BENCH) data synth $$d --out $(DEMO)/raw/$$d --n 32 --seed 0 && \
 	  $(BENCH) data prepare $$d --src $(DEMO)/raw/$$d --workspace $(DEMO) || exit 1; done
 	$(BENCH) corpus synth --out $(DEMO)/corpus --n 256 --seed 0 --size 96
 	$(BENCH) corpus build --root $(DEMO)/corpus --workspace $(DEMO)

@@ -26,52 +26,14 @@ mmcv_ops.install()  # before mmseg.models imports mmcv.ops: CPU stand-in unless 
 
 from mmcv.cnn import ConvModule  # noqa: E402
 from mmseg.models.decode_heads.decode_head import BaseDecodeHead  # noqa: E402
-from mmseg.registry import MODELS  # noqa: E402
+from mmseg.registry import MODELS, TRANSFORMS  # noqa: E402
 
-from harness.backbones import build_backbone  # noqa: E402
+from downstream.bench_backbone import STAGE_CHANNELS, BenchResNet, LoadBenchImage  # noqa: E402
 from harness.data import IMAGE_MEAN, IMAGE_STD  # noqa: E402
 
-# torchvision ResNet stage widths: stem (stride 2), layer1 (4), layer2 (8), layer3 (16), layer4 (32)
-STAGE_CHANNELS = {"resnet18": (64, 64, 128, 256, 512), "resnet50": (64, 256, 512, 1024, 2048)}
+MODELS.register_module(module=BenchResNet)
+TRANSFORMS.register_module(module=LoadBenchImage)
 DECODER_CHANNELS = (256, 128, 64, 32, 16)
-
-
-@MODELS.register_module()
-class BenchResNet(nn.Module):
-    """A torchvision ResNet trunk that loads `bench`'s backbone checkpoint contract and returns the
-    five stage outputs a U-Net decoder needs. `frozen=True` keeps it (and its BatchNorm statistics)
-    fixed: the frozen-encoder protocol. `ref` (a CheckpointRef) may replace `checkpoint` so the
-    weights' recorded sha256 is checked at load time."""
-
-    def __init__(self, arch: str = "resnet50", checkpoint: str | None = None, ref=None, frozen: bool = False):
-        super().__init__()
-        from harness.checkpoints import load_checkpoint_into, strict_load
-
-        self.resnet, _ = build_backbone(arch)
-        if ref is not None:
-            load_checkpoint_into(ref, self.resnet)
-        elif checkpoint:
-            from harness.checkpoint import load_backbone_state
-
-            state, _ = load_backbone_state(checkpoint)
-            strict_load(self.resnet, state, arch, checkpoint)
-        self.frozen = frozen
-        if frozen:
-            self.resnet.requires_grad_(False)
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if self.frozen:
-            self.resnet.eval()
-        return self
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        r = self.resnet
-        stem = r.relu(r.bn1(r.conv1(x)))
-        l1 = r.layer1(r.maxpool(stem))
-        l2 = r.layer2(l1)
-        l3 = r.layer3(l2)
-        return stem, l1, l2, l3, r.layer4(l3)
 
 
 class UpBlock(nn.Module):
@@ -118,7 +80,8 @@ def build_segmentor(arch: str, num_classes: int, *, ref=None, checkpoint: str | 
         data_preprocessor=dict(type="SegDataPreProcessor", mean=[m * 255 for m in IMAGE_MEAN],
                                std=[s * 255 for s in IMAGE_STD], bgr_to_rgb=False, size_divisor=32,
                                pad_val=0, seg_pad_val=255),
-        backbone=dict(type="BenchResNet", arch=arch, ref=ref, checkpoint=checkpoint, frozen=frozen),
+        backbone=dict(type="BenchResNet", arch=arch, ref=ref, checkpoint=checkpoint,
+                      frozen_stages=4 if frozen else -1, norm_eval=frozen),
         decode_head=dict(type="UNetHead", in_channels=STAGE_CHANNELS[arch], num_classes=num_classes,
                          dropout_ratio=0.0, align_corners=False,
                          loss_decode=[dict(type="CrossEntropyLoss", loss_weight=1.0, avg_non_ignore=True),

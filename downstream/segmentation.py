@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from mmcv.transforms import BaseTransform
 from mmengine.registry import DefaultScope
 
 from downstream.datasets.canonical_seg import SegmentationDataset, SegSample
@@ -26,25 +25,12 @@ from downstream.seg_metrics import PaperSegMetric
 from downstream.seg_model import build_segmentor
 from harness.data import derived_seed
 from harness.errors import UserError
-from harness.imageio import load_rgb
 
 from mmseg.datasets import BaseSegDataset  # noqa: E402  (after seg_model installed the mmcv ops stand-in)
-from mmseg.registry import TRANSFORMS  # noqa: E402
 
 _LAST_TRAINED: dict = {}  # {training identity: {"state", "epoch"}}, one entry (see run_job)
 META_KEYS = ("img_path", "seg_map_path", "ori_shape", "img_shape", "pad_shape", "scale_factor", "flip",
              "flip_direction", "reduce_zero_label", "sample_id", "case", "slice", "domain")
-
-
-@TRANSFORMS.register_module()
-class LoadBenchImage(BaseTransform):
-    """Decode an image exactly as pretraining and classification do (harness.imageio: grayscale
-    replicated to RGB, 16-bit windowed), RGB uint8 (H, W, 3)."""
-
-    def transform(self, results: dict) -> dict:
-        img = np.asarray(load_rgb(results["img_path"]))
-        results.update(img=img, img_shape=img.shape[:2], ori_shape=img.shape[:2])
-        return results
 
 
 class SampleSet(BaseSegDataset):

@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 from rich import box
+from rich.markup import escape
 from rich.table import Table
 
 from harness.errors import UserError
@@ -20,11 +21,9 @@ def _adapter(name: str):
     """The (first) task using dataset `name`, or task `name`, and its dataset adapter: several tasks
     share one dataset (prostate_runmc/bidmc/hk all read `prostate`)."""
     from downstream.datasets import ADAPTERS
-    from downstream.registry import FAMILY_ISSUE, TASKS, get_task
+    from downstream.registry import TASKS, get_task
 
-    task = next((t for t in TASKS.values() if t.dataset == name and t.dataset in ADAPTERS), None) or get_task(name)
-    if task.dataset not in ADAPTERS:
-        raise UserError(f"no dataset adapter for '{task.name}' yet ({task.family}, issue #{FAMILY_ISSUE.get(task.family, '?')})")
+    task = next((t for t in TASKS.values() if t.dataset == name), None) or get_task(name)
     return task, ADAPTERS[task.dataset]
 
 
@@ -59,6 +58,8 @@ def register(app: typer.Typer) -> None:
         unit = "slices" if getattr(data, "kind", "") == "3d" else "images"
         console.print(f"prepared {task_entry.dataset} ({kind}, content {data.meta['content_hash'][:12]}), {unit}: "
                       + "  ".join(f"{s} {n}" for s, n in counts.items()))
+        for warning in data.meta.get("warnings", []):  # e.g. box rows clipped or dropped, with where
+            console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True, highlight=False)
         console.print(f"written to: {folder}", soft_wrap=True)
 
     @data_app.command("synth", help="""Write synthetic data for TASK in the exact layout users download (so `prepare` reads it
@@ -76,21 +77,20 @@ def register(app: typer.Typer) -> None:
 
     app.add_typer(data_app, name="data")
 
-    @app.command(help="List the 15 downstream tasks of LVM-Med: family, metric, protocols and the paper's parameters.")
+    @app.command(help="List the 15 downstream tasks of LVM-Med (and the extras): family, metric, protocols and the paper's parameters.")
     def tasks():
-        from downstream.registry import FAMILY_ISSUE, TASKS
+        from downstream.registry import TASKS
 
-        table = Table(title="LVM-Med's 15 downstream tasks (../shared/specs/tasks.md)", box=box.SIMPLE_HEAD,
+        table = Table(title="LVM-Med's 15 downstream tasks (../shared/specs/tasks.md), then extras", box=box.SIMPLE_HEAD,
                       caption="paper protocol: image px / lr / epochs / batch of the last standard protocol "
                               "(LVM-Med Tables 7, 8, App. B); (protocol): runs only when named with "
                               "--protocol; LVM-Med R50: its reported score")
-        for column in ("task", "status", "family", "metric", "protocols", "paper protocol", "LVM-Med R50"):
-            table.add_column(column, no_wrap=column in ("task", "status"), overflow="fold")
-        for t in TASKS.values():
+        for column in ("task", "in paper", "family", "metric", "protocols", "paper protocol", "LVM-Med R50"):
+            table.add_column(column, no_wrap=column in ("task", "in paper"), overflow="fold")
+        for t in sorted(TASKS.values(), key=lambda t: not t.in_paper):
             p = t.paper[t.default_protocols[-1]]
             reported = " / ".join(f"{v:.2f}" for v in t.reported.values()) or "-"
-            status = "[green]ready[/]" if t.built else f"[yellow]issue #{FAMILY_ISSUE[t.family]}[/]"
-            table.add_row(t.name, status, t.family, t.metric,
+            table.add_row(t.name, "yes" if t.in_paper else "[yellow]extra[/]", t.family, t.metric,
                           ",".join(f"({n})" if n in t.optional else n for n in t.protocols),
                           f"{p.image_size} / {p.lr:g} / {p.epochs} / {p.batch_size}", reported)
         console.print(table)
@@ -104,10 +104,12 @@ def register(app: typer.Typer) -> None:
     finetune = encoder + FC trained end to end, best-val epoch tested. Segmentation (Tables 7, 8):
     finetune = U-Net on the encoder through mmseg, CE + Dice, best-val epoch tested, scored by the
     paper's per-image Dice / per-volume 3D IoU; frozen (on request) trains the decoder only.
+    Detection (App. B): finetune = Faster R-CNN R50-FPN through mmdet with the encoder as its
+    backbone, Adam, best-val epoch tested, scored by AP at IoU 0.5 (and COCO mAP).
     `random` (random init, seeded per evaluation seed) is a baseline row.""")
     def eval_(checkpoint: Optional[str] = typer.Option(None, help="PATH (.safetensors) | RUN name | imported name | id prefix | random | all. Default: every checkpoint plus random; done jobs are skipped."),
               task: list[str] = typer.Option([], "--task", help="Task name (repeatable); `bench tasks` lists them."),
-              all_tasks: bool = typer.Option(False, "--all-tasks", help="Every task whose family is built."),
+              all_tasks: bool = typer.Option(False, "--all-tasks", help="The paper's 15 tasks (extras such as bccd run when named with --task)."),
               protocol: Optional[str] = typer.Option(None, help="linear | knn | finetune | frozen, comma-separated (default: each task's standard protocols; `bench tasks` lists them)."),
               label_fraction: str = typer.Option("1.0", help="Fractions of the training labels, e.g. 0.01,0.1,1.0 (stratified, seeded)."),
               seeds: int = typer.Option(3, help="Number of seeds (0..N-1); the paper reports 3 runs."),

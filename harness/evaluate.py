@@ -161,6 +161,10 @@ def family_module(family: str):
         from downstream import classification
 
         return classification
+    if family == "detection":
+        from downstream import detection
+
+        return detection
     from downstream import segmentation
 
     return segmentation

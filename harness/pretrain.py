@@ -190,5 +190,8 @@ def run_pretraining(req: PretrainRequest, console) -> Path | None:
                        wall_seconds=round(total, 2), device_hours=round(total * world_size() / 3600, 5),
                        finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
         if world_size() > 1 and status != "failed":
+            # Leave together: a rank tearing gloo down while the other still talks to it aborted
+            # ("terminate called without an active exception") once in CI on a loaded machine.
+            dist.barrier()
             dist.destroy_process_group()
     return run_dir if main else None

@@ -149,7 +149,6 @@ def test_eval_writes_to_a_shared_postgresql_store(eval_ws, postgres_url):
 
 @pytest.mark.parametrize("args, message", [
     (["--task", "nope"], "unknown task 'nope'"),
-    (["--task", "vindr_cxr"], "not built yet (issue #6)"),
     (["--task", "brain_tumor", "--label-fraction", "0"], "label fraction"),
     (["--task", "brain_tumor", "--protocol", "segment"], "no selected task has a 'segment' protocol"),
     (["--task", "brain_tumor", "--checkpoint", "missing-run"], "missing-run"),
@@ -182,7 +181,8 @@ def test_finetune_protocol_tests_the_best_validation_epoch(eval_ws, brain_root):
 
 @pytest.mark.parametrize("args, message", [
     (["prepare", "fgadr", "--src", "{empty}", "--workspace", "{ws}"], "{empty}"),
-    (["prepare", "vindr_cxr", "--src", "{empty}", "--workspace", "{ws}"], "no dataset adapter for 'vindr_cxr' yet"),
+    (["prepare", "vindr_cxr", "--src", "{empty}", "--workspace", "{ws}"], "{empty}"),
+    (["prepare", "bccd", "--src", "{empty}", "--workspace", "{ws}"], "{empty}"),
     (["prepare", "isic2018", "--src", "{empty}", "--workspace", "{ws}"], "{empty}"),
     (["synth", "nope", "--out", "{empty}"], "unknown task 'nope'"),
 ])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from downstream.datasets import load_prepared
+from downstream.registry import TASKS
 from harness.cli import main
 from harness.store import ResultsStore
 from harness.workspace import Workspace
@@ -43,11 +44,13 @@ def test_eval_segmentation_records_per_image_dice_and_per_volume_iou(seg_root, t
     assert heart["protocol_config"]["image_size"] == 32 and heart["protocol_config"]["n_train"] > 0
 
 
-def test_tasks_lists_segmentation_as_ready(capsys):
+def test_tasks_lists_the_paper_tasks_then_the_extras(capsys):
     assert main(["tasks"]) == 0
-    lines = {line.split()[0]: line.split()[1] for line in capsys.readouterr().out.splitlines() if len(line.split()) > 1}
-    assert lines["brats"] == lines["prostate_hk"] == lines["isic2018"] == "ready"
-    assert lines["vindr_cxr"] == "issue" and lines["kvasir_det"] == "issue"
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if len(line.split()) > 2]
+    marks = {row[0]: row[1] for row in rows if row[0] in TASKS}
+    assert len(marks) == len(TASKS) and list(marks.values()).count("yes") == 15
+    assert marks["brats"] == marks["prostate_hk"] == marks["vindr_cxr"] == "yes" and marks["bccd"] == "extra"
+    assert list(marks)[-1] == "bccd"  # extras after the paper's tasks
 
 
 def test_prepare_reports_the_offending_file_for_a_mask_that_does_not_fit(tmp_path, capsys):

@@ -1,7 +1,7 @@
 """Downstream dataset adapters: raw download (or synthetic stand-in) -> canonical prepared form.
 
 Each adapter (a module; MMWHS: one object per modality) exposes NAME, LAYOUT, `prepare(src, out_root, *, seed, progress)` and
-`synthesize(out, *, n, seed, size)` (segmentation adapters also DEFAULT_N); `ADAPTERS` maps the
+`synthesize(out, *, n, seed, size)` (segmentation and detection adapters also DEFAULT_N); `ADAPTERS` maps the
 dataset name (the registry's `Task.dataset`) to its module.
 """
 from __future__ import annotations
@@ -9,10 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from types import ModuleType
 
-from downstream.datasets import brain_tumor, brats, busi, drive, fgadr, isic2018, jsrt, kvasir_seg, mmwhs, prostate
+from downstream.datasets import (bccd, brain_tumor, brats, busi, drive, fgadr, isic2018, jsrt, kvasir_det, kvasir_seg,
+                                mmwhs, prostate, vindr_cxr)
 
 ADAPTERS: dict[str, ModuleType | mmwhs.ModalityAdapter] = {adapter.NAME: adapter for adapter in (
-    fgadr, brain_tumor, isic2018, jsrt, kvasir_seg, drive, busi, brats, mmwhs.CT, mmwhs.MRI, prostate)}
+    fgadr, brain_tumor, isic2018, jsrt, kvasir_seg, drive, busi, brats, mmwhs.CT, mmwhs.MRI, prostate, vindr_cxr,
+    kvasir_det, bccd)}
 
 
 def load_prepared(folder: Path, family: str):
@@ -21,6 +23,10 @@ def load_prepared(folder: Path, family: str):
         from downstream.datasets.canonical import load_classification_dataset
 
         return load_classification_dataset(folder)
+    if family == "detection":
+        from downstream.datasets.canonical_det import load_detection_dataset
+
+        return load_detection_dataset(folder)
     from downstream.datasets.canonical_seg import load_segmentation_dataset
 
     return load_segmentation_dataset(folder)

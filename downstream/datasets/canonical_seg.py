@@ -208,7 +208,7 @@ def seeded_case_split(cases, fractions, seed) -> dict[str, str]:
 
 
 # ----------------------------------------------------------------------------- writing
-def _image_shape(item: SegItem, dst_dir: Path, sid: str) -> tuple[str, tuple[int, int], str]:
+def place_image(item: SegItem, dst_dir: Path, sid: str) -> tuple[str, tuple[int, int], str]:
     """Place the image (link or PNG); return (relative path, (H, W), sha256)."""
     if isinstance(item.image, np.ndarray):
         arr = np.ascontiguousarray(item.image)
@@ -266,7 +266,7 @@ def write_segmentation_dataset(out_root: Path, name: str, kind: str, classes: Se
                     k += 1
                     sid = f"{base}-{k}"
                 seen.add(sid.lower())
-                rel, shape, digest = _image_shape(item, tmp, sid)
+                rel, shape, digest = place_image(item, tmp, sid)
                 mask = np.asarray(item.mask)
                 if mask.shape != tuple(shape):
                     raise UserError(f"mask is {mask.shape[1]}x{mask.shape[0]} but its image is "

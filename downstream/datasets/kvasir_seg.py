@@ -146,7 +146,7 @@ def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None) -> Path
             warnings.append(f"{box_path.name} ignored (segmentation does not use it): {err}")
     if boxes is not None and (absent := [s for s in stems if s not in boxes]):
         warnings.append(f"{box_path.name} has no boxes for {len(absent)} image(s), e.g. {absent[0]}")
-    marker = is_synthetic(Path(src), root)
+    marker = is_synthetic(Path(src), root, root.parent)
     extra = {"ignored_files": {"images": ignored_images, "masks": ignored_masks},
              "mask_threshold": THRESHOLD, "ambiguous_mask_pixels": 0,  # summed while streaming
              "box_json": box_path.name if boxes is not None else None}

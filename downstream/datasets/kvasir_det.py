@@ -1,0 +1,109 @@
+"""Kvasir polyp detection (datasets.md B.3): the Kvasir-SEG download's images + kavsir_bboxes.json.
+
+Layout: the Kvasir-SEG folder (or its parent), as for segmentation; here the box file is required:
+    Kvasir-SEG/images/<id>.jpg   Kvasir-SEG/kavsir_bboxes.json (sic)   (masks/ is not read)
+One class, "polyp". The JSON's boxes are in pixels with xmax/ymax exclusive (the mask's extent), which
+is COCO's x + w. Its height/width must match the image's; a box crossing the border is clipped, a
+degenerate one dropped (BoxLedger: counted, with the id). An image listed in the JSON but absent
+from images/ rejects the download; an image without an entry is a negative (no polyp boxed).
+Split: the same seeded 64/16/20 permutation as kvasir_seg (same ids, same seed -> same test images),
+LVM-Med's detection code for Kvasir is not published.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from downstream.datasets import kvasir_seg
+from downstream.datasets.canonical import is_synthetic
+from downstream.datasets.canonical_det import BoxLedger, DetItem, write_detection_dataset
+from harness.errors import UserError
+from harness.imageio import read_pixels
+
+NAME = "kvasir_det"
+CLASSES = ["polyp"]
+LAYOUT = "Kvasir-SEG/images/<id>.jpg + Kvasir-SEG/kavsir_bboxes.json"
+DEFAULT_N = kvasir_seg.DEFAULT_N
+COORDS = ("xmin", "ymin", "xmax", "ymax")
+
+
+def _find_root(src: Path) -> Path:
+    """The folder holding images/: `src`, or one of its sub-folders (Kvasir-SEG/)."""
+    if not src.is_dir():
+        raise UserError("does not exist" if not src.exists() else "is not a folder", src)
+    for folder in [src] + sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith((".", "__MACOSX"))):
+        if (folder / "images").is_dir():
+            return folder
+    raise UserError(f"no Kvasir-SEG images/ folder found; expected {LAYOUT}", src)
+
+
+def _entries(path: Path) -> dict:
+    """The box file as {id: entry}, structure checked but boxes left to the ledger (row policy)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UserError(f"unreadable ({type(exc).__name__}: {exc})", path) from None
+    if not isinstance(data, dict):
+        raise UserError(f"expected a JSON object keyed by image id, got {type(data).__name__}", path)
+    for key, entry in data.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("bbox"), list):
+            raise UserError(f"entry {key!r} has no 'bbox' list", path)
+        for box in entry["bbox"]:
+            if not isinstance(box, dict):
+                raise UserError(f"entry {key!r}: box {box!r} is not an object", path)
+            if box.get("label", "polyp") != "polyp":
+                raise UserError(f"entry {key!r}: unknown class {box.get('label')!r} (expected 'polyp')", path)
+            if not all(isinstance(box.get(c), (int, float)) and not isinstance(box.get(c), bool) for c in COORDS):
+                raise UserError(f"entry {key!r}: box {box} lacks numeric xmin/ymin/xmax/ymax", path)
+    return data
+
+
+def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None) -> Path:
+    """Read a Kvasir-SEG download's images and box file; write `out_root/kvasir_det/` (COCO)."""
+    root = _find_root(Path(src))
+    box_path = kvasir_seg.find_box_json(root)
+    if box_path is None:
+        raise UserError(f"no {kvasir_seg.BOX_JSON} beside images/; expected {LAYOUT}", root / kvasir_seg.BOX_JSON)
+    entries = _entries(box_path)
+    images, ignored = kvasir_seg._listing(root / "images")
+    for key in entries:
+        if key not in images:
+            raise UserError(f"entry {key!r} has boxes but images/{key}.jpg is missing", box_path)
+    if not images:
+        raise UserError(f"no images; expected {LAYOUT}", root / "images")
+    stems = sorted(images)
+    splits = kvasir_seg._seeded_splits(len(stems), seed)
+    ledger = BoxLedger()
+    marker = is_synthetic(Path(src), root, root.parent)
+
+    def items():
+        for stem, split in zip(stems, splits):
+            entry = entries.get(stem, {"bbox": []})
+            height, width = read_pixels(images[stem]).shape[:2]
+            if ("height" in entry or "width" in entry) and [entry.get("height"), entry.get("width")] != [height, width]:
+                raise UserError(f"entry {stem!r} says {entry.get('width')}x{entry.get('height')} but the image is "
+                                f"{width}x{height} (width x height)", box_path)
+            boxes = []
+            for k, box in enumerate(entry["bbox"]):
+                kept = ledger.admit([box[c] for c in COORDS], width, height, f"{box_path.name} {stem} box {k + 1}")
+                if kept is not None:
+                    boxes.append(kept)
+            yield DetItem(stem, images[stem], np.array(boxes).reshape(-1, 4), [0] * len(boxes), str(split),
+                          source=images[stem])
+
+    return write_detection_dataset(
+        out_root, NAME, CLASSES, items(),
+        source={"layout": LAYOUT, "src": str(Path(src).resolve()), "synthetic_marker": marker},
+        split_method=("no official split: kvasir_seg's seeded permutation of the sorted ids, 64/16/20 "
+                      "train/val/test (segmentation and detection test the same images)"),
+        seed=seed, synthetic=marker is not None, ledger=ledger, total=len(stems),
+        extra={"ignored_files": {"images": ignored}, "box_json": box_path.name,
+               "images_without_boxes": sum(1 for s in stems if not entries.get(s, {}).get("bbox"))},
+        progress=progress)
+
+
+def synthesize(out: Path, *, n: int = DEFAULT_N, seed: int = 0, size: int = 96) -> Path:
+    """The synthetic Kvasir-SEG download (kvasir_seg.synthesize): its box file comes from the masks."""
+    return kvasir_seg.synthesize(out, n=n, seed=seed, size=size)
