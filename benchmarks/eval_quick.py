@@ -7,6 +7,8 @@ is the wall time the results store records for it (training, validation every ep
 
     python benchmarks/eval_quick.py                 # every built task
     python benchmarks/eval_quick.py --task drive --task brats
+    python benchmarks/eval_quick.py --task vindr_cxr --task kvasir_det --task bccd \
+        --out benchmarks/results/eval_quick_detection_cpu.json
 """
 from __future__ import annotations
 
@@ -28,7 +30,8 @@ from harness.provenance import code_version, host_info, package_versions  # noqa
 from harness.store import EvalKey, ResultsStore  # noqa: E402
 from harness.workspace import Workspace  # noqa: E402
 
-DEMO_CLASSIFICATION = {"n": 160, "size": 64}  # the Makefile's demo arguments; segmentation uses defaults
+DEMO_OPTIONS = {"classification": {"n": 160, "size": 64}, "detection": {"n": 32}}  # the Makefile's demo
+# arguments; segmentation uses each adapter's defaults
 
 
 def main() -> None:
@@ -48,7 +51,7 @@ def main() -> None:
             adapter = ADAPTERS[task.dataset]
             if not (data_root / task.dataset).exists():
                 start = time.perf_counter()
-                options = DEMO_CLASSIFICATION if task.family == "classification" else {}
+                options = DEMO_OPTIONS.get(task.family, {})
                 raw = adapter.synthesize(Path(tmp) / "raw" / task.dataset, seed=0, **options)
                 adapter.prepare(raw, data_root)
                 print(f"{task.dataset}: synthesised and prepared in {time.perf_counter() - start:.1f} s", flush=True)

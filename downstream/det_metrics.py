@@ -14,7 +14,9 @@ import io
 
 import numpy as np
 
-from downstream.det_model import mmcv_ops  # noqa: F401  (mmcv ops stand-in before mmdet.evaluation)
+from harness import mmcv_ops
+
+mmcv_ops.install()  # before mmdet.evaluation imports mmcv.ops: CPU stand-in unless compiled mmcv exists
 
 from mmdet.evaluation import CocoMetric  # noqa: E402
 from mmdet.registry import METRICS  # noqa: E402

@@ -38,11 +38,12 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from downstream.datasets.canonical import SPLITS, check_synth_request, is_synthetic, synthetic_output
+from downstream.datasets.canonical import (
+    SPLITS, candidate_roots, check_synth_request, files_by_stem, is_synthetic, synthetic_output)
 from downstream.datasets.canonical_det import BoxLedger, DetItem, write_detection_dataset
 from downstream.phantoms.det_bccd import Smear, smear_sample, smear_size
 from harness.errors import UserError
-from harness.imageio import PIL_SUFFIXES, read_pixels
+from harness.imageio import read_pixels
 
 NAME = "bccd"
 CLASSES = ["WBC", "RBC", "Platelets"]
@@ -65,11 +66,7 @@ class VocObject(NamedTuple):
 
 def find_root(src: Path) -> Path:
     """The folder holding JPEGImages/ and Annotations/: `src` or one of its sub-folders (BCCD/)."""
-    src = Path(src)
-    if not src.is_dir():
-        raise UserError("does not exist" if not src.exists() else "is not a folder", src)
-    subs = [p for p in sorted(src.iterdir()) if p.is_dir() and not p.name.startswith((".", "__MACOSX"))]
-    for folder in [src] + subs:
+    for folder in candidate_roots(src):
         has = [(folder / d).is_dir() for d in ("JPEGImages", "Annotations")]
         if all(has):
             return folder
@@ -77,19 +74,6 @@ def find_root(src: Path) -> Path:
             missing = "Annotations" if has[0] else "JPEGImages"
             raise UserError(f"missing folder {missing}/; expected {LAYOUT}", folder / missing)
     raise UserError(f"no BCCD JPEGImages/ and Annotations/ folders found; expected {LAYOUT}", src)
-
-
-def _listing(folder: Path, suffixes: tuple[str, ...]) -> tuple[dict[str, Path], int]:
-    """{stem: file} of a folder and the number of ignored entries (other suffixes, hidden files)."""
-    found, ignored = {}, 0
-    for p in sorted(folder.iterdir()):
-        if not p.is_file() or p.name.startswith(".") or not p.name.lower().endswith(suffixes):
-            ignored += 1
-            continue
-        if p.stem in found:
-            raise UserError(f"two files with the id {p.stem}: {found[p.stem].name} and {p.name}", p)
-        found[p.stem] = p
-    return found, ignored
 
 
 def _number(text: str | None, what: str, path: Path) -> float:
@@ -195,8 +179,8 @@ def official_splits(root: Path, annotated: set[str]) -> tuple[dict[str, str], li
 def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None) -> Path:
     """Read a BCCD download (VOC) and write `out_root/bccd/` in the canonical COCO form."""
     root = find_root(src)
-    images, ignored_images = _listing(root / "JPEGImages", PIL_SUFFIXES)
-    xmls, ignored_xmls = _listing(root / "Annotations", (".xml",))
+    images, ignored_images = files_by_stem(root / "JPEGImages")
+    xmls, ignored_xmls = files_by_stem(root / "Annotations", (".xml",))
     for stem, p in sorted(xmls.items()):
         if stem not in images:
             raise UserError(f"annotation without image (expected JPEGImages/{stem}.jpg)", p)

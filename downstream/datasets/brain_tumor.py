@@ -15,9 +15,8 @@ import numpy as np
 from PIL import Image
 
 from downstream.datasets.canonical import (
-    SourceItem, allocate, check_synth_request, is_synthetic, stratified_split, synthetic_output,
-    write_classification_dataset,
-)
+    SourceItem, allocate, candidate_roots, check_synth_request, is_synthetic, stratified_split, synthetic_output,
+    write_classification_dataset)
 from downstream.phantoms.classification import brain_slice
 from harness.errors import UserError
 from harness.imageio import PIL_SUFFIXES
@@ -52,10 +51,7 @@ def _child(parent: Path, name: str) -> Path | None:
 
 def find_root(src: Path) -> Path:
     """The folder holding Training/ and Testing/: `src` itself or its single sub-folder."""
-    src = Path(src)
-    if not src.is_dir():
-        raise UserError("does not exist" if not src.exists() else "is not a folder", src)
-    for folder in [src] + [p for p in sorted(src.iterdir()) if p.is_dir() and not p.name.startswith(".")]:
+    for folder in candidate_roots(src):
         found = [_child(folder, d) for d in _SPLIT_DIRS]
         if any(found):
             missing = [d for d, f in zip(_SPLIT_DIRS, found) if f is None]

@@ -30,7 +30,7 @@ import numpy as np
 
 from harness.errors import UserError
 from harness.fsutil import ensure_writable_dir, sha256_bytes, sha256_file, write_json_atomic
-from harness.imageio import read_pixels
+from harness.imageio import PIL_SUFFIXES, read_pixels
 
 FORMAT = "bench-dataset/1"
 SPLITS = ("train", "val", "test")
@@ -122,6 +122,46 @@ def label_fraction_subset(labels, fraction: float, seed) -> np.ndarray:
 def safe_id(key: str) -> str:
     """File-name-safe id: runs of anything but letters, digits, '.', '-' become '_'."""
     return re.sub(r"[^A-Za-z0-9.-]+", "_", key).strip("_.") or "image"
+
+
+def unique_id(key: str, seen: set[str]) -> str:
+    """safe_id(key), suffixed -2, -3, ... until it differs (ignoring case) from every id in `seen`;
+    the id is added to `seen`. Case-insensitive file systems must not merge two images."""
+    base = safe_id(key)
+    sid, k = base, 1
+    while sid.lower() in seen:
+        k += 1
+        sid = f"{base}-{k}"
+    seen.add(sid.lower())
+    return sid
+
+
+def files_by_stem(folder: Path, suffixes: tuple[str, ...] = PIL_SUFFIXES) -> tuple[dict[str, Path], int]:
+    """{stem: file} of the files in `folder` ending in `suffixes` (case-insensitive), and how many
+    entries were ignored (other suffixes, hidden files, sub-folders). Two files with one stem are an error."""
+    found, ignored = {}, 0
+    for p in sorted(Path(folder).iterdir()):
+        if not p.is_file() or p.name.startswith(".") or not p.name.lower().endswith(suffixes):
+            ignored += 1
+            continue
+        if p.stem in found:
+            raise UserError(f"two files with the id {p.stem}: {found[p.stem].name} and {p.name}", p)
+        found[p.stem] = p
+    return found, ignored
+
+
+def candidate_roots(src: Path, depth: int = 1) -> list[Path]:
+    """`src`, then its sub-folders breadth first down to `depth` levels (hidden folders and zip
+    residue skipped): where an adapter looks for the dataset folder inside what the user gave."""
+    src = Path(src)
+    if not src.is_dir():
+        raise UserError("does not exist" if not src.exists() else "is not a folder", src)
+    level, found = [src], [src]
+    for _ in range(depth):
+        level = [c for p in level for c in sorted(p.iterdir())
+                 if c.is_dir() and not c.name.startswith(".") and c.name != "__MACOSX"]
+        found += level
+    return found
 
 
 def is_synthetic(*folders: Path) -> dict | None:

@@ -32,7 +32,7 @@ from typing import Callable, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
-from downstream.datasets.canonical import FORMAT, SPLITS, read_dataset_meta, safe_id, staged_folder
+from downstream.datasets.canonical import FORMAT, SPLITS, read_dataset_meta, staged_folder, unique_id
 from downstream.datasets.canonical_seg import place_image
 from harness.errors import UserError
 from harness.fsutil import ensure_writable_dir, sha256_bytes, write_json_atomic
@@ -146,12 +146,7 @@ def write_detection_dataset(out_root: Path, name: str, classes: Sequence[str], i
             if item.split not in SPLITS:
                 raise ValueError(f"bad split in {item.key}")  # adapter bug
             where = item.source or (item.image if isinstance(item.image, Path) else item.key)
-            base = safe_id(item.key)
-            sid, k = base, 1
-            while sid.lower() in seen:
-                k += 1
-                sid = f"{base}-{k}"
-            seen.add(sid.lower())
+            sid = unique_id(item.key, seen)
             rel, (height, width), digest = place_image(item, tmp, sid)
             boxes = np.asarray(item.boxes, dtype=np.float64).reshape(-1, 4)
             labels = [int(v) for v in item.labels]

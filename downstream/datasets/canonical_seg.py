@@ -31,7 +31,7 @@ from typing import Callable, Iterable, NamedTuple, Sequence
 import numpy as np
 from PIL import Image
 
-from downstream.datasets.canonical import FORMAT, SPLITS, read_dataset_meta, safe_id, staged_folder
+from downstream.datasets.canonical import FORMAT, SPLITS, read_dataset_meta, staged_folder, unique_id
 from harness.errors import UserError
 from harness.fsutil import ensure_writable_dir, sha256_bytes, sha256_file, write_json_atomic
 from harness.imageio import PIL_SUFFIXES, read_pixels
@@ -260,12 +260,7 @@ def write_segmentation_dataset(out_root: Path, name: str, kind: str, classes: Se
                 if previous != item.split:
                     raise UserError(f"case {case!r} is in both the {previous} and {item.split} splits "
                                     "(3D data is split by volume, never by slice)", where)
-                base = safe_id(item.key)
-                sid, k = base, 1
-                while sid.lower() in seen:
-                    k += 1
-                    sid = f"{base}-{k}"
-                seen.add(sid.lower())
+                sid = unique_id(item.key, seen)
                 rel, shape, digest = place_image(item, tmp, sid)
                 mask = np.asarray(item.mask)
                 if mask.shape != tuple(shape):

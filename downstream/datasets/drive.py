@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from downstream.datasets.canonical import check_synth_request, is_synthetic, synthetic_output
+from downstream.datasets.canonical import candidate_roots, check_synth_request, is_synthetic, synthetic_output
 from downstream.datasets.canonical_seg import SegItem, binarise, read_mask_gray, write_segmentation_dataset
 from downstream.phantoms.modalities import fundus
 from harness.errors import UserError
@@ -45,7 +45,6 @@ VAL_FRACTION = 0.2  # 4 of the 20 training images
 FALLBACK_TEST_FRACTION = 0.2  # no test labels: 12/4/4 of the 20 training images
 ASPECT = 565 / 584  # real DRIVE width / height
 VESSEL_LEVEL = 0.5  # phantom vessel map -> annotation: the pixels painted at >= half strength
-_SKIP = ("__MACOSX",)
 _TAG = 0xD21E
 
 
@@ -58,18 +57,11 @@ def _child(folder: Path, name: str) -> Path | None:
 
 def find_root(src: Path) -> Path:
     """The DRIVE folder (the one holding training/): `src`, or up to two wrapper levels below it."""
-    src = Path(src)
-    if not src.is_dir():
-        raise UserError("does not exist" if not src.exists() else "is not a folder", src)
-    level = [src]
-    for _ in range(3):
-        for folder in level:
-            if _child(folder, "training"):
-                return folder
-            if _child(folder, "test"):
-                raise UserError(f"has test/ but no training/ folder; expected {LAYOUT}", folder)
-        level = [p for f in level for p in sorted(f.iterdir())
-                 if p.is_dir() and not p.name.startswith(".") and p.name not in _SKIP]
+    for folder in candidate_roots(src, depth=2):
+        if _child(folder, "training"):
+            return folder
+        if _child(folder, "test"):
+            raise UserError(f"has test/ but no training/ folder; expected {LAYOUT}", folder)
     raise UserError(f"no DRIVE training/ folder found; expected {LAYOUT}", src)
 
 

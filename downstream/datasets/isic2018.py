@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from downstream.datasets.canonical import allocate, check_synth_request, is_synthetic, synthetic_output
+from downstream.datasets.canonical import (
+    allocate, candidate_roots, check_synth_request, is_synthetic, synthetic_output)
 from downstream.datasets.canonical_seg import SegItem, map_codes, read_mask_gray, write_segmentation_dataset
 from downstream.phantoms.seg_isic import isic_sample
 from harness.errors import UserError
@@ -60,11 +61,7 @@ def _child(parent: Path, name: str) -> Path | None:
 
 def find_root(src: Path) -> Path:
     """The folder holding the ISIC2018_* folders: `src` itself or one of its sub-folders."""
-    src = Path(src)
-    if not src.is_dir():
-        raise UserError("does not exist" if not src.exists() else "is not a folder", src)
-    subs = [p for p in sorted(src.iterdir()) if p.is_dir() and not p.name.startswith((".", "__MACOSX"))]
-    for folder in [src] + subs:
+    for folder in candidate_roots(src):
         if any(_child(folder, d(PARTS["train"])) for d in (input_dir, truth_dir)):
             return folder
     raise UserError(f"no {input_dir('Training')}/ folder found; expected {LAYOUT}", src)

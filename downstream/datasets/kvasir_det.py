@@ -11,13 +11,12 @@ LVM-Med's detection code for Kvasir is not published.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from downstream.datasets import kvasir_seg
-from downstream.datasets.canonical import is_synthetic
+from downstream.datasets.canonical import candidate_roots, files_by_stem, is_synthetic
 from downstream.datasets.canonical_det import BoxLedger, DetItem, write_detection_dataset
 from harness.errors import UserError
 from harness.imageio import read_pixels
@@ -26,38 +25,14 @@ NAME = "kvasir_det"
 CLASSES = ["polyp"]
 LAYOUT = "Kvasir-SEG/images/<id>.jpg + Kvasir-SEG/kavsir_bboxes.json"
 DEFAULT_N = kvasir_seg.DEFAULT_N
-COORDS = ("xmin", "ymin", "xmax", "ymax")
 
 
 def _find_root(src: Path) -> Path:
     """The folder holding images/: `src`, or one of its sub-folders (Kvasir-SEG/)."""
-    if not src.is_dir():
-        raise UserError("does not exist" if not src.exists() else "is not a folder", src)
-    for folder in [src] + sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith((".", "__MACOSX"))):
+    for folder in candidate_roots(src):
         if (folder / "images").is_dir():
             return folder
     raise UserError(f"no Kvasir-SEG images/ folder found; expected {LAYOUT}", src)
-
-
-def _entries(path: Path) -> dict:
-    """The box file as {id: entry}, structure checked but boxes left to the ledger (row policy)."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8-sig"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise UserError(f"unreadable ({type(exc).__name__}: {exc})", path) from None
-    if not isinstance(data, dict):
-        raise UserError(f"expected a JSON object keyed by image id, got {type(data).__name__}", path)
-    for key, entry in data.items():
-        if not isinstance(entry, dict) or not isinstance(entry.get("bbox"), list):
-            raise UserError(f"entry {key!r} has no 'bbox' list", path)
-        for box in entry["bbox"]:
-            if not isinstance(box, dict):
-                raise UserError(f"entry {key!r}: box {box!r} is not an object", path)
-            if box.get("label", "polyp") != "polyp":
-                raise UserError(f"entry {key!r}: unknown class {box.get('label')!r} (expected 'polyp')", path)
-            if not all(isinstance(box.get(c), (int, float)) and not isinstance(box.get(c), bool) for c in COORDS):
-                raise UserError(f"entry {key!r}: box {box} lacks numeric xmin/ymin/xmax/ymax", path)
-    return data
 
 
 def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None) -> Path:
@@ -66,8 +41,8 @@ def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None) -> Path
     box_path = kvasir_seg.find_box_json(root)
     if box_path is None:
         raise UserError(f"no {kvasir_seg.BOX_JSON} beside images/; expected {LAYOUT}", root / kvasir_seg.BOX_JSON)
-    entries = _entries(box_path)
-    images, ignored = kvasir_seg._listing(root / "images")
+    entries = kvasir_seg.parse_bboxes(box_path)
+    images, ignored = files_by_stem(root / "images")
     for key in entries:
         if key not in images:
             raise UserError(f"entry {key!r} has boxes but images/{key}.jpg is missing", box_path)
@@ -87,7 +62,7 @@ def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None) -> Path
                                 f"{width}x{height} (width x height)", box_path)
             boxes = []
             for k, box in enumerate(entry["bbox"]):
-                kept = ledger.admit([box[c] for c in COORDS], width, height, f"{box_path.name} {stem} box {k + 1}")
+                kept = ledger.admit([box[c] for c in kvasir_seg.BOX_KEYS], width, height, f"{box_path.name} {stem} box {k + 1}")
                 if kept is not None:
                     boxes.append(kept)
             yield DetItem(stem, images[stem], np.array(boxes).reshape(-1, 4), [0] * len(boxes), str(split),

@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from downstream.datasets.canonical import check_synth_request, is_synthetic, synthetic_output
+from downstream.datasets.canonical import (
+    candidate_roots, check_synth_request, files_by_stem, is_synthetic, synthetic_output)
 from downstream.datasets.canonical_seg import SegItem, read_mask_gray, write_segmentation_dataset
 from downstream.phantoms.seg_kvasir import kvasir_sample
 from harness.errors import UserError
-from harness.imageio import PIL_SUFFIXES
 
 NAME = "kvasir_seg"
 KIND = "2d"
@@ -36,6 +36,7 @@ LAYOUT = ("Kvasir-SEG/images/<id>.jpg + Kvasir-SEG/masks/<id>.jpg (JPEG 0/255 ma
           "+ optional Kvasir-SEG/kavsir_bboxes.json")
 DEFAULT_N = 60
 BOX_JSON = "kavsir_bboxes.json"
+BOX_KEYS = ("xmin", "ymin", "xmax", "ymax")
 THRESHOLD = 128  # gray >= 128 is polyp (see the module docstring)
 LVMMED_LOW, LVMMED_HIGH = 50, 200  # LVM-Med's rule: < 50 -> 0, > 200 -> 1, between undefined
 FRACTIONS = {"val": 0.16, "test": 0.2}  # rest train: 640/160/200 of 1,000
@@ -46,11 +47,7 @@ _TAG = 0x4B5A
 
 def find_root(src: Path) -> Path:
     """The folder holding images/ and masks/: `src`, `src/Kvasir-SEG` or another single sub-folder."""
-    src = Path(src)
-    if not src.is_dir():
-        raise UserError("does not exist" if not src.exists() else "is not a folder", src)
-    subs = [p for p in sorted(src.iterdir()) if p.is_dir() and not p.name.startswith((".", "__MACOSX"))]
-    for folder in [src] + subs:
+    for folder in candidate_roots(src):
         has = [(folder / d).is_dir() for d in ("images", "masks")]
         if all(has):
             return folder
@@ -58,19 +55,6 @@ def find_root(src: Path) -> Path:
             present, missing = ("images", "masks") if has[0] else ("masks", "images")
             raise UserError(f"missing folder {missing}/ beside {present}/; expected {LAYOUT}", folder / missing)
     raise UserError(f"no Kvasir-SEG images/ and masks/ folders found; expected {LAYOUT}", src)
-
-
-def _listing(folder: Path) -> tuple[dict[str, Path], int]:
-    """{stem: image file} of a folder and the number of ignored (non-image, hidden) entries."""
-    found, ignored = {}, 0
-    for p in sorted(folder.iterdir()):
-        if not p.is_file() or p.name.startswith(".") or not p.name.lower().endswith(PIL_SUFFIXES):
-            ignored += 1
-            continue
-        if p.stem in found:
-            raise UserError(f"two files with the id {p.stem}: {found[p.stem].name} and {p.name}", p)
-        found[p.stem] = p
-    return found, ignored
 
 
 def read_mask(path: Path) -> tuple[np.ndarray, int]:
@@ -88,9 +72,10 @@ def find_box_json(root: Path) -> Path | None:
     return None
 
 
-def read_bboxes(path: Path) -> dict[str, dict]:
-    """Parse and validate kavsir_bboxes.json: {id: {"height", "width", "bbox": [{label, xmin,
-    ymin, xmax, ymax}]}}; every problem is a UserError naming the file and the id."""
+def parse_bboxes(path: Path) -> dict[str, dict]:
+    """kavsir_bboxes.json as {id: {"height", "width", "bbox": [{label, xmin, ymin, xmax, ymax}]}},
+    its structure checked (a box list per id, numeric corners, label "polyp") but not the boxes'
+    geometry: detection clips or drops a box that does not fit (BoxLedger). Errors name file and id."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
@@ -100,13 +85,26 @@ def read_bboxes(path: Path) -> dict[str, dict]:
     for key, entry in data.items():
         if not isinstance(entry, dict) or not isinstance(entry.get("bbox"), list):
             raise UserError(f"entry {key!r} has no 'bbox' list", path)
+        for box in entry["bbox"]:
+            if not isinstance(box, dict):
+                raise UserError(f"entry {key!r}: box {box!r} is not an object", path)
+            if box.get("label", "polyp") != "polyp":
+                raise UserError(f"entry {key!r}: unknown class {box.get('label')!r} (expected 'polyp')", path)
+            if not all(isinstance(box.get(c), (int, float)) and not isinstance(box.get(c), bool) for c in BOX_KEYS):
+                raise UserError(f"entry {key!r}: box {box} lacks numeric xmin/ymin/xmax/ymax", path)
+    return data
+
+
+def read_bboxes(path: Path) -> dict[str, dict]:
+    """kavsir_bboxes.json parsed (parse_bboxes) and every box checked to lie inside its image;
+    every problem is a UserError naming the file and the id."""
+    data = parse_bboxes(path)
+    for key, entry in data.items():
         size = [entry.get("height"), entry.get("width")]
         if not all(isinstance(v, int) and v > 0 for v in size):
             raise UserError(f"entry {key!r}: height/width {size} are not positive integers", path)
         for box in entry["bbox"]:
-            coords = [box.get(k) if isinstance(box, dict) else None for k in ("xmin", "ymin", "xmax", "ymax")]
-            if not all(isinstance(v, (int, float)) for v in coords):
-                raise UserError(f"entry {key!r}: box {box} lacks numeric xmin/ymin/xmax/ymax", path)
+            coords = [box[k] for k in BOX_KEYS]
             if not (0 <= coords[0] < coords[2] <= size[1] and 0 <= coords[1] < coords[3] <= size[0]):
                 raise UserError(f"entry {key!r}: box {box} is empty or outside the "
                                 f"{size[1]}x{size[0]} image", path)
@@ -126,8 +124,8 @@ def _seeded_splits(n: int, seed: int) -> np.ndarray:
 def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None) -> Path:
     """Read a Kvasir-SEG download and write `out_root/kvasir_seg/` in the canonical form."""
     root = find_root(src)
-    images, ignored_images = _listing(root / "images")
-    masks, ignored_masks = _listing(root / "masks")
+    images, ignored_images = files_by_stem(root / "images")
+    masks, ignored_masks = files_by_stem(root / "masks")
     for stem, p in images.items():
         if stem not in masks:
             raise UserError(f"image without mask (expected masks/{stem}.jpg)", p)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from downstream.datasets.canonical import SYNTHETIC_MARKER, allocate, is_synthetic, synthetic_output
+from downstream.datasets.canonical import SYNTHETIC_MARKER, allocate, candidate_roots, is_synthetic, synthetic_output
 from downstream.datasets.canonical_seg import (
     SegItem, map_codes, nifti_header, read_nifti, seeded_case_split, volume_to_uint8, write_segmentation_dataset,
 )
@@ -51,10 +51,7 @@ def _site_dirs(folder: Path) -> dict[str, Path]:
 
 def find_root(src: Path) -> Path:
     """The folder holding the site folders: `src` or one sub-folder of it. BMC must be there."""
-    src = Path(src)
-    if not src.is_dir():
-        raise UserError("does not exist" if not src.exists() else "is not a folder", src)
-    for folder in [src] + [p for p in sorted(src.iterdir()) if p.is_dir() and not p.name.startswith(".")]:
+    for folder in candidate_roots(src):
         found = _site_dirs(folder)
         if found:
             if TRAIN_SITE not in found:

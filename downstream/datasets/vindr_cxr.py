@@ -50,7 +50,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from downstream.datasets.canonical import check_synth_request, is_synthetic, synthetic_output
+from downstream.datasets.canonical import candidate_roots, check_synth_request, is_synthetic, synthetic_output
 from downstream.datasets.canonical_det import BoxLedger, DetItem, write_detection_dataset
 from downstream.phantoms import det_vindr
 from harness.errors import UserError
@@ -89,14 +89,7 @@ def _key(name: str) -> str:
 
 def _find(src: Path) -> tuple[Path, Path]:
     """(annotation csv, image folder): `src` or a sub-folder up to two levels down holding train/."""
-    if not src.is_dir():
-        raise UserError("does not exist" if not src.exists() else "is not a folder", src)
-    level, folders = [src], [src]
-    for _ in range(2):
-        level = [c for p in level for c in sorted(p.iterdir())
-                 if c.is_dir() and not c.name.startswith(".") and c.name != "__MACOSX"]
-        folders += level
-    for folder in folders:
+    for folder in candidate_roots(src, depth=2):
         for name in CSV_NAMES:
             if (folder / name).is_file() and (folder / "train").is_dir():
                 return folder / name, folder / "train"
