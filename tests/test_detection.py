@@ -111,11 +111,10 @@ def test_detector_from_a_bench_checkpoint_loads_it_trains_with_falling_loss_and_
     model = build_detector("resnet18", 1, checkpoint=str(weights), rois_per_image=64)
     assert torch.equal(model.backbone.resnet.layer3[0].conv1.weight, backbone.layer3[0].conv1.weight)
     assert model.roi_head.bbox_head.num_classes == 1 and model.train_cfg.rcnn.sampler.num == 64
-    # as mmdet's R50 config: a pretrained stem and layer1 stay fixed, BatchNorm statistics frozen
-    assert not model.backbone.resnet.layer1[0].conv1.weight.requires_grad
-    assert model.backbone.resnet.layer2[0].conv1.weight.requires_grad
+    # fine-tuned as random init is: every layer trains, BatchNorm in training mode
+    assert all(p.requires_grad for p in model.backbone.parameters())
     model.train()
-    assert not model.backbone.resnet.layer3[0].bn1.training
+    assert model.backbone.resnet.layer1[0].bn1.training
 
     images, samples = _square_batch(model, np.random.default_rng(0))
     batch = model.data_preprocessor({"inputs": images, "data_samples": samples}, True)
@@ -138,13 +137,15 @@ def test_detector_from_a_bench_checkpoint_loads_it_trains_with_falling_loss_and_
     assert torch.all(pred[0].pred_instances.labels == 0)
 
 
-def test_random_init_trains_every_layer():
-    from downstream.det_model import build_detector
+def test_bench_resnet_freezes_stages_as_mmdet_resnet_does():
+    from downstream.bench_backbone import BenchResNet
 
-    model = build_detector("resnet18", 2, ref=random_checkpoint("resnet18"))
-    model.train()
-    assert all(p.requires_grad for p in model.backbone.parameters())
-    assert model.backbone.resnet.layer1[0].bn1.training
+    trunk = BenchResNet("resnet18", out_indices=(1, 2, 3, 4), frozen_stages=1, norm_eval=True)
+    assert not trunk.resnet.conv1.weight.requires_grad and not trunk.resnet.layer1[0].conv1.weight.requires_grad
+    assert trunk.resnet.layer2[0].conv1.weight.requires_grad
+    trunk.train()
+    assert not trunk.resnet.layer1[0].bn1.training and not trunk.resnet.layer3[0].bn1.training
+    assert [f.shape[1] for f in trunk(torch.zeros(1, 3, 64, 64))] == [64, 128, 256, 512]
 
 
 def _square_dataset(root, n=24, size=96, seed=0):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from downstream.classification import classification_metrics, knn_probe, linear_probe
-from downstream.registry import TASKS, get_task
+from downstream.registry import TASKS, get_task, select_tasks
 
 CLASSES = ["a", "b", "c"]
 
@@ -71,8 +71,10 @@ def test_knn_probe_on_separable_features():
 
 
 def test_registry_has_the_fifteen_tasks_of_the_paper():
-    assert len(TASKS) == 15
-    families = [t.family for t in TASKS.values()]
+    paper = [t for t in TASKS.values() if t.in_paper]
+    assert len(paper) == 15 and [t.name for t in TASKS.values() if not t.in_paper] == ["bccd"]
+    assert select_tasks([], all_tasks=True) == paper  # --all-tasks: the 15, not the extras
+    families = [t.family for t in paper]
     assert families.count("segmentation_2d") == 5 and families.count("segmentation_3d") == 3
     assert families.count("classification") == 2 and families.count("detection") == 2
     assert families.count("ood_segmentation") == 3
