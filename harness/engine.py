@@ -252,11 +252,12 @@ def param_schedulers(cfg: dict) -> list[dict]:
 
 
 class QuietMMEngine(logging.Filter):
-    """Drops mmengine/mmseg warnings that say nothing about a run (the last one: mmseg infers a batch
-    of differently sized images fine, each prediction is resized back to its own image)."""
+    """Drops mmengine/mmseg/mmdet messages that say nothing about a run: mmseg infers a batch of
+    differently sized images fine (each prediction is resized back to its own image); a detector
+    with no detection yet (an early epoch) scores AP 0, which mmdet's CocoMetric logs as an error."""
 
     BENIGN = ("has no metainfo", '"FileClient" will be deprecated', '"HardDiskBackend" is the alias',
-              "Image shapes are different in the batch")
+              "Image shapes are different in the batch", "The testing results of the whole dataset is empty")
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not any(text in record.getMessage() for text in self.BENIGN)
