@@ -29,7 +29,8 @@ test-fast: setup
 # The whole path on the embedded default data (every number it prints is labelled synthetic):
 # synthetic downstream data in the public layouts -> prepare -> phantom corpus -> SimCLR (quick)
 # -> eval of every checkpoint and random init on the paper's 15 tasks (quick profile): the
-# classification tasks over 3 seeds, the 11 segmentation and 2 detection tasks over 1 (each a fine-tuning).
+# classification tasks over 3 seeds, the 11 segmentation and 2 detection tasks over 1 (each a fine-tuning)
+# -> the static leaderboard (WORKSPACE/leaderboard/index.html).
 demo: setup
 	$(BENCH) data synth brain_tumor --out $(DEMO)/raw/brain_tumor --n 160 --seed 0 --size 64
 	$(BENCH) data synth fgadr --out $(DEMO)/raw/fgadr --n 160 --seed 0 --size 64
@@ -47,6 +48,7 @@ demo: setup
 	$(BENCH) runs --workspace $(DEMO)
 	$(BENCH) eval --task brain_tumor --task fgadr --profile quick --seeds 3 --workspace $(DEMO)
 	$(BENCH) eval --all-tasks --profile quick --seeds 1 --workspace $(DEMO)
+	$(BENCH) leaderboard --workspace $(DEMO)
 
 bench-speed: setup
 	$(VENV)/bin/python benchmarks/pretrain_step.py

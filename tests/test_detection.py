@@ -206,3 +206,25 @@ def test_writer_refuses_a_box_the_adapter_did_not_admit(tmp_path):
     assert ledger.admit([40, 0, 50, 10], 30, 20, "f row 4") is None
     assert [s["count"] for s in ledger.summary().values()] == [1, 1, 1]
     assert any("f row 3" in w for w in ledger.warnings())
+
+
+@pytest.mark.slow
+def test_eval_cli_runs_a_detection_task_and_records_its_provenance(tmp_path, capsys):
+    from harness.cli import main
+    from harness.store import ResultsStore
+    from harness.workspace import Workspace
+
+    ws, raw = tmp_path / "ws", tmp_path / "raw"
+    assert main(["data", "synth", "bccd", "--out", str(raw), "--n", "12", "--size", "96"]) == 0
+    assert main(["data", "prepare", "bccd", "--src", str(raw), "--workspace", str(ws)]) == 0
+    assert main(["eval", "--checkpoint", "random", "--task", "bccd", "--seeds", "1", "--workspace", str(ws),
+                 "--jobs", "1"]) == 0
+    assert "bccd" in capsys.readouterr().out
+    store = ResultsStore.open(None, Workspace(ws))
+    (test,) = store.results(task="bccd", split="test")
+    data = load_detection_dataset(ws / "data" / "bccd")
+    assert test["metric"] == "ap50" and set(test["metrics"]) >= {"ap50", "map", "mmdet_bbox_mAP_50"}
+    assert sorted(c["id"] for c in test["per_case"]) == sorted(r["id"] for r in data.split("test"))
+    config = test["protocol_config"]
+    assert config["image_size"] == 128 and config["rois_per_image"] == 64 and config["proposals"] == 256
+    assert test["provenance"]["data"]["synthetic"] is True

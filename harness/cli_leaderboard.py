@@ -1,0 +1,31 @@
+"""`bench leaderboard`: the static HTML leaderboard, written from the results store only."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from harness.workspace import Workspace
+
+
+def register(app: typer.Typer) -> None:
+    from harness.cli import console, workspace_option
+
+    @app.command(help="""Write the leaderboard, a static site that opens from the file system or any web server.
+
+    Read from the results store only: methods (checkpoints) x tasks grouped by family, each cell the
+    test score x 100 at full labels, mean ± 95% t-interval over seeds, colour-scaled per column, best
+    marked; overall mean rank and mean normalised score; synthetic-data results in their own table,
+    never ranked with real data; LVM-Med's reported numbers as an unranked reference row; every cell
+    linked to its provenance (config, seeds, corpus, protocol, code version).""")
+    def leaderboard(out: Optional[Path] = typer.Option(None, help="Output folder (default WORKSPACE/leaderboard)."),
+                    db: Optional[str] = typer.Option(None, help="Results store URL (default: the workspace's SQLite file)."),
+                    workspace: Path = workspace_option()):
+        from harness.store import ResultsStore
+        from leaderboard import build_leaderboard
+
+        ws = Workspace.resolve(workspace)
+        with ResultsStore.open(db, ws) as store:
+            page = build_leaderboard(store, out or ws.root / "leaderboard")
+        console.print(f"leaderboard written to: {page}", soft_wrap=True)
