@@ -40,7 +40,7 @@ demo: setup
 	  $(BENCH) data synth $$d --out $(DEMO)/raw/$$d --seed 0 && \
 	  $(BENCH) data prepare $$d --src $(DEMO)/raw/$$d --workspace $(DEMO) || exit 1; done
 	for d in $(DET_DATA); do \
-	  $(BENCH) data synth $$d --out $(DEMO)/raw/$$d --n 32 --seed 0 && \
+	  $(BENCH) data synth $$d --out $(DEMO)/raw/$$d --n 24 --seed 0 && \
 	  $(BENCH) data prepare $$d --src $(DEMO)/raw/$$d --workspace $(DEMO) || exit 1; done
 	$(BENCH) corpus synth --out $(DEMO)/corpus --n 256 --seed 0 --size 96
 	$(BENCH) corpus build --root $(DEMO)/corpus --workspace $(DEMO)

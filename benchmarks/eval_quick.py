@@ -30,7 +30,7 @@ from harness.provenance import code_version, host_info, package_versions  # noqa
 from harness.store import EvalKey, ResultsStore  # noqa: E402
 from harness.workspace import Workspace  # noqa: E402
 
-DEMO_OPTIONS = {"classification": {"n": 160, "size": 64}, "detection": {"n": 32}}  # the Makefile's demo
+DEMO_OPTIONS = {"classification": {"n": 160, "size": 64}, "detection": {"n": 24}}  # the Makefile's demo
 # arguments; segmentation uses each adapter's defaults
 
 
