@@ -88,6 +88,7 @@ class PaperDetMetric(CocoMetric):
                    "n_detections": len(detections),
                    **{f"mmdet_{k}": v for k, v in official.items() if k in ("bbox_mAP", "bbox_mAP_50")}}
         self.last = {"metric": "ap50", "value": scored["ap50"], "metrics": metrics,
-                     "per_class": {names[c]: {"ap50": None if np.isnan(v) else v} for c, v in scored["per_class"].items()},
+                     "per_class": {names[c]: {"ap50": None if np.isnan(v) else v}
+                                   for c, v in scored["per_class"].items()},
                      "per_case": per_case}
         return {"ap50": scored["ap50"], "map": scored["map"]}

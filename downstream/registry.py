@@ -140,12 +140,15 @@ TASKS: dict[str, Task] = {t.name: t for t in [
              "finetune": _cls("finetune", 5e-4, 0.0, 64, 224, 30, "LVM-Med Table 5 + repo config (1 FC, Adam lr 5e-4, batch 64, 30 epochs)"),
          }, {"linear": 66.33, "finetune": 76.82}),
     Task("vindr_cxr", "Lung lesion detection (VinDr-CXR, 14 classes)", "detection", "vindr_cxr", 14, "ap50",
-         ("ap50", "map"), {"finetune": Protocol("finetune", 512, 1e-4, 40, 16, 1e-4, source=DET, rois_per_image=512, proposals=1000)}),
+         ("ap50", "map"),
+         {"finetune": Protocol("finetune", 512, 1e-4, 40, 16, 1e-4, source=DET, rois_per_image=512, proposals=1000)}),
     Task("kvasir_det", "Polyp detection (Kvasir)", "detection", "kvasir_det", 1, "ap50", ("ap50", "map"),
-         {"finetune": Protocol("finetune", 512, 2.5e-4, 40, 8, 1e-4, source=DET, rois_per_image=512, proposals=1000)}),
+         {"finetune": Protocol("finetune", 512, 2.5e-4, 40, 8, 1e-4, source=DET, rois_per_image=512,
+                               proposals=1000)}),
     Task("bccd", "Blood cell detection (BCCD: WBC, RBC, platelets)", "detection", "bccd", 3, "ap50", ("ap50", "map"),
          {"finetune": Protocol("finetune", 512, 2.5e-4, 40, 8, 1e-4, rois_per_image=512, proposals=1000,
-                               source="not in LVM-Med: its Kvasir detection recipe (Faster R-CNN R50-FPN, Adam, clip 1)")},
+                               source="not in LVM-Med: its Kvasir detection recipe "
+                                      "(Faster R-CNN R50-FPN, Adam, clip 1)")},
          note="an extra task, not one of the paper's 15: small, public (MIT), three cell types", in_paper=False),
     *(_seg_task(f"prostate_{site.lower()}", f"Prostate segmentation, out of distribution: train BMC, test {site}",
                 "ood_segmentation", "prostate", 2, 224, 1e-3, 30, 64, _PROSTATE, reported, test_domain=site)
