@@ -39,7 +39,7 @@ import numpy as np
 from PIL import Image
 
 from downstream.datasets.canonical import (
-    SPLITS, candidate_roots, check_synth_request, files_by_stem, is_synthetic, synthetic_output)
+    SPLITS, check_synth_request, files_by_stem, find_pair_root, is_synthetic, synthetic_output)
 from downstream.datasets.canonical_det import BoxLedger, DetItem, write_detection_dataset
 from downstream.phantoms.det_bccd import Smear, smear_sample, smear_size
 from harness.errors import UserError
@@ -66,14 +66,7 @@ class VocObject(NamedTuple):
 
 def find_root(src: Path) -> Path:
     """The folder holding JPEGImages/ and Annotations/: `src` or one of its sub-folders (BCCD/)."""
-    for folder in candidate_roots(src):
-        has = [(folder / d).is_dir() for d in ("JPEGImages", "Annotations")]
-        if all(has):
-            return folder
-        if any(has):
-            missing = "Annotations" if has[0] else "JPEGImages"
-            raise UserError(f"missing folder {missing}/; expected {LAYOUT}", folder / missing)
-    raise UserError(f"no BCCD JPEGImages/ and Annotations/ folders found; expected {LAYOUT}", src)
+    return find_pair_root(src, ("JPEGImages", "Annotations"), LAYOUT, "BCCD")
 
 
 def _number(text: str | None, what: str, path: Path) -> float:

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from downstream.datasets.canonical import (
-    candidate_roots, check_synth_request, files_by_stem, is_synthetic, synthetic_output)
+    check_synth_request, files_by_stem, find_pair_root, is_synthetic, synthetic_output)
 from downstream.datasets.canonical_seg import SegItem, read_mask_gray, write_segmentation_dataset
 from downstream.phantoms.seg_kvasir import kvasir_sample
 from harness.errors import UserError
@@ -47,14 +47,7 @@ _TAG = 0x4B5A
 
 def find_root(src: Path) -> Path:
     """The folder holding images/ and masks/: `src`, `src/Kvasir-SEG` or another single sub-folder."""
-    for folder in candidate_roots(src):
-        has = [(folder / d).is_dir() for d in ("images", "masks")]
-        if all(has):
-            return folder
-        if any(has):
-            present, missing = ("images", "masks") if has[0] else ("masks", "images")
-            raise UserError(f"missing folder {missing}/ beside {present}/; expected {LAYOUT}", folder / missing)
-    raise UserError(f"no Kvasir-SEG images/ and masks/ folders found; expected {LAYOUT}", src)
+    return find_pair_root(src, ("images", "masks"), LAYOUT, "Kvasir-SEG")
 
 
 def read_mask(path: Path) -> tuple[np.ndarray, int]:
