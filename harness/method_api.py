@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from optuna.distributions import BaseDistribution
 
 
 @dataclass
@@ -37,6 +40,10 @@ class SSLMethod(nn.Module):
     profiles: ClassVar[dict[str, dict[str, Any]]]
     #: one-line description with the reference, shown by `bench pretrain --help`
     summary: ClassVar[str] = ""
+    #: what `bench sweep` tunes: config key (a training key of harness.config.TRAIN_DEFAULTS or a
+    #: constructor argument) -> an Optuna distribution. The paper profile's value (or the
+    #: constructor default) must lie inside each range: tests/test_search_spaces.py checks it.
+    search_space: ClassVar[dict[str, "BaseDistribution"]] = {}
 
     def __init__(self, backbone: nn.Module, feat_dim: int):
         super().__init__()

@@ -13,6 +13,7 @@ from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
 from lightly.models.utils import deactivate_requires_grad, update_momentum
 from lightly.transforms import BYOLTransform, BYOLView1Transform, BYOLView2Transform
 from lightly.utils.scheduler import cosine_schedule
+from optuna.distributions import FloatDistribution
 
 from harness.method_api import SSLMethod, StepInfo
 
@@ -20,6 +21,12 @@ from harness.method_api import SSLMethod, StepInfo
 class BYOL(SSLMethod):
     name = "byol"
     summary = "BYOL (Grill et al. 2020): predict an EMA target network's projection, no negatives"
+    # BYOL's ablations vary tau_base 0.9-0.999 and lr 0.1-0.4 (x B/256).
+    search_space = {
+        "base_lr": FloatDistribution(0.05, 2.0, log=True),
+        "weight_decay": FloatDistribution(1e-7, 1e-3, log=True),
+        "momentum_base": FloatDistribution(0.9, 0.999),
+    }
     profiles = {
         # BYOL paper: LARS, lr 0.2 x B/256, wd 1.5e-6, 10 warm-up epochs, cosine, batch 4096,
         # tau_base 0.996 -> 1, projector/predictor 4096 -> 256.

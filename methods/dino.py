@@ -15,6 +15,7 @@ from lightly.models.modules import DINOProjectionHead
 from lightly.models.utils import deactivate_requires_grad, update_momentum
 from lightly.transforms import DINOTransform
 from lightly.utils.scheduler import cosine_schedule
+from optuna.distributions import FloatDistribution
 
 from harness.method_api import SSLMethod, StepInfo
 
@@ -22,6 +23,13 @@ from harness.method_api import SSLMethod, StepInfo
 class DINO(SSLMethod):
     name = "dino"
     summary = "DINO (Caron et al. 2021): self-distillation with an EMA teacher over multi-crop views"
+    # DINO's ablations: teacher temperature 0.02-0.07, momentum 0.9-0.999.
+    search_space = {
+        "base_lr": FloatDistribution(0.01, 1.0, log=True),
+        "weight_decay": FloatDistribution(1e-6, 1e-3, log=True),
+        "teacher_temp": FloatDistribution(0.02, 0.07),
+        "momentum_base": FloatDistribution(0.9, 0.999),
+    }
     profiles = {
         # DINO repository, ResNet-50 command (8 GPUs x 64 = batch 512, 100 epochs): SGD lr 0.03 x B/256,
         # wd 1e-4, global crops (0.14, 1), local crops (0.05, 0.14); other flags at main_dino.py's

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 from lightly.transforms import VICRegLTransform
+from optuna.distributions import FloatDistribution, IntDistribution
 from torch import nn
 
 from harness.backbones import feature_map
@@ -46,6 +47,14 @@ class GeometricViews:
 class LVMMed(SSLMethod):
     name = "lvmmed"
     summary = "LVM-Med (Nguyen et al. 2023): second-order graph matching of two views, IMLE gradients"
+    # The paper's alpha 0.8 (local vs global vertex affinity), lambda 80 (IMLE perturbation), k 5
+    # (graph k-NN) sit inside; knn_k stays below graph_size 16.
+    search_space = {
+        "base_lr": FloatDistribution(1e-4, 1e-2, log=True),
+        "alpha": FloatDistribution(0.0, 1.0),
+        "lam": FloatDistribution(1.0, 200.0, log=True),
+        "knn_k": IntDistribution(2, 10),
+    }
     profiles = {
         # Paper: 100 epochs, batch 3200 (R50), 224 px (inferred), Adam lr 2e-3 halved four times
         # (milestones not given: evenly spaced), lambda 80, alpha 0.8, 16-node graphs, k 5, GCN 2x128.

@@ -9,6 +9,7 @@ import torch
 from lightly.loss import NTXentLoss
 from lightly.models.modules import SimCLRProjectionHead
 from lightly.transforms import SimCLRTransform
+from optuna.distributions import FloatDistribution
 
 from harness.method_api import SSLMethod, StepInfo
 
@@ -16,6 +17,12 @@ from harness.method_api import SSLMethod, StepInfo
 class SimCLR(SSLMethod):
     name = "simclr"
     summary = "SimCLR (Chen et al. 2020): contrastive NT-Xent between two augmented views"
+    # Ranges bracket the SimCLR paper's sweeps (lr 0.5-1.5 x B/256 with LARS, tau 0.05-1.0).
+    search_space = {
+        "base_lr": FloatDistribution(0.05, 2.0, log=True),
+        "weight_decay": FloatDistribution(1e-7, 1e-3, log=True),
+        "temperature": FloatDistribution(0.05, 0.5),
+    }
     profiles = {
         # SimCLR paper, ImageNet recipe: LARS, lr 0.3 x B/256, wd 1e-6, 10 warm-up epochs, cosine,
         # batch 4096, tau 0.1 (their best at batch 4096), 2-layer 2048-d projector to 128-d.
