@@ -8,9 +8,24 @@ DEMO := workspace/demo
 SEG_DATA := isic2018 jsrt kvasir_seg drive busi brats mmwhs_ct mmwhs_mri prostate
 DET_DATA := vindr_cxr kvasir_det
 
-.PHONY: setup test test-fast demo bench-speed clean-demo
+.PHONY: setup system-deps test test-fast demo bench-speed clean-demo
 
 setup: $(STAMP)
+
+# Servers and browsers the tests drive for real, from Debian's packages: PostgreSQL (the shared
+# results store, Optuna sweeps with several workers) and Chromium + ChromeDriver (the leaderboard's
+# browser test). Installed when missing and possible (root with apt-get); otherwise those tests skip
+# and say why.
+SYSTEM_PACKAGES := postgresql chromium chromium-driver
+system-deps:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && test -x /usr/bin/chromium \
+	    && test -x /usr/bin/chromedriver; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian packages: $(SYSTEM_PACKAGES)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    $(SYSTEM_PACKAGES) >/dev/null || { echo "error: apt-get install $(SYSTEM_PACKAGES) failed"; exit 1; }; \
+	else echo "warning: $(SYSTEM_PACKAGES) missing and not installable here (needs root + apt-get):" \
+	  "the PostgreSQL and browser tests will skip"; fi
 
 $(STAMP): requirements.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (Python 3.11 is required)"; exit 1; }
@@ -20,7 +35,7 @@ $(STAMP): requirements.txt pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-test: setup
+test: setup system-deps
 	$(VENV)/bin/pytest -q
 
 test-fast: setup

@@ -162,9 +162,11 @@ def _standardise(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tenso
 
 def linear_probe(feats: dict, labels: dict, classes: list[str], protocol: Protocol, seed: int) -> dict:
     """Train one FC layer on cached features (Adam, the paper's lr and batch); pick lr, weight
-    decay and epoch on val. Returns {"val": result, "test": result, "selected": {...}}."""
-    x_train, x_val, x_test = _standardise(feats["train"], feats["val"], feats["test"])
-    y_train = labels["train"]
+    decay and epoch on val. Returns {"val": result, "test": result, "selected": {...}} ("test"
+    only when test features are given)."""
+    scored = [s for s in ("val", "test") if s in feats]  # a sweep passes no test features
+    x_train, *x_scored = _standardise(feats["train"], *(feats[s] for s in scored))
+    x_val, y_train = x_scored[0], labels["train"]
     best = (-1.0, math.inf, None, None)
     for lr_factor in LINEAR_LR_FACTORS:
         for wd in sorted({*LINEAR_WEIGHT_DECAYS, protocol.weight_decay}):
@@ -188,8 +190,7 @@ def linear_probe(feats: dict, labels: dict, classes: list[str], protocol: Protoc
                             {"lr": protocol.lr * lr_factor, "weight_decay": wd, "epoch": epoch + 1})
     head.load_state_dict(best[2])
     with torch.no_grad():
-        out = {s: classification_metrics(head(x).softmax(1), labels[s], classes)
-               for s, x in (("val", x_val), ("test", x_test))}
+        out = {s: classification_metrics(head(x).softmax(1), labels[s], classes) for s, x in zip(scored, x_scored)}
     out["selected"] = best[3]
     return out
 
@@ -205,7 +206,8 @@ def knn_probe(feats: dict, labels: dict, classes: list[str]) -> dict:
         return scores / scores.sum(1, keepdim=True)
 
     best_k = max(KNN_KS, key=lambda k: (float((votes(feats["val"], k).argmax(1) == labels["val"]).float().mean()), -k))
-    out = {s: classification_metrics(votes(feats[s], best_k), labels[s], classes) for s in ("val", "test")}
+    out = {s: classification_metrics(votes(feats[s], best_k), labels[s], classes)
+           for s in ("val", "test") if s in feats}
     out["selected"] = {"k": best_k, "temperature": KNN_TEMPERATURE}
     return out
 
@@ -282,3 +284,15 @@ def run_job(task: Task, protocol: Protocol, data: ClassificationDataset, ref, *,
             case["id"] = sample.id
     out["n_train"] = len(train)
     return out
+
+
+def validation_score(encoder: nn.Module, data: ClassificationDataset, protocol: Protocol, seed: int,
+                     device: torch.device) -> float:
+    """A sweep's score of `encoder` on one task: the kNN or linear probe fitted on train, selected
+    and scored on val. Reads only the train and val images, never test."""
+    feats = {s: extract_features(encoder, data.split(s), protocol.image_size, protocol.batch_size, device)
+             for s in ("train", "val")}
+    labels = {s: torch.as_tensor(data.labels(s)) for s in ("train", "val")}
+    if protocol.name == "linear":
+        return linear_probe(feats, labels, data.classes, protocol, seed)["val"]["value"]
+    return knn_probe(feats, labels, data.classes)["val"]["value"]

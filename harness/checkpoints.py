@@ -23,7 +23,7 @@ from harness.checkpoint import save_backbone, sidecar_path
 from harness.errors import UserError
 from harness.fsutil import sha256_bytes, sha256_file
 from harness.provenance import code_version, package_versions
-from harness.runs import BACKBONE_FILE, RUN_FILE
+from harness.runs import BACKBONE_FILE, RUN_FILE, read_run
 from harness.workspace import Workspace
 
 CHECKPOINTS_DIR = "checkpoints"
@@ -80,9 +80,15 @@ def list_checkpoints(workspace: Workspace) -> list[CheckpointRef]:
     refs = []
     for folder, marker in ((workspace.runs, RUN_FILE), (workspace.root / CHECKPOINTS_DIR, BACKBONE_FILE)):
         for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
-            if (entry / marker).is_file() and (entry / BACKBONE_FILE).is_file():
+            if (entry / marker).is_file() and (entry / BACKBONE_FILE).is_file() and not _sweep_trial(entry):
                 refs.append(checkpoint_ref(entry / BACKBONE_FILE, workspace, name=entry.name))
     return sorted(refs, key=lambda r: (r.name, r.id))
+
+
+def _sweep_trial(run_dir: Path) -> bool:
+    """A sweep's trial run other than its best: tuning material, never evaluated on test by default."""
+    sweep = read_run(run_dir).get("sweep") if (run_dir / RUN_FILE).is_file() else None
+    return bool(sweep) and not sweep.get("best")
 
 
 def resolve_checkpoints(spec: str, workspace: Workspace, *, backbone: str | None = None) -> list[CheckpointRef]:

@@ -32,7 +32,7 @@ def workspace_option():
 
 def _mount_subcommands() -> None:
     # Imported here so `bench --help` stays fast and sub-apps can import `console` from this module.
-    from harness import cli_checkpoints, cli_eval, cli_leaderboard, cli_pretrain
+    from harness import cli_checkpoints, cli_eval, cli_leaderboard, cli_pretrain, cli_sweep
     from harness.cli_corpus import corpus_app
 
     app.add_typer(corpus_app, name="corpus")
@@ -40,6 +40,7 @@ def _mount_subcommands() -> None:
     cli_checkpoints.register(app)
     cli_eval.register(app)
     cli_leaderboard.register(app)
+    cli_sweep.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:

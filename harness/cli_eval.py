@@ -122,8 +122,7 @@ def register(app: typer.Typer) -> None:
               jobs: Optional[int] = typer.Option(None, help="Parallel local workers (default: half the CPUs, at most 4; 1 on GPU)."),
               slurm_partition: Optional[str] = typer.Option(None, help="Slurm partition (--launcher slurm)."),
               workspace: Path = workspace_option()):
-        from harness.evaluate import EvalRequest, launch, plan
-        from harness.store import ResultsStore
+        from harness.evaluate import EvalRequest
 
         try:
             fractions = tuple(float(x) for x in label_fraction.split(","))
@@ -134,23 +133,31 @@ def register(app: typer.Typer) -> None:
                           protocols=protocol.split(",") if protocol else None, label_fractions=fractions,
                           seeds=seeds, profile=profile, data_root=data_root, db=db, force=force, launcher=launcher,
                           jobs=jobs, image_size=image_size, slurm={"partition": slurm_partition})
-        store = ResultsStore.open(db, ws)
-        units, skipped = plan(req, store)
-        total = sum(len(u.keys) for u in units)
-        console.print(f"{total} jobs to run in {len(units)} units ({skipped} already done, skipped); store: {store.url}")
-        totals = {"done": 0, "failed": 0}
-        if units:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            with Progress(TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                          console=console) as bar:
-                task_id = bar.add_task("eval", total=total)
-                totals = launch(req, units, store, progress=lambda n: bar.update(task_id, completed=n))
-        show_results(console, store, units, req)
-        console.print(f"{totals['done']} done, {totals['failed']} failed; results in {store.url}", soft_wrap=True)
-        store.close()
-        if totals["failed"]:
+        if evaluate_and_report(req, console)["failed"]:
             raise typer.Exit(1)
+
+
+def evaluate_and_report(req, console) -> dict:
+    """Plan, run (with a progress bar) and tabulate an evaluation; returns the done/failed counts."""
+    from harness.evaluate import launch, plan
+    from harness.store import ResultsStore
+
+    store = ResultsStore.open(req.db, req.workspace)
+    units, skipped = plan(req, store)
+    total = sum(len(u.keys) for u in units)
+    console.print(f"{total} jobs to run in {len(units)} units ({skipped} already done, skipped); store: {store.url}")
+    totals = {"done": 0, "failed": 0}
+    if units:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with Progress(TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console) as bar:
+            task_id = bar.add_task("eval", total=total)
+            totals = launch(req, units, store, progress=lambda n: bar.update(task_id, completed=n))
+    show_results(console, store, units, req)
+    console.print(f"{totals['done']} done, {totals['failed']} failed; results in {store.url}", soft_wrap=True)
+    store.close()
+    return totals
 
 
 def show_results(console, store, units, req) -> None:

@@ -29,6 +29,8 @@ class PretrainRequest:
     resume: bool = False
     stop_after_epoch: int | None = None
     num_workers: int | None = None
+    hooks: list = field(default_factory=list)  # extra mmengine hooks (a sweep's scoring/pruning hook)
+    run_fields: dict[str, Any] = field(default_factory=dict)  # extra run.json fields (a sweep's trial)
 
 
 def _main_first(fn: Callable[[], Any]) -> Any:
@@ -139,7 +141,7 @@ def run_pretraining(req: PretrainRequest, console) -> Path | None:
         run_dir.mkdir(parents=True, exist_ok=True)
         fields = dict(status="running", method=req.method, backbone=cfg["backbone"], profile=cfg["profile"],
                       config=cfg, corpus=corpus_info, provenance=provenance, world_size=world_size(),
-                      backbone_path=str(run_dir / BACKBONE_FILE))
+                      backbone_path=str(run_dir / BACKBONE_FILE), **req.run_fields)
         if not resuming:
             fields.update(name=run_dir.name, created=time.strftime("%Y-%m-%dT%H:%M:%S"), epochs_done=0,
                           wall_seconds=0.0)
@@ -157,7 +159,7 @@ def run_pretraining(req: PretrainRequest, console) -> Path | None:
                "corpus": corpus_info, "init": init_info, "run": run_dir.name, "git_sha": provenance["git_sha"],
                "dirty": provenance["dirty"], "versions": provenance["versions"]}
     record_hook = RunRecordHook(run_dir, sidecar, req.stop_after_epoch)
-    hooks = [MethodHook(), record_hook]
+    hooks = [MethodHook(), record_hook, *req.hooks]
     progress = RichProgressHook(console, f"{req.method} {cfg['backbone']}", cfg["batch_size"]) if main else None
     if progress:
         hooks.append(progress)
