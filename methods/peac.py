@@ -1,0 +1,152 @@
+"""PEAC (Zhou et al., BMVC 2023, arXiv 2312.00335): patch order prediction + appearance recovery + global and
+local (grid-matched) consistency with an EMA teacher, on a ResNet instead of the paper's Swin-B.
+
+Spec ../shared/specs/seed-methods.md 2.1 (the objective as the official code optimises it), 2.6 (ResNet plan).
+The stride-32 map has one location per 32-px cell of the grid-aligned views (methods/peac_views.py; CNN
+receptive fields make the correspondence approximate). Per sample, view 1 gets the Models Genesis appearance
+distortions (harness.distortions) or its cells permuted in pixel space. Views arrive normalised (harness.data,
+on the device): the distortions run on view 1 mapped back to [0, 1], then normalised again; the restoration
+target is the clean, normalised view 1 (2.1 b). The exported backbone is the student's, as the lab's
+fine-tuning loader used. The teacher runs in BN train mode (like BYOL's target here): its BN state is its own.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from lightly.models.modules.heads import ProjectionHead
+from lightly.models.utils import deactivate_requires_grad, update_momentum
+from lightly.utils.scheduler import cosine_schedule
+from optuna.distributions import FloatDistribution
+from torch import nn
+
+from harness.backbones import feature_map
+from harness.data import IMAGE_MEAN, IMAGE_STD, derived_seed
+from harness.distortions import bezier_intensity, local_pixel_shuffle, paint
+from harness.method_api import SSLMethod, StepInfo
+from methods.peac_views import GridViews, grid_cells, permute_cells
+
+CELL = 32  # ResNet stride: one feature-map location per 32x32-px cell, as Swin-B's tokens in PEAC
+PAPER_GLOBAL_DIM = 8192  # the dimension the paper's global weight 1e5 was set for
+
+
+def local_loss(l1_s, l2_s, l1_t, l2_t, m1, m2) -> torch.Tensor:
+    """1/2 [MSE(l1_s[m1], l2_t[m2]) + MSE(l1_t[m1], l2_s[m2])] over matched cells; tokens (B, h*w, D), masks
+    (B, h*w) with equal counts per sample, so the k-th selected row of each side shows the same cell."""
+    if not m1.any():  # no unshuffled sample: zero, but keep the expander in the graph (DDP)
+        return 0.0 * (l1_s.sum() + l2_s.sum())
+    return 0.5 * (F.mse_loss(l1_s[m1], l2_t[m2]) + F.mse_loss(l1_t[m1], l2_s[m2]))
+
+
+class PEAC(SSLMethod):
+    name = "peac"
+    summary = "PEAC (Zhou et al. 2023): order prediction + appearance recovery + global/local EMA-teacher consistency"
+    # Paper values inside: lr 0.1, teacher momentum 0.999, global weight 1e5, local weight 1.
+    search_space = {
+        "base_lr": FloatDistribution(0.01, 1.0, log=True),
+        "momentum_base": FloatDistribution(0.99, 0.9999),
+        "global_weight": FloatDistribution(1e4, 1e6, log=True),
+        "local_weight": FloatDistribution(0.1, 10.0, log=True),
+    }
+    profiles = {
+        # PEAC single-node script (spec 2.1): SGD lr 0.1 momentum 0.9 wd 0, 5 warm-up epochs + cosine, 400 epochs,
+        # batch 8, EMA 0.999 -> 1. ResNet-50 at 448 px: its 14x14 map is the exact analogue of Swin-B's 14x14
+        # tokens of 32-px cells (196 order classes, cell offsets 0..4, a 19-cell canvas), so the task is
+        # unchanged. 224 px (7x7) is cheaper: --image-size 224 --set max_cell_offset=3.
+        "paper": dict(backbone="resnet50", epochs=400, batch_size=8, image_size=448, optimizer="sgd", base_lr=0.1,
+                      lr_scaling="none", weight_decay=0.0, momentum=0.9, warmup_epochs=5, momentum_base=0.999,
+                      max_cell_offset=4),
+        # CPU smoke: 64-px views of 2x2 cells, the smallest grid where order prediction (4 classes) and cell
+        # matching mean something; offsets 0..1 keep >= 1 shared cell. Smaller expanders, faster teacher.
+        "quick": dict(epochs=2, batch_size=32, image_size=64, optimizer="sgd", base_lr=0.05, lr_scaling="none",
+                      weight_decay=0.0, momentum_base=0.99, max_cell_offset=1, global_dim=1024, local_dim=128),
+    }
+
+    def __init__(self, backbone, feat_dim, image_size: int = 448, max_cell_offset: int = 4, global_dim: int = 8192,
+                 local_dim: int = 512, global_weight: float = 1e5, local_weight: float = 1.0,
+                 order_weight: float = 1.0, restore_weight: float = 1.0, shuffle_p: float = 0.5,
+                 shuffle_windows: int = 40, momentum_base: float = 0.999, seed: int = 0):
+        super().__init__(backbone, feat_dim)
+        self.grid = grid_cells(image_size, CELL, max_cell_offset)
+        self.order_head = nn.Conv2d(feat_dim, self.grid ** 2, 1)  # per location: which cell of the clean view it shows
+        self.restore_head = nn.Sequential(nn.Conv2d(feat_dim, CELL * CELL * 3, 1), nn.PixelShuffle(CELL))
+        self.global_expander = ProjectionHead([(feat_dim, global_dim, nn.LayerNorm(global_dim), nn.ReLU(), True),
+                                               (global_dim, global_dim, nn.LayerNorm(global_dim), nn.ReLU(), True),
+                                               (global_dim, global_dim, None, None, False)])
+        self.local_expander = nn.Sequential(nn.Conv2d(feat_dim, local_dim, 1), nn.ReLU(),
+                                            nn.Conv2d(local_dim, local_dim, 1), nn.ReLU(),
+                                            nn.Conv2d(local_dim, local_dim, 1))
+        # The teacher's order/restore outputs are never used, so it copies only what the losses read.
+        self.teacher = copy.deepcopy(nn.ModuleDict(dict(backbone=backbone, global_expander=self.global_expander,
+                                                        local_expander=self.local_expander)))
+        deactivate_requires_grad(self.teacher)
+        # 1e5 compensates the mean over 8192 dims (1e5 * MSE ~ 12 (2 - 2 cos)); keep that for any dim.
+        self.global_scale = global_weight * global_dim / PAPER_GLOBAL_DIM
+        self.weights = dict(local=local_weight, order=order_weight, restore=restore_weight)
+        self.shuffle_p, self.shuffle_windows = shuffle_p, shuffle_windows
+        self.momentum_base, self.seed = momentum_base, seed
+        self.register_buffer("mean", torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGE_STD).view(1, 3, 1, 1), persistent=False)
+
+    @classmethod
+    def check_config(cls, cfg, world_size):
+        grid_cells(cfg["image_size"], CELL, cfg["max_cell_offset"])
+
+    @classmethod
+    def transform(cls, cfg):
+        return GridViews(cfg["image_size"], CELL, cfg["max_cell_offset"])
+
+    @classmethod
+    def image_view_count(cls, cfg):
+        return 2  # then the two overlap masks
+
+    def _generator(self, step: StepInfo, device) -> torch.Generator:
+        """Seeded by (seed, rank, step): the same draws on resume, different ones per DDP rank."""
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        return torch.Generator(device=device).manual_seed(derived_seed(self.seed, rank, step.step))
+
+    def distort(self, view1: torch.Tensor, generator: torch.Generator):
+        """(input, order target, shuffled flags): per sample with p = shuffle_p its cells permuted, else the
+        appearance distortions (local shuffle always, Bezier p 0.9, paint p 0.9) with the identity order."""
+        b, device, cells = view1.shape[0], view1.device, self.grid ** 2
+        shuffled = torch.rand(b, device=device, generator=generator) < self.shuffle_p
+        perm = torch.rand(b, cells, device=device, generator=generator).argsort(1)
+        perm = torch.where(shuffled[:, None], perm, torch.arange(cells, device=device))
+        out, plain = permute_cells(view1, perm, CELL), ~shuffled
+        if plain.any():
+            x = (view1[plain] * self.std + self.mean).clamp(0, 1)
+            x = local_pixel_shuffle(x, generator, windows=self.shuffle_windows, p=1.0)
+            x = paint(bezier_intensity(x, generator, p=0.9), generator, p=0.9, outpaint_p=0.8)
+            out[plain] = (x - self.mean) / self.std
+        return out, perm, shuffled
+
+    def training_loss(self, views: list[torch.Tensor], step: StepInfo) -> dict[str, torch.Tensor]:
+        view1, view2, m1, m2 = views
+        b = view1.shape[0]
+        distorted, perm, shuffled = self.distort(view1, self._generator(step, view1.device))
+        both = torch.cat([distorted, view2])  # one pass each for student and teacher: BN sees both views
+        maps = feature_map(self.backbone, both)
+        with torch.no_grad():
+            maps_t = feature_map(self.teacher["backbone"], both)
+            g1_t, g2_t = F.normalize(self.teacher["global_expander"](maps_t.mean((2, 3))), dim=1).chunk(2)
+            l1_t, l2_t = self.teacher["local_expander"](maps_t).flatten(2).transpose(1, 2).chunk(2)
+        g1_s, g2_s = F.normalize(self.global_expander(maps.mean((2, 3))), dim=1).chunk(2)
+        l1_s, l2_s = self.local_expander(maps).flatten(2).transpose(1, 2).chunk(2)
+        order_logits = self.order_head(maps[:b])
+        keep = ~shuffled[:, None]  # the local loss compares cells only where view 1 keeps its order
+        return {
+            "loss_order": self.weights["order"] * F.cross_entropy(order_logits, perm.view(b, self.grid, self.grid)),
+            "loss_restore": self.weights["restore"] * F.mse_loss(self.restore_head(maps[:b]), view1),
+            "loss_global": self.global_scale * (F.mse_loss(g1_s, g2_t) + F.mse_loss(g2_s, g1_t)),
+            "loss_local": self.weights["local"] * local_loss(l1_s, l2_s, l1_t, l2_t, m1.bool() & keep,
+                                                             m2.bool() & keep),
+            "order_acc": (order_logits.argmax(1).flatten(1) == perm).float().mean().detach(),
+        }
+
+    @torch.no_grad()
+    def after_step(self, step: StepInfo) -> None:
+        momentum = cosine_schedule(step.step, step.max_steps, self.momentum_base, 1.0)
+        for name in ("backbone", "global_expander", "local_expander"):
+            update_momentum(getattr(self, name), self.teacher[name], m=momentum)

@@ -1,0 +1,87 @@
+"""PEAC's grid-aligned views and cell geometry (spec ../shared/specs/seed-methods.md, 2.1 "Views" and 2.6).
+
+An image becomes a square canvas of `cell`-px cells; after a random pixel offset (0..cell-1) two views of
+n x n cells are cut at independent random *cell* offsets (0..max_cell_offset), so their overlap is an exact
+set of cells. With cell = the ResNet stride (32), feature-map location (i, j) sees cell (i, j) of its view
+(approximately: CNN receptive fields reach beyond the cell, and padding differs at view borders).
+"""
+from __future__ import annotations
+
+import torch
+from torchvision.transforms import v2 as T
+
+from harness.errors import UserError
+
+
+def overlap_masks(offset1: tuple[int, int], offset2: tuple[int, int], n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row-major (n*n,) boolean masks of the cells of view 1 / view 2 that show the same canvas cell.
+
+    Both masks list the shared cells in canvas row-major order, so the k-th True of one matches the k-th of
+    the other."""
+    (r1, c1), (r2, c2) = offset1, offset2
+    rows, cols = (max(r1, r2), min(r1, r2) + n), (max(c1, c2), min(c1, c2) + n)  # shared canvas cells
+    masks = []
+    for row, col in (offset1, offset2):
+        canvas_rows, canvas_cols = torch.arange(n) + row, torch.arange(n) + col
+        in_rows = (canvas_rows >= rows[0]) & (canvas_rows < rows[1])
+        in_cols = (canvas_cols >= cols[0]) & (canvas_cols < cols[1])
+        masks.append((in_rows[:, None] & in_cols[None, :]).flatten())
+    return masks[0], masks[1]
+
+
+def grid_cells(image_size: int, cell: int, max_cell_offset: int) -> int:
+    """Cells per view side; a UserError for a geometry PEAC cannot train with."""
+    if image_size % cell or image_size // cell < 2:
+        raise UserError(f"peac: image_size {image_size} must be a multiple of the {cell}-px cell and at least "
+                        f"2 cells (one feature-map location per cell; the order and local losses need >= 2x2)")
+    n = image_size // cell
+    if not 0 <= max_cell_offset < n:
+        raise UserError(f"peac: max_cell_offset {max_cell_offset} must be in 0..{n - 1} so the two "
+                        f"{n}x{n}-cell views always share cells")
+    return n
+
+
+class GridViews:
+    """PIL image -> [view1, view2, mask1, mask2]: views float (3, n*cell, n*cell) in [0, 1], not normalised.
+
+    Randomness comes from torch's global RNG, which harness.data seeds per (seed, epoch, index). No flip,
+    rotation or blur: as in PEAC, they would break the exact cell correspondence."""
+
+    def __init__(self, image_size: int, cell: int = 32, max_cell_offset: int = 4):
+        self.n, self.cell, self.max_offset = grid_cells(image_size, cell, max_cell_offset), cell, max_cell_offset
+        canvas = (self.n + max_cell_offset + 1) * cell  # one spare cell for the pixel offset
+        # Keep-ratio resize of the short side, then a centre square (PEAC: 608 = 19 cells for 14-cell views).
+        self.canvas = T.Compose([T.ToImage(), T.Resize(canvas, antialias=True), T.CenterCrop(canvas),
+                                 T.ToDtype(torch.float32, scale=True)])
+
+    def __call__(self, image) -> list[torch.Tensor]:
+        canvas = self.canvas(image)
+        dy, dx = torch.randint(0, self.cell, (2,)).tolist()
+        offsets = torch.randint(0, self.max_offset + 1, (2, 2)).tolist()
+        side = self.n * self.cell
+        views = []
+        for row, col in offsets:
+            top, left = dy + row * self.cell, dx + col * self.cell
+            views.append(canvas[:, top:top + side, left:left + side])
+        return [*views, *overlap_masks(tuple(offsets[0]), tuple(offsets[1]), self.n)]
+
+
+def to_cells(images: torch.Tensor, cell: int) -> torch.Tensor:
+    """(B, C, h*cell, w*cell) -> (B, h*w, C, cell, cell), cells in row-major order."""
+    b, c, height, width = images.shape
+    h, w = height // cell, width // cell
+    return images.view(b, c, h, cell, w, cell).permute(0, 2, 4, 1, 3, 5).reshape(b, h * w, c, cell, cell)
+
+
+def from_cells(cells: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Inverse of `to_cells`."""
+    b, _, c, cell, _ = cells.shape
+    return cells.view(b, h, w, c, cell, cell).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h * cell, w * cell)
+
+
+def permute_cells(images: torch.Tensor, perm: torch.Tensor, cell: int) -> torch.Tensor:
+    """Location j of the output shows cell perm[b, j] of the input (perm: (B, h*w) long)."""
+    h, w = images.shape[2] // cell, images.shape[3] // cell
+    cells = to_cells(images, cell)
+    index = perm[:, :, None, None, None].expand_as(cells)
+    return from_cells(torch.gather(cells, 1, index), h, w)
