@@ -15,12 +15,17 @@ def register(app: typer.Typer) -> None:
     @app.command(help="""Write the leaderboard, a static site that opens from the file system or any web server.
 
     Read from the results store only: methods (checkpoints) x tasks grouped by family, each cell the
-    test score x 100 at full labels, mean ± 95% t-interval over seeds, colour-scaled per column, best
-    marked; overall mean rank and mean normalised score; synthetic-data results in their own table,
-    never ranked with real data; LVM-Med's reported numbers as an unranked reference row; every cell
-    linked to its provenance (config, seeds, corpus, protocol, code version).""")
+    test score x 100 at full labels, mean ± 95% t-interval over seeds (a bootstrap over cases for a
+    single seed), colour-scaled per column, best marked; overall mean rank and mean normalised score,
+    recomputed live when tasks are switched off; a paired test of the top two per task and a Friedman /
+    Nemenyi critical-difference summary across tasks; inline SVG charts (scores with intervals, profiles,
+    label-efficiency curves); evaluation and pretraining compute; failed jobs with their reasons;
+    synthetic-data results in their own table, never ranked with real data; LVM-Med's reported numbers
+    as an unranked reference row; every cell linked to its provenance (config, seeds, corpus, protocol,
+    code version).""")
     def leaderboard(out: Optional[Path] = typer.Option(None, help="Output folder (default WORKSPACE/leaderboard)."),
-                    db: Optional[str] = typer.Option(None, help="Results store URL (default: the workspace's SQLite file)."),
+                    db: Optional[str] = typer.Option(None, help="Results store URL (default: the workspace's "
+                                                     "SQLite file)."),
                     workspace: Path = workspace_option()):
         from harness.store import ResultsStore
         from leaderboard import build_leaderboard

@@ -303,15 +303,19 @@ class ResultsStore:
         return [_public(row) for row in self._read(query)]
 
     def results(self, *, checkpoint_id: str | None = None, task: str | None = None,
-                protocol: str | None = None, split: str | None = None) -> list[dict]:
-        """Flat rows, one per job x split, of done jobs (failures are in `evaluations`)."""
+                protocol: str | None = None, split: str | None = None, label_fraction: float | None = None,
+                details: bool = True) -> list[dict]:
+        """Flat rows, one per job x split, of done jobs (failures are in `evaluations`). details=False
+        leaves out the per-class and per-case values, most of a store's bytes (the leaderboard reads
+        the per-case values of a few cells only)."""
         ev, res = evaluations_table.c, results_table.c
+        ppm = None if label_fraction is None else label_fraction_ppm(label_fraction)
         query = (
             sa.select(*(ev[k] for k in KEY_COLUMNS), res.split, res.metric, res.value, res.metrics,
-                      res.per_class, res.per_case, ev.status, ev.protocol_config, ev.provenance,
-                      ev.data_hash, ev.synthetic, ev.wall_time_s, ev.created)
+                      *([res.per_class, res.per_case] if details else []), ev.status, ev.protocol_config,
+                      ev.provenance, ev.data_hash, ev.synthetic, ev.wall_time_s, ev.created)
             .join_from(evaluations_table, results_table, res.evaluation_id == ev.id)
-            .where(*_filters(ev, checkpoint_id=checkpoint_id, task=task, protocol=protocol),
+            .where(*_filters(ev, checkpoint_id=checkpoint_id, task=task, protocol=protocol, label_fraction_ppm=ppm),
                    *([res.split == split] if split is not None else []))
             .order_by(*(ev[k] for k in KEY_COLUMNS), res.split.desc())  # val before test
         )

@@ -6,15 +6,25 @@ from pathlib import Path
 
 from harness.fsutil import ensure_writable_dir, write_text_atomic
 from harness.store import ResultsStore
-from leaderboard.aggregate import build_tables
+from leaderboard.aggregate import MAIN_LABEL_FRACTION, build_tables
 from leaderboard.render import render_page
+from leaderboard.stats import annotate
 
 
 def build_leaderboard(store: ResultsStore, out_dir: Path, *, now: datetime | None = None) -> Path:
     """Write the static leaderboard of `store` to `out_dir/index.html` (through a temporary file:
     a web server never serves half a page) and return that path."""
-    # only the test split is shown; skipping val halves what is read (and its per-case JSON)
-    tables = build_tables(store.results(split="test"), store.checkpoints())
+    # Only the test split is shown; per-case values (most of a store's bytes) are read afterwards,
+    # for the few cells the significance tests and case bootstraps need.
+    tables = build_tables(store.results(split="test", details=False), store.checkpoints(),
+                          store.evaluations(status="failed"))
+
+    def load_cases(checkpoint_id: str, task: str, protocol: str) -> list[dict]:
+        return store.results(checkpoint_id=checkpoint_id, task=task, protocol=protocol, split="test",
+                             label_fraction=MAIN_LABEL_FRACTION)
+
+    for table in tables:
+        annotate(table, load_cases)
     page = render_page(tables, store_url=store.url, now=now or datetime.now(timezone.utc))
     target = ensure_writable_dir(Path(out_dir)) / "index.html"
     write_text_atomic(target, page)

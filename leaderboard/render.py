@@ -1,25 +1,26 @@
 """Leaderboard tables (leaderboard.aggregate) as one self-contained HTML page.
 
-Every string that comes from the store (names, methods, ids, configs, dataset names) goes through
-`esc`: a checkpoint named `<script>...` must render as text, not run.
+Every string that comes from the store (names, methods, ids, configs, dataset names, failure
+reasons) goes through `esc`: a checkpoint named `<script>...` must render as text, not run.
+
+Body row layout (the page's script relies on it): name, one cell per column, then mean rank, mean
+normalised score, tasks covered, evaluation compute, pretraining compute, failed jobs.
 """
 from __future__ import annotations
 
-import html
-import json
 from datetime import datetime
 from itertools import groupby
 
 from downstream.registry import TASKS
-from leaderboard.aggregate import CI_LEVEL, GROUP_TITLES, MAIN_LABEL_FRACTION, Cell, Column, Row, Table
+from leaderboard.aggregate import GROUP_TITLES, MAIN_LABEL_FRACTION, Cell, Column, Cost, Row, Table
 from leaderboard.assets import CSS, JS
+from leaderboard.charts import esc
+from leaderboard.sections import (BEST_MARK, MISSING, charts_section, code_versions, how_to_read, provenance_section,
+                                  significance_section)
 
-MISSING = "\u2014"  # an em dash: never a zero
-BEST_MARK = "\u2605"
-
-
-def esc(value) -> str:
-    return html.escape(str(value), quote=True)
+WARN = "\u26a0"
+TRAILING = 6  # body cells after the task columns
+REASONS_SHOWN = 12
 
 
 def fmt(value: float | None, digits: int = 1) -> str:
@@ -29,17 +30,22 @@ def fmt(value: float | None, digits: int = 1) -> str:
 def render_page(tables: list[Table], *, store_url: str, now: datetime) -> str:
     real = next(t for t in tables if not t.synthetic)
     synthetic = next((t for t in tables if t.synthetic), None)
+    failed = sum(t.failed_jobs for t in tables)
     parts = [
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">",
+        # an empty icon: otherwise a browser asks the server for /favicon.ico (a 404 in its console)
+        "<link rel=\"icon\" href=\"data:,\">",
         f"<title>bench leaderboard</title><style>{CSS}</style></head><body>",
         "<header><h1>bench leaderboard</h1>",
         f"<p class=\"meta\">Generated {esc(now.isoformat(timespec='seconds'))} from results store "
         f"<code>{esc(store_url)}</code>. Test split, label fraction {MAIN_LABEL_FRACTION:g}, "
         "scores \u00d7 100 in each task's paper metric. <a href=\"#how-to-read\">How to read this page</a>.</p>",
+        f"<p class=\"meta failed-summary\">{WARN} {failed} failed evaluation job(s) in the store: see the "
+        "Failed column and the marks in the cells (hover for the reasons).</p>" if failed else "",
         "</header>",
         "<section id=\"real\"><h2>Real-data results</h2>",
-        _table_html(real, "real", reference=True),
+        *_table_parts(real, "real", reference=True),
         "</section>",
     ]
     if synthetic is not None:
@@ -49,38 +55,65 @@ def render_page(tables: list[Table], *, store_url: str, now: datetime) -> str:
             "images (evaluation data or pretraining corpus). They say nothing about medical performance "
             "and are ranked only among themselves, never with the real-data results above.</div>",
             "<h2>Synthetic-data results (not comparable with real-data results)</h2>",
-            _table_html(synthetic, "synthetic", reference=False),
+            *_table_parts(synthetic, "synthetic", reference=False),
             "</section>",
         ]
-    parts += [_how_to_read(), _provenance_section(tables), f"<script>{JS}</script></body></html>\n"]
-    return "\n".join(parts)
+    parts += [how_to_read(), provenance_section(tables), f"<script>{JS}</script></body></html>\n"]
+    return "\n".join(p for p in parts if p)
+
+
+def _table_parts(table: Table, prefix: str, *, reference: bool) -> list[str]:
+    if not table.rows:
+        return ["<p class=\"empty\">No results recorded yet.</p>"]
+    return [_toggles(table, prefix), _table_html(table, prefix, reference=reference),
+            significance_section(table, prefix), charts_section(table, prefix, reference=reference)]
+
+
+def _toggles(table: Table, prefix: str) -> str:
+    """Task switches (VTAB style): hiding a column recomputes each row's means over the shown ones."""
+    groups = []
+    for group, cols in groupby(enumerate(table.columns, start=1), key=lambda ic: ic[1].group):
+        boxes = "".join(f"<label><input type=\"checkbox\" checked data-col=\"{i}\"> {esc(c.task)} "
+                        f"<small>{esc(c.protocol)}</small></label>" for i, c in cols)
+        groups.append(f"<span class=\"toggle-group\"><label class=\"group-toggle\"><input type=\"checkbox\" checked "
+                      f"data-group-toggle=\"{esc(group)}\"> <b>{esc(GROUP_TITLES.get(group, group))}</b></label>"
+                      f"{boxes}</span>")
+    return (f"<fieldset class=\"toggles\" data-table=\"table-{prefix}\"><legend>Tasks in the overall scores "
+            "(untick to leave a task out; the means are recomputed)</legend>" + "".join(groups) + "</fieldset>")
 
 
 def _table_html(table: Table, prefix: str, *, reference: bool) -> str:
-    if not table.rows:
-        return "<p class=\"empty\">No results recorded yet.</p>"
-    groups = [(g, list(cols)) for g, cols in groupby(table.columns, key=lambda c: c.group)]
     first = len(table.columns) + 1  # body cell index of the first overall column (0 is the name)
     head_groups = "".join(
-        f"<th colspan=\"{len(cols)}\" data-group=\"{esc(g)}\" scope=\"colgroup\">{esc(GROUP_TITLES.get(g, g))}</th>"
-        for g, cols in groups)
+        f"<th colspan=\"{len(idx)}\" data-group=\"{esc(g)}\" data-group-cols=\"{' '.join(map(str, idx))}\" "
+        f"scope=\"colgroup\">{esc(GROUP_TITLES.get(g, g))}</th>"
+        for g, idx in ((g, [i for i, _ in cols]) for g, cols in groupby(enumerate(table.columns, start=1),
+                                                                     key=lambda ic: ic[1].group)))
     head_columns = "".join(_column_header(c, i + 1) for i, c in enumerate(table.columns))
+    sortable = lambda i, first_dir, title, text: (  # noqa: E731
+        f"<th scope=\"col\" data-sort-col=\"{i}\" data-sort-first=\"{first_dir}\" title=\"{title}\">{text}</th>")
     head = (
         "<thead><tr class=\"groups\">"
         "<th rowspan=\"2\" scope=\"col\" data-sort-col=\"0\" data-sort-type=\"text\" data-sort-first=\"asc\">"
         "Checkpoint</th>"
-        f"{head_groups}<th colspan=\"3\" scope=\"colgroup\" data-group=\"overall\">Overall</th></tr>"
+        f"{head_groups}<th colspan=\"3\" scope=\"colgroup\" data-group=\"overall\">Overall</th>"
+        "<th colspan=\"2\" scope=\"colgroup\" data-group=\"cost\">Compute</th>"
+        f"<th rowspan=\"2\" scope=\"col\" data-sort-col=\"{first + 5}\" data-sort-first=\"desc\" "
+        "title=\"evaluation jobs of this checkpoint that failed (hover a count for the reasons)\">Failed</th></tr>"
         f"<tr class=\"columns\">{head_columns}"
-        f"<th scope=\"col\" data-sort-col=\"{first}\" data-sort-first=\"asc\" "
-        "title=\"mean over the row's tasks of its rank in each task column (1 = best)\">Mean rank</th>"
-        f"<th scope=\"col\" data-sort-col=\"{first + 1}\" data-sort-first=\"desc\" "
-        "title=\"mean over the row's tasks of (score - column min) / (column max - column min)\">"
-        "Mean norm. score</th>"
-        f"<th scope=\"col\" data-sort-col=\"{first + 2}\" data-sort-first=\"desc\">Tasks</th></tr></thead>"
-    )
+        + sortable(first, "asc", "mean over the shown tasks of the row's rank in each task column (1 = best)",
+                   "Mean rank")
+        + sortable(first + 1, "desc", "mean over the shown tasks of (score - column min) / (column max - column min)",
+                   "Mean norm. score")
+        + sortable(first + 2, "desc", "shown task columns this row has a result in", "Tasks")
+        + sortable(first + 3, "desc", "evaluation compute: sum of the recorded wall time of every evaluation "
+                   "job of this checkpoint (all label fractions and seeds, failed jobs included), hours", "Eval h")
+        + sortable(first + 4, "desc", "pretraining compute from the checkpoint's record, device hours", "Pretrain h")
+        + "</tr></thead>")
     body = "".join(_row_html(row, table, prefix, r) for r, row in enumerate(table.rows))
     foot = _reference_row(table.columns) if reference else ""
-    return (f"<div class=\"table-wrap\"><table class=\"leaderboard\" id=\"table-{prefix}\" data-table=\"{prefix}\">"
+    return (f"<div class=\"table-wrap\"><table class=\"leaderboard\" id=\"table-{prefix}\" data-table=\"{prefix}\" "
+            f"data-columns=\"{len(table.columns)}\">"
             f"{head}<tbody>{body}</tbody>{foot}</table></div>")
 
 
@@ -93,48 +126,100 @@ def _column_header(column: Column, index: int) -> str:
 
 
 def _row_html(row: Row, table: Table, prefix: str, r: int) -> str:
-    cells = "".join(_cell_html(row.cells.get(c.key), f"prov-{prefix}-{r}-{i}")
-                    for i, c in enumerate(table.columns))
+    cells = "".join(_cell_html(row, c, table, f"prov-{prefix}-{r}-{i}") for i, c in enumerate(table.columns))
     covered = sum(1 for c in table.columns if c.key in row.cells)
     name = (f"<th scope=\"row\" data-sort=\"{esc(row.name.lower())}\">{esc(row.name)}"
             f"<br><small>{esc(row.method)} \u00b7 {esc(row.checkpoint_id)}</small></th>")
     overall = (
-        f"<td class=\"overall\" data-sort=\"{_sort_value(row.mean_rank)}\">{fmt(row.mean_rank, 2)}</td>"
-        f"<td class=\"overall\" data-sort=\"{_sort_value(row.mean_normalised)}\">{fmt(row.mean_normalised, 3)}</td>"
-        f"<td class=\"overall\" data-sort=\"{covered}\">{covered}/{len(table.columns)}</td>")
-    return f"<tr data-checkpoint=\"{esc(row.checkpoint_id)}\">{name}{cells}{overall}</tr>"
+        f"<td class=\"overall mean-rank\" data-sort=\"{_sort_value(row.mean_rank)}\">{fmt(row.mean_rank, 2)}</td>"
+        f"<td class=\"overall mean-norm\" data-sort=\"{_sort_value(row.mean_normalised)}\">"
+        f"{fmt(row.mean_normalised, 3)}</td>"
+        f"<td class=\"overall covered\" data-sort=\"{covered}\">{covered}/{len(table.columns)}</td>")
+    return (f"<tr data-checkpoint=\"{esc(row.checkpoint_id)}\">{name}{cells}{overall}{_cost_cells(row.cost)}"
+            f"{_failed_cell(row.failed_all)}</tr>")
 
 
 def _sort_value(value: float | None) -> str:
     return "" if value is None else repr(round(value, 6))
 
 
-def _cell_html(cell: Cell | None, anchor: str) -> str:
+def _reasons(failures: list[dict]) -> str:
+    lines = [f"{f['task']} / {f['protocol']}, label fraction {f['label_fraction']:g}, seed {f['seed']}: "
+             f"{(f.get('reason') or 'no reason recorded')[:300]}" for f in failures[:REASONS_SHOWN]]
+    more = len(failures) - REASONS_SHOWN
+    return "\n".join(lines + ([f"... and {more} more"] if more > 0 else []))
+
+
+def _cell_html(row: Row, column: Column, table: Table, anchor: str) -> str:
+    cell, failures = row.cells.get(column.key), row.failures.get(column.key, [])
     if cell is None:
+        if failures:
+            return (f"<td class=\"missing failed\" data-sort=\"\" title=\"{esc(_reasons(failures))}\">"
+                    f"{WARN} failed</td>")
         return f"<td class=\"missing\" data-sort=\"\" title=\"no result recorded\">{MISSING}</td>"
     half = cell.ci_half_width
-    ci = f" <span class=\"ci\">\u00b1 {fmt(half)}</span>" if half is not None else " <span class=\"ci\">(1 seed)</span>"
+    if half is not None:
+        ci = f" <span class=\"ci\">\u00b1 {fmt(half)}</span>"
+    elif cell.case_ci is not None:
+        ci = (f" <span class=\"ci\" title=\"1 seed: 95% bootstrap interval over cases\">"
+              f"[{fmt(cell.case_ci[0])}, {fmt(cell.case_ci[1])}]</span>")
+    else:
+        ci = " <span class=\"ci\">(1 seed)</span>"
     mark = f" <span class=\"best-mark\" title=\"best in column\">{BEST_MARK}</span>" if cell.best else ""
+    mark += _lead_mark(table.tests.get(column.key), row)
+    if failures:
+        mark += f" <span class=\"failed-mark\" title=\"{esc(_reasons(failures))}\">{WARN}{len(failures)}</span>"
     # lighter = worse, darker green = better, per column; text stays readable at the dark end
     style = f"background-color: hsl(140, 55%, {96 - 36 * cell.shade:.0f}%)"
     classes = "score best" if cell.best else "score"
-    return (f"<td class=\"{classes}\" data-sort=\"{_sort_value(cell.mean)}\" style=\"{style}\" "
-            f"title=\"{esc(_cell_summary(cell))}\"><a href=\"#{anchor}\">{fmt(cell.mean)}{ci}</a>{mark}</td>")
+    return (f"<td class=\"{classes}\" data-sort=\"{_sort_value(cell.mean)}\" data-rank=\"{cell.rank:g}\" "
+            f"data-norm=\"{_sort_value(cell.shade)}\" style=\"{style}\" title=\"{esc(_cell_summary(cell))}\">"
+            f"<a href=\"#{anchor}\">{fmt(cell.mean)}{ci}</a>{mark}</td>")
+
+
+def _lead_mark(test, row: Row) -> str:
+    """On the column leader's cell: whether its lead over the runner-up survived the paired test."""
+    if test is None or test.leader is not row:
+        return ""
+    if test.p is None:
+        return (f" <span class=\"ns\" title=\"{esc(f'lead over {test.runner_up.name} untested: {test.reason}')}\">"
+                "untested</span>")
+    detail = f"lead of {test.difference:.2f} over {test.runner_up.name}: {test.test}, n = {test.n}, p = {test.p:.3g}"
+    if test.significant:
+        return f" <span class=\"sig\" title=\"{esc(detail)}\">p&lt;.05</span>"
+    return f" <span class=\"ns\" title=\"{esc(detail + ' (not significant)')}\">n.s.</span>"
 
 
 def _cell_summary(cell: Cell) -> str:
     seeds = ", ".join(f"{s}: {v:.2f}" for s, v in sorted(cell.by_seed.items()))
-    versions = ", ".join(sorted(_code_versions(cell)))
+    versions = ", ".join(sorted(code_versions(cell)))
     return f"seeds {seeds}; code {versions}; click for config and provenance"
 
 
-def _code_versions(cell: Cell) -> set[str]:
-    out = set()
-    for rec in cell.records:
-        code = (rec.get("provenance") or {}).get("code") or {}
-        sha = str(code.get("git_sha") or "unknown")
-        out.add(sha[:12] + (" (dirty)" if code.get("dirty") else ""))
-    return out
+def _cost_cells(cost: Cost) -> str:
+    hours = cost.eval_hours
+    devices = ", ".join(f"{d}: {s / 3600:.2f} h" for d, s in sorted(cost.eval_devices.items()))
+    untimed = f"; {cost.eval_untimed} job(s) with no recorded time" if cost.eval_untimed else ""
+    eval_title = f"{cost.eval_jobs} evaluation job(s); {devices or 'no recorded time'}{untimed}"
+    eval_text = "unknown" if hours is None else f"{hours:.2f}" + ("+" if cost.eval_untimed else "")
+    if cost.pretrain_hours is None:
+        pre_text, pre_sort = "unknown", ""
+    elif cost.pretrain_note.startswith("none"):
+        pre_text, pre_sort = "none", "0"
+    else:
+        pre_text, pre_sort = f"{cost.pretrain_hours:.2f}", _sort_value(cost.pretrain_hours)
+    pre_title = cost.pretrain_note if cost.pretrain_hours is None or pre_text == "none" else \
+        f"{cost.pretrain_hours:.2f} device hours" + (f" on {cost.pretrain_device}" if cost.pretrain_device else "")
+    return (f"<td class=\"cost eval-cost\" data-sort=\"{_sort_value(hours)}\" title=\"{esc(eval_title)}\">"
+            f"{esc(eval_text)}</td><td class=\"cost pretrain-cost\" data-sort=\"{pre_sort}\" "
+            f"title=\"{esc(pre_title)}\">{esc(pre_text)}</td>")
+
+
+def _failed_cell(failures: list[dict]) -> str:
+    if not failures:
+        return "<td class=\"failed-count\" data-sort=\"0\">0</td>"
+    return (f"<td class=\"failed-count has-failed\" data-sort=\"{len(failures)}\" title=\"{esc(_reasons(failures))}\">"
+            f"{WARN} {len(failures)}</td>")
 
 
 def _reference_row(columns: list[Column]) -> str:
@@ -146,77 +231,4 @@ def _reference_row(columns: list[Column]) -> str:
                      else f"<td title=\"LVM-Med paper, ResNet-50\">{value:.2f}</td>")
     return ("<tfoot><tr class=\"reference\"><th scope=\"row\">Reported in paper<br>"
             "<small>LVM-Med (ResNet-50) \u00b7 not ranked</small></th>"
-            f"{''.join(cells)}<td colspan=\"3\">not ranked</td></tr></tfoot>")
-
-
-def _how_to_read() -> str:
-    level = f"{CI_LEVEL:.0%}"
-    return f"""<section id="how-to-read"><h2>How to read this page</h2>
-<ul>
-<li><b>Cells</b>: mean over seeds of the test-split score (\u00d7 100) in the task's paper metric, \u00b1 the
-half-width of a {level} Student-t confidence interval over seeds (mean \u00b1 t<sub>0.975, n-1</sub> \u00b7 s / \u221an,
-s the sample standard deviation of the n seeds). A t-interval is used rather than a bootstrap because
-with 3\u20135 seeds a bootstrap over seeds has only a handful of distinct resamples. A single seed has no interval.
-Hover a cell for its seeds; click it for its configuration and provenance.</li>
-<li><b>Colour</b>: per column, from the column's lowest mean (light) to its highest (dark green).
-{BEST_MARK} marks the best mean in each column (ties are all marked). The best mean is not a significant
-lead when the intervals overlap.</li>
-<li><b>Missing</b>: {MISSING} means no result was recorded for that checkpoint and task. It is never
-counted as zero.</li>
-<li><b>Mean rank</b>: in each task column the checkpoints with a result are ranked (1 = best, ties share the
-average rank); a row's mean rank is the mean over the columns it has. <b>Mean norm. score</b>: in each column,
-(score \u2212 column min) / (column max \u2212 column min) over the rows of that table (1 when all are equal),
-averaged over the columns the row has. <b>Tasks</b> shows how many columns a row covers: a row with missing
-tasks is averaged over fewer columns, so compare rows with equal coverage. Rows start sorted by mean
-normalised score; click any header to sort (missing values stay last).</li>
-<li><b>Synthetic data</b>: results evaluated on synthetic images, or from checkpoints pretrained on a
-synthetic corpus, are in their own table with its own ranking.</li>
-<li><b>Reported in paper</b>: the LVM-Med paper's published numbers (ResNet-50) for reference, not ranked
-and not part of the colour scale or the overall scores.</li>
-</ul></section>"""
-
-
-def _provenance_section(tables: list[Table]) -> str:
-    parts = ["<section id=\"provenance\"><h2>Provenance of every cell</h2>"]
-    for table in tables:
-        prefix = "synthetic" if table.synthetic else "real"
-        for r, row in enumerate(table.rows):
-            for i, column in enumerate(table.columns):
-                cell = row.cells.get(column.key)
-                if cell is not None:
-                    parts.append(_provenance_entry(cell, row, column, f"prov-{prefix}-{r}-{i}", prefix))
-    parts.append("</section>")
-    return "\n".join(parts)
-
-
-def _distinct_json(values) -> str:
-    """The distinct values as pretty JSON, one block each (usually one: the seeds share a config)."""
-    seen = []
-    for value in values:
-        text = json.dumps(value, indent=1, sort_keys=True, default=str)
-        if text not in seen:
-            seen.append(text)
-    return "".join(f"<pre>{esc(t)}</pre>" for t in seen)
-
-
-def _provenance_entry(cell: Cell, row: Row, column: Column, anchor: str, prefix: str) -> str:
-    provs = [rec.get("provenance") or {} for rec in cell.records]
-    datasets = {f"{(p.get('data') or {}).get('dataset', '?')} (content hash {rec.get('data_hash') or '?'})"
-                for p, rec in zip(provs, cell.records)}
-    seeds = ", ".join(f"{s} \u2192 {v:.2f}" for s, v in sorted(cell.by_seed.items()))
-    fields = [
-        ("Checkpoint", f"{esc(row.name)} <small>({esc(row.checkpoint_id)})</small>"),
-        ("Method", esc(row.method)),
-        ("Corpus id", esc(row.corpus_id or "unknown")),
-        ("Task / protocol", f"{esc(column.task)} / {esc(column.protocol)} ({esc(column.metric)}, test split)"),
-        ("Seeds", esc(seeds)),
-        ("Evaluation data", esc("; ".join(sorted(datasets)))),
-        ("Profile", esc(", ".join(sorted({str(p.get("profile", "?")) for p in provs})))),
-        ("Code version", esc(", ".join(sorted(_code_versions(cell))))),
-        ("Protocol config", _distinct_json(rec.get("protocol_config") for rec in cell.records)),
-        ("Pretraining config", _distinct_json(p.get("pretrain_config") for p in provs)),
-    ]
-    body = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in fields)
-    label = "synthetic data" if prefix == "synthetic" else "real data"
-    return (f"<div class=\"prov\" id=\"{anchor}\"><b>{esc(row.name)} \u2014 {esc(column.task)} "
-            f"({esc(column.protocol)})</b> <small>{label}</small><dl>{body}</dl></div>")
+            f"{''.join(cells)}<td colspan=\"{TRAILING}\">not ranked</td></tr></tfoot>")

@@ -1,12 +1,11 @@
 """The static leaderboard (leaderboard/): rendered from a fixture results store, checked by parsing
 the HTML with the standard library's parser (structure, CIs, missing cells, best marks, escaping,
-synthetic/real separation, the paper's reference row, no network references)."""
+synthetic/real separation, the paper's reference row, no network references, charts, cost, failed
+jobs, task toggles). Statistics: test_leaderboard_stats.py; the page in Chromium:
+test_leaderboard_browser.py."""
 from __future__ import annotations
 
-import json
 import math
-import shutil
-import subprocess
 from datetime import datetime, timezone
 from html.parser import HTMLParser
 from pathlib import Path
@@ -78,28 +77,38 @@ def parse(page: str) -> Node:
     return builder.root
 
 
+WALL_S = 600.0  # each job's recorded wall time
+
+
 def provenance(dataset: str, synthetic: bool, method: str) -> dict:
     return {"method": method, "profile": "quick", "pretrain_config": {"lr": 0.3, "note": EVIL_CONFIG},
-            "code": {"git_sha": "0123456789abcdef", "dirty": False},
+            "code": {"git_sha": "0123456789abcdef", "dirty": False}, "host": {"machine": "x86_64", "cuda": False},
             "data": {"dataset": dataset, "content_hash": "h" * 16, "synthetic": synthetic}}
 
 
-def record(store, ckpt, task, protocol, values, *, metric, synthetic=False, method="simclr", fraction=1.0):
+def record(store, ckpt, task, protocol, values, *, metric, synthetic=False, method="simclr", fraction=1.0,
+           per_case=None):
+    """One done job per value (seeds 0, 1, ...); `per_case`: per seed, the test split's per-case list."""
     for seed, value in enumerate(values):
         other = {"macro_f1": 0.1} if metric == "accuracy" else {"iou": 0.1}
         split = {"metric": metric, "value": value, "metrics": {metric: value, **other}}
-        store.record_done(EvalKey(ckpt, task, protocol, fraction, seed), splits={"val": split, "test": split},
+        test = {**split, "per_case": per_case[seed]} if per_case else split
+        store.record_done(EvalKey(ckpt, task, protocol, fraction, seed), splits={"val": split, "test": test},
                           protocol={"lr": 1e-3, "comment": EVIL_CONFIG},
-                          provenance=provenance(task, synthetic, method), wall_time_s=1.0)
+                          provenance=provenance(task, synthetic, method), wall_time_s=WALL_S)
 
 
-@pytest.fixture
-def store(tmp_path):
-    opened = ResultsStore.open(f"sqlite:///{tmp_path}/r.db", Workspace(tmp_path))
+def fail(store, ckpt, task, protocol, seed, reason, *, fraction=1.0, method="byol"):
+    store.record_failed(EvalKey(ckpt, task, protocol, fraction, seed), reason=reason, protocol={"lr": 1e-3},
+                        provenance=provenance(task, False, method), wall_time_s=WALL_S)
+
+
+def fill_store(opened) -> None:
     opened.upsert_checkpoint({"id": "aaa", "name": "SimCLR run", "method": "simclr", "corpus_id": "corpus-1",
-                              "synthetic": False})
+                              "synthetic": False, "sidecar": {"epoch": 10, "step": 500, "config": {"batch_size": 64}}})
     opened.upsert_checkpoint({"id": "bbb", "name": EVIL, "method": "byol", "corpus_id": "corpus-2",
-                              "synthetic": False})
+                              "synthetic": False, "sidecar": {"wall_seconds": 7200, "world_size": 2,
+                                                              "host": {"cuda": True, "gpu": "H100"}}})
     opened.upsert_checkpoint({"id": "syn", "name": "Phantom DINO", "method": "dino", "corpus_id": "phantoms",
                               "synthetic": None})
     record(opened, "aaa", "fgadr", "linear", [0.70, 0.72, 0.74], metric="accuracy")
@@ -108,15 +117,34 @@ def store(tmp_path):
     record(opened, "bbb", "brain_tumor", "linear", [0.50, 0.50, 0.50], metric="accuracy", method="byol")
     record(opened, "aaa", "isic2018", "finetune", [0.85, 0.86, 0.87], metric="dice")  # bbb has none
     record(opened, "aaa", "drive", "finetune", [0.5, 0.5, 0.5], metric="dice", fraction=0.1)  # not main view
+    # fgadr at 10% labels too: a label-efficiency curve, not a column
+    record(opened, "aaa", "fgadr", "linear", [0.60, 0.62, 0.64], metric="accuracy", fraction=0.1)
+    record(opened, "bbb", "fgadr", "linear", [0.75, 0.74, 0.76], metric="accuracy", fraction=0.1, method="byol")
+    fail(opened, "bbb", "fgadr", "linear", 3, f"RuntimeError: {EVIL}")  # beside bbb's three done seeds
+    fail(opened, "bbb", "isic2018", "finetune", 0, "out of memory", fraction=0.1)  # not in a main-view cell
     record(opened, "syn", "fgadr", "linear", [0.99, 0.98, 0.97], metric="accuracy", synthetic=True, method="dino")
-    yield opened
-    opened.close()
+
+
+@pytest.fixture(scope="module")
+def store_dir(tmp_path_factory) -> Path:
+    """A store filled once for the module (the tests only read it)."""
+    folder = tmp_path_factory.mktemp("leaderboard")
+    with ResultsStore.open(f"sqlite:///{folder}/r.db", Workspace(folder)) as opened:
+        fill_store(opened)
+    return folder
 
 
 @pytest.fixture
-def page(store, tmp_path) -> str:
-    path = build_leaderboard(store, tmp_path / "site", now=NOW)
-    assert path == tmp_path / "site" / "index.html"
+def store(store_dir):
+    with ResultsStore.open(f"sqlite:///{store_dir}/r.db", Workspace(store_dir)) as opened:
+        yield opened
+
+
+@pytest.fixture(scope="module")
+def page(store_dir) -> str:
+    with ResultsStore.open(f"sqlite:///{store_dir}/r.db", Workspace(store_dir)) as opened:
+        path = build_leaderboard(opened, store_dir / "site", now=NOW)
+    assert path == store_dir / "site" / "index.html"
     return path.read_text(encoding="utf-8")
 
 
@@ -137,18 +165,26 @@ def column_index(tbl: Node, task: str) -> int:
     return int(th.attrs["data-sort-col"])
 
 
+def trailing(tbl: Node, cells: list[Node]) -> dict[str, str]:
+    """The cells after the task columns, by name, as text."""
+    n = int(tbl.attrs["data-columns"])
+    names = ("mean_rank", "mean_norm", "tasks", "eval_h", "pretrain_h", "failed")
+    return dict(zip(names, (c.text() for c in cells[n + 1:])))
+
+
 def test_structure_groups_and_columns(page):
     root = parse(page)
     real = table(root, "real")
     groups = [th.text() for th in real.find_all("th") if "data-group" in th.attrs]
-    assert groups == ["Classification (linear probe)", "2D segmentation", "Overall"]
+    assert groups == ["Classification (linear probe)", "2D segmentation", "Overall", "Compute"]
     assert [th.attrs["data-task"] for th in real.find_all("th") if "data-task" in th.attrs] == \
         ["fgadr", "brain_tumor", "isic2018"]
     assert "drive" not in {th.attrs.get("data-task") for th in real.find_all("th")}  # label fraction 0.1
     rows = body_rows(real)
     assert list(rows) == ["aaa", "bbb"]  # sorted by mean normalised score
-    # every body row has a cell for every header column (name + 3 tasks + 3 overall)
-    assert {len(cells) for cells in rows.values()} == {7}
+    # every body row has a cell for every header column: name + 3 tasks + 3 overall + 2 compute + failed
+    assert {len(cells) for cells in rows.values()} == {10}
+    assert len(real.find_all("th", data_sort_col="9")) == 1  # the Failed header sorts the last cell
     assert root.find_all("section", id="how-to-read")
 
 
@@ -164,9 +200,9 @@ def test_cell_mean_and_t_interval(page):
 def test_missing_cell_is_a_dash_not_zero(page):
     real = table(parse(page), "real")
     cells = body_rows(real)["bbb"]
-    missing = cells[column_index(real, "isic2018")]
+    missing = cells[column_index(real, "isic2018")]  # bbb's only isic2018 job failed at 10% labels
     assert "missing" in missing.classes() and missing.text() == "\u2014" and missing.attrs["data-sort"] == ""
-    assert cells[-1].text() == "2/3"  # tasks covered
+    assert trailing(real, cells)["tasks"] == "2/3"
 
 
 def test_best_per_column_and_overall_scores(page):
@@ -177,8 +213,51 @@ def test_best_per_column_and_overall_scores(page):
     assert best == {"fgadr": ["bbb"], "brain_tumor": ["aaa"], "isic2018": ["aaa"]}
     assert "\u2605" in rows["bbb"][column_index(real, "fgadr")].text()
     # aaa: ranks 2, 1, 1 and normalised 0, 1, 1; bbb: ranks 1, 2 and normalised 1, 0
-    assert [c.text() for c in rows["aaa"][-3:]] == ["1.33", "0.667", "3/3"]
-    assert [c.text() for c in rows["bbb"][-3:]] == ["1.50", "0.500", "2/3"]
+    assert [trailing(real, rows["aaa"])[k] for k in ("mean_rank", "mean_norm", "tasks")] == ["1.33", "0.667", "3/3"]
+    assert [trailing(real, rows["bbb"])[k] for k in ("mean_rank", "mean_norm", "tasks")] == ["1.50", "0.500", "2/3"]
+    # what the page's script averages when tasks are switched off: per-cell rank and normalised score
+    cells = [rows["aaa"][column_index(real, t)] for t in ("fgadr", "brain_tumor", "isic2018")]
+    assert [(c.attrs["data-rank"], float(c.attrs["data-norm"])) for c in cells] == [("2", 0.0), ("1", 1.0), ("1", 1.0)]
+
+
+def test_task_toggles_name_every_column(page):
+    root = parse(page)
+    (fieldset,) = [f for f in root.find_all("fieldset") if f.attrs.get("data-table") == "table-real"]
+    boxes = [i for i in fieldset.find_all("input") if "data-col" in i.attrs]
+    real = table(root, "real")
+    assert [b.attrs["data-col"] for b in boxes] == [str(column_index(real, t)) for t in ("fgadr", "brain_tumor",
+                                                                                         "isic2018")]
+    assert all("checked" in b.attrs for b in boxes)
+    group_cols = {th.attrs["data-group"]: th.attrs["data-group-cols"] for th in real.find_all("th")
+                  if "data-group-cols" in th.attrs}
+    assert group_cols == {"classification/linear": "1 2", "segmentation_2d": "3"}
+
+
+def test_failed_jobs_are_visible_with_their_reasons(page):
+    root = parse(page)
+    real = table(root, "real")
+    cells = body_rows(real)["bbb"]
+    fgadr = cells[column_index(real, "fgadr")]
+    (mark,) = [s for s in fgadr.find_all("span") if "failed-mark" in s.classes()]
+    assert mark.text() == "\u26a01" and f"seed 3: RuntimeError: {EVIL}" in mark.attrs["title"]
+    failed = cells[-1]
+    assert failed.attrs["data-sort"] == "2" and "out of memory" in failed.attrs["title"]
+    assert trailing(real, body_rows(real)["aaa"])["failed"] == "0"
+    assert "2 failed evaluation job(s)" in page
+
+
+def test_cost_columns_sum_wall_time_and_never_show_unknown_as_zero(page):
+    real = table(parse(page), "real")
+    rows = body_rows(real)
+    aaa, bbb = trailing(real, rows["aaa"]), trailing(real, rows["bbb"])
+    # aaa: 15 done jobs (three tasks, fgadr and drive at 10%, 3 seeds each); bbb: 9 done + 2 failed; 600 s each
+    assert aaa["eval_h"] == f"{15 * WALL_S / 3600:.2f}" and bbb["eval_h"] == f"{11 * WALL_S / 3600:.2f}"
+    eval_cell = rows["aaa"][int(real.attrs["data-columns"]) + 4]
+    assert "15 evaluation job(s); CPU: 2.50 h" in eval_cell.attrs["title"]
+    assert bbb["pretrain_h"] == "4.00"  # 7200 s x 2 processes
+    pretrain = rows["aaa"][int(real.attrs["data-columns"]) + 5]
+    assert pretrain.text() == "unknown" and pretrain.attrs["data-sort"] == ""
+    assert "10 epochs, 500 steps, batch 64" in pretrain.attrs["title"]
 
 
 def test_malicious_strings_render_as_text(page):
@@ -189,6 +268,8 @@ def test_malicious_strings_render_as_text(page):
     names = [cells[0].text() for cells in body_rows(table(root, "real")).values()]
     assert any(name.startswith(EVIL) for name in names)
     assert any(EVIL_CONFIG in pre.text() for pre in root.find_all("pre"))
+    legends = [t.text() for svg in root.find_all("svg") for t in svg.find_all("text")]
+    assert any(t.startswith("<script>") for t in legends)  # the name in the charts: text, shortened
 
 
 def test_synthetic_results_are_a_separate_labelled_table(page):
@@ -201,8 +282,9 @@ def test_synthetic_results_are_a_separate_labelled_table(page):
     assert page.index('id="real"') < page.index('id="synthetic"')
     # its own ranking: alone, it is best and first in its column
     cells = body_rows(synthetic)["syn"]
-    assert [c.text() for c in cells[-3:]] == ["1.00", "1.000", "1/1"]
+    assert [trailing(synthetic, cells)[k] for k in ("mean_rank", "mean_norm", "tasks")] == ["1.00", "1.000", "1/1"]
     assert synthetic.find_all("tfoot") == []  # the paper's numbers sit with real data only
+    assert section.find_all("section", id="charts-synthetic")  # its charts stay inside the labelled box
 
 
 def test_reported_in_paper_row_is_marked_and_unranked(page):
@@ -228,23 +310,66 @@ def test_cells_link_to_provenance(page):
         assert expected in text
 
 
+def test_bar_charts_lengths_whiskers_and_paper_line(page):
+    root = parse(page)
+    (charts,) = root.find_all("section", id="charts-real")
+    bars = [f for f in charts.find_all("figure") if f.attrs.get("data-task")]
+    fgadr = [f for f in bars if f.attrs["data-task"] == "fgadr"]
+    assert len(fgadr) == 2  # its bar chart and its label-efficiency curve
+    svg = fgadr[0].find_all("svg")[0]
+    rects = svg.find_all("rect")
+    widths = sorted(float(r.attrs["width"]) for r in rects)
+    assert widths == pytest.approx(sorted(380 * m / 100 for m in (72.0, 81.0)), abs=0.06)  # 0-100 axis, 380 px
+    assert len([p for p in svg.find_all("path")]) == 2  # a CI whisker per bar
+    (paper,) = [g for g in svg.find_all("g") if "reported in the LVM-Med paper" in g.text()]
+    assert "68.33" in paper.text()
+    (synthetic_charts,) = root.find_all("section", id="charts-synthetic")
+    assert "LVM-Med paper" not in synthetic_charts.text()
+
+
+def test_label_efficiency_curve_where_several_fractions(page):
+    root = parse(page)
+    (details,) = [d for d in root.find_all("details") if "efficiency" in d.classes()
+                  and d.parent.attrs.get("id") == "charts-real"]
+    (fig,) = details.find_all("figure")
+    assert fig.attrs["data-task"] == "fgadr"  # drive has 10% labels only: no curve
+    svg = fig.find_all("svg")[0]
+    lines = svg.find_all("polyline")
+    assert len(lines) == 2
+    for line in lines:  # 10% then 100%: x grows, and both checkpoints score higher with all labels (y falls)
+        (x1, y1), (x2, y2) = [tuple(map(float, p.split(","))) for p in line.attrs["points"].split()]
+        assert x1 < x2 and y1 > y2
+    assert {"10%", "100%"} <= {t.text() for t in svg.find_all("text")}
+
+
+def test_profiles_mark_missing_tasks(page):
+    root = parse(page)
+    (charts,) = root.find_all("section", id="charts-real")
+    profiles = {f.find_all("figcaption")[0].text(): f for f in charts.find_all("figure") if "data-task" not in f.attrs}
+    assert set(profiles) == {"SimCLR run", EVIL}
+    missing = [g for g in profiles[EVIL].find_all("g") if "missing" in g.text()]
+    assert len(missing) == 1 and "isic2018" in missing[0].text()
+    assert len(profiles["SimCLR run"].find_all("rect")) == 3
+
+
 def test_self_contained_without_network(page):
     root = parse(page)
     assert "http://" not in page and "https://" not in page
-    for tag in ("script", "link", "img", "a", "iframe", "style"):
+    for tag in ("script", "link", "img", "a", "iframe", "style", "svg", "use", "image"):
         for node in root.find_all(tag):
-            for attr in ("src", "href"):
+            for attr in ("src", "href", "xlink:href"):
                 target = node.attrs.get(attr)
-                assert target is None or target.startswith("#"), (tag, attr, target)
-    assert root.find_all("link") == [] and root.find_all("style")
+                assert target is None or target.startswith("#") or target == "data:,", (tag, attr, target)
+    assert [link.attrs for link in root.find_all("link")] == [{"rel": "icon", "href": "data:,"}]
+    assert root.find_all("style")
 
 
-def test_cli_writes_the_page_atomically_and_says_where(store, tmp_path, capsys):
+def test_cli_writes_the_page_atomically_and_says_where(store, store_dir, tmp_path, capsys):
     from harness.cli import main
 
     out = tmp_path / "site"
     for _ in range(2):
-        assert main(["leaderboard", "--db", f"sqlite:///{tmp_path}/r.db", "--out", str(out),
+        assert main(["leaderboard", "--db", f"sqlite:///{store_dir}/r.db", "--out", str(out),
                      "--workspace", str(tmp_path)]) == 0
     assert [p.name for p in out.iterdir()] == ["index.html"]  # no temp file left
     assert (out / "index.html").stat().st_mode & 0o444 == 0o444
@@ -252,55 +377,18 @@ def test_cli_writes_the_page_atomically_and_says_where(store, tmp_path, capsys):
     assert build_leaderboard(store, out, now=NOW).read_text().count("2025-01-02T03:04:05+00:00") >= 1
 
 
+def test_store_reads_only_what_the_leaderboard_asks_for(store):
+    """The two store options the build relies on to stay fast: no per-case values in the bulk read,
+    and per-case reads of one label fraction."""
+    light = store.results(split="test", details=False)
+    assert light and all("per_case" not in r and "per_class" not in r for r in light)
+    assert len(light) == len(store.results(split="test"))
+    tenth = store.results(checkpoint_id="aaa", task="fgadr", protocol="linear", split="test", label_fraction=0.1)
+    assert [(r["label_fraction"], r["seed"]) for r in tenth] == [(0.1, 0), (0.1, 1), (0.1, 2)]
+
+
 def test_empty_store(tmp_path):
     with ResultsStore.open(f"sqlite:///{tmp_path}/empty.db", Workspace(tmp_path)) as empty:
         path = build_leaderboard(empty, Path(tmp_path / "out"), now=NOW)
     root = parse(path.read_text())
     assert root.find_all("table") == [] and "No results recorded yet" in path.read_text()
-
-
-# A stand-in for the browser DOM, just the parts the sort script touches, so that the script's
-# behaviour is checked by running it (node) on the rows and headers the page really has.
-DOM_SHIM = r"""
-const spec = JSON.parse(require('fs').readFileSync(0, 'utf8'));
-function el(attrs) {
-  return {attrs: attrs, listeners: {},
-          getAttribute(k) { return k in this.attrs ? this.attrs[k] : null; },
-          setAttribute(k, v) { this.attrs[k] = String(v); }, removeAttribute(k) { delete this.attrs[k]; },
-          addEventListener(type, f) { this.listeners[type] = f; }};
-}
-const body = {rows: [], appendChild(r) { const i = this.rows.indexOf(r); if (i >= 0) this.rows.splice(i, 1); this.rows.push(r); }};
-spec.rows.forEach(function (r) { const row = el({}); row.id = r.id; row.children = r.sorts.map(s => el({'data-sort': s})); body.rows.push(row); });
-const headers = spec.headers.map(el);
-const table = {tBodies: [body], querySelectorAll() { return headers; }};
-global.document = {querySelectorAll() { return [table]; }};
-eval(spec.script);
-const orders = spec.clicks.map(function (col) {
-  headers.find(h => h.attrs['data-sort-col'] === String(col)).listeners.click();
-  return body.rows.map(r => r.id);
-});
-console.log(JSON.stringify(orders));
-"""
-
-
-@pytest.mark.skipif(shutil.which("node") is None, reason="needs node to run the page's script")
-def test_sort_script_reorders_rows(page):
-    root = parse(page)
-    real = table(root, "real")
-    (script,) = root.find_all("script")
-    headers = [th.attrs for th in real.find_all("th") if "data-sort-col" in th.attrs]
-    (tbody,) = real.find_all("tbody")
-    rows = [{"id": tr.attrs["data-checkpoint"],
-             "sorts": [c.attrs.get("data-sort", "") for c in tr.children if isinstance(c, Node)]}
-            for tr in tbody.find_all("tr")]
-    brain, isic = column_index(real, "brain_tumor"), column_index(real, "isic2018")
-    clicks = [brain, brain, isic, isic, 0, len(rows[0]["sorts"]) - 3]  # ..., name, mean rank
-    spec = {"script": script.text(), "headers": headers, "rows": rows, "clicks": clicks}
-    out = subprocess.run(["node", "-e", DOM_SHIM], input=json.dumps(spec), capture_output=True, text=True,
-                         timeout=30, check=True).stdout
-    assert json.loads(out) == [
-        ["aaa", "bbb"], ["bbb", "aaa"],  # numeric, best first, then reversed
-        ["aaa", "bbb"], ["aaa", "bbb"],  # bbb has no isic2018 result: last both ways
-        ["bbb", "aaa"],                  # names as text: "<script..." before "simclr run"
-        ["aaa", "bbb"],                  # mean rank: lowest (best) first
-    ]
