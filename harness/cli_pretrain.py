@@ -12,6 +12,7 @@ from harness.workspace import Workspace
 
 def register(app: typer.Typer) -> None:
     from harness.cli import console, workspace_option
+    from methods import METHOD_NAMES
 
     @app.command(help="""Pretrain a backbone with a self-supervised method on a corpus.
 
@@ -26,7 +27,7 @@ def register(app: typer.Typer) -> None:
     checkpoints for --resume, and backbone.safetensors + backbone.json, a torchvision-style
     state dict every adapter loads. Run under `torchrun --nproc-per-node N` for DDP.""")
     def pretrain(
-        method: str = typer.Option(..., "--method", "-m", help="simclr | byol | dino"),
+        method: str = typer.Option(..., "--method", "-m", help=" | ".join(METHOD_NAMES)),
         corpus: Optional[str] = typer.Option(None, help="Corpus id (or prefix) from `bench corpus build`, a manifest.jsonl, or a folder of images."),
         backbone: Optional[str] = typer.Option(None, help="resnet18 | resnet50 (profile default)."),
         epochs: Optional[int] = typer.Option(None, help="Training epochs."),

@@ -134,7 +134,10 @@ class RunRecordHook(Hook):
         self.steps = 0  # steps run by this process (a resumed run counts from its restart)
 
     def before_train(self, runner):
-        self._last = time.perf_counter()
+        self._last = self._started = time.perf_counter()
+        # a resumed run's earlier sessions count towards its compute (run.json keeps their total)
+        record = self.run_dir / "run.json"
+        self._earlier_seconds = json.loads(record.read_text()).get("wall_seconds", 0.0) if record.is_file() else 0.0
         if is_main_process() and self.metrics_path.exists():
             # A resumed run restarts after its last full checkpoint: drop steps past it.
             kept = [ln for ln in self.metrics_path.read_text().splitlines() if json.loads(ln)["step"] <= runner.iter]
@@ -161,7 +164,9 @@ class RunRecordHook(Hook):
             dist.all_gather_object(gathered, digests[0])
             digests = gathered
         if is_main_process():
-            sidecar = {**self.sidecar, "epoch": epochs_done, "step": runner.iter + 1,
+            seconds = self._earlier_seconds + time.perf_counter() - self._started
+            sidecar = {**self.sidecar, "epoch": epochs_done, "step": runner.iter + 1, "wall_seconds": round(seconds, 2),
+                       "world_size": world_size(),
                        "ddp": {"world_size": world_size(), "rank_digests": digests,
                                "in_sync": len(set(digests)) == 1}}
             save_backbone(model.method.backbone, self.run_dir / "backbone.safetensors", sidecar)

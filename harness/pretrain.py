@@ -157,7 +157,7 @@ def run_pretraining(req: PretrainRequest, console) -> Path | None:
                            n_image_views=method_cls.image_view_count(cfg))
     sidecar = {"method": req.method, "backbone": cfg["backbone"], "config": cfg, "seed": cfg["seed"],
                "corpus": corpus_info, "init": init_info, "run": run_dir.name, "git_sha": provenance["git_sha"],
-               "dirty": provenance["dirty"], "versions": provenance["versions"]}
+               "dirty": provenance["dirty"], "versions": provenance["versions"], "host": provenance["host"]}
     record_hook = RunRecordHook(run_dir, sidecar, req.stop_after_epoch)
     hooks = [MethodHook(), record_hook, *req.hooks]
     progress = RichProgressHook(console, f"{req.method} {cfg['backbone']}", cfg["batch_size"]) if main else None

@@ -118,6 +118,7 @@ class Row:
     cost: Cost = field(default_factory=Cost)
     mean_rank: float | None = None
     mean_normalised: float | None = None
+    badges: list[str] = field(default_factory=list)  # how the checkpoint was made, beyond its method
 
 
 @dataclass
@@ -237,7 +238,20 @@ def _new_row(rec: dict, by_id: dict[str, dict]) -> Row:
     prov = rec.get("provenance") or {}
     method = ckpt.get("method") or prov.get("method") or "?"
     corpus = ckpt.get("corpus_id") or (prov.get("checkpoint") or {}).get("corpus_id")
-    return Row(rec["checkpoint_id"], ckpt.get("name") or rec["checkpoint_id"], method, corpus)
+    return Row(rec["checkpoint_id"], ckpt.get("name") or rec["checkpoint_id"], method, corpus,
+               badges=checkpoint_badges(ckpt.get("sidecar") or {}))
+
+
+def checkpoint_badges(sidecar: dict) -> list[str]:
+    """What a reader must know to compare the row: its tuning budget, and whether it used labels."""
+    badges = []
+    if sidecar.get("sweep"):
+        sweep = sidecar["sweep"]
+        badges.append(f"tuned with {sweep.get('trials', '?')} trials (study {sweep.get('study', '?')})")
+    if sidecar.get("category") == "supervised":
+        used = ", ".join(d.get("dataset", "?") for d in sidecar.get("labels_consumed") or []) or "?"
+        badges.append(f"supervised pretraining (labels of {used})")
+    return badges
 
 
 def device_of(host: dict | None) -> str:

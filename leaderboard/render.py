@@ -129,7 +129,8 @@ def _row_html(row: Row, table: Table, prefix: str, r: int) -> str:
     cells = "".join(_cell_html(row, c, table, f"prov-{prefix}-{r}-{i}") for i, c in enumerate(table.columns))
     covered = sum(1 for c in table.columns if c.key in row.cells)
     name = (f"<th scope=\"row\" data-sort=\"{esc(row.name.lower())}\">{esc(row.name)}"
-            f"<br><small>{esc(row.method)} \u00b7 {esc(row.checkpoint_id)}</small></th>")
+            f"<br><small>{esc(row.method)} \u00b7 {esc(row.checkpoint_id)}</small>"
+            + "".join(f"<br><small class=\"badge\">{esc(b)}</small>" for b in row.badges) + "</th>")
     overall = (
         f"<td class=\"overall mean-rank\" data-sort=\"{_sort_value(row.mean_rank)}\">{fmt(row.mean_rank, 2)}</td>"
         f"<td class=\"overall mean-norm\" data-sort=\"{_sort_value(row.mean_normalised)}\">"

@@ -105,10 +105,13 @@ def fail(store, ckpt, task, protocol, seed, reason, *, fraction=1.0, method="byo
 
 def fill_store(opened) -> None:
     opened.upsert_checkpoint({"id": "aaa", "name": "SimCLR run", "method": "simclr", "corpus_id": "corpus-1",
-                              "synthetic": False, "sidecar": {"epoch": 10, "step": 500, "config": {"batch_size": 64}}})
+                              "synthetic": False, "sidecar": {"epoch": 10, "step": 500, "config": {"batch_size": 64},
+                                                              "sweep": {"trials": 8, "study": EVIL}}})
     opened.upsert_checkpoint({"id": "bbb", "name": EVIL, "method": "byol", "corpus_id": "corpus-2",
                               "synthetic": False, "sidecar": {"wall_seconds": 7200, "world_size": 2,
-                                                              "host": {"cuda": True, "gpu": "H100"}}})
+                                                              "host": {"cuda": True, "gpu": "H100"},
+                                                              "category": "supervised",
+                                                              "labels_consumed": [{"dataset": "fgadr"}]}})
     opened.upsert_checkpoint({"id": "syn", "name": "Phantom DINO", "method": "dino", "corpus_id": "phantoms",
                               "synthetic": None})
     record(opened, "aaa", "fgadr", "linear", [0.70, 0.72, 0.74], metric="accuracy")
@@ -392,3 +395,10 @@ def test_empty_store(tmp_path):
         path = build_leaderboard(empty, Path(tmp_path / "out"), now=NOW)
     root = parse(path.read_text())
     assert root.find_all("table") == [] and "No results recorded yet" in path.read_text()
+
+
+def test_rows_say_their_tuning_budget_and_use_of_labels(page):
+    rows = body_rows(table(parse(page), "real"))
+    assert f"tuned with 8 trials (study {EVIL})" in rows["aaa"][0].text()  # escaped: it reads as text
+    assert "supervised pretraining (labels of fgadr)" in rows["bbb"][0].text()
+    assert "tuned with" not in rows["bbb"][0].text()
