@@ -80,7 +80,7 @@ def quick_protocol(paper: Protocol, family: str) -> Protocol:
         epochs, batch = {"linear": 60, "knn": 0}.get(paper.name, 4), 32
     elif family == "detection":  # Faster R-CNN's smallest anchor is 32 px: 64 px images would hold none
         # the box head's cost grows with its RoIs (measured: 512 -> 128 RoIs, 3.2x faster steps)
-        return replace(paper, image_size=128, backbone="resnet18", epochs=6, batch_size=4, rois_per_image=64,
+        return replace(paper, image_size=128, backbone="resnet18", epochs=4, batch_size=4, rois_per_image=64,
                        proposals=256, source=f"quick (CPU) version of: {paper.source}; 64 RoIs, 256 proposals")
     else:  # a U-Net decoder from scratch needs ~100 steps (measured); volumes give more slices per epoch
         epochs, batch = {"segmentation_2d": 20, "segmentation_3d": 8, "ood_segmentation": 12}[family], 8
