@@ -43,6 +43,8 @@ def register(app: typer.Typer) -> None:
         resume: bool = typer.Option(False, "--resume", help="Continue the run named by --name (or the newest unfinished run with this configuration) from its last epoch."),
         stop_after_epoch: Optional[int] = typer.Option(None, help="Stop after this many epochs (checkpointed; continue with --resume)."),
         num_workers: Optional[int] = typer.Option(None, help="Data-loading processes (default: half the CPUs)."),
+        labels_from: list[str] = typer.Option([], "--labels-from", help="Label-using methods (ark): a labelled dataset, repeatable, read in this order: a prepared classification dataset in --data-root (its train split only) or a synthetic set (phantom_ct, phantom_mr, phantom_modality)."),
+        data_root: Optional[Path] = typer.Option(None, help="Prepared datasets for --labels-from (default WORKSPACE/data)."),
         workspace: Path = workspace_option(),
     ):
         from harness.config import parse_set_options
@@ -50,10 +52,12 @@ def register(app: typer.Typer) -> None:
         from harness.runs import read_run
 
         overrides = dict(backbone=backbone, epochs=epochs, batch_size=batch_size, image_size=image_size,
-                         base_lr=lr, seed=seed, amp=amp, init=str(init) if init else None)
+                         base_lr=lr, seed=seed, amp=amp, init=str(init) if init else None,
+                         labels_from=labels_from or None)
         request = PretrainRequest(method=method, profile=profile, corpus=corpus, overrides=overrides,
                                   sets=parse_set_options(set_), workspace=Workspace.resolve(workspace), name=name,
-                                  resume=resume, stop_after_epoch=stop_after_epoch, num_workers=num_workers)
+                                  resume=resume, stop_after_epoch=stop_after_epoch, num_workers=num_workers,
+                                  data_root=data_root)
         run_dir = run_pretraining(request, console)
         if run_dir is not None:  # the main process reports
             record = read_run(run_dir)

@@ -269,7 +269,8 @@ class QuietMMEngine(logging.Filter):
 
 
 def build_runner(model: PretrainModel, dataset, cfg: dict, run_dir: Path, *, resume: bool, num_workers: int,
-                 hooks: list[Hook]) -> BenchRunner:
+                 hooks: list[Hook], sampler: dict | None = None) -> BenchRunner:
+    """`sampler`: an mmengine sampler config yielding (epoch, index); default a seeded shuffle of the dataset."""
     distributed = world_size() > 1
     cuda = torch.cuda.is_available()
     per_rank_batch = cfg["batch_size"] // world_size()
@@ -285,7 +286,7 @@ def build_runner(model: PretrainModel, dataset, cfg: dict, run_dir: Path, *, res
         experiment_name=f"{run_dir.name}-{time.strftime('%Y%m%d_%H%M%S')}-{uuid.uuid4().hex[:6]}",
         train_dataloader=dict(
             dataset=dataset,
-            sampler=dict(type=EpochIndexSampler, shuffle=True, seed=cfg["seed"]),
+            sampler=sampler or dict(type=EpochIndexSampler, shuffle=True, seed=cfg["seed"]),
             collate_fn=collate_views,
             batch_size=per_rank_batch,
             num_workers=num_workers,

@@ -126,6 +126,7 @@ def run_unit(spec: dict) -> dict:
         base["data"] = {"dataset": data.name, "content_hash": data.meta["content_hash"],
                         "synthetic": data.meta["synthetic"], "source": data.meta.get("source"),
                         "split": data.meta.get("split")}
+    base.update(transfer_status(ref.sidecar, spec["dataset"], data))
     for key in spec["keys"]:
         task = tasks[key.task]
         protocol = task.protocol(key.protocol, profile)
@@ -153,6 +154,19 @@ def run_unit(spec: dict) -> dict:
             counts["failed"] += 1
     store.close()
     return {**counts, "features_computed": cache.computed}
+
+
+def transfer_status(sidecar: dict, dataset: str, data) -> dict:
+    """{"transfer": False, "transfer_reason": ...} when the checkpoint's pretraining consumed this dataset's labels
+    (its sidecar's labels_consumed names it, or holds its content hash): that is in-domain continued training, not
+    transfer (spec seed-methods.md 3.2); else {"transfer": True}."""
+    digest = data.meta.get("content_hash") if data is not None else None
+    for used in sidecar.get("labels_consumed") or []:
+        if used.get("dataset") == dataset or (digest and used.get("content_hash") == digest):
+            reason = (f"pretraining consumed the {used.get('split')} labels of {used.get('dataset')} "
+                      f"(content {str(used.get('content_hash'))[:12]}, {used.get('n_images')} images)")
+            return {"transfer": False, "transfer_reason": reason}
+    return {"transfer": True}
 
 
 def family_module(family: str):

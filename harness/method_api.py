@@ -44,6 +44,9 @@ class SSLMethod(nn.Module):
     #: constructor argument) -> an Optuna distribution. The paper profile's value (or the
     #: constructor default) must lie inside each range: tests/test_search_spaces.py checks it.
     search_space: ClassVar[dict[str, "BaseDistribution"]] = {}
+    #: pretrains on labelled datasets (`--labels-from`, harness.labelled) instead of a corpus: the constructor
+    #: gets `labels=LabelLayout` and each sample's outputs end with its dataset index and target vector
+    uses_labels: ClassVar[bool] = False
 
     def __init__(self, backbone: nn.Module, feat_dim: int):
         super().__init__()

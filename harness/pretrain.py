@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,6 +32,7 @@ class PretrainRequest:
     num_workers: int | None = None
     hooks: list = field(default_factory=list)  # extra mmengine hooks (a sweep's scoring/pruning hook)
     run_fields: dict[str, Any] = field(default_factory=dict)  # extra run.json fields (a sweep's trial)
+    data_root: Path | None = None  # where --labels-from finds prepared datasets (default WORKSPACE/data)
 
 
 def _main_first(fn: Callable[[], Any]) -> Any:
@@ -81,6 +83,24 @@ def _resolve_run(req: PretrainRequest, method_cls) -> tuple[Path, dict, bool]:
     return run_dir, stored, True
 
 
+def _labelled_data(req: PretrainRequest, method_cls, cfg: dict, run_dir: Path, resuming: bool):
+    """The --labels-from datasets of a label-using method (harness.labelled), else None."""
+    if not method_cls.uses_labels:
+        if cfg.get("labels_from"):
+            raise UserError(f"method '{req.method}' pretrains without labels; drop --labels-from")
+        return None
+    from harness.labelled import load_labelled
+
+    if req.corpus:
+        raise UserError(f"method '{req.method}' pretrains on --labels-from datasets, not on a corpus; drop --corpus")
+    data_root = Path(req.data_root).expanduser().resolve() if req.data_root else req.workspace.root / "data"
+    labelled = load_labelled(cfg.get("labels_from"), data_root, cfg["image_size"], cfg["batch_size"], req.method)
+    if resuming and read_run(run_dir)["corpus"]["id"] != labelled.corpus_info["id"]:
+        raise UserError(f"run '{run_dir.name}': its --labels-from datasets changed since it started; "
+                        "a resumed run keeps its data")
+    return labelled
+
+
 def load_init(backbone, cfg: dict) -> dict:
     """Start from a bench backbone checkpoint (strictly the same architecture); returns its identity."""
     from harness.checkpoint import load_backbone_state
@@ -117,31 +137,36 @@ def run_pretraining(req: PretrainRequest, console) -> Path | None:
         req.workspace.writable()
     method_cls = get_method(req.method)
     run_dir, cfg, resuming = _main_first(lambda: _resolve_run(req, method_cls))
-    corpus_ref = read_run(run_dir)["corpus"]["id"] if resuming else req.corpus
-    if not corpus_ref:
-        raise UserError("--corpus is required: a corpus id from `bench corpus build`, a manifest.jsonl, "
-                        "or a folder of images")
-    corpus_id = _main_first(lambda: resolve_corpus(corpus_ref, req.workspace).id)
-    corpus = resolve_corpus(corpus_id, req.workspace)
-    entries = corpus.entries
-    if cfg["batch_size"] > len(entries):
-        raise UserError(f"--batch-size {cfg['batch_size']} is larger than corpus {corpus.id} "
-                        f"({len(entries)} images); lower --batch-size or add images")
+    labelled = _labelled_data(req, method_cls, cfg, run_dir, resuming)
+    if labelled is None:
+        corpus_ref = read_run(run_dir)["corpus"]["id"] if resuming else req.corpus
+        if not corpus_ref:
+            raise UserError("--corpus is required: a corpus id from `bench corpus build`, a manifest.jsonl, "
+                            "or a folder of images")
+        corpus_id = _main_first(lambda: resolve_corpus(corpus_ref, req.workspace).id)
+        corpus = resolve_corpus(corpus_id, req.workspace)
+        entries = corpus.entries
+        if cfg["batch_size"] > len(entries):
+            raise UserError(f"--batch-size {cfg['batch_size']} is larger than corpus {corpus.id} "
+                            f"({len(entries)} images); lower --batch-size or add images")
+        corpus_info = {"id": corpus.id, "n_images": len(entries), "synthetic": corpus.info.get("synthetic")}
+    else:
+        corpus_info = labelled.corpus_info
     if cfg["batch_size"] % world_size():
         raise UserError(f"--batch-size {cfg['batch_size']} must divide evenly over {world_size()} processes")
     method_cls.check_config(cfg, world_size())
 
-    corpus_info = {"id": corpus.id, "n_images": len(entries), "synthetic": corpus.info.get("synthetic")}
     if cfg["init"]:
         cfg["init"] = str(Path(cfg["init"]).resolve())
         if not Path(cfg["init"]).is_file():  # checked before a run folder exists
             raise UserError("--init checkpoint not found", cfg["init"])
     provenance = {**code_version(), "versions": package_versions(), "host": host_info()}
+    labels_info = {"category": "supervised", "labels_consumed": labelled.consumed} if labelled else {}
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         fields = dict(status="running", method=req.method, backbone=cfg["backbone"], profile=cfg["profile"],
                       config=cfg, corpus=corpus_info, provenance=provenance, world_size=world_size(),
-                      backbone_path=str(run_dir / BACKBONE_FILE), **req.run_fields)
+                      backbone_path=str(run_dir / BACKBONE_FILE), **labels_info, **req.run_fields)
         if not resuming:
             fields.update(name=run_dir.name, created=time.strftime("%Y-%m-%dT%H:%M:%S"), epochs_done=0,
                           wall_seconds=0.0)
@@ -152,12 +177,14 @@ def run_pretraining(req: PretrainRequest, console) -> Path | None:
     set_random_seed(cfg["seed"])  # the same initial weights on every rank and every run
     backbone, feat_dim = build_backbone(cfg["backbone"])
     init_info = load_init(backbone, cfg) if cfg["init"] else None  # before the method copies it (EMA teachers)
-    model = PretrainModel(method_cls(backbone, feat_dim, **method_kwargs(method_cls, cfg)))
-    dataset = ViewsDataset(entries, method_cls.transform(cfg), seed=cfg["seed"],
-                           n_image_views=method_cls.image_view_count(cfg))
+    kwargs = {**method_kwargs(method_cls, cfg), **({"labels": labelled.layout} if labelled else {})}
+    model = PretrainModel(method_cls(backbone, feat_dim, **kwargs))
+    make_views = labelled.views if labelled else partial(ViewsDataset, entries)
+    dataset = make_views(method_cls.transform(cfg), seed=cfg["seed"], n_image_views=method_cls.image_view_count(cfg))
     sidecar = {"method": req.method, "backbone": cfg["backbone"], "config": cfg, "seed": cfg["seed"],
                "corpus": corpus_info, "init": init_info, "run": run_dir.name, "git_sha": provenance["git_sha"],
-               "dirty": provenance["dirty"], "versions": provenance["versions"], "host": provenance["host"]}
+               "dirty": provenance["dirty"], "versions": provenance["versions"], "host": provenance["host"],
+               **labels_info}
     record_hook = RunRecordHook(run_dir, sidecar, req.stop_after_epoch)
     hooks = [MethodHook(), record_hook, *req.hooks]
     progress = RichProgressHook(console, f"{req.method} {cfg['backbone']}", cfg["batch_size"]) if main else None
@@ -165,7 +192,9 @@ def run_pretraining(req: PretrainRequest, console) -> Path | None:
         hooks.append(progress)
     workers = req.num_workers if req.num_workers is not None else (
         cfg["num_workers"] if cfg["num_workers"] >= 0 else default_num_workers())
-    runner = build_runner(model, dataset, cfg, run_dir, resume=resuming, num_workers=workers, hooks=hooks)
+    sampler = labelled.sampler(cfg["batch_size"] // world_size(), cfg["seed"]) if labelled else None
+    runner = build_runner(model, dataset, cfg, run_dir, resume=resuming, num_workers=workers, hooks=hooks,
+                          sampler=sampler)
 
     started = time.perf_counter()
     status, error = "failed", None

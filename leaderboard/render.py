@@ -170,6 +170,10 @@ def _cell_html(row: Row, column: Column, table: Table, anchor: str) -> str:
     mark += _lead_mark(table.tests.get(column.key), row)
     if failures:
         mark += f" <span class=\"failed-mark\" title=\"{esc(_reasons(failures))}\">{WARN}{len(failures)}</span>"
+    in_domain = [r for r in cell.records if (r.get("provenance") or {}).get("transfer") is False]
+    if in_domain:  # the checkpoint was pretrained on this task's training labels (Ark): not a transfer
+        reason = (in_domain[0].get("provenance") or {}).get("transfer_reason") or "labels seen in pretraining"
+        mark += f" <span class=\"in-domain\" title=\"{esc('not a transfer: ' + reason)}\">in-domain</span>"
     # lighter = worse, darker green = better, per column; text stays readable at the dark end
     style = f"background-color: hsl(140, 55%, {96 - 36 * cell.shade:.0f}%)"
     classes = "score best" if cell.best else "score"

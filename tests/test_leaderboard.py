@@ -87,7 +87,7 @@ def provenance(dataset: str, synthetic: bool, method: str) -> dict:
 
 
 def record(store, ckpt, task, protocol, values, *, metric, synthetic=False, method="simclr", fraction=1.0,
-           per_case=None):
+           per_case=None, transfer=True):
     """One done job per value (seeds 0, 1, ...); `per_case`: per seed, the test split's per-case list."""
     for seed, value in enumerate(values):
         other = {"macro_f1": 0.1} if metric == "accuracy" else {"iou": 0.1}
@@ -95,7 +95,9 @@ def record(store, ckpt, task, protocol, values, *, metric, synthetic=False, meth
         test = {**split, "per_case": per_case[seed]} if per_case else split
         store.record_done(EvalKey(ckpt, task, protocol, fraction, seed), splits={"val": split, "test": test},
                           protocol={"lr": 1e-3, "comment": EVIL_CONFIG},
-                          provenance=provenance(task, synthetic, method), wall_time_s=WALL_S)
+                          provenance={**provenance(task, synthetic, method), "transfer": transfer,
+                                      "transfer_reason": None if transfer else "pretraining consumed fgadr"},
+                          wall_time_s=WALL_S)
 
 
 def fail(store, ckpt, task, protocol, seed, reason, *, fraction=1.0, method="byol"):
@@ -115,7 +117,8 @@ def fill_store(opened) -> None:
     opened.upsert_checkpoint({"id": "syn", "name": "Phantom DINO", "method": "dino", "corpus_id": "phantoms",
                               "synthetic": None})
     record(opened, "aaa", "fgadr", "linear", [0.70, 0.72, 0.74], metric="accuracy")
-    record(opened, "bbb", "fgadr", "linear", [0.80, 0.80, 0.83], metric="accuracy", method="byol")
+    record(opened, "bbb", "fgadr", "linear", [0.80, 0.80, 0.83], metric="accuracy", method="byol",
+           transfer=False)  # bbb's pretraining consumed fgadr's training labels
     record(opened, "aaa", "brain_tumor", "linear", [0.60, 0.61, 0.62], metric="accuracy")
     record(opened, "bbb", "brain_tumor", "linear", [0.50, 0.50, 0.50], metric="accuracy", method="byol")
     record(opened, "aaa", "isic2018", "finetune", [0.85, 0.86, 0.87], metric="dice")  # bbb has none
@@ -402,3 +405,5 @@ def test_rows_say_their_tuning_budget_and_use_of_labels(page):
     assert f"tuned with 8 trials (study {EVIL})" in rows["aaa"][0].text()  # escaped: it reads as text
     assert "supervised pretraining (labels of fgadr)" in rows["bbb"][0].text()
     assert "tuned with" not in rows["bbb"][0].text()
+    fgadr = column_index(table(parse(page), "real"), "fgadr")
+    assert "in-domain" in rows["bbb"][fgadr].text() and "in-domain" not in rows["aaa"][fgadr].text()

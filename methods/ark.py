@@ -1,0 +1,152 @@
+"""Ark (Ma, Pang, Gotway, Liang; MICCAI 2023, arXiv 2310.09507): supervised pretraining on several differently
+labelled datasets, one head per dataset, plus consistency with an EMA teacher of the whole network. Spec
+../shared/specs/seed-methods.md 3.1 (objective, schedules, views), 3.2 (labels), 3.7 (ResNet plan).
+
+Data come from `--labels-from` (harness.labelled): each epoch is a pass over dataset 1, then dataset 2, ...; a batch
+of dataset k trains head k only: L = (1-c) BCE(head_k(proj(student(x''))), y) + c MSE(proj(student(x'')),
+proj(teacher(x'))), BCE for every task (one-hot for multi-class, as the original). Pass p of P = epochs x datasets
+sets c (cosine 0 -> 0.5) and the teacher momentum m (cosine 0.9 -> 1); the teacher (backbone, projector, heads) gets
+its EMA after each pass (`ema_mode="epoch"`) or each step ("iteration"). The teacher is exported (the paper
+fine-tunes it, 3.7); it runs in BN train mode, like BYOL's target here.
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision.transforms as T
+import torchvision.transforms.functional as TF
+from lightly.models.modules.heads import ProjectionHead
+from lightly.models.utils import deactivate_requires_grad, update_momentum
+from lightly.utils.scheduler import cosine_schedule
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from torch import nn
+
+from harness.errors import UserError
+from harness.labelled import LabelLayout
+from harness.method_api import SSLMethod, StepInfo
+
+
+def ark_terms(logits, target, z_student, z_teacher) -> tuple[torch.Tensor, torch.Tensor]:
+    """(BCE-with-logits of the dataset's head, MSE of student and teacher projections); L = (1-c) BCE + c MSE."""
+    return F.binary_cross_entropy_with_logits(logits, target), F.mse_loss(z_student, z_teacher)
+
+
+class RandomGamma:  # albumentations' RandomGamma(gamma_limit=(80, 120)) on a PIL image
+    def __call__(self, image):
+        return TF.adjust_gamma(image, float(torch.empty(1).uniform_(0.8, 1.2)))
+
+
+class SharedGeometryViews:
+    """[student x'', teacher x'] as in the MICCAI code: one geometric draw (RandomResizedCrop, then
+    ShiftScaleRotate(rotate_limit=10) with its defaults: shift 0.0625, scale 0.1, p 0.5) for both views, and
+    OneOf[brightness/contrast 0.2, gamma 0.8-1.2] with p 0.3 on the student only. (The original's teacher view
+    goes through mask-style nearest resampling; here both share one bilinear warp.) teacher_view "whole" is Ark+:
+    the teacher sees the resized whole image."""
+
+    def __init__(self, size: int, teacher_view: str = "crop"):
+        self.geometry = T.Compose([T.RandomResizedCrop(size), T.RandomApply(
+            [T.RandomAffine(10, translate=(0.0625, 0.0625), scale=(0.9, 1.1))], p=0.5)])
+        self.photometric = T.RandomApply([T.RandomChoice([T.ColorJitter(0.2, 0.2), RandomGamma()])], p=0.3)
+        self.whole = T.Resize((size, size)) if teacher_view == "whole" else None
+
+    def __call__(self, image) -> list[torch.Tensor]:
+        shared = self.geometry(image)
+        teacher = self.whole(image) if self.whole else shared
+        return [TF.to_tensor(self.photometric(shared)), TF.to_tensor(teacher)]
+
+
+class Ark(SSLMethod):
+    name = "ark"
+    uses_labels = True
+    summary = "Ark (Ma et al. 2023): supervised multi-dataset pretraining, per-dataset heads, EMA-teacher consistency"
+    search_space = {
+        "base_lr": FloatDistribution(0.01, 1.0, log=True),
+        "momentum_teacher": FloatDistribution(0.8, 0.99),
+        "consistency_max": FloatDistribution(0.1, 0.9),
+        "projector": CategoricalDistribution(["linear", "mlp"]),
+    }
+    profiles = {
+        # Ark-6 README command (spec 3.1): SGD lr 0.3 (timm, momentum 0.9), wd 0, 20 warm-up epochs + cosine (a proper
+        # epoch schedule, not the original's val-loss-as-epoch quirk), batch 200, 200 epochs, 224 px, projector 1376
+        # (MLP: the released checkpoint is "_mlp"), teacher momentum 0.9 -> 1, c 0 -> 0.5. ResNet-50 per 3.7, which
+        # suggests lr ~0.1 at batch 256 for ResNet-50: --lr 0.1 --set lr_scaling=linear.
+        "paper": dict(backbone="resnet50", epochs=200, batch_size=200, image_size=224, optimizer="sgd", base_lr=0.3,
+                      lr_scaling="none", weight_decay=0.0, momentum=0.9, warmup_epochs=20, proj_dim=1376,
+                      projector="mlp", momentum_teacher=0.9, consistency_max=0.5),
+        "quick": dict(epochs=3, batch_size=32, image_size=64, optimizer="sgd", base_lr=0.05, lr_scaling="none",
+                      weight_decay=0.0, proj_dim=128),
+    }
+
+    def __init__(self, backbone, feat_dim, labels: LabelLayout, proj_dim: int = 1376, projector: str = "linear",
+                 momentum_teacher: float = 0.9, consistency_max: float = 0.5, ema_mode: str = "epoch",
+                 teacher_view: str = "crop"):
+        super().__init__(backbone, feat_dim)
+        blocks = [(feat_dim, proj_dim, None, None)] if projector == "linear" else \
+            [(feat_dim, proj_dim, None, nn.ReLU()), (proj_dim, proj_dim, None, None)]
+        self.student = nn.ModuleDict(dict(backbone=backbone, projector=ProjectionHead(blocks),
+                                          heads=nn.ModuleList(nn.Linear(proj_dim, n) for n in labels.n_classes)))
+        self.teacher = copy.deepcopy(self.student)
+        deactivate_requires_grad(self.teacher)
+        self.backbone = self.teacher["backbone"]  # the exported network
+        self.pass_ends = np.cumsum(labels.pass_steps)  # step within the epoch at which each pass ends
+        self.momentum_teacher, self.consistency_max, self.ema_mode = momentum_teacher, consistency_max, ema_mode
+        self.head = 0  # the head of the current batch
+
+    @classmethod
+    def check_config(cls, cfg, world_size):
+        for key, allowed in (("projector", ("linear", "mlp")), ("ema_mode", ("epoch", "iteration")),
+                             ("teacher_view", ("crop", "whole"))):
+            if cfg[key] not in allowed:
+                raise UserError(f"--set {key}={cfg[key]}: choose one of {', '.join(allowed)}")
+
+    @classmethod
+    def transform(cls, cfg):
+        return SharedGeometryViews(cfg["image_size"], cfg["teacher_view"])
+
+    @classmethod
+    def image_view_count(cls, cfg):
+        return 2  # then the dataset index and the target (harness.labelled)
+
+    def current_pass(self, step: StepInfo) -> tuple[int, int, bool]:
+        """(pass p counted over the run, total passes P, whether this step ends pass p)."""
+        in_epoch = step.step - step.epoch * int(self.pass_ends[-1])
+        k = int(np.searchsorted(self.pass_ends, in_epoch, side="right"))
+        total = step.max_epochs * len(self.pass_ends)
+        return step.epoch * len(self.pass_ends) + k, total, in_epoch + 1 == self.pass_ends[k]
+
+    def schedules(self, step: StepInfo) -> tuple[float, float]:
+        """(consistency weight c, teacher momentum m) of the current pass: cosine ramps over the passes."""
+        p, total, _ = self.current_pass(step)
+        return (cosine_schedule(p, total, 0.0, self.consistency_max),
+                cosine_schedule(p, total, self.momentum_teacher, 1.0))
+
+    def training_loss(self, views: list[torch.Tensor], step: StepInfo) -> dict[str, torch.Tensor]:
+        student_view, teacher_view, source, target = views
+        self.head = int(source[0])
+        if not bool((source == self.head).all()):
+            raise RuntimeError("a batch mixes labelled datasets (the sampler must yield whole-dataset passes)")
+        c, _ = self.schedules(step)
+        z = self.student["projector"](self.student["backbone"](student_view))
+        with torch.no_grad():
+            z_teacher = self.teacher["projector"](self.teacher["backbone"](teacher_view))
+        # Every head runs so DDP sees all parameters used; only head k's output enters the loss, and
+        # after_backward drops the others' (zero) gradients so the optimizer leaves them untouched.
+        logits = [head(z) for head in self.student["heads"]]
+        unused = sum(out.sum() for i, out in enumerate(logits) if i != self.head) * 0.0
+        bce, mse = ark_terms(logits[self.head], target.float(), z, z_teacher)
+        return {"loss_cls": (1 - c) * bce + unused, "loss_consistency": c * mse, "bce": bce.detach(),
+                "mse": mse.detach(), "consistency_weight": torch.tensor(c, device=z.device)}
+
+    def after_backward(self, step: StepInfo) -> None:
+        for i, head in enumerate(self.student["heads"]):
+            if i != self.head:
+                head.zero_grad(set_to_none=True)
+
+    @torch.no_grad()
+    def after_step(self, step: StepInfo) -> None:
+        _, _, pass_ends = self.current_pass(step)
+        if self.ema_mode == "iteration" or pass_ends:
+            update_momentum(self.student, self.teacher, m=self.schedules(step)[1])
