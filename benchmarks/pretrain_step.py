@@ -134,13 +134,21 @@ def harness_steps(method: str, cfg, samples, device: str, n_steps: int) -> list[
 
     set_random_seed(0)
     backbone, width = build_backbone(cfg["backbone"])
-    model = PretrainModel(method_cls(backbone, width, **method_kwargs(method_cls, cfg)))
     with tempfile.TemporaryDirectory() as tmp:
+        kwargs, dataset, sampler = method_kwargs(method_cls, cfg), None, None
+        if method_cls.uses_labels:  # Ark: real labelled phantom sets through its cyclic sampler (loading included)
+            from harness.labelled import load_labelled
+
+            data = load_labelled(["phantom_ct"], Path(tmp), cfg["image_size"], cfg["batch_size"], method)
+            cfg = {**cfg, "epochs": -(-n_steps // sum(data.layout.pass_steps))}
+            kwargs["labels"], sampler = data.layout, data.sampler(cfg["batch_size"], 0)
+            dataset = data.views(method_cls.transform(cfg), 0, method_cls.image_view_count(cfg))
+        model = PretrainModel(method_cls(backbone, width, **kwargs))
         run_dir = Path(tmp) / "run"
         run_dir.mkdir()
-        runner = build_runner(model, PremadeViews(samples, n_steps * cfg["batch_size"]), cfg, run_dir, resume=False,
-                              num_workers=default_num_workers(),
-                              hooks=[MethodHook(), RunRecordHook(run_dir, {}), ClockHook()])
+        runner = build_runner(model, dataset or PremadeViews(samples, n_steps * cfg["batch_size"]), cfg, run_dir,
+                              resume=False, num_workers=default_num_workers(),
+                              hooks=[MethodHook(), RunRecordHook(run_dir, {}), ClockHook()], sampler=sampler)
         runner.train()
     return clock.times
 
@@ -167,7 +175,9 @@ def main() -> None:
     samples = {}
     for method in args.methods.split(","):
         cfg = resolve_config(get_method(method), "quick", overrides, {})
-        samples[method] = (cfg, make_views(get_method(method), cfg, args.batch_size * args.distinct_batches))
+        premade = None if get_method(method).uses_labels else \
+            make_views(get_method(method), cfg, args.batch_size * args.distinct_batches)
+        samples[method] = (cfg, premade)
 
     simclr_cfg, simclr_samples = samples["simclr"]
     distinct = [tuple(torch.stack([normalised(s[v]) for s in simclr_samples[i:i + args.batch_size]]) for v in range(2))

@@ -220,6 +220,9 @@ def prepare_study(req: SweepRequest) -> dict:
     from methods import get_method
 
     method = get_method(req.method)
+    if method.uses_labels:
+        raise UserError(f"method '{req.method}' pretrains on labelled datasets (--labels-from); sweeps tune "
+                        "methods that pretrain on a corpus")
     if not method.search_space:
         raise UserError(f"method '{req.method}' declares no search space (methods/{req.method}.py: search_space)")
     if req.trials < 1 or req.workers < 1 or req.report_every < 1:
