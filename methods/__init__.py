@@ -11,6 +11,13 @@ _REGISTRY = {
     "byol": "methods.byol:BYOL",
     "dino": "methods.dino:DINO",
     "lvmmed": "methods.lvmmed:LVMMed",
+    "models_genesis": "methods.models_genesis:ModelsGenesis",
+    "moco": "methods.moco:MoCo",
+    "barlowtwins": "methods.barlowtwins:BarlowTwins",
+    "vicregl": "methods.vicregl:VICRegL",
+    "swav": "methods.swav:SwaV",
+    "peac": "methods.peac:PEAC",
+    "ark": "methods.ark:Ark",
 }
 
 METHOD_NAMES = tuple(_REGISTRY)

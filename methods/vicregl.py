@@ -1,0 +1,95 @@
+"""VICRegL (Bardes, Ponce & LeCun, NeurIPS 2022): VICReg on pooled (global) embeddings plus VICReg on
+local feature-map embeddings matched between views, by image location and by feature distance.
+
+Loss, heads and views (with each crop's grid of cell centres in source-image coordinates) are lightly's.
+The local features are the backbone's last (B, C, h, w) map (harness.backbones.feature_map), one
+embedding per cell; the crop grids have h x w cells, so cell (i, j) of a map sits at grid point (i, j).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from lightly.loss import VICRegLLoss
+from lightly.models.modules.heads import VicRegLLocalProjectionHead, VICRegProjectionHead
+from lightly.transforms import VICRegLTransform
+from optuna.distributions import FloatDistribution
+
+from harness.backbones import feature_map
+from harness.method_api import SSLMethod, StepInfo
+
+FEATURE_STRIDE = 32  # ResNet: the last map has ceil(side / 32) cells per side
+
+
+def grid_size(crop_size: int) -> int:
+    return math.ceil(crop_size / FEATURE_STRIDE)
+
+
+class VICRegL(SSLMethod):
+    name = "vicregl"
+    summary = "VICRegL (Bardes et al. 2022): VICReg on global embeddings and on location-matched local features"
+    # The paper's Table 1/4 vary alpha 0.25-0.9; VICReg's ablations vary lambda = mu around 25.
+    search_space = {
+        "base_lr": FloatDistribution(0.05, 1.0, log=True),
+        "weight_decay": FloatDistribution(1e-7, 1e-4, log=True),
+        "alpha": FloatDistribution(0.25, 0.95),
+        "lambda_param": FloatDistribution(5.0, 50.0, log=True),
+        "mu_param": FloatDistribution(5.0, 50.0, log=True),
+    }
+    profiles = {
+        # VICRegL paper, ResNet-50 on ImageNet (Sec. 4.1 / appendix; values marked (memory) are recalled, not
+        # re-read): LARS, wd 1e-6, 10 warm-up epochs then cosine (VICReg's schedule), base lr 0.2 x B/256
+        # (memory), batch 2048 (memory), 300 epochs (memory); alpha 0.75; lambda 25, mu 25, nu 1 (VICReg);
+        # 20 / 4 matches per map; expander 8192-8192-8192, local projector 512-512-512 (memory); 2 global
+        # 224 crops, scale (0.08, 1) (memory), and no local crops for the ResNet (multi-crop only for ConvNeXt).
+        "paper": dict(epochs=300, batch_size=2048, image_size=224, optimizer="lars", base_lr=0.2,
+                      weight_decay=1e-6, warmup_epochs=10, alpha=0.75),
+        # CPU smoke: small heads; at 64 px the map is 2 x 2, so at most 4 matches per map.
+        "quick": dict(epochs=2, batch_size=32, image_size=64, optimizer="sgd", base_lr=0.5, weight_decay=1e-5,
+                      proj_hidden_dim=512, proj_out_dim=512, local_proj_dim=128, num_matches=(4, 4)),
+    }
+
+    def __init__(self, backbone, feat_dim, proj_hidden_dim: int = 8192, proj_out_dim: int = 8192,
+                 local_proj_dim: int = 512, alpha: float = 0.75, lambda_param: float = 25.0, mu_param: float = 25.0,
+                 nu_param: float = 1.0, num_matches: tuple = (20, 4), n_local_views: int = 0,
+                 local_crop_size: int = 96, global_crop_scale: tuple = (0.08, 1.0),
+                 local_crop_scale: tuple = (0.05, 0.2)):
+        super().__init__(backbone, feat_dim)
+        self.projection_head = VICRegProjectionHead(feat_dim, proj_hidden_dim, proj_out_dim)
+        self.local_projection_head = VicRegLLocalProjectionHead(feat_dim, local_proj_dim, local_proj_dim)
+        # gather_distributed: variance/covariance over the global batch, as the original's all-gather
+        self.criterion = VICRegLLoss(lambda_param=lambda_param, mu_param=mu_param, nu_param=nu_param, alpha=alpha,
+                                     num_matches=tuple(num_matches), gather_distributed=True)
+        self.n_local_views = n_local_views
+
+    @classmethod
+    def transform(cls, cfg):
+        size, local = cfg["image_size"], cfg["local_crop_size"]
+        return VICRegLTransform(global_crop_size=size, local_crop_size=local, n_global_views=2,
+                                n_local_views=cfg["n_local_views"], global_crop_scale=tuple(cfg["global_crop_scale"]),
+                                local_crop_scale=tuple(cfg["local_crop_scale"]), global_grid_size=grid_size(size),
+                                local_grid_size=grid_size(local), normalize=None)
+
+    @classmethod
+    def image_view_count(cls, cfg):
+        return 2 + cfg["n_local_views"]  # then one crop grid per view
+
+    def embed(self, images: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Same-size crops in one pass: per crop (global embedding (B, D), local embeddings (B, h, w, d))."""
+        maps = feature_map(self.backbone, torch.cat(images))
+        pooled = self.projection_head(maps.mean((2, 3)))
+        local = self.local_projection_head(maps.permute(0, 2, 3, 1))
+        return list(zip(pooled.chunk(len(images)), local.chunk(len(images))))
+
+    def training_loss(self, views: list[torch.Tensor], step: StepInfo) -> dict[str, torch.Tensor]:
+        n_images = 2 + self.n_local_views
+        images, grids = views[:n_images], views[n_images:]
+        global_features = self.embed(images[:2])
+        local_features = self.embed(images[2:]) if self.n_local_views else None
+        local_grids = grids[2:] if self.n_local_views else None
+        # VICRegLLoss.forward returns only the mix; its two halves are computed here to log them apart.
+        global_term = self.criterion._global_loss(global_features, local_features)
+        local_term = self.criterion._local_loss(global_features, grids[:2], local_features, local_grids)
+        alpha = self.criterion.alpha
+        return {"loss": alpha * global_term + (1 - alpha) * local_term,
+                "global_term": global_term.detach(), "local_term": local_term.detach()}
