@@ -35,8 +35,11 @@ $(STAMP): requirements.txt pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
+# One pytest worker per CPU this process may use (nproc honours the affinity set); each worker is
+# pinned to its own CPU share (tests/conftest.py). TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= $(shell nproc)
 test: setup system-deps
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=15
 
 test-fast: setup
 	$(VENV)/bin/pytest -q -m "not slow"

@@ -3,7 +3,24 @@ installed pydicom and nibabel wheels ship (found by globbing the package folders
 `get_testdata_files` tries to download and hangs offline)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+
+def _pin_xdist_worker() -> None:
+    """Under `pytest -n N` (make test), give each worker its own share of the CPUs, before torch
+    loads: OpenMP sizes its thread pool from the affinity set, so N workers do not oversubscribe the
+    cores (2 workers x 2 threads on 2 cores made compute-bound tests slower, not faster), and every
+    subprocess a test starts inherits the share."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if not (worker and count and hasattr(os, "sched_setaffinity")):
+        return
+    cpus, index, count = sorted(os.sched_getaffinity(0)), int(worker.removeprefix("gw")), int(count)
+    if len(cpus) >= count:
+        os.sched_setaffinity(0, cpus[index::count])
+
+
+_pin_xdist_worker()
 
 import numpy as np
 import pytest

@@ -41,14 +41,21 @@ def test_each_method_exports_a_checkpoint_torchvision_loads(tiny_corpus, tmp_pat
     assert str(run_dir / "backbone.safetensors") in out  # says where the checkpoint went
 
 
+# SimCLR at batch 16 with the quick profile's SGD rises before it falls, and its step-to-step noise
+# (+-0.5) hides any trend in 60 steps: last/first was 0.92-1.11 over seeds and thread counts (the
+# regression slope not significant). Batch 32 with AdamW over 90 steps: 0.89-0.91 on seeds 0-2.
+LOSS_FALLS_ARGS = {"simclr": ["--batch-size", "32", "--epochs", "30", "--set", "optimizer=adamw", "--lr", "0.002"]}
+
+
 @pytest.mark.parametrize("method", ["simclr", "byol", "dino"])
 def test_loss_falls(tiny_corpus, method):
-    """Over 60 steps the mean loss of the last 10 steps is clearly below that of the first 10."""
+    """Over 60-90 steps the mean loss of the last 10 steps is clearly below that of the first 10."""
     workspace, corpus_id = tiny_corpus
     name = f"falls-{method}"
-    assert pretrain(workspace, corpus_id, "--method", method, "--epochs", "10", "--name", name) == 0
+    args = LOSS_FALLS_ARGS.get(method, ["--epochs", "10"])
+    assert pretrain(workspace, corpus_id, "--method", method, *args, "--name", name) == 0
     losses = [json.loads(line)["loss"] for line in (workspace / "runs" / name / "metrics.jsonl").open()]
-    assert len(losses) == 60
+    assert len(losses) == (90 if method == "simclr" else 60)
     first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
     assert last < first - 0.05 * abs(first), (first, last)
 

@@ -151,19 +151,22 @@ def test_a_killed_sweep_resumes_and_retries_the_killed_trial(tiny_corpus, sweep_
                       "--storage", f"sqlite:///{tmp_path / 'killed.db'}")
     proc = subprocess.Popen([sys.executable, "-m", "harness", *args], cwd=REPO, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Kill as soon as a trial is running: polled often on one storage object (a trial here lasts a few
+    # seconds, and a second trial's window was missed once when the store was reopened every second).
+    study, seen = None, []
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None:
             try:
-                study = open_test_study(ws, "killed", f"sqlite:///{tmp_path / 'killed.db'}")
-                done = states(study)
-            except Exception:  # the study is not created yet
-                done = []
-            if done.count("COMPLETE") + done.count("PRUNED") >= 1 and "RUNNING" in done:
+                study = study or open_test_study(ws, "killed", f"sqlite:///{tmp_path / 'killed.db'}")
+                seen = states(study)
+            except Exception as err:  # the study is not created yet, or the database is busy
+                seen = [repr(err)]
+            if "RUNNING" in seen:
                 break
-            time.sleep(1)
+            time.sleep(0.1)
         else:
-            pytest.fail(f"the sweep never reached its second trial: {done}")
+            pytest.fail(f"no running trial to kill (sweep exit code {proc.poll()}): {seen}")
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -173,7 +176,7 @@ def test_a_killed_sweep_resumes_and_retries_the_killed_trial(tiny_corpus, sweep_
     trials = study.get_trials(deepcopy=False)
     assert trials[killed].state.name == "FAIL"
     finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
-    assert len(finished) == 3 and len(trials) == 4
+    assert len(finished) == 3 and len(trials) == 4  # the dead trial, then N finished ones
     retry = [t for t in trials if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == killed]
     assert len(retry) == 1 and retry[0].params == trials[killed].params
 
