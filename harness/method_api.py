@@ -13,7 +13,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import torch
+import torch.distributed as dist
 from torch import nn
+
+from harness.data import derived_seed
 
 if TYPE_CHECKING:
     from optuna.distributions import BaseDistribution
@@ -31,6 +34,13 @@ class StepInfo:
     @property
     def progress(self) -> float:
         return self.step / max(1, self.max_steps)
+
+
+def step_generator(seed: int, step: StepInfo, device, *salt: int) -> torch.Generator:
+    """A generator for a method's own random draws in one training step, seeded by (seed, DDP rank,
+    step, *salt): the same draws when a run resumes, different ones on each rank."""
+    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    return torch.Generator(device=device).manual_seed(derived_seed(seed, rank, step.step, *salt))
 
 
 class SSLMethod(nn.Module):

@@ -10,15 +10,13 @@ Spec: ../shared/specs/lvmmed.md. Every choice the paper leaves open is a constru
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 from lightly.transforms import VICRegLTransform
 from optuna.distributions import FloatDistribution, IntDistribution
 from torch import nn
 
 from harness.backbones import feature_map
-from harness.data import derived_seed
 from harness.errors import UserError
-from harness.method_api import SSLMethod, StepInfo
+from harness.method_api import SSLMethod, StepInfo, step_generator
 from methods.graph_matching import edge_indicator, solve_lap, solve_qap
 from methods.imle import imle_hamming_matching
 from methods.lvmmed_graph import GCN, edge_affinity, gcn_adjacency, knn_edges, local_affinity, vertex_affinity
@@ -84,7 +82,6 @@ class LVMMed(SSLMethod):
                        second_order=second_order, gumbel_noise=gumbel_noise, local_similarity=local_similarity,
                        solver=dict(restarts=solver_restarts, iters=solver_iters),
                        target_solver=dict(restarts=target_solver_restarts, iters=target_solver_iters), seed=seed)
-        self._generator: torch.Generator | None = None
 
     @classmethod
     def check_config(cls, cfg, world_size):
@@ -105,11 +102,8 @@ class LVMMed(SSLMethod):
 
     def _noise(self, shape, device, step: StepInfo, salt: int) -> torch.Tensor:
         """Gumbel(0, 1) * scale, seeded by (seed, rank, step): exact on resume, different per rank."""
-        if self._generator is None or self._generator.device != torch.device(device):
-            self._generator = torch.Generator(device=device)
-        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-        self._generator.manual_seed(derived_seed(self.hp["seed"], rank, step.step, salt))
-        uniform = torch.rand(shape, device=device, generator=self._generator).clamp_(1e-10, 1 - 1e-10)
+        generator = step_generator(self.hp["seed"], step, device, salt)
+        uniform = torch.rand(shape, device=device, generator=generator).clamp_(1e-10, 1 - 1e-10)
         gumbel = -torch.log(-torch.log(uniform))
         if self.hp["noise_centered"]:  # zero mean: otherwise every paid edge pair earns +0.577 on average
             gumbel = gumbel - EULER_GAMMA

@@ -9,16 +9,15 @@ input is normalised. Only the encoder (`self.backbone`) is exported; the decoder
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from optuna.distributions import FloatDistribution
 from torch import nn
 from torchvision import transforms as T
 
-from harness.data import IMAGE_MEAN, IMAGE_STD, derived_seed
+from harness.data import IMAGE_MEAN, IMAGE_STD
 from harness.distortions import GENESIS_3D_COVERAGE, genesis_distort, shuffle_windows_for_coverage
 from harness.errors import UserError
-from harness.method_api import SSLMethod, StepInfo
+from harness.method_api import SSLMethod, StepInfo, step_generator
 
 
 class CleanView:
@@ -120,9 +119,7 @@ class ModelsGenesis(SSLMethod):
 
     def distort(self, clean: torch.Tensor, step: StepInfo) -> tuple[torch.Tensor, torch.Tensor]:
         """(distorted input, target) from clean [0,1] images, seeded by (seed, rank, step): exact on resume."""
-        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-        generator = torch.Generator(device=clean.device)
-        generator.manual_seed(derived_seed(self.seed, rank, step.step))
+        generator = step_generator(self.seed, step, clean.device)
         windows = shuffle_windows_for_coverage(clean.shape[2], clean.shape[3], self.local_coverage)
         return genesis_distort(clean, generator, windows=windows, **self.distortion)
 

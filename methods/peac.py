@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from lightly.models.modules.heads import ProjectionHead
 from lightly.models.utils import deactivate_requires_grad, update_momentum
@@ -23,9 +22,9 @@ from optuna.distributions import FloatDistribution
 from torch import nn
 
 from harness.backbones import feature_map
-from harness.data import IMAGE_MEAN, IMAGE_STD, derived_seed
+from harness.data import IMAGE_MEAN, IMAGE_STD
 from harness.distortions import bezier_intensity, local_pixel_shuffle, paint
-from harness.method_api import SSLMethod, StepInfo
+from harness.method_api import SSLMethod, StepInfo, step_generator
 from methods.peac_views import GridViews, grid_cells, permute_cells
 
 CELL = 32  # ResNet stride: one feature-map location per 32x32-px cell, as Swin-B's tokens in PEAC
@@ -102,11 +101,6 @@ class PEAC(SSLMethod):
     def image_view_count(cls, cfg):
         return 2  # then the two overlap masks
 
-    def _generator(self, step: StepInfo, device) -> torch.Generator:
-        """Seeded by (seed, rank, step): the same draws on resume, different ones per DDP rank."""
-        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-        return torch.Generator(device=device).manual_seed(derived_seed(self.seed, rank, step.step))
-
     def distort(self, view1: torch.Tensor, generator: torch.Generator):
         """(input, order target, shuffled flags): per sample with p = shuffle_p its cells permuted, else the
         appearance distortions (local shuffle always, Bezier p 0.9, paint p 0.9) with the identity order."""
@@ -125,7 +119,7 @@ class PEAC(SSLMethod):
     def training_loss(self, views: list[torch.Tensor], step: StepInfo) -> dict[str, torch.Tensor]:
         view1, view2, m1, m2 = views
         b = view1.shape[0]
-        distorted, perm, shuffled = self.distort(view1, self._generator(step, view1.device))
+        distorted, perm, shuffled = self.distort(view1, step_generator(self.seed, step, view1.device))
         both = torch.cat([distorted, view2])  # one pass each for student and teacher: BN sees both views
         maps = feature_map(self.backbone, both)
         with torch.no_grad():

@@ -87,3 +87,21 @@ def tiny_corpus(tmp_path_factory) -> tuple[Path, str]:
     corpus = build_corpus([root / "corpus"], ws)
     assert len(corpus.entries) == 96, corpus.info
     return ws.root, corpus.id
+
+
+@pytest.fixture(scope="session")
+def brain_tumor_root(tmp_path_factory):
+    """`make(n, size)`: a synthetic Brain-Tumor MRI (Kaggle layout, seed 0) of n images at size px,
+    prepared into a data root once per session; tests only read it."""
+    made: dict[tuple[int, int], Path] = {}
+
+    def make(n: int, size: int) -> Path:
+        if (n, size) not in made:
+            from downstream.datasets import brain_tumor
+
+            root = tmp_path_factory.mktemp(f"brain-{n}-{size}")
+            brain_tumor.prepare(brain_tumor.synthesize(root / "raw", n=n, seed=0, size=size), root / "data")
+            made[n, size] = root / "data"
+        return made[n, size]
+
+    return make

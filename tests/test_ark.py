@@ -24,14 +24,10 @@ from methods.ark import Ark
 TINY = ["--image-size", "32", "--batch-size", "16", "--num-workers", "0"]
 
 
-@pytest.fixture(scope="module")
-def brain_root(tmp_path_factory):
+@pytest.fixture
+def brain_root(brain_tumor_root):
     """Synthetic Brain-Tumor MRI prepared into a data root (train, val and test splits)."""
-    from downstream.datasets import brain_tumor
-
-    root = tmp_path_factory.mktemp("ark-brain")
-    brain_tumor.prepare(brain_tumor.synthesize(root / "raw", n=64, seed=0, size=48), root / "data")
-    return root / "data"
+    return brain_tumor_root(64, 48)
 
 
 def toy_sets(sizes, n_classes=(2, 1, 3)) -> list[LabelledSet]:

@@ -156,7 +156,7 @@ def _fails(src: Path, out: Path, *fragments: str) -> None:
 
 def test_border_and_degenerate_boxes_are_counted(src, tmp_path):
     xml = _first_xml(src)
-    width, height = SIZE, SIZE * 3 // 4
+    width = SIZE
     _edit(xml, _set_box(0, (0, 5, width + 7, 20)))  # crosses left and right border
     _edit(xml, _set_box(1, (30, 30, 30, 30)))  # one pixel, like BloodImage_00338
     _edit(xml, lambda root: setattr(root.findall("object")[2].find("difficult"), "text", "1"))

@@ -20,15 +20,10 @@ from tests.pg import new_database, postgres_url  # noqa: F401  (postgres_url is 
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="session")
-def brain_root(tmp_path_factory) -> Path:
+@pytest.fixture
+def brain_root(brain_tumor_root) -> Path:
     """Synthetic Brain-Tumor MRI (Kaggle layout) prepared into a data root."""
-    from downstream.datasets import brain_tumor
-
-    root = tmp_path_factory.mktemp("brain")
-    raw = brain_tumor.synthesize(root / "raw", n=96, seed=0, size=64)
-    brain_tumor.prepare(raw, root / "data")
-    return root / "data"
+    return brain_tumor_root(96, 64)
 
 
 @pytest.fixture

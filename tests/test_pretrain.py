@@ -60,11 +60,12 @@ def test_loss_falls(tiny_corpus, method):
     assert last < first - 0.05 * abs(first), (first, last)
 
 
-@pytest.mark.parametrize("method", ["byol", "lvmmed"])
+@pytest.mark.parametrize("method", ["byol", "lvmmed", "peac", "models_genesis"])
 def test_resume_after_stop_equals_uninterrupted_run(tiny_corpus, method):
-    """BYOL: EMA teacher + momentum schedule; LVM-Med: Gumbel noise drawn every step."""
-    workspace, corpus_id = tiny_corpus
-    common = ["--method", method, "--epochs", "3", "--seed", "7"]
+    """BYOL: EMA teacher + momentum schedule; LVM-Med: Gumbel noise drawn every step; PEAC: EMA teacher
+    and per-step cell shuffles and distortions; Models Genesis: per-step distortions."""
+    workspace, corpus_id = tiny_corpus  # PEAC's grid cells are 32 px: 64 px is its smallest image
+    common = ["--method", method, "--epochs", "3", "--seed", "7", *(["--image-size", "64"] if method == "peac" else [])]
     whole_name, split_name = f"whole-{method}", f"split-{method}"
     assert pretrain(workspace, corpus_id, *common, "--name", whole_name) == 0
     assert pretrain(workspace, corpus_id, *common, "--name", split_name, "--stop-after-epoch", "1") == 0

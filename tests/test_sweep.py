@@ -19,15 +19,10 @@ from tests.pg import postgres_url  # noqa: F401  (a fixture)
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="session")
-def sweep_data(tmp_path_factory) -> Path:
+@pytest.fixture
+def sweep_data(brain_tumor_root) -> Path:
     """A small synthetic Brain-Tumor MRI prepared into a data root (the sweep's scoring task)."""
-    from downstream.datasets import brain_tumor
-
-    root = tmp_path_factory.mktemp("sweepdata")
-    raw = brain_tumor.synthesize(root / "raw", n=64, seed=0, size=48)
-    brain_tumor.prepare(raw, root / "data")
-    return root / "data"
+    return brain_tumor_root(64, 48)
 
 
 def sweep_args(ws: Path, corpus_id: str, data_root: Path, study: str, trials: int, *extra: str) -> list[str]:

@@ -92,7 +92,7 @@ def find_folders(src: Path, modality: str) -> tuple[Path, Path | None]:
 def _pairs(train: Path, modality: str) -> tuple[dict[int, dict[str, Path]], list[Path]]:
     """{volume id: {"image": path, "label": path}} of the train folder, and the ignored files."""
     p = modality
-    pattern = re.compile(rf"^(?P<mod>ct|mr)_train_(?P<id>\d+)_(?P<kind>image|label)\.nii(?:\.gz)?$", re.I)
+    pattern = re.compile(r"^(?P<mod>ct|mr)_train_(?P<id>\d+)_(?P<kind>image|label)\.nii(?:\.gz)?$", re.I)
     found: dict[int, dict[str, Path]] = {}
     ignored = []
     for path in sorted(train.iterdir()):
