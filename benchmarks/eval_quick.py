@@ -58,21 +58,27 @@ def main() -> None:
             keys = [EvalKey(ref.id, task.name, p, 1.0, 0) for p in task.default_protocols]
             run_unit(dict(workspace=str(ws.root), db=None, dataset=task.dataset, checkpoint=ref, keys=keys, profile="quick",
                           data_root=str(data_root), force=False, image_size=None, threads=args.threads))
+            tests = {r["protocol"]: r for r in store.results(checkpoint_id=ref.id, details=False)
+                     if r["task"] == task.name and r["split"] == "test"}
             for e in store.evaluations(checkpoint_id=ref.id):
                 if e["task"] == task.name:
+                    test = tests.get(e["protocol"], {})
                     rows.append({"task": task.name, "family": task.family, "protocol": e["protocol"],
                                  "status": e["status"], "seconds": round(e["wall_time_s"], 1),
-                                 "n_train": (e["protocol_config"] or {}).get("n_train")})
-                    print(f"{task.name:12s} {e['protocol']:9s} {e['status']:6s} {e['wall_time_s']:6.1f} s", flush=True)
+                                 "n_train": (e["protocol_config"] or {}).get("n_train"),
+                                 "metric": test.get("metric"), "test_value": test.get("value")})
+                    print(f"{task.name:12s} {e['protocol']:9s} {e['status']:6s} {e['wall_time_s']:6.1f} s "
+                          f"test {test.get('metric')} {test.get('value')}", flush=True)
         store.close()
     result = {"benchmark": "eval_quick", "profile": "quick", "checkpoint": "random resnet18", "seed": 0,
               "threads": args.threads, "cpus": os.cpu_count(), "rows": rows, "code": code_version(),
               "packages": package_versions(), "host": host_info(),
               "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print("| task | family | protocol | train images | seconds |\n|---|---|---|---|---|")
+    print("| task | family | protocol | train images | seconds | test metric (random init) |\n|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['task']} | {r['family']} | {r['protocol']} | {r['n_train']} | {r['seconds']} |")
+        value = "" if r["test_value"] is None else f"{r['metric']} {100 * r['test_value']:.1f}"
+        print(f"| {r['task']} | {r['family']} | {r['protocol']} | {r['n_train']} | {r['seconds']} | {value} |")
     print(f"written to: {args.out}")
 
 
