@@ -181,9 +181,12 @@ def show_results(console, store, units, req) -> None:
     for column in ("task", "protocol", "labels", "n", "val", "test", "data"):
         table.add_column(column, no_wrap=True)
     fmt = lambda v: f"{100 * statistics.mean(v):.1f}±{100 * (statistics.stdev(v) if len(v) > 1 else 0):.1f}" if v else "-"  # noqa: E731
-    for (ckpt, task, protocol, fraction), row in sorted(rows.items()):
-        table.add_row(names.get(ckpt, ckpt), task, protocol, f"{fraction:g}", str(len(row["test"])),
-                      fmt(row["val"]), fmt(row["test"]), "syn" if row["synthetic"] else "real")
+    ordered = sorted(rows.items())
+    for i, ((ckpt, task, protocol, fraction), row) in enumerate(ordered):
+        first = i == 0 or ordered[i - 1][0][0] != ckpt  # the name once per checkpoint, then a rule
+        last = i == len(ordered) - 1 or ordered[i + 1][0][0] != ckpt
+        table.add_row(names.get(ckpt, ckpt) if first else "", task, protocol, f"{fraction:g}", str(len(row["test"])),
+                      fmt(row["val"]), fmt(row["test"]), "syn" if row["synthetic"] else "real", end_section=last)
     console.print(table)
     failed = [e for e in store.evaluations(status="failed") if ids is None or e["checkpoint_id"] in ids]
     for e in failed[:10]:
