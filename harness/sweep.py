@@ -143,7 +143,12 @@ def claim_trial(study, url: str, target: int):
         counted = sum(s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
                       for s in states)
         if TrialState.WAITING in states or counted < target:
-            return study.ask()
+            trial = study.ask()
+            # Beat at once, still under the lock: optuna fails only trials with a lapsed heartbeat, so a
+            # worker killed between ask() and its first beat would leave a RUNNING trial that no one
+            # ever fails, and every later worker would wait for it forever.
+            study._storage.record_heartbeat(trial._trial_id)  # RDBStorage API, as Heartbeat uses
+            return trial
     return None
 
 

@@ -166,7 +166,11 @@ def test_a_killed_sweep_resumes_and_retries_the_killed_trial(tiny_corpus, sweep_
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     killed = next(t.number for t in study.get_trials(deepcopy=False) if t.state.name == "RUNNING")
-    assert main(args) == 0
+    # The re-run is a subprocess with a time limit: a dead trial that is never failed makes it wait
+    # forever (it did, when the kill fell between claiming a trial and its first heartbeat).
+    resumed = subprocess.run([sys.executable, "-m", "harness", *args], cwd=REPO, capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
     study = open_test_study(ws, "killed", f"sqlite:///{tmp_path / 'killed.db'}")
     trials = study.get_trials(deepcopy=False)
     assert trials[killed].state.name == "FAIL"
@@ -174,6 +178,23 @@ def test_a_killed_sweep_resumes_and_retries_the_killed_trial(tiny_corpus, sweep_
     assert len(finished) == 3 and len(trials) == 4  # the dead trial, then N finished ones
     retry = [t for t in trials if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == killed]
     assert len(retry) == 1 and retry[0].params == trials[killed].params
+
+
+def test_a_trial_claimed_by_a_worker_that_died_at_once_is_failed_and_retried(tmp_path):
+    """A claimed trial beats at once: a worker killed before it ran a step must not leave a RUNNING
+    trial that no one fails (the next claimant would wait for it forever)."""
+    from harness.sweep import claim_trial, open_study
+
+    url = f"sqlite:///{tmp_path / 'claims.db'}"
+    study = open_study(url, "claims", heartbeat=1, create=True)
+    dead = claim_trial(study, url, target=1)
+    dead.suggest_float("lr", 0.1, 1.0)
+    assert claim_trial(study, url, target=1) is None  # its heartbeat is fresh: the trial counts
+    time.sleep(4.5)  # past the grace period (3 heartbeats; SQLite time has 1-s steps): the worker is gone
+    retry = claim_trial(open_study(url, "claims", heartbeat=1), url, target=1)
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state.name for t in trials] == ["FAIL", "RUNNING"]
+    assert retry.number == 1 and retry.suggest_float("lr", 0.1, 1.0) == trials[0].params["lr"]
 
 
 def test_bad_requests_are_one_line_errors(tiny_corpus, sweep_data, capsys):
