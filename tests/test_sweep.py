@@ -146,18 +146,21 @@ def test_a_killed_sweep_resumes_and_retries_the_killed_trial(tiny_corpus, sweep_
                       "--storage", f"sqlite:///{tmp_path / 'killed.db'}")
     proc = subprocess.Popen([sys.executable, "-m", "harness", *args], cwd=REPO, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    # Kill as soon as a trial is running: polled often on one storage object (a trial here lasts a few
-    # seconds, and a second trial's window was missed once when the store was reopened every second).
+    # Kill as soon as a running trial has drawn its parameters and named its run (it pretrains then),
+    # polled often on one storage object (a trial here lasts a few seconds, and a second trial's window
+    # was missed once when the store was reopened every second). A trial killed before it drew its
+    # parameters is retried with fresh ones; the claim test below covers that case.
     study, seen = None, []
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and proc.poll() is None:
             try:
                 study = study or open_test_study(ws, "killed", f"sqlite:///{tmp_path / 'killed.db'}")
-                seen = states(study)
+                trials = study.get_trials(deepcopy=False)
+                seen = [t.state.name for t in trials]
             except Exception as err:  # the study is not created yet, or the database is busy
-                seen = [repr(err)]
-            if "RUNNING" in seen:
+                trials, seen = [], [repr(err)]
+            if any(t.state.name == "RUNNING" and "run" in t.user_attrs for t in trials):  # params all drawn
                 break
             time.sleep(0.1)
         else:
@@ -165,7 +168,8 @@ def test_a_killed_sweep_resumes_and_retries_the_killed_trial(tiny_corpus, sweep_
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    killed = next(t.number for t in study.get_trials(deepcopy=False) if t.state.name == "RUNNING")
+    killed = next(t.number for t in study.get_trials(deepcopy=False)
+                  if t.state.name == "RUNNING" and "run" in t.user_attrs)
     # The re-run is a subprocess with a time limit: a dead trial that is never failed makes it wait
     # forever (it did, when the kill fell between claiming a trial and its first heartbeat).
     resumed = subprocess.run([sys.executable, "-m", "harness", *args], cwd=REPO, capture_output=True, text=True,
