@@ -1,6 +1,7 @@
 """`bench tasks`, `bench data prepare|synth` and `bench eval`."""
 from __future__ import annotations
 
+import itertools
 import statistics
 from pathlib import Path
 from typing import Optional
@@ -181,12 +182,13 @@ def show_results(console, store, units, req) -> None:
     for column in ("task", "protocol", "labels", "n", "val", "test", "data"):
         table.add_column(column, no_wrap=True)
     fmt = lambda v: f"{100 * statistics.mean(v):.1f}±{100 * (statistics.stdev(v) if len(v) > 1 else 0):.1f}" if v else "-"  # noqa: E731
-    ordered = sorted(rows.items())
-    for i, ((ckpt, task, protocol, fraction), row) in enumerate(ordered):
-        first = i == 0 or ordered[i - 1][0][0] != ckpt  # the name once per checkpoint, then a rule
-        last = i == len(ordered) - 1 or ordered[i + 1][0][0] != ckpt
-        table.add_row(names.get(ckpt, ckpt) if first else "", task, protocol, f"{fraction:g}", str(len(row["test"])),
-                      fmt(row["val"]), fmt(row["test"]), "syn" if row["synthetic"] else "real", end_section=last)
+    # The checkpoint's name on its first row only, and a rule after its last.
+    for ckpt, group in itertools.groupby(sorted(rows.items()), key=lambda item: item[0][0]):
+        group = list(group)
+        for i, ((_, task, protocol, fraction), row) in enumerate(group):
+            table.add_row(names.get(ckpt, ckpt) if i == 0 else "", task, protocol, f"{fraction:g}",
+                          str(len(row["test"])), fmt(row["val"]), fmt(row["test"]),
+                          "syn" if row["synthetic"] else "real", end_section=i == len(group) - 1)
     console.print(table)
     failed = [e for e in store.evaluations(status="failed") if ids is None or e["checkpoint_id"] in ids]
     for e in failed[:10]:
