@@ -147,17 +147,22 @@ def claim_trial(study, url: str, target: int):
             # Beat at once, still under the lock: optuna fails only trials with a lapsed heartbeat, so a
             # worker killed between ask() and its first beat would leave a RUNNING trial that no one
             # ever fails, and every later worker would wait for it forever.
-            study._storage.record_heartbeat(trial._trial_id)  # RDBStorage API, as Heartbeat uses
+            record_heartbeat(study, trial)
             return trial
     return None
 
 
+def record_heartbeat(study, trial) -> None:
+    """One heartbeat of a running trial (RDBStorage API: ask/tell sends none)."""
+    study._storage.record_heartbeat(trial._trial_id)
+
+
 class Heartbeat:
-    """Records a running trial's heartbeat in the storage until stopped (ask/tell sends none)."""
+    """Records a running trial's heartbeat in the storage until stopped."""
 
     def __init__(self, study, trial, interval: int):
         self._stop = threading.Event()
-        beat = lambda: study._storage.record_heartbeat(trial._trial_id)  # noqa: E731 (RDBStorage API)
+        beat = lambda: record_heartbeat(study, trial)  # noqa: E731
         beat()
         self._thread = threading.Thread(target=self._run, args=(beat, interval), daemon=True)
         self._thread.start()

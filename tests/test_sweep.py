@@ -150,7 +150,7 @@ def test_a_killed_sweep_resumes_and_retries_the_killed_trial(tiny_corpus, sweep_
     # polled often on one storage object (a trial here lasts a few seconds, and a second trial's window
     # was missed once when the store was reopened every second). A trial killed before it drew its
     # parameters is retried with fresh ones; the claim test below covers that case.
-    study, seen = None, []
+    study, seen, pretraining = None, [], []
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and proc.poll() is None:
@@ -158,9 +158,10 @@ def test_a_killed_sweep_resumes_and_retries_the_killed_trial(tiny_corpus, sweep_
                 study = study or open_test_study(ws, "killed", f"sqlite:///{tmp_path / 'killed.db'}")
                 trials = study.get_trials(deepcopy=False)
                 seen = [t.state.name for t in trials]
+                pretraining = [t.number for t in trials if t.state.name == "RUNNING" and "run" in t.user_attrs]
             except Exception as err:  # the study is not created yet, or the database is busy
-                trials, seen = [], [repr(err)]
-            if any(t.state.name == "RUNNING" and "run" in t.user_attrs for t in trials):  # params all drawn
+                seen = [repr(err)]
+            if pretraining:
                 break
             time.sleep(0.1)
         else:
@@ -168,8 +169,7 @@ def test_a_killed_sweep_resumes_and_retries_the_killed_trial(tiny_corpus, sweep_
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    killed = next(t.number for t in study.get_trials(deepcopy=False)
-                  if t.state.name == "RUNNING" and "run" in t.user_attrs)
+    killed = pretraining[0]
     # The re-run is a subprocess with a time limit: a dead trial that is never failed makes it wait
     # forever (it did, when the kill fell between claiming a trial and its first heartbeat).
     resumed = subprocess.run([sys.executable, "-m", "harness", *args], cwd=REPO, capture_output=True, text=True,
