@@ -127,7 +127,8 @@ def run_pretraining(req: PretrainRequest, console) -> Path | None:
     from harness.corpus import resolve_corpus
     from harness.data import ViewsDataset, default_num_workers
     from harness.engine import (MethodHook, PretrainModel, RichProgressHook, RunRecordHook, build_runner,
-                                init_distributed, is_main_process, world_size)
+                                init_distributed, is_main_process, leave_distributed,
+                                world_size)
     from harness.provenance import code_version, host_info, package_versions
     from methods import get_method
 
@@ -221,8 +222,6 @@ def run_pretraining(req: PretrainRequest, console) -> Path | None:
                        wall_seconds=round(total, 2), device_hours=round(total * world_size() / 3600, 5),
                        finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
         if world_size() > 1 and status != "failed":
-            # Leave together: a rank tearing gloo down while the other still talks to it aborted
-            # ("terminate called without an active exception") once in CI on a loaded machine.
-            dist.barrier()
-            dist.destroy_process_group()
+            del runner  # leave_distributed frees the DDP wrapper before the group goes
+            leave_distributed()
     return run_dir if main else None

@@ -13,6 +13,13 @@ import pytest
 from harness.runs import read_run
 
 
+def _all_cpus() -> None:
+    try:
+        os.sched_setaffinity(0, range(os.cpu_count() or 1))
+    except (AttributeError, OSError):  # no affinity API, or CPUs outside this container's set
+        pass
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method,batch", [("simclr", 16), ("dino", 16), ("lvmmed", 32)])
 def test_torchrun_two_processes_end_with_identical_weights(tiny_corpus, method, batch):
@@ -22,9 +29,12 @@ def test_torchrun_two_processes_end_with_identical_weights(tiny_corpus, method, 
     cmd = [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "harness", "pretrain",
            "--method", method, "--workspace", str(workspace), "--corpus", corpus_id, "--image-size", "32",
            "--batch-size", str(batch), "--epochs", "2", "--num-workers", "0", "--name", name]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
+    # one thread per rank, and every CPU for the two ranks (not the test worker's one-CPU share);
+    # a rank that crashes in C++ prints its Python stack
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, preexec_fn=_all_cpus)
+    crash = done.stderr.find("Fatal Python error")  # faulthandler's stack, before torchrun's report
+    assert done.returncode == 0, done.stderr[crash:crash + 6000] if crash >= 0 else done.stderr[-3000:]
 
     run_dir = workspace / "runs" / name
     record = read_run(run_dir)
