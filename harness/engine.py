@@ -100,10 +100,12 @@ def init_distributed() -> bool:
 
 
 def leave_distributed() -> None:
-    """Leave the process group together, once the caller has dropped its runner: the DDP wrapper
-    (and its reducer's gloo/NCCL work) is freed here, while the interpreter and the group are
-    alive, not during interpreter shutdown. A rank aborting at exit ("terminate called without an
-    active exception") after a finished run failed a 2-rank CI run twice."""
+    """Leave the process group together, once the caller has dropped its runner. The DDP wrapper's
+    reducer holds the process group: with the runner alive, the gloo group outlived
+    `destroy_process_group` (checked with a weakref) and was torn down whenever the runner's
+    reference cycles were, possibly during interpreter shutdown, when gloo's threads can no longer
+    take the GIL. Collecting first frees it here. A rank aborting at exit ("terminate called
+    without an active exception") after a finished run failed 2-rank CI runs."""
     gc.collect()
     dist.barrier()
     dist.destroy_process_group()
