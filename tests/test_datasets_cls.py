@@ -127,7 +127,8 @@ def test_synthesis_and_hash_are_deterministic(tmp_path, name):
     a, b, c = (module.synthesize(tmp_path / k, n=24, seed=s, size=40) for k, s in (("a", 5), ("b", 5), ("c", 6)))
     assert _files(a) == _files(b) and _files(a) != _files(c)
     marker = json.loads((a / SYNTHETIC_MARKER).read_text())
-    assert marker["seed"] == 5 and marker["n"] == 24 and marker["version"] == 1 and marker["generator"]
+    version = {"fgadr": 1, "brain_tumor": 2}[name]  # brain 2: tumour radii doubled
+    assert marker["seed"] == 5 and marker["n"] == 24 and marker["version"] == version and marker["generator"]
     h = [load_classification_dataset(module.prepare(r, tmp_path / f"out-{r.name}")).meta["content_hash"]
          for r in (a, b, c)]
     assert h[0] == h[1] != h[2]

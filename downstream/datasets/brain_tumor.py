@@ -176,7 +176,7 @@ def synthesize(out: Path, *, n: int = 120, seed: int = 0, size: int = 96, varian
     plan = np.random.default_rng([seed, _TAG, 0])
     folder_of = {c: raw for raw, c in VARIANTS[variant].items()}
     n_test = int(round(n * SYNTH_TEST_FRACTION))
-    marker = {"generator": "bench.datasets.brain_tumor", "version": 1, "seed": seed, "n": int(n),
+    marker = {"generator": "bench.datasets.brain_tumor", "version": 2, "seed": seed, "n": int(n),
               "size": int(size), "variant": variant}
     threads = cv2.getNumThreads()
     cv2.setNumThreads(1)

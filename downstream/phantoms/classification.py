@@ -113,12 +113,14 @@ def _tumour_value(rng: np.random.Generator, lut: dict) -> float:
 
 
 def _tumour_shapes(rng: np.random.Generator, kind: str, hw: float, hh: float, lut: dict) -> list[Shape]:
+    # Radii are twice generator version 1's: the Kaggle tumours are large, and at 64 px version 1's
+    # pituitary tumours were 1-2 px across (benchmarks/README.md, SimCLR vs random on classification).
     U, H = rng.uniform, (lambda n, irr, kmin=2: harmonics(rng, n, irr, kmin))
     value = _tumour_value(rng, lut)
     if kind == "glioma":  # intra-axial, irregular, infiltrating the white matter
         a, rho = U(0, 2 * math.pi), U(.15, .65)
         c = (rho * .62 * hw * math.cos(a), rho * .62 * hh * math.sin(a))
-        r = U(.07, .16)
+        r = 2 * U(.07, .16)
         out = []
         if rng.random() < .5:  # peritumoral oedema
             out.append(Shape("edema", c, (r * U(1.4, 1.9), r * U(1.3, 1.8)), "edema", H(5, .3), U(0, 3), soft=2))
@@ -131,7 +133,7 @@ def _tumour_shapes(rng: np.random.Generator, kind: str, hw: float, hh: float, lu
         ex, ey = math.cos(a) * hw, math.sin(a) * hh  # head outline direction
         nx, ny = math.cos(a) / hw, math.sin(a) / hh  # outward normal of the ellipse
         norm = math.hypot(nx, ny)
-        r = U(.07, .15)
+        r = 2 * U(.07, .15)
         depth = r * U(.75, .95)
         c = (.87 * ex - nx / norm * depth, .87 * ey - ny / norm * depth)
         rot = math.atan2(ny, nx) + math.pi / 2  # long axis along the skull (broad dural base)
@@ -140,7 +142,7 @@ def _tumour_shapes(rng: np.random.Generator, kind: str, hw: float, hh: float, lu
             out.insert(0, Shape("edema", c, (r * U(1.5, 1.8), r * U(1.2, 1.5)), "edema", H(4, .2), rot, soft=2))
         return out
     if kind == "pituitary":  # small midline blob just above the skull base
-        r = U(.035, .07)
+        r = 2 * U(.035, .07)
         c = (U(-.03, .03), .87 * hh - r * U(1.0, 1.5))
         return [Shape("tumour", c, (r * U(.9, 1.3), r), value, H(3, .05), U(-.2, .2), soft=1.2)]
     return []
