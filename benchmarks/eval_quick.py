@@ -2,7 +2,7 @@
 
 For every built task: the default synthetic set (what `make demo` writes) is generated in its raw
 layout and prepared, then one job per protocol the demo runs (random init, seed 0) is evaluated
-through the real `harness.evaluate.run_unit`, in this process, one after another. The time of a job
+through the real `harness.app.evaluate.run_unit`, in this process, one after another. The time of a job
 is the wall time the results store records for it (training, validation every epoch, test).
 
     python benchmarks/eval_quick.py                 # every built task
@@ -21,14 +21,17 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from medssl_bench.harness.process import configure_process  # noqa: E402
 
-from downstream.datasets import ADAPTERS  # noqa: E402
-from downstream.registry import TASKS  # noqa: E402
-from harness.checkpoints import random_checkpoint  # noqa: E402
-from harness.evaluate import run_unit  # noqa: E402
-from harness.provenance import code_version, host_info, package_versions  # noqa: E402
-from harness.store import EvalKey, ResultsStore  # noqa: E402
-from harness.workspace import Workspace  # noqa: E402
+configure_process()
+
+from medssl_bench.downstream.datasets import ADAPTERS  # noqa: E402
+from medssl_bench.downstream.registry import TASKS  # noqa: E402
+from medssl_bench.harness.checkpoint_index import random_checkpoint  # noqa: E402
+from medssl_bench.harness.app.evaluate import run_unit  # noqa: E402
+from medssl_bench.harness.provenance import code_version, host_info, package_versions  # noqa: E402
+from medssl_bench.harness.store import EvalKey, ResultsStore  # noqa: E402
+from medssl_bench.harness.workspace import Workspace  # noqa: E402
 
 DEMO_OPTIONS = {"classification": {"n": 160, "size": 64}, "detection": {"n": 24}}  # the Makefile's demo
 # arguments; segmentation uses each adapter's defaults

@@ -31,8 +31,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from medssl_bench.harness.process import configure_process  # noqa: E402
 
-from methods import graph_matching as gm  # noqa: E402
+configure_process()
+
+from medssl_bench.methods.blocks import graph_matching as gm  # noqa: E402
 
 LAMBDA = 80.0
 

@@ -33,12 +33,15 @@ import numpy as np
 import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from medssl_bench.harness.process import configure_process  # noqa: E402
 
-from downstream.registry import TASKS  # noqa: E402
-from harness.provenance import code_version, host_info, package_versions  # noqa: E402
-from harness.store import PPM, ResultsStore, checkpoints_table, evaluations_table, results_table  # noqa: E402
-from harness.workspace import Workspace  # noqa: E402
-from leaderboard import build_leaderboard  # noqa: E402
+configure_process()
+
+from medssl_bench.downstream.registry import TASKS  # noqa: E402
+from medssl_bench.harness.provenance import code_version, host_info, package_versions  # noqa: E402
+from medssl_bench.harness.store import PPM, ResultsStore, checkpoints_table, evaluations_table, results_table  # noqa: E402
+from medssl_bench.harness.workspace import Workspace  # noqa: E402
+from medssl_bench.leaderboard import build_leaderboard  # noqa: E402
 
 FRACTIONS = (0.01, 0.1, 1.0)
 SEEDS = 5

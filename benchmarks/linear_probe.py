@@ -20,18 +20,21 @@ from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from medssl_bench.harness.process import configure_process  # noqa: E402
+
+configure_process()
 
 import torch  # noqa: E402
 
-from downstream.classification import FeatureCache, run_job  # noqa: E402
-from downstream.datasets import brain_tumor  # noqa: E402
-from downstream.datasets.canonical import load_classification_dataset  # noqa: E402
-from downstream.registry import get_task  # noqa: E402
-from harness.backbones import build_backbone  # noqa: E402
-from harness.checkpoint import save_backbone  # noqa: E402
-from harness.checkpoints import resolve_checkpoints  # noqa: E402
-from harness.provenance import code_version, host_info, package_versions  # noqa: E402
-from harness.workspace import Workspace  # noqa: E402
+from medssl_bench.downstream.classification import FeatureCache, run_job  # noqa: E402
+from medssl_bench.downstream.datasets import brain_tumor  # noqa: E402
+from medssl_bench.downstream.datasets.canonical import load_classification_dataset  # noqa: E402
+from medssl_bench.downstream.registry import get_task  # noqa: E402
+from medssl_bench.harness.backbones import build_backbone  # noqa: E402
+from medssl_bench.harness.checkpoint import save_backbone  # noqa: E402
+from medssl_bench.harness.checkpoint_index import resolve_checkpoints  # noqa: E402
+from medssl_bench.harness.provenance import code_version, host_info, package_versions  # noqa: E402
+from medssl_bench.harness.workspace import Workspace  # noqa: E402
 
 
 def main() -> None:

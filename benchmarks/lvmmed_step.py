@@ -26,13 +26,16 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from medssl_bench.harness.process import configure_process  # noqa: E402
 
-import methods.lvmmed as lvmmed_module  # noqa: E402
-from harness.backbones import build_backbone, feature_map  # noqa: E402
-from harness.config import method_kwargs, resolve_config  # noqa: E402
-from harness.method_api import StepInfo  # noqa: E402
-from harness.provenance import code_version, package_versions  # noqa: E402
-from methods import get_method  # noqa: E402
+configure_process()
+
+import medssl_bench.methods.lvmmed as lvmmed_module  # noqa: E402
+from medssl_bench.harness.backbones import build_backbone, feature_map  # noqa: E402
+from medssl_bench.harness.config import method_kwargs, resolve_config  # noqa: E402
+from medssl_bench.harness.method_api import StepInfo  # noqa: E402
+from medssl_bench.harness.provenance import code_version, package_versions  # noqa: E402
+from medssl_bench.methods import get_method  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -26,13 +26,16 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from medssl_bench.harness.process import configure_process  # noqa: E402
 
-from harness.backbones import build_backbone  # noqa: E402
-from harness.config import method_kwargs, resolve_config  # noqa: E402
-from harness.data import IMAGE_MEAN, IMAGE_STD, default_num_workers, ship_views  # noqa: E402
-from harness.engine import MethodHook, PretrainModel, RunRecordHook, build_runner  # noqa: E402
-from harness.provenance import code_version, package_versions  # noqa: E402
-from methods import METHOD_NAMES, get_method  # noqa: E402
+configure_process()
+
+from medssl_bench.harness.backbones import build_backbone  # noqa: E402
+from medssl_bench.harness.config import method_kwargs, resolve_config  # noqa: E402
+from medssl_bench.harness.data import IMAGE_MEAN, IMAGE_STD, default_num_workers, ship_views  # noqa: E402
+from medssl_bench.harness.engine import MethodHook, PretrainModel, RunRecordHook, build_runner  # noqa: E402
+from medssl_bench.harness.provenance import code_version, package_versions  # noqa: E402
+from medssl_bench.methods import METHOD_NAMES, get_method  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -137,7 +140,7 @@ def harness_steps(method: str, cfg, samples, device: str, n_steps: int) -> list[
     with tempfile.TemporaryDirectory() as tmp:
         kwargs, dataset, sampler = method_kwargs(method_cls, cfg), None, None
         if method_cls.uses_labels:  # Ark: real labelled phantom sets through its cyclic sampler (loading included)
-            from harness.labelled import load_labelled
+            from medssl_bench.harness.app.labelled import load_labelled
 
             data = load_labelled(["phantom_ct"], Path(tmp), cfg["image_size"], cfg["batch_size"], method)
             cfg = {**cfg, "epochs": -(-n_steps // sum(data.layout.pass_steps))}

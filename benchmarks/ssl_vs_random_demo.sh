@@ -20,9 +20,9 @@ done
 "$ROOT/.venv/bin/python" - "$WS" "$ROOT/benchmarks/results/ssl_vs_random_demo_$(IFS=_; echo "$*").json" <<'PY'
 import json, sys, time
 from pathlib import Path
-from harness.provenance import code_version, host_info
-from harness.store import ResultsStore
-from harness.workspace import Workspace
+from medssl_bench.harness.provenance import code_version, host_info
+from medssl_bench.harness.store import ResultsStore
+from medssl_bench.harness.workspace import Workspace
 store = ResultsStore.open(None, Workspace(Path(sys.argv[1])))
 names = {c["id"]: c["name"] for c in store.checkpoints()}
 rows = [{"checkpoint": names[r["checkpoint_id"]], "task": r["task"], "seed": r["seed"], "split": r["split"],

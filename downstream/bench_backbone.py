@@ -1,9 +1,9 @@
 """`bench`'s backbone checkpoint as a dense-prediction trunk, shared by mmseg and mmdet.
 
-`BenchResNet` and `LoadBenchImage` are plain classes here; `downstream.seg_model` registers them in
-mmseg's registries and `downstream.det_model` in mmdet's, so configs of either toolbox can name
+`BenchResNet` and `LoadBenchImage` are plain classes here; `downstream.segmentation.model` registers them in
+mmseg's registries and `downstream.detection.model` in mmdet's, so configs of either toolbox can name
 them. The checkpoint contract (a bare torchvision ResNet state dict; sha256 checked when a
-CheckpointRef is given) is read in one place, `harness.checkpoints`: no `backbone.` key prefixing.
+CheckpointRef is given) is read in one place, `harness.checkpoint_index`: no `backbone.` key prefixing.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from mmcv.transforms import BaseTransform
 from torch import nn
 
-from harness.imageio import load_rgb
+from medssl_bench.harness.imageio import load_rgb
 
 # torchvision ResNet stage widths: stem (stride 2), layer1 (4), layer2 (8), layer3 (16), layer4 (32)
 STAGE_CHANNELS = {"resnet18": (64, 64, 128, 256, 512), "resnet50": (64, 256, 512, 1024, 2048)}
@@ -28,14 +28,14 @@ class BenchResNet(nn.Module):
     def __init__(self, arch: str = "resnet50", checkpoint: str | None = None, ref=None,
                  out_indices=(0, 1, 2, 3, 4), frozen_stages: int = -1, norm_eval: bool = False):
         super().__init__()
-        from harness.backbones import build_backbone
-        from harness.checkpoints import load_checkpoint_into, strict_load
+        from medssl_bench.harness.backbones import build_backbone
+        from medssl_bench.harness.checkpoint_index import load_checkpoint_into, strict_load
 
         self.resnet, _ = build_backbone(arch)
         if ref is not None:
             load_checkpoint_into(ref, self.resnet)
         elif checkpoint:
-            from harness.checkpoint import load_backbone_state
+            from medssl_bench.harness.checkpoint import load_backbone_state
 
             state, _ = load_backbone_state(checkpoint)
             strict_load(self.resnet, state, arch, checkpoint)

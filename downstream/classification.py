@@ -28,13 +28,13 @@ from PIL import Image
 from torch import nn
 from torchmetrics.functional.classification import multiclass_auroc, multiclass_f1_score, multiclass_recall
 
-from downstream.datasets.canonical import ClassificationDataset, Sample, label_fraction_subset
-from downstream.finetuning import fit_best_on_val
-from downstream.registry import Protocol, Task
-from harness.backbones import BACKBONES, build_backbone
-from harness.data import IMAGE_MEAN, IMAGE_STD, derived_seed
-from harness.fsutil import atomic_path
-from harness.imageio import load_rgb
+from medssl_bench.downstream.datasets.canonical import ClassificationDataset, Sample, label_fraction_subset
+from medssl_bench.downstream.finetuning import fit_best_on_val
+from medssl_bench.downstream.registry import Protocol, Task
+from medssl_bench.harness.backbones import BACKBONES, build_backbone
+from medssl_bench.harness.data import IMAGE_MEAN, IMAGE_STD, derived_seed
+from medssl_bench.harness.fsutil import atomic_path
+from medssl_bench.harness.imageio import load_rgb
 
 SPLITS = ("train", "val", "test")
 KNN_TEMPERATURE = 0.07
@@ -104,7 +104,7 @@ def preprocessor() -> ImgDataPreprocessor:
 # ----------------------------------------------------------------------------- frozen features
 def build_encoder(ref, seed: int) -> nn.Module:
     """The checkpoint's backbone; random init is seeded per evaluation seed (a baseline over seeds)."""
-    from harness.checkpoints import load_checkpoint_into
+    from medssl_bench.harness.checkpoint_index import load_checkpoint_into
 
     torch.manual_seed(derived_seed(seed, 0x5EED))
     backbone, _ = build_backbone(ref.backbone)

@@ -16,7 +16,7 @@ from pathlib import Path
 from mmengine.hooks import Hook
 from mmengine.runner import Runner
 
-from harness.data import derived_seed
+from medssl_bench.harness.data import derived_seed
 
 
 class KeepBestHook(Hook):
@@ -47,7 +47,7 @@ def fit_best_on_val(model, train_set, val_set, test_set, *, val_metric, test_met
     "trained": {"state": best weights, "epoch": n}}. Passing an earlier run's `trained` skips the
     training and only scores those weights (tasks that share training but test elsewhere).
     """
-    from harness.engine import QuietMMEngine
+    from medssl_bench.harness.engine import QuietMMEngine
 
     keep = KeepBestHook(key)
     work_root.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from harness.errors import UserError
+from medssl_bench.harness.errors import UserError
 
 FAMILIES = ("classification", "segmentation_2d", "segmentation_3d", "detection", "ood_segmentation")
 PROFILES = ("quick", "paper")

@@ -1,3 +1,3 @@
-from harness.cli import run
+from medssl_bench.harness.app.cli import run
 
 run()

@@ -9,7 +9,7 @@ import torch
 import torchvision
 from torch import nn
 
-from harness.errors import UserError
+from medssl_bench.harness.errors import UserError
 
 # name -> (constructor, pooled feature width)
 BACKBONES = {

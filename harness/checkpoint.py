@@ -13,8 +13,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from harness.errors import UserError
-from harness.fsutil import atomic_path, sha256_file, write_json_atomic
+from medssl_bench.harness.errors import UserError
+from medssl_bench.harness.fsutil import atomic_path, sha256_file, write_json_atomic
 
 FORMAT = "bench-backbone/1"
 

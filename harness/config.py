@@ -8,7 +8,7 @@ from __future__ import annotations
 import ast
 from typing import Any
 
-from harness.errors import UserError
+from medssl_bench.harness.errors import UserError
 
 # Training keys the harness owns; every method profile may set them.
 TRAIN_DEFAULTS: dict[str, Any] = {

@@ -29,10 +29,10 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from harness import imageio
-from harness.errors import CorruptImageError, UserError
-from harness.fsutil import atomic_path, write_json_atomic
-from harness.workspace import Workspace
+from medssl_bench.harness import imageio
+from medssl_bench.harness.errors import CorruptImageError, UserError
+from medssl_bench.harness.fsutil import atomic_path, write_json_atomic
+from medssl_bench.harness.workspace import Workspace
 
 MANIFEST = "manifest.jsonl"
 INFO = "corpus.json"
@@ -316,7 +316,7 @@ def _decode_all(paths: list[str], total_bytes: int, progress: Progress | None) -
 def _decode_pool(workers: int) -> concurrent.futures.Executor:
     """Processes forked on Linux: decoding is CPU-bound (pydicom parses in Python) and "fork",
     unlike "spawn"/"forkserver", does not re-import the caller's __main__ (which breaks scripts
-    without a main guard and `python -m harness`). Elsewhere threads: Pillow, zlib and hashlib
+    without a main guard and `python -m medssl_bench.harness`). Elsewhere threads: Pillow, zlib and hashlib
     release the GIL for most of the work."""
     if sys.platform == "linux":
         return concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))

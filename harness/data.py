@@ -18,8 +18,8 @@ from torch.utils.data import Dataset
 
 from lightly.transforms.utils import IMAGENET_NORMALIZE
 
-from harness.errors import CorruptImageError
-from harness.provenance import available_cpus
+from medssl_bench.harness.errors import CorruptImageError
+from medssl_bench.harness.provenance import available_cpus
 
 # Views travel as uint8 (4x less memory through loader workers, pinning and host->device copies)
 # and are normalised on the device with lightly's default ImageNet statistics.
@@ -62,7 +62,7 @@ class ViewsDataset(Dataset):
     def _load(self, entry: dict):
         if self.loader is not None:
             return self.loader(entry)
-        from harness.imageio import load_rgb
+        from medssl_bench.harness.imageio import load_rgb
 
         return load_rgb(entry["path"], entry.get("slice"))
 

@@ -29,12 +29,12 @@ from mmengine.optim import AmpOptimWrapper, OptimWrapper
 from mmengine.registry import MODEL_WRAPPERS
 from mmengine.runner import Runner
 
-from harness.checkpoint import save_backbone, state_digest
-from harness.config import scaled_lr
-from harness.data import EpochIndexSampler, ViewsPreprocessor, collate_views
-from harness.errors import CorruptImageError, UserError
-from harness.method_api import SSLMethod, StepInfo
-from harness.torch_compat import trusted_mmengine_checkpoint
+from medssl_bench.harness.checkpoint import save_backbone, state_digest
+from medssl_bench.harness.config import scaled_lr
+from medssl_bench.harness.data import EpochIndexSampler, ViewsPreprocessor, collate_views
+from medssl_bench.harness.errors import CorruptImageError, UserError
+from medssl_bench.harness.method_api import SSLMethod, StepInfo
+from medssl_bench.harness.torch_compat import trusted_mmengine_checkpoint
 
 
 class PretrainModel(BaseModel):

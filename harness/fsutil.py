@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from harness.errors import UserError
+from medssl_bench.harness.errors import UserError
 
 
 @contextlib.contextmanager

@@ -32,7 +32,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image, ImageOps
 
-from harness.errors import CorruptImageError
+from medssl_bench.harness.errors import CorruptImageError
 
 PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif")
 DICOM_SUFFIXES = (".dcm", ".dicom")

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from harness.data import derived_seed
+from medssl_bench.harness.data import derived_seed
 
 if TYPE_CHECKING:
     from optuna.distributions import BaseDistribution
@@ -54,7 +54,7 @@ class SSLMethod(nn.Module):
     #: constructor argument) -> an Optuna distribution. The paper profile's value (or the
     #: constructor default) must lie inside each range: tests/test_search_spaces.py checks it.
     search_space: ClassVar[dict[str, "BaseDistribution"]] = {}
-    #: pretrains on labelled datasets (`--labels-from`, harness.labelled) instead of a corpus: the constructor
+    #: pretrains on labelled datasets (`--labels-from`, harness.app.labelled) instead of a corpus: the constructor
     #: gets `labels=LabelLayout` and each sample's outputs end with its dataset index and target vector
     uses_labels: ClassVar[bool] = False
 

@@ -11,9 +11,9 @@ import json
 import time
 from pathlib import Path
 
-from harness.errors import UserError
-from harness.fsutil import write_json_atomic
-from harness.workspace import Workspace
+from medssl_bench.harness.errors import UserError
+from medssl_bench.harness.fsutil import write_json_atomic
+from medssl_bench.harness.workspace import Workspace
 
 RUN_FILE = "run.json"
 BACKBONE_FILE = "backbone.safetensors"

@@ -25,11 +25,11 @@ from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, make_url
 
-from harness.errors import UserError
-from harness.fsutil import ensure_writable_dir
+from medssl_bench.harness.errors import UserError
+from medssl_bench.harness.fsutil import ensure_writable_dir
 
 if TYPE_CHECKING:
-    from harness.workspace import Workspace
+    from medssl_bench.harness.workspace import Workspace
 
 SCHEMA_VERSION = 1
 SPLITS = ("val", "test")

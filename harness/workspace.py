@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.fsutil import ensure_writable_dir
+from medssl_bench.harness.fsutil import ensure_writable_dir
 
 
 @dataclass(frozen=True)

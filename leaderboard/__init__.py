@@ -1,4 +1,4 @@
 """The static HTML leaderboard, generated from the results store only (`bench leaderboard`)."""
-from leaderboard.build import build_leaderboard
+from medssl_bench.leaderboard.build import build_leaderboard
 
 __all__ = ["build_leaderboard"]

@@ -14,7 +14,7 @@ from statistics import mean
 
 from scipy import stats
 
-from downstream.registry import FAMILIES, TASKS
+from medssl_bench.downstream.registry import FAMILIES, TASKS
 
 MAIN_LABEL_FRACTION = 1.0
 CI_LEVEL = 0.95

@@ -4,11 +4,11 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from pathlib import Path
 
-from harness.fsutil import ensure_writable_dir, write_text_atomic
-from harness.store import ResultsStore
-from leaderboard.aggregate import MAIN_LABEL_FRACTION, build_tables
-from leaderboard.render import render_page
-from leaderboard.stats import annotate
+from medssl_bench.harness.fsutil import ensure_writable_dir, write_text_atomic
+from medssl_bench.harness.store import ResultsStore
+from medssl_bench.leaderboard.aggregate import MAIN_LABEL_FRACTION, build_tables
+from medssl_bench.leaderboard.render import render_page
+from medssl_bench.leaderboard.stats import annotate
 
 
 def build_leaderboard(store: ResultsStore, out_dir: Path, *, now: datetime | None = None) -> Path:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import html
 import math
 
-from leaderboard.aggregate import Cell, Column, Row
+from medssl_bench.leaderboard.aggregate import Cell, Column, Row
 
 # Tableau 10: distinguishable, and readable on white; past ten series the dash pattern changes.
 PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f",

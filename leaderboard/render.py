@@ -11,11 +11,11 @@ from __future__ import annotations
 from datetime import datetime
 from itertools import groupby
 
-from downstream.registry import TASKS
-from leaderboard.aggregate import GROUP_TITLES, MAIN_LABEL_FRACTION, Cell, Column, Cost, Row, Table
-from leaderboard.assets import CSS, JS
-from leaderboard.charts import esc
-from leaderboard.sections import (BEST_MARK, MISSING, charts_section, code_versions, how_to_read, provenance_section,
+from medssl_bench.downstream.registry import TASKS
+from medssl_bench.leaderboard.aggregate import GROUP_TITLES, MAIN_LABEL_FRACTION, Cell, Column, Cost, Row, Table
+from medssl_bench.leaderboard.assets import CSS, JS
+from medssl_bench.leaderboard.charts import esc
+from medssl_bench.leaderboard.sections import (BEST_MARK, MISSING, charts_section, code_versions, how_to_read, provenance_section,
                                   significance_section)
 
 WARN = "\u26a0"

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import json
 
-from downstream.registry import TASKS
-from leaderboard.aggregate import CI_LEVEL, Cell, Column, Row, Table
-from leaderboard.charts import bar_chart, cd_diagram, efficiency_chart, esc, profile_chart
-from leaderboard.stats import ALPHA, CASE_TEST, MIN_CASES, SEED_TEST, PairedTest
+from medssl_bench.downstream.registry import TASKS
+from medssl_bench.leaderboard.aggregate import CI_LEVEL, Cell, Column, Row, Table
+from medssl_bench.leaderboard.charts import bar_chart, cd_diagram, efficiency_chart, esc, profile_chart
+from medssl_bench.leaderboard.stats import ALPHA, CASE_TEST, MIN_CASES, SEED_TEST, PairedTest
 
 MISSING = "\u2014"  # an em dash: never a zero
 BEST_MARK = "\u2605"

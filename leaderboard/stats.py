@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 from scipy import stats
 
-from leaderboard.aggregate import CI_LEVEL, Cell, Column, Row, Table
+from medssl_bench.leaderboard.aggregate import CI_LEVEL, Cell, Column, Row, Table
 
 ALPHA = 0.05
 MIN_CASES = 6  # fewer common cases than this: pair over seeds (Wilcoxon cannot reach p < 0.05 below 6)

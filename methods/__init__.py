@@ -3,21 +3,21 @@ from __future__ import annotations
 
 from importlib import import_module
 
-from harness.errors import UserError
+from medssl_bench.harness.errors import UserError
 
 # CLI name -> "module:Class"; imported lazily so `bench --help` does not import lightly.
 _REGISTRY = {
-    "simclr": "methods.simclr:SimCLR",
-    "byol": "methods.byol:BYOL",
-    "dino": "methods.dino:DINO",
-    "lvmmed": "methods.lvmmed:LVMMed",
-    "models_genesis": "methods.models_genesis:ModelsGenesis",
-    "moco": "methods.moco:MoCo",
-    "barlowtwins": "methods.barlowtwins:BarlowTwins",
-    "vicregl": "methods.vicregl:VICRegL",
-    "swav": "methods.swav:SwaV",
-    "peac": "methods.peac:PEAC",
-    "ark": "methods.ark:Ark",
+    "simclr": "medssl_bench.methods.simclr:SimCLR",
+    "byol": "medssl_bench.methods.byol:BYOL",
+    "dino": "medssl_bench.methods.dino:DINO",
+    "lvmmed": "medssl_bench.methods.lvmmed:LVMMed",
+    "models_genesis": "medssl_bench.methods.models_genesis:ModelsGenesis",
+    "moco": "medssl_bench.methods.moco:MoCo",
+    "barlowtwins": "medssl_bench.methods.barlowtwins:BarlowTwins",
+    "vicregl": "medssl_bench.methods.vicregl:VICRegL",
+    "swav": "medssl_bench.methods.swav:SwaV",
+    "peac": "medssl_bench.methods.peac:PEAC",
+    "ark": "medssl_bench.methods.ark:Ark",
 }
 
 METHOD_NAMES = tuple(_REGISTRY)

@@ -2,7 +2,7 @@
 labelled datasets, one head per dataset, plus consistency with an EMA teacher of the whole network. Spec
 ../shared/specs/seed-methods.md 3.1 (objective, schedules, views), 3.2 (labels), 3.7 (ResNet plan).
 
-Data come from `--labels-from` (harness.labelled): each epoch is a pass over dataset 1, then dataset 2, ...; a batch
+Data come from `--labels-from` (harness.app.labelled): each epoch is a pass over dataset 1, then dataset 2, ...; a batch
 of dataset k trains head k only: L = (1-c) BCE(head_k(proj(student(x''))), y) + c MSE(proj(student(x'')),
 proj(teacher(x'))), BCE for every task (one-hot for multi-class, as the original). Pass p of P = epochs x datasets
 sets c (cosine 0 -> 0.5) and the teacher momentum m (cosine 0.9 -> 1); the teacher (backbone, projector, heads) gets
@@ -24,9 +24,9 @@ from lightly.utils.scheduler import cosine_schedule
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from torch import nn
 
-from harness.errors import UserError
-from harness.labelled import LabelLayout
-from harness.method_api import SSLMethod, StepInfo
+from medssl_bench.harness.errors import UserError
+from medssl_bench.harness.app.labelled import LabelLayout
+from medssl_bench.harness.method_api import SSLMethod, StepInfo
 
 
 def ark_terms(logits, target, z_student, z_teacher) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,7 +108,7 @@ class Ark(SSLMethod):
 
     @classmethod
     def image_view_count(cls, cfg):
-        return 2  # then the dataset index and the target (harness.labelled)
+        return 2  # then the dataset index and the target (harness.app.labelled)
 
     def current_pass(self, step: StepInfo) -> tuple[int, int, bool]:
         """(pass p counted over the run, total passes P, whether this step ends pass p)."""

@@ -12,7 +12,7 @@ from lightly.models.modules import BarlowTwinsProjectionHead
 from lightly.transforms import BYOLTransform, BYOLView1Transform, BYOLView2Transform
 from optuna.distributions import FloatDistribution
 
-from harness.method_api import SSLMethod, StepInfo
+from medssl_bench.harness.method_api import SSLMethod, StepInfo
 
 
 class BarlowTwins(SSLMethod):

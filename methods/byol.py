@@ -15,7 +15,7 @@ from lightly.transforms import BYOLTransform, BYOLView1Transform, BYOLView2Trans
 from lightly.utils.scheduler import cosine_schedule
 from optuna.distributions import FloatDistribution
 
-from harness.method_api import SSLMethod, StepInfo
+from medssl_bench.harness.method_api import SSLMethod, StepInfo
 
 
 class BYOL(SSLMethod):

@@ -17,7 +17,7 @@ from lightly.transforms import DINOTransform
 from lightly.utils.scheduler import cosine_schedule
 from optuna.distributions import FloatDistribution
 
-from harness.method_api import SSLMethod, StepInfo
+from medssl_bench.harness.method_api import SSLMethod, StepInfo
 
 
 class DINO(SSLMethod):

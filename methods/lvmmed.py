@@ -14,12 +14,12 @@ from lightly.transforms import VICRegLTransform
 from optuna.distributions import FloatDistribution, IntDistribution
 from torch import nn
 
-from harness.backbones import feature_map
-from harness.errors import UserError
-from harness.method_api import SSLMethod, StepInfo, step_generator
-from methods.graph_matching import edge_indicator, solve_lap, solve_qap
-from methods.imle import imle_hamming_matching
-from methods.lvmmed_graph import GCN, edge_affinity, gcn_adjacency, knn_edges, local_affinity, vertex_affinity
+from medssl_bench.harness.backbones import feature_map
+from medssl_bench.harness.errors import UserError
+from medssl_bench.harness.method_api import SSLMethod, StepInfo, step_generator
+from medssl_bench.methods.blocks.graph_matching import edge_indicator, solve_lap, solve_qap
+from medssl_bench.methods.blocks.imle import imle_hamming_matching
+from medssl_bench.methods.blocks.lvmmed_graph import GCN, edge_affinity, gcn_adjacency, knn_edges, local_affinity, vertex_affinity
 
 FEATURE_STRIDE = 32  # ResNet: one feature cell per 32x32 input pixels
 EULER_GAMMA = 0.5772156649  # mean of Gumbel(0, 1)

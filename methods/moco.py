@@ -19,9 +19,9 @@ from lightly.transforms import MoCoV2Transform
 from lightly.utils.scheduler import cosine_schedule
 from optuna.distributions import FloatDistribution, IntDistribution
 
-from harness.data import derived_seed
-from harness.errors import UserError
-from harness.method_api import SSLMethod, StepInfo
+from medssl_bench.harness.data import derived_seed
+from medssl_bench.harness.errors import UserError
+from medssl_bench.harness.method_api import SSLMethod, StepInfo
 
 
 def persistent_queue(bank: MemoryBankModule) -> MemoryBankModule:

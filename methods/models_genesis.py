@@ -2,7 +2,7 @@
 
 2D port on a torchvision ResNet (spec ../shared/specs/seed-methods.md 1.9): the ResNet is the encoder of a
 U-Net whose light decoder (upsample, concatenate the skip at stride 16/8/4/2, one conv) ends in a 1x1 conv
-and a sigmoid; the loss is the MSE to the clean [0,1] image (spec 1.1). The distortions (harness.distortions,
+and a sigmoid; the loss is the MSE to the clean [0,1] image (spec 1.1). The distortions (methods.blocks.distortions,
 spec 1.2) run batched on the device inside `training_loss`, on the un-normalised image; only the network
 input is normalised. Only the encoder (`self.backbone`) is exported; the decoder is pretraining-only.
 """
@@ -14,10 +14,10 @@ from optuna.distributions import FloatDistribution
 from torch import nn
 from torchvision import transforms as T
 
-from harness.data import IMAGE_MEAN, IMAGE_STD
-from harness.distortions import GENESIS_3D_COVERAGE, genesis_distort, shuffle_windows_for_coverage
-from harness.errors import UserError
-from harness.method_api import SSLMethod, StepInfo, step_generator
+from medssl_bench.harness.data import IMAGE_MEAN, IMAGE_STD
+from medssl_bench.methods.blocks.distortions import GENESIS_3D_COVERAGE, genesis_distort, shuffle_windows_for_coverage
+from medssl_bench.harness.errors import UserError
+from medssl_bench.harness.method_api import SSLMethod, StepInfo, step_generator
 
 
 class CleanView:

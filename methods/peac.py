@@ -4,7 +4,7 @@ local (grid-matched) consistency with an EMA teacher, on a ResNet instead of the
 Spec ../shared/specs/seed-methods.md 2.1 (the objective as the official code optimises it), 2.6 (ResNet plan).
 The stride-32 map has one location per 32-px cell of the grid-aligned views (methods/peac_views.py; CNN
 receptive fields make the correspondence approximate). Per sample, view 1 gets the Models Genesis appearance
-distortions (harness.distortions) or its cells permuted in pixel space. Views arrive normalised (harness.data,
+distortions (methods.blocks.distortions) or its cells permuted in pixel space. Views arrive normalised (harness.data,
 on the device): the distortions run on view 1 mapped back to [0, 1], then normalised again; the restoration
 target is the clean, normalised view 1 (2.1 b). The exported backbone is the student's, as the lab's
 fine-tuning loader used. The teacher runs in BN train mode (like BYOL's target here): its BN state is its own.
@@ -21,11 +21,11 @@ from lightly.utils.scheduler import cosine_schedule
 from optuna.distributions import FloatDistribution
 from torch import nn
 
-from harness.backbones import feature_map
-from harness.data import IMAGE_MEAN, IMAGE_STD
-from harness.distortions import bezier_intensity, local_pixel_shuffle, paint
-from harness.method_api import SSLMethod, StepInfo, step_generator
-from methods.peac_views import GridViews, grid_cells, permute_cells
+from medssl_bench.harness.backbones import feature_map
+from medssl_bench.harness.data import IMAGE_MEAN, IMAGE_STD
+from medssl_bench.methods.blocks.distortions import bezier_intensity, local_pixel_shuffle, paint
+from medssl_bench.harness.method_api import SSLMethod, StepInfo, step_generator
+from medssl_bench.methods.blocks.peac_views import GridViews, grid_cells, permute_cells
 
 CELL = 32  # ResNet stride: one feature-map location per 32x32-px cell, as Swin-B's tokens in PEAC
 PAPER_GLOBAL_DIM = 8192  # the dimension the paper's global weight 1e5 was set for

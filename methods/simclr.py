@@ -11,7 +11,7 @@ from lightly.models.modules import SimCLRProjectionHead
 from lightly.transforms import SimCLRTransform
 from optuna.distributions import FloatDistribution
 
-from harness.method_api import SSLMethod, StepInfo
+from medssl_bench.harness.method_api import SSLMethod, StepInfo
 
 
 class SimCLR(SSLMethod):

@@ -17,8 +17,8 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from torch import nn
 from torch.nn import functional as F
 
-from harness.method_api import SSLMethod, StepInfo
-from methods.moco import persistent_queue
+from medssl_bench.harness.method_api import SSLMethod, StepInfo
+from medssl_bench.methods.moco import persistent_queue
 
 
 class SwaV(SSLMethod):

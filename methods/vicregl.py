@@ -15,8 +15,8 @@ from lightly.models.modules.heads import VicRegLLocalProjectionHead, VICRegProje
 from lightly.transforms import VICRegLTransform
 from optuna.distributions import FloatDistribution
 
-from harness.backbones import feature_map
-from harness.method_api import SSLMethod, StepInfo
+from medssl_bench.harness.backbones import feature_map
+from medssl_bench.harness.method_api import SSLMethod, StepInfo
 
 FEATURE_STRIDE = 32  # ResNet: the last map has ceil(side / 32) cells per side
 

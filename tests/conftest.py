@@ -22,10 +22,14 @@ def _pin_xdist_worker() -> None:
 
 _pin_xdist_worker()
 
+from medssl_bench.harness.process import configure_process  # noqa: E402  (as the `bench` entry point does)
+
+configure_process()
+
 import numpy as np
 import pytest
 
-from harness.workspace import Workspace
+from medssl_bench.harness.workspace import Workspace
 
 
 @pytest.fixture
@@ -78,8 +82,8 @@ def nibabel_file():
 def tiny_corpus(tmp_path_factory) -> tuple[Path, str]:
     """A 96-image synthetic corpus (all phantom families, 48 px) built into a shared workspace:
     (workspace folder, corpus id). Pretraining tests name their runs uniquely within it."""
-    from downstream.phantoms import synthesize_corpus
-    from harness.corpus import build_corpus
+    from medssl_bench.downstream.phantoms import synthesize_corpus
+    from medssl_bench.harness.corpus import build_corpus
 
     root = tmp_path_factory.mktemp("tiny")
     synthesize_corpus(root / "corpus", n=96, seed=0, size=48)
@@ -97,7 +101,7 @@ def brain_tumor_root(tmp_path_factory):
 
     def make(n: int, size: int) -> Path:
         if (n, size) not in made:
-            from downstream.datasets import brain_tumor
+            from medssl_bench.downstream.datasets import brain_tumor
 
             root = tmp_path_factory.mktemp(f"brain-{n}-{size}")
             brain_tumor.prepare(brain_tumor.synthesize(root / "raw", n=n, seed=0, size=size), root / "data")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness.errors import UserError
+from medssl_bench.harness.errors import UserError
 
 
 def file_digests(root: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""Ark: labelled multi-dataset pretraining (harness.labelled + methods/ark.py) through the real CLI, the cyclic
+"""Ark: labelled multi-dataset pretraining (harness.app.labelled + methods/ark.py) through the real CLI, the cyclic
 pass sampler, head routing, the c / teacher-momentum ramps, train-split-only loading and leakage provenance."""
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from harness.cli import main
-from harness.data import collate_views
-from harness.labelled import CyclicPassSampler, LabelLayout, LabelledSet, LabelledViews, load_labelled
-from harness.method_api import StepInfo
-from harness.runs import read_run
-from harness.store import ResultsStore
-from harness.workspace import Workspace
-from methods.ark import Ark
+from medssl_bench.harness.app.cli import main
+from medssl_bench.harness.data import collate_views
+from medssl_bench.harness.app.labelled import CyclicPassSampler, LabelLayout, LabelledSet, LabelledViews, load_labelled
+from medssl_bench.harness.method_api import StepInfo
+from medssl_bench.harness.runs import read_run
+from medssl_bench.harness.store import ResultsStore
+from medssl_bench.harness.workspace import Workspace
+from medssl_bench.methods.ark import Ark
 
 TINY = ["--image-size", "32", "--batch-size", "16", "--num-workers", "0"]
 
@@ -139,7 +139,7 @@ def test_consistency_weight_and_teacher_momentum_follow_cosine_ramps_over_passes
 def test_views_share_their_geometry_and_only_the_student_is_jittered():
     from PIL import Image
 
-    from methods.ark import SharedGeometryViews
+    from medssl_bench.methods.ark import SharedGeometryViews
 
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8))  # noise
     ranks = lambda view: view.flatten().argsort().argsort().double()  # noqa: E731
@@ -158,7 +158,7 @@ def test_views_share_their_geometry_and_only_the_student_is_jittered():
 
 
 def test_only_the_train_split_is_ever_loaded(brain_root):
-    from downstream.datasets import load_prepared
+    from medssl_bench.downstream.datasets import load_prepared
 
     prepared = load_prepared(brain_root / "brain_tumor", "classification")
     train = {s.id: s.label for s in prepared.split("train")}
@@ -181,7 +181,7 @@ def test_only_the_train_split_is_ever_loaded(brain_root):
 
 
 def test_sidecar_records_labels_consumed_and_eval_of_a_consumed_task_is_not_transfer(brain_root, tmp_path):
-    from downstream.datasets import load_prepared
+    from medssl_bench.downstream.datasets import load_prepared
 
     ws = Workspace(tmp_path / "ws")
     common = ["--workspace", str(ws.root), "--data-root", str(brain_root)]

@@ -13,13 +13,13 @@ import typer
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from harness.backbones import build_backbone
-from harness.checkpoint import save_backbone, sidecar_path
-from harness.checkpoints import (checkpoint_ref, import_checkpoint, list_checkpoints, load_checkpoint_into,
+from medssl_bench.harness.backbones import build_backbone
+from medssl_bench.harness.checkpoint import save_backbone, sidecar_path
+from medssl_bench.harness.checkpoint_index import (checkpoint_ref, import_checkpoint, list_checkpoints, load_checkpoint_into,
                                  random_checkpoint, resolve_checkpoints)
-from harness.cli_checkpoints import register
-from harness.errors import UserError
-from harness.fsutil import sha256_file, write_json_atomic
+from medssl_bench.harness.app.cli.checkpoints import register
+from medssl_bench.harness.errors import UserError
+from medssl_bench.harness.fsutil import sha256_file, write_json_atomic
 
 
 class CreatesMarker:

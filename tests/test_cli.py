@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import main
+from medssl_bench.harness.app.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -14,11 +14,11 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from harness import corpus as corpus_mod
-from harness.cli_corpus import corpus_app
-from harness.corpus import build_corpus, list_corpora, resolve_corpus
-from harness.errors import UserError
-from harness.workspace import Workspace
+from medssl_bench.harness import corpus as corpus_mod
+from medssl_bench.harness.app.cli.corpus import corpus_app
+from medssl_bench.harness.corpus import build_corpus, list_corpora, resolve_corpus
+from medssl_bench.harness.errors import UserError
+from medssl_bench.harness.workspace import Workspace
 from tests.conftest import write_dicom
 
 
@@ -216,11 +216,11 @@ def test_cli_build_and_show(tree: Path, workspace):
 
 
 def test_cli_user_error_is_one_line_and_exit_2(tmp_path: Path, workspace, monkeypatch, capsys):
-    if importlib.util.find_spec("harness.cli_pretrain") is None:  # written in parallel
-        stub = types.ModuleType("harness.cli_pretrain")
+    if importlib.util.find_spec("medssl_bench.harness.app.cli.pretrain") is None:  # written in parallel
+        stub = types.ModuleType("medssl_bench.harness.app.cli.pretrain")
         stub.register = lambda app: None
-        monkeypatch.setitem(sys.modules, "harness.cli_pretrain", stub)
-    from harness.cli import main
+        monkeypatch.setitem(sys.modules, "medssl_bench.harness.app.cli.pretrain", stub)
+    from medssl_bench.harness.app.cli import main
 
     code = main(["corpus", "build", "--root", str(tmp_path / "missing"), "--workspace", str(workspace.root)])
     err = capsys.readouterr().err
@@ -242,9 +242,9 @@ def test_cli_synth_then_build(tmp_path: Path, workspace, monkeypatch):
         return {"out": Path(out), "n_images": n, "per_family": {"ct": n // 2, "us": n - n // 2},
                 "files": [], "seed": seed}
 
-    phantoms = types.ModuleType("downstream.phantoms")
+    phantoms = types.ModuleType("medssl_bench.downstream.phantoms")
     phantoms.synthesize_corpus = synthesize_corpus
-    monkeypatch.setitem(sys.modules, "downstream.phantoms", phantoms)
+    monkeypatch.setitem(sys.modules, "medssl_bench.downstream.phantoms", phantoms)
     out = tmp_path / "phantoms"
     args = ["synth", "--out", str(out), "--n", "6", "--seed", "3", "--size", "20",
             "--workspace", str(workspace.root)]

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from downstream.datasets import bccd
-from downstream.datasets.canonical_det import load_detection_dataset
-from downstream.phantoms.det_bccd import smear_sample
+from medssl_bench.downstream.datasets import bccd
+from medssl_bench.downstream.datasets.canonical_det import load_detection_dataset
+from medssl_bench.downstream.phantoms.det_bccd import smear_sample
 from tests.dataset_helpers import file_digests, raises
 
 N, SIZE, SEED = 20, 96, 3

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from downstream.datasets import busi
-from downstream.datasets.canonical_seg import load_segmentation_dataset
-from downstream.phantoms.seg_busi import busi_scan
-from harness.errors import UserError
+from medssl_bench.downstream.datasets import busi
+from medssl_bench.downstream.datasets.canonical_seg import load_segmentation_dataset
+from medssl_bench.downstream.phantoms.seg_busi import busi_scan
+from medssl_bench.harness.errors import UserError
 from tests.dataset_helpers import file_digests as _files
 
 N, SIZE = 30, 64

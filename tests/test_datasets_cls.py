@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from downstream.datasets import ADAPTERS, brain_tumor, fgadr
-from downstream.datasets.canonical import (
+from medssl_bench.downstream.datasets import ADAPTERS, brain_tumor, fgadr
+from medssl_bench.downstream.datasets.canonical import (
     SYNTHETIC_MARKER, label_fraction_subset, load_classification_dataset, stratified_split,
 )
 from tests.dataset_helpers import file_digests as _files, raises as _raises
@@ -45,7 +45,7 @@ def _write_rows(root: Path, rows: list[list[str]]) -> None:
 
 # ----------------------------------------------------------------------------- round trips
 def test_registry():
-    from downstream.registry import TASKS
+    from medssl_bench.downstream.registry import TASKS
 
     assert set(ADAPTERS) == {t.dataset for t in TASKS.values()}
     for name, module in ADAPTERS.items():

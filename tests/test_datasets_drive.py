@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from downstream.datasets import drive
-from downstream.datasets.canonical_seg import load_segmentation_dataset
+from medssl_bench.downstream.datasets import drive
+from medssl_bench.downstream.datasets.canonical_seg import load_segmentation_dataset
 from tests.dataset_helpers import file_digests, raises as _raises
 
 N, SIZE = 40, 48  # the real 20/20 layout at a small size

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from downstream.datasets import isic2018
-from downstream.datasets.canonical_seg import load_segmentation_dataset
-from downstream.phantoms.seg_isic import isic_sample, lesion_under_hair
-from harness.errors import UserError
+from medssl_bench.downstream.datasets import isic2018
+from medssl_bench.downstream.datasets.canonical_seg import load_segmentation_dataset
+from medssl_bench.downstream.phantoms.seg_isic import isic_sample, lesion_under_hair
+from medssl_bench.harness.errors import UserError
 from tests.dataset_helpers import file_digests as _files
 
 N, SIZE, SEED = 20, 40, 3

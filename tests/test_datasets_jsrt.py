@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from downstream.datasets import jsrt
-from downstream.datasets.canonical_seg import load_segmentation_dataset
+from medssl_bench.downstream.datasets import jsrt
+from medssl_bench.downstream.datasets.canonical_seg import load_segmentation_dataset
 from tests.dataset_helpers import file_digests as _files, raises as _raises
 
 N, SIZE = 12, 64

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from downstream.datasets import kvasir_det, kvasir_seg
-from downstream.datasets.canonical_det import load_detection_dataset
-from downstream.datasets.canonical_seg import load_segmentation_dataset
+from medssl_bench.downstream.datasets import kvasir_det, kvasir_seg
+from medssl_bench.downstream.datasets.canonical_det import load_detection_dataset
+from medssl_bench.downstream.datasets.canonical_seg import load_segmentation_dataset
 from tests.dataset_helpers import raises
 
 N, SIZE, SEED = 20, 40, 6

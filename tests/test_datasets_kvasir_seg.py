@@ -13,10 +13,10 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from downstream.datasets import kvasir_seg
-from downstream.datasets.canonical_seg import load_segmentation_dataset
-from downstream.phantoms.seg_kvasir import kvasir_sample, polyp_boxes
-from harness.errors import UserError
+from medssl_bench.downstream.datasets import kvasir_seg
+from medssl_bench.downstream.datasets.canonical_seg import load_segmentation_dataset
+from medssl_bench.downstream.phantoms.seg_kvasir import kvasir_sample, polyp_boxes
+from medssl_bench.harness.errors import UserError
 from tests.dataset_helpers import file_digests as _files
 
 N, SIZE, SEED = 20, 40, 4

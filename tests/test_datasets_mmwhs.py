@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from downstream.datasets import mmwhs
-from downstream.datasets.mmwhs import CT as mmwhs_ct, MRI as mmwhs_mri
-from downstream.datasets.canonical_seg import load_segmentation_dataset, volume_to_uint8
+from medssl_bench.downstream.datasets import mmwhs
+from medssl_bench.downstream.datasets.mmwhs import CT as mmwhs_ct, MRI as mmwhs_mri
+from medssl_bench.downstream.datasets.canonical_seg import load_segmentation_dataset, volume_to_uint8
 from tests.dataset_helpers import file_digests as _files, raises as _raises, mask_of as _mask, rewrite_nifti as _rewrite
 
 N, SIZE, SEED = 4, 32, 1

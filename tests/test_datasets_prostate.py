@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from downstream.datasets import prostate
-from downstream.datasets.canonical_seg import load_segmentation_dataset
-from downstream.phantoms.seg_prostate import SITE_STYLES
-from harness.errors import UserError
+from medssl_bench.downstream.datasets import prostate
+from medssl_bench.downstream.datasets.canonical_seg import load_segmentation_dataset
+from medssl_bench.downstream.phantoms.seg_prostate import SITE_STYLES
+from medssl_bench.harness.errors import UserError
 from tests.dataset_helpers import file_digests as _files
 
 N, SIZE, SEED = 12, 48, 5

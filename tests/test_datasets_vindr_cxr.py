@@ -17,9 +17,9 @@ import pydicom
 import pytest
 from PIL import Image
 
-from downstream.datasets import vindr_cxr
-from downstream.datasets.canonical_det import load_detection_dataset
-from downstream.phantoms import det_vindr
+from medssl_bench.downstream.datasets import vindr_cxr
+from medssl_bench.downstream.datasets.canonical_det import load_detection_dataset
+from medssl_bench.downstream.phantoms import det_vindr
 from tests.dataset_helpers import file_digests, raises
 
 N, SIZE, SEED = 32, 96, 5

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.runs import read_run
+from medssl_bench.harness.runs import read_run
 
 
 def _all_cpus() -> None:
@@ -26,7 +26,7 @@ def test_torchrun_two_processes_end_with_identical_weights(tiny_corpus, method, 
     workspace, corpus_id = tiny_corpus
     torchrun = Path(sys.executable).parent / "torchrun"
     name = f"ddp-{method}"
-    cmd = [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "harness", "pretrain",
+    cmd = [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "medssl_bench.harness", "pretrain",
            "--method", method, "--workspace", str(workspace), "--corpus", corpus_id, "--image-size", "32",
            "--batch-size", str(batch), "--epochs", "2", "--num-workers", "0", "--name", name]
     # one thread per rank, and every CPU for the two ranks (not the test worker's one-CPU share);

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from downstream.datasets.canonical_det import BoxLedger, DetItem, load_detection_dataset, write_detection_dataset
-from downstream.registry import get_task
-from harness.checkpoint import save_backbone
-from harness.checkpoints import random_checkpoint
+from medssl_bench.downstream.datasets.canonical_det import BoxLedger, DetItem, load_detection_dataset, write_detection_dataset
+from medssl_bench.downstream.registry import get_task
+from medssl_bench.harness.checkpoint import save_backbone
+from medssl_bench.harness.checkpoint_index import random_checkpoint
 
 
 def _coco_file(path, images, boxes, classes):
@@ -36,7 +36,7 @@ def _evaluate(metric, preds):
 
 
 def test_ap50_equals_the_hand_computed_101_point_value(tmp_path):
-    from downstream.det_metrics import PaperDetMetric
+    from medssl_bench.downstream.detection.metrics import PaperDetMetric
 
     # two images, one polyp each, and a negative image. Ranked detections: 0.9 hit (img 1), 0.8 miss
     # (img 1, IoU 0), 0.7 hit (img 2). Precision/recall: (1, 1/2), (1/2, 1/2), (2/3, 1). COCO's
@@ -62,7 +62,7 @@ def test_ap50_equals_the_hand_computed_101_point_value(tmp_path):
 
 
 def test_per_class_ap_and_a_class_absent_from_the_test_images(tmp_path):
-    from downstream.det_metrics import PaperDetMetric
+    from medssl_bench.downstream.detection.metrics import PaperDetMetric
 
     ann = _coco_file(tmp_path / "gt.json", [(1, 64, 64)], [(1, 1, 0, 0, 20, 20), (1, 2, 30, 30, 60, 60)],
                      ["WBC", "RBC", "Platelets"])
@@ -76,7 +76,7 @@ def test_per_class_ap_and_a_class_absent_from_the_test_images(tmp_path):
 
 
 def test_no_detection_at_all_scores_zero(tmp_path):
-    from downstream.det_metrics import PaperDetMetric
+    from medssl_bench.downstream.detection.metrics import PaperDetMetric
 
     ann = _coco_file(tmp_path / "gt.json", [(1, 64, 64)], [(1, 1, 0, 0, 20, 20)], ["polyp"])
     metric = PaperDetMetric(ann, ["polyp"])
@@ -102,8 +102,8 @@ def _square_batch(model, rng, n=4, size=96):
 
 
 def test_detector_from_a_bench_checkpoint_loads_it_trains_with_falling_loss_and_predicts_boxes(tmp_path):
-    from downstream.det_model import build_detector
-    from harness.backbones import build_backbone
+    from medssl_bench.downstream.detection.model import build_detector
+    from medssl_bench.harness.backbones import build_backbone
 
     torch.manual_seed(1)
     backbone, _ = build_backbone("resnet18")
@@ -138,7 +138,7 @@ def test_detector_from_a_bench_checkpoint_loads_it_trains_with_falling_loss_and_
 
 
 def test_bench_resnet_freezes_stages_as_mmdet_resnet_does():
-    from downstream.bench_backbone import BenchResNet
+    from medssl_bench.downstream.bench_backbone import BenchResNet
 
     trunk = BenchResNet("resnet18", out_indices=(1, 2, 3, 4), frozen_stages=1, norm_eval=True)
     assert not trunk.resnet.conv1.weight.requires_grad and not trunk.resnet.layer1[0].conv1.weight.requires_grad
@@ -175,7 +175,7 @@ def _square_dataset(root, n=24, size=96, seed=0):
 
 @pytest.mark.slow
 def test_detection_job_end_to_end_records_ap50_and_per_image_matches(tmp_path):
-    from downstream.detection import run_job
+    from medssl_bench.downstream.detection.run import run_job
 
     data = _square_dataset(tmp_path / "data")
     task = get_task("bccd")
@@ -193,8 +193,8 @@ def test_detection_job_end_to_end_records_ap50_and_per_image_matches(tmp_path):
 
 
 def test_writer_refuses_a_box_the_adapter_did_not_admit(tmp_path):
-    from downstream.datasets.canonical_det import BoxLedger
-    from harness.errors import UserError
+    from medssl_bench.downstream.datasets.canonical_det import BoxLedger
+    from medssl_bench.harness.errors import UserError
 
     item = DetItem("a", np.zeros((20, 30), np.uint8), np.array([[0, 0, 31, 10]], float), [0], "train")
     with pytest.raises(UserError, match="outside the 30x20 image"):
@@ -210,9 +210,9 @@ def test_writer_refuses_a_box_the_adapter_did_not_admit(tmp_path):
 
 @pytest.mark.slow
 def test_eval_cli_runs_a_detection_task_and_records_its_provenance(tmp_path, capsys):
-    from harness.cli import main
-    from harness.store import ResultsStore
-    from harness.workspace import Workspace
+    from medssl_bench.harness.app.cli import main
+    from medssl_bench.harness.store import ResultsStore
+    from medssl_bench.harness.workspace import Workspace
 
     ws, raw = tmp_path / "ws", tmp_path / "raw"
     assert main(["data", "synth", "bccd", "--out", str(raw), "--n", "12", "--size", "96"]) == 0

@@ -1,4 +1,4 @@
-"""Models Genesis distortions (harness.distortions) against spec seed-methods.md 1.2 / 1.9: geometry of
+"""Models Genesis distortions (methods.blocks.distortions) against spec seed-methods.md 1.2 / 1.9: geometry of
 windows and boxes, monotone Bezier maps, and the published probabilities measured on many tiny images."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness.distortions import (bezier_intensity, genesis_distort, local_pixel_shuffle, paint,
+from medssl_bench.methods.blocks.distortions import (bezier_intensity, genesis_distort, local_pixel_shuffle, paint,
                                  shuffle_windows_for_coverage)
 
 

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from downstream.classification import classification_metrics, knn_probe, linear_probe
-from downstream.registry import TASKS, get_task, select_tasks
+from medssl_bench.downstream.classification import classification_metrics, knn_probe, linear_probe
+from medssl_bench.downstream.registry import TASKS, get_task, select_tasks
 
 CLASSES = ["a", "b", "c"]
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 import torchvision
 
-from harness.cli import main
-from harness.store import ResultsStore
-from harness.workspace import Workspace
+from medssl_bench.harness.app.cli import main
+from medssl_bench.harness.store import ResultsStore
+from medssl_bench.harness.workspace import Workspace
 from tests.pg import new_database, postgres_url  # noqa: F401  (postgres_url is a fixture)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -92,7 +92,7 @@ def test_a_failing_job_is_recorded_and_the_others_go_on(eval_ws):
     assert by_task["fgadr"]["status"] == "failed"
     assert "bench data prepare fgadr" in by_task["fgadr"]["reason"]
     # once the data is there, only the failed job runs again
-    from downstream.datasets import fgadr
+    from medssl_bench.downstream.datasets import fgadr
 
     fgadr.prepare(fgadr.synthesize(ws.root / "raw-fgadr", n=60, seed=1, size=64), Path(common[3]).parent / "fg")
     assert main(["eval", "--checkpoint", "random", "--task", "fgadr", "--protocol", "knn", "--seeds", "1",
@@ -104,7 +104,7 @@ def test_a_killed_eval_resumes_where_it_stopped(eval_ws):
     ws, common = eval_ws
     args = ["eval", "--checkpoint", "random", "--task", "brain_tumor", "--protocol", "linear",
             "--label-fraction", "0.5,1.0", "--seeds", "3", *common]
-    proc = subprocess.Popen([sys.executable, "-m", "harness", *args], cwd=REPO, start_new_session=True,
+    proc = subprocess.Popen([sys.executable, "-m", "medssl_bench.harness", *args], cwd=REPO, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     try:
@@ -164,7 +164,7 @@ def test_finetune_protocol_tests_the_best_validation_epoch(eval_ws, brain_root):
     rows = {r["split"]: r for r in _store(ws).results()}
     config = rows["test"]["protocol_config"]
     assert 1 <= config["selected"]["epoch"] <= config["epochs"]
-    from downstream.datasets.canonical import load_classification_dataset
+    from medssl_bench.downstream.datasets.canonical import load_classification_dataset
 
     data = load_classification_dataset(brain_root / "brain_tumor")
     assert [c["id"] for c in rows["test"]["per_case"]] == [s.id for s in data.split("test")]

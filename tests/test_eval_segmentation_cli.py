@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from downstream.datasets import load_prepared
-from downstream.registry import TASKS
-from harness.cli import main
-from harness.store import ResultsStore
-from harness.workspace import Workspace
+from medssl_bench.downstream.datasets import load_prepared
+from medssl_bench.downstream.registry import TASKS
+from medssl_bench.harness.app.cli import main
+from medssl_bench.harness.store import ResultsStore
+from medssl_bench.harness.workspace import Workspace
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from methods import graph_matching as gm
+from medssl_bench.methods.blocks import graph_matching as gm
 
 
 def _knn_edges(z: np.ndarray, k: int) -> np.ndarray:

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness import imageio
-from harness.errors import CorruptImageError, UserError
+from medssl_bench.harness import imageio
+from medssl_bench.harness.errors import CorruptImageError, UserError
 from tests.conftest import write_dicom
 
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.store import EvalKey, ResultsStore
-from harness.workspace import Workspace
-from leaderboard import build_leaderboard
+from medssl_bench.harness.store import EvalKey, ResultsStore
+from medssl_bench.harness.workspace import Workspace
+from medssl_bench.leaderboard import build_leaderboard
 
 EVIL = "<script>alert(1)</script>"
 EVIL_CONFIG = '"><img src=x onerror=alert(2)>'
@@ -371,7 +371,7 @@ def test_self_contained_without_network(page):
 
 
 def test_cli_writes_the_page_atomically_and_says_where(store, store_dir, tmp_path, capsys):
-    from harness.cli import main
+    from medssl_bench.harness.app.cli import main
 
     out = tmp_path / "site"
     for _ in range(2):

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.store import ResultsStore
-from harness.workspace import Workspace
-from leaderboard import build_leaderboard
+from medssl_bench.harness.store import ResultsStore
+from medssl_bench.harness.workspace import Workspace
+from medssl_bench.leaderboard import build_leaderboard
 from tests.test_leaderboard import EVIL, NOW, fill_store, record
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")

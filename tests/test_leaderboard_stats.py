@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from harness.store import ResultsStore
-from harness.workspace import Workspace
-from leaderboard import build_leaderboard
-from leaderboard.aggregate import build_tables
-from leaderboard.stats import (BOOTSTRAP_RESAMPLES, CASE_TEST, SEED_TEST, annotate, cliques, complete_block,
+from medssl_bench.harness.store import ResultsStore
+from medssl_bench.harness.workspace import Workspace
+from medssl_bench.leaderboard import build_leaderboard
+from medssl_bench.leaderboard.aggregate import build_tables
+from medssl_bench.leaderboard.stats import (BOOTSTRAP_RESAMPLES, CASE_TEST, SEED_TEST, annotate, cliques, complete_block,
                                nemenyi_q)
 from tests.test_leaderboard import EVIL, NOW, body_rows, column_index, fail, parse, record, table
 
@@ -114,8 +114,8 @@ def test_t_test_over_seeds_without_per_case_values(annotated):
 
 
 def test_a_lead_identical_on_every_seed_is_untested_not_p_zero():
-    from leaderboard.aggregate import Cell, Column, Row
-    from leaderboard.stats import paired_test
+    from medssl_bench.leaderboard.aggregate import Cell, Column, Row
+    from medssl_bench.leaderboard.stats import paired_test
 
     column = Column("fgadr", "linear", "accuracy", "classification/linear")
     rows = [Row(name, name, "simclr", None, cells={column.key: Cell(dict(enumerate(values)))})
@@ -152,7 +152,7 @@ def test_cliques_split_where_ranks_differ_by_more_than_cd():
 
 
 def test_complete_block_drops_the_least_covered_row(annotated):
-    from leaderboard.aggregate import Cell, Row
+    from medssl_bench.leaderboard.aggregate import Cell, Row
 
     partial = Row("E", "run E", "byol", None, cells={("fgadr", "linear"): Cell({0: 99.0})})
     annotated.rows.append(partial)

@@ -7,14 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.backbones import build_backbone
-from harness.config import method_kwargs, resolve_config
-from harness.errors import UserError
-from harness.method_api import StepInfo
-from methods.graph_matching import edge_indicator, solve_lap
-from methods.imle import hamming, imle_hamming_matching
-from methods.lvmmed import LVMMed
-from methods.lvmmed_graph import edge_affinity, gcn_adjacency, knn_edges, local_affinity, vertex_affinity
+from medssl_bench.harness.backbones import build_backbone
+from medssl_bench.harness.config import method_kwargs, resolve_config
+from medssl_bench.harness.errors import UserError
+from medssl_bench.harness.method_api import StepInfo
+from medssl_bench.methods.blocks.graph_matching import edge_indicator, solve_lap
+from medssl_bench.methods.blocks.imle import hamming, imle_hamming_matching
+from medssl_bench.methods.lvmmed import LVMMed
+from medssl_bench.methods.blocks.lvmmed_graph import edge_affinity, gcn_adjacency, knn_edges, local_affinity, vertex_affinity
 
 
 # ---------------------------------------------------------------- graphs and affinities, by hand
@@ -184,7 +184,7 @@ def test_ablations_change_only_what_they_name(views):
 
 
 def test_gumbel_ablation_replaces_noise_by_a_margin_and_first_order_uses_lap(views, monkeypatch):
-    import methods.lvmmed as lvmmed_module
+    import medssl_bench.methods.lvmmed as lvmmed_module
 
     calls = []
     real_lap, real_qap = lvmmed_module.solve_lap, lvmmed_module.solve_qap
@@ -228,8 +228,8 @@ def learn_to_match(steps: int, gcn_residual: bool | None):
     """A learnable map must find the 8 view-invariant input dimensions among 32 noisy ones, trained only
     through LVM-Med's machinery: kNN graphs per view, (optional) GCN, vertex + edge affinities, QAP solve
     on Gumbel(0,1)-perturbed affinities, Hamming loss, IMLE gradient with lambda 80."""
-    from methods.graph_matching import solve_qap
-    from methods.lvmmed_graph import GCN
+    from medssl_bench.methods.blocks.graph_matching import solve_qap
+    from medssl_bench.methods.blocks.lvmmed_graph import GCN
 
     torch.manual_seed(0)
     groups, n, signal, nuisance = 8, 16, 8, 32

@@ -11,16 +11,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from harness.backbones import build_backbone, feature_map
-from harness.cli import main
-from harness.config import method_kwargs, resolve_config
-from harness.corpus import resolve_corpus
-from harness.data import ViewsDataset, collate_views
-from harness.engine import PretrainModel, build_optim_wrapper
-from harness.method_api import StepInfo
-from harness.runs import read_run
-from harness.workspace import Workspace
-from methods import get_method
+from medssl_bench.harness.backbones import build_backbone, feature_map
+from medssl_bench.harness.app.cli import main
+from medssl_bench.harness.config import method_kwargs, resolve_config
+from medssl_bench.harness.corpus import resolve_corpus
+from medssl_bench.harness.data import ViewsDataset, collate_views
+from medssl_bench.harness.engine import PretrainModel, build_optim_wrapper
+from medssl_bench.harness.method_api import StepInfo
+from medssl_bench.harness.runs import read_run
+from medssl_bench.harness.workspace import Workspace
+from medssl_bench.methods import get_method
 from tests.test_pretrain import pretrain
 
 

@@ -1,4 +1,4 @@
-"""harness.mmcv_ops: the CPU stand-in for mmcv's compiled ops, checked against torchvision."""
+"""downstream.mmcv_ops: the CPU stand-in for mmcv's compiled ops, checked against torchvision."""
 from __future__ import annotations
 
 import subprocess
@@ -10,7 +10,7 @@ import pytest
 import torch
 import torchvision
 
-from harness import mmcv_ops
+from medssl_bench.downstream import mmcv_ops
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -116,7 +116,7 @@ def run_python(code: str) -> None:
 
 def test_mmdet_and_mmseg_models_import_in_a_fresh_process():
     run_python("""
-        from harness.mmcv_ops import install
+        from medssl_bench.downstream.mmcv_ops import install
         assert install() is True and install() is True
         import mmseg.models, mmdet.models
         from mmcv.ops import nms, RoIAlign
@@ -131,7 +131,7 @@ def test_a_compiled_extension_wins(tmp_path):
     run_python(f"""
         import sys, mmcv
         mmcv.__path__.append({str(tmp_path)!r})
-        from harness.mmcv_ops import install, is_installed
+        from medssl_bench.downstream.mmcv_ops import install, is_installed
         assert install() is False and not is_installed()
         import mmcv._ext
         assert mmcv._ext.REAL and "mmcv._ext" in sys.modules

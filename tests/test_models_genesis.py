@@ -10,10 +10,10 @@ import torch.nn.functional as F
 import torchvision
 from safetensors.torch import load_file
 
-from harness.backbones import build_backbone
-from harness.data import ViewsPreprocessor
-from harness.method_api import StepInfo
-from methods import get_method
+from medssl_bench.harness.backbones import build_backbone
+from medssl_bench.harness.data import ViewsPreprocessor
+from medssl_bench.harness.method_api import StepInfo
+from medssl_bench.methods import get_method
 from tests.test_pretrain import pretrain
 
 

@@ -9,12 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-from harness.backbones import build_backbone
-from harness.config import resolve_config
-from harness.errors import UserError
-from harness.method_api import StepInfo
-from methods.peac import PEAC
-from methods.peac_views import GridViews, overlap_masks, permute_cells, to_cells
+from medssl_bench.harness.backbones import build_backbone
+from medssl_bench.harness.config import resolve_config
+from medssl_bench.harness.errors import UserError
+from medssl_bench.harness.method_api import StepInfo
+from medssl_bench.methods.peac import PEAC
+from medssl_bench.methods.blocks.peac_views import GridViews, overlap_masks, permute_cells, to_cells
 from tests.test_pretrain import pretrain
 
 

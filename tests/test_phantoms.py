@@ -12,12 +12,12 @@ import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
 
-from downstream.phantoms import (
+from medssl_bench.downstream.phantoms import (
     FAMILIES, FAMILY_GENERATORS, MODALITY_OF, VOLUME_GENERATORS, sample_rng, synthesize_corpus,
 )
-from downstream.phantoms.corpus import plan, volume_depths
-from downstream.phantoms.primitives import RAYLEIGH_CV
-from harness.errors import UserError
+from medssl_bench.downstream.phantoms.corpus import plan, volume_depths
+from medssl_bench.downstream.phantoms.primitives import RAYLEIGH_CV
+from medssl_bench.harness.errors import UserError
 
 SIZE, N, SEED = 64, 48, 3
 SEEDS = range(12)

@@ -9,8 +9,8 @@ import torch
 import torchvision
 from safetensors.torch import load_file
 
-from harness.cli import main
-from harness.runs import read_run
+from medssl_bench.harness.app.cli import main
+from medssl_bench.harness.runs import read_run
 
 TINY = ["--image-size", "32", "--batch-size", "16", "--num-workers", "0"]
 
@@ -92,7 +92,7 @@ def test_resume_refuses_a_changed_configuration(tiny_corpus, capsys):
 
 
 def test_runs_lists_runs(tiny_corpus, capsys, monkeypatch):
-    from harness.cli import console
+    from medssl_bench.harness.app.cli import console
 
     monkeypatch.setattr(console, "width", 160)
     workspace, corpus_id = tiny_corpus

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness.cli import main
+from medssl_bench.harness.app.cli import main
 
 
 def snapshot(folder):

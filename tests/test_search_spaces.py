@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 
-from harness.config import TRAIN_DEFAULTS, resolve_config
-from methods import METHOD_NAMES, get_method
+from medssl_bench.harness.config import TRAIN_DEFAULTS, resolve_config
+from medssl_bench.methods import METHOD_NAMES, get_method
 
 
 @pytest.mark.parametrize("name", METHOD_NAMES)

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from downstream.datasets.canonical_seg import SegItem, load_segmentation_dataset, write_segmentation_dataset
-from downstream.registry import get_task
-from downstream.seg_metrics import PaperSegMetric, overlap_counts, score
-from harness.checkpoint import save_backbone
-from harness.checkpoints import random_checkpoint
-from harness.errors import UserError
+from medssl_bench.downstream.datasets.canonical_seg import SegItem, load_segmentation_dataset, write_segmentation_dataset
+from medssl_bench.downstream.registry import get_task
+from medssl_bench.downstream.segmentation.metrics import PaperSegMetric, overlap_counts, score
+from medssl_bench.harness.checkpoint import save_backbone
+from medssl_bench.harness.checkpoint_index import random_checkpoint
+from medssl_bench.harness.errors import UserError
 
 
 def _mask(h, w, pixels):
@@ -92,8 +92,8 @@ def test_segmentor_from_a_bench_checkpoint_loads_it_and_its_loss_falls(tmp_path)
     from mmseg.structures import SegDataSample
     from mmengine.structures import PixelData
 
-    from downstream.seg_model import build_segmentor
-    from harness.backbones import build_backbone
+    from medssl_bench.downstream.segmentation.model import build_segmentor
+    from medssl_bench.harness.backbones import build_backbone
 
     torch.manual_seed(1)
     backbone, _ = build_backbone("resnet18")
@@ -131,8 +131,8 @@ def test_segmentor_from_a_bench_checkpoint_loads_it_and_its_loss_falls(tmp_path)
 
 @pytest.mark.slow
 def test_finetune_job_end_to_end_learns_and_records_per_case_values(tmp_path):
-    from downstream.segmentation import run_job
-    from downstream.seg_model import build_segmentor  # noqa: F401  (registers the modules)
+    from medssl_bench.downstream.segmentation.run import run_job
+    from medssl_bench.downstream.segmentation.model import build_segmentor  # noqa: F401  (registers the modules)
 
     data = _blob_dataset(tmp_path / "data")
     task = get_task("busi")
@@ -153,7 +153,7 @@ def test_finetune_job_end_to_end_learns_and_records_per_case_values(tmp_path):
 
 
 def test_frozen_protocol_trains_the_decoder_only():
-    from downstream.seg_model import build_segmentor
+    from medssl_bench.downstream.segmentation.model import build_segmentor
 
     model = build_segmentor("resnet18", 2, frozen=True)
     model.train()
@@ -178,7 +178,7 @@ def test_frozen_protocol_trains_the_decoder_only():
 
 
 def test_ood_task_trains_on_bmc_and_tests_on_its_site_and_names_a_missing_site(tmp_path):
-    from downstream.segmentation import run_job
+    from medssl_bench.downstream.segmentation.run import run_job
 
     data = _blob_dataset(tmp_path / "data", n_train=4, n_val=2, n_test=3, size=32, domains=("BMC", "HK", "RUNMC"))
     task = get_task("prostate_hk")
@@ -201,7 +201,7 @@ def test_ood_task_trains_on_bmc_and_tests_on_its_site_and_names_a_missing_site(t
 
 
 def test_balanced_slices_key_on_the_scored_target_not_any_structure(tmp_path):
-    from downstream.segmentation import balanced_slices
+    from medssl_bench.downstream.segmentation.run import balanced_slices
 
     items = []
     for z in range(10):  # class 2 (the target) on slices 0-1, class 1 only on 2-5, nothing on 6-9

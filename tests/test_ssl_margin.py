@@ -9,9 +9,9 @@ import json
 
 import pytest
 
-from harness.cli import main
-from harness.store import ResultsStore
-from harness.workspace import Workspace
+from medssl_bench.harness.app.cli import main
+from medssl_bench.harness.store import ResultsStore
+from medssl_bench.harness.workspace import Workspace
 
 # Measured on this exact path (benchmarks/README.md, "SimCLR vs random init on synthetic
 # classification"): test accuracy 56.3/53.3/55.0 vs random 51.2/48.7/45.7 on seeds 0-2 (gap 6.4).

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.errors import UserError
-from harness.store import EvalKey, ResultsStore
-from harness.workspace import Workspace
+from medssl_bench.harness.errors import UserError
+from medssl_bench.harness.store import EvalKey, ResultsStore
+from medssl_bench.harness.workspace import Workspace
 from tests.pg import new_database, postgres_url  # noqa: F401  (postgres_url is a fixture)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -157,8 +157,8 @@ def test_crash_mid_record_leaves_nothing(store):
 WRITER = textwrap.dedent("""
     import json, sys, time
     from pathlib import Path
-    from harness.store import EvalKey, ResultsStore
-    from harness.workspace import Workspace
+    from medssl_bench.harness.store import EvalKey, ResultsStore
+    from medssl_bench.harness.workspace import Workspace
 
     url, workspace, go, worker = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
     store = ResultsStore.open(url, Workspace(workspace))
@@ -248,7 +248,7 @@ def test_wal_switch_waits_for_a_lock_sqlite_would_not_wait_for(tmp_path):
     calling its busy handler. The store retries; here another connection holds the file
     exclusively for 0.3 s and the connection under test has no busy timeout at all."""
     import threading
-    from harness.store import _enable_wal
+    from medssl_bench.harness.store import _enable_wal
 
     path = tmp_path / "results.db"
     holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)

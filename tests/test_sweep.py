@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import main
-from harness.runs import read_run
-from harness.workspace import Workspace
+from medssl_bench.harness.app.cli import main
+from medssl_bench.harness.runs import read_run
+from medssl_bench.harness.workspace import Workspace
 from tests.pg import postgres_url  # noqa: F401  (a fixture)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -32,7 +32,7 @@ def sweep_args(ws: Path, corpus_id: str, data_root: Path, study: str, trials: in
 
 
 def open_test_study(ws: Path, name: str, url: str | None = None):
-    from harness.sweep import open_study
+    from medssl_bench.harness.app.sweep import open_study
 
     return open_study(url or f"sqlite:///{ws / 'sweeps.db'}", name)
 
@@ -44,9 +44,9 @@ def states(study) -> list[str]:
 def test_sweep_never_reads_test_then_evaluates_the_best_on_test_once(tiny_corpus, sweep_data):
     """An audit hook records every file the process opens: during the sweep the val images are
     read and no test image is; the completed study's best checkpoint is then tested exactly once."""
-    from downstream.datasets import load_prepared
-    from harness.checkpoints import list_checkpoints
-    from harness.store import ResultsStore
+    from medssl_bench.downstream.datasets import load_prepared
+    from medssl_bench.harness.checkpoint_index import list_checkpoints
+    from medssl_bench.harness.store import ResultsStore
 
     ws, corpus_id = tiny_corpus
     data = load_prepared(sweep_data / "brain_tumor", "classification")
@@ -98,8 +98,8 @@ def test_trailing_trial_is_pruned_and_its_pretraining_stops(tiny_corpus, sweep_d
     one after its first report, and its run ends after 1 of 2 epochs."""
     import optuna
 
-    from harness.sweep import SweepRequest, prepare_study
-    from harness.sweep_worker import run_trial
+    from medssl_bench.harness.app.sweep import SweepRequest, prepare_study
+    from medssl_bench.harness.app.sweep_worker import run_trial
 
     ws, corpus_id = tiny_corpus
     req = SweepRequest(method="simclr", trials=3, corpus=corpus_id, workspace=Workspace(ws), tasks=["brain_tumor"],
@@ -109,7 +109,7 @@ def test_trailing_trial_is_pruned_and_its_pretraining_stops(tiny_corpus, sweep_d
     for value in (1.0, 1.0):
         study.add_trial(optuna.trial.create_trial(value=value, intermediate_values={1: 1.0, 2: 1.0}, params={},
                                                   distributions={}))
-    from harness.sweep import sealed_tasks
+    from medssl_bench.harness.app.sweep import sealed_tasks
     from rich.console import Console
 
     trial = study.ask()
@@ -144,7 +144,7 @@ def test_a_killed_sweep_resumes_and_retries_the_killed_trial(tiny_corpus, sweep_
     ws, corpus_id = tiny_corpus
     args = sweep_args(ws, corpus_id, sweep_data, "killed", 3, "--no-final-eval",
                       "--storage", f"sqlite:///{tmp_path / 'killed.db'}")
-    proc = subprocess.Popen([sys.executable, "-m", "harness", *args], cwd=REPO, start_new_session=True,
+    proc = subprocess.Popen([sys.executable, "-m", "medssl_bench.harness", *args], cwd=REPO, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     # Kill as soon as a running trial has drawn its parameters and named its run (it pretrains then),
     # polled often on one storage object (a trial here lasts a few seconds, and a second trial's window
@@ -172,7 +172,7 @@ def test_a_killed_sweep_resumes_and_retries_the_killed_trial(tiny_corpus, sweep_
     killed = pretraining[0]
     # The re-run is a subprocess with a time limit: a dead trial that is never failed makes it wait
     # forever (it did, when the kill fell between claiming a trial and its first heartbeat).
-    resumed = subprocess.run([sys.executable, "-m", "harness", *args], cwd=REPO, capture_output=True, text=True,
+    resumed = subprocess.run([sys.executable, "-m", "medssl_bench.harness", *args], cwd=REPO, capture_output=True, text=True,
                              timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     study = open_test_study(ws, "killed", f"sqlite:///{tmp_path / 'killed.db'}")
@@ -187,7 +187,7 @@ def test_a_killed_sweep_resumes_and_retries_the_killed_trial(tiny_corpus, sweep_
 def test_a_trial_claimed_by_a_worker_that_died_at_once_is_failed_and_retried(tmp_path):
     """A claimed trial beats at once: a worker killed before it ran a step must not leave a RUNNING
     trial that no one fails (the next claimant would wait for it forever)."""
-    from harness.sweep import claim_trial, open_study
+    from medssl_bench.harness.app.sweep import claim_trial, open_study
 
     url = f"sqlite:///{tmp_path / 'claims.db'}"
     study = open_study(url, "claims", heartbeat=1, create=True)
@@ -210,7 +210,7 @@ def test_bad_requests_are_one_line_errors(tiny_corpus, sweep_data, capsys):
                  "--data-root", str(sweep_data), "--workspace", str(ws)]) == 2
     assert "bench data prepare fgadr" in capsys.readouterr().err
     base = sweep_args(ws, corpus_id, sweep_data, "settings", 1, "--no-final-eval", "--epochs", "1")
-    from harness.sweep import SweepRequest, prepare_study
+    from medssl_bench.harness.app.sweep import SweepRequest, prepare_study
 
     prepare_study(SweepRequest(method="simclr", trials=1, corpus=corpus_id, workspace=Workspace(ws),
                                tasks=["brain_tumor"], epochs=1, study="settings", data_root=sweep_data))

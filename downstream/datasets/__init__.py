@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from types import ModuleType
 
-from downstream.datasets import (bccd, brain_tumor, brats, busi, drive, fgadr, isic2018, jsrt, kvasir_det, kvasir_seg,
+from medssl_bench.downstream.datasets import (bccd, brain_tumor, brats, busi, drive, fgadr, isic2018, jsrt, kvasir_det, kvasir_seg,
                                 mmwhs, prostate, vindr_cxr)
 
 ADAPTERS: dict[str, ModuleType | mmwhs.ModalityAdapter] = {adapter.NAME: adapter for adapter in (
@@ -20,14 +20,14 @@ ADAPTERS: dict[str, ModuleType | mmwhs.ModalityAdapter] = {adapter.NAME: adapter
 def load_prepared(folder: Path, family: str):
     """The prepared dataset in `folder`, read by the loader of the task family's canonical form."""
     if family == "classification":
-        from downstream.datasets.canonical import load_classification_dataset
+        from medssl_bench.downstream.datasets.canonical import load_classification_dataset
 
         return load_classification_dataset(folder)
     if family == "detection":
-        from downstream.datasets.canonical_det import load_detection_dataset
+        from medssl_bench.downstream.datasets.canonical_det import load_detection_dataset
 
         return load_detection_dataset(folder)
-    from downstream.datasets.canonical_seg import load_segmentation_dataset
+    from medssl_bench.downstream.datasets.canonical_seg import load_segmentation_dataset
 
     return load_segmentation_dataset(folder)
 

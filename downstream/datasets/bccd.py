@@ -38,12 +38,12 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from downstream.datasets.canonical import (
+from medssl_bench.downstream.datasets.canonical import (
     SPLITS, check_synth_request, files_by_stem, find_pair_root, is_synthetic, synthetic_output)
-from downstream.datasets.canonical_det import BoxLedger, DetItem, write_detection_dataset
-from downstream.phantoms.det_bccd import Smear, smear_sample, smear_size
-from harness.errors import UserError
-from harness.imageio import read_pixels
+from medssl_bench.downstream.datasets.canonical_det import BoxLedger, DetItem, write_detection_dataset
+from medssl_bench.downstream.phantoms.det_bccd import Smear, smear_sample, smear_size
+from medssl_bench.harness.errors import UserError
+from medssl_bench.harness.imageio import read_pixels
 
 NAME = "bccd"
 CLASSES = ["WBC", "RBC", "Platelets"]

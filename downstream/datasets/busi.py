@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from downstream.datasets.canonical import (
+from medssl_bench.downstream.datasets.canonical import (
     SYNTHETIC_MARKER, allocate, check_synth_request, is_synthetic, stratified_split, synthetic_output,
 )
-from downstream.datasets.canonical_seg import SegItem, binarise, read_mask_gray, write_segmentation_dataset
-from downstream.phantoms.seg_busi import busi_scan
-from harness.errors import UserError
-from harness.imageio import PIL_SUFFIXES
+from medssl_bench.downstream.datasets.canonical_seg import SegItem, binarise, read_mask_gray, write_segmentation_dataset
+from medssl_bench.downstream.phantoms.seg_busi import busi_scan
+from medssl_bench.harness.errors import UserError
+from medssl_bench.harness.imageio import PIL_SUFFIXES
 
 NAME = "busi"
 CLASSES = ["background", "lesion"]

@@ -28,9 +28,9 @@ from typing import Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
-from harness.errors import UserError
-from harness.fsutil import ensure_writable_dir, sha256_bytes, sha256_file, write_json_atomic
-from harness.imageio import PIL_SUFFIXES, read_pixels
+from medssl_bench.harness.errors import UserError
+from medssl_bench.harness.fsutil import ensure_writable_dir, sha256_bytes, sha256_file, write_json_atomic
+from medssl_bench.harness.imageio import PIL_SUFFIXES, read_pixels
 
 FORMAT = "bench-dataset/1"
 SPLITS = ("train", "val", "test")

@@ -32,10 +32,10 @@ from typing import Callable, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
-from downstream.datasets.canonical import FORMAT, SPLITS, read_dataset_meta, staged_folder, unique_id
-from downstream.datasets.canonical_seg import place_image
-from harness.errors import UserError
-from harness.fsutil import ensure_writable_dir, sha256_bytes, write_json_atomic
+from medssl_bench.downstream.datasets.canonical import FORMAT, SPLITS, read_dataset_meta, staged_folder, unique_id
+from medssl_bench.downstream.datasets.canonical_seg import place_image
+from medssl_bench.harness.errors import UserError
+from medssl_bench.harness.fsutil import ensure_writable_dir, sha256_bytes, write_json_atomic
 
 CSV_HEADER = ["id", "image", "split", "width", "height", "boxes"]
 Progress = Callable[[int, int], None]

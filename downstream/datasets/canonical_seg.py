@@ -31,10 +31,10 @@ from typing import Callable, Iterable, NamedTuple, Sequence
 import numpy as np
 from PIL import Image
 
-from downstream.datasets.canonical import FORMAT, SPLITS, read_dataset_meta, staged_folder, unique_id
-from harness.errors import UserError
-from harness.fsutil import ensure_writable_dir, sha256_bytes, sha256_file, write_json_atomic
-from harness.imageio import PIL_SUFFIXES, read_pixels
+from medssl_bench.downstream.datasets.canonical import FORMAT, SPLITS, read_dataset_meta, staged_folder, unique_id
+from medssl_bench.harness.errors import UserError
+from medssl_bench.harness.fsutil import ensure_writable_dir, sha256_bytes, sha256_file, write_json_atomic
+from medssl_bench.harness.imageio import PIL_SUFFIXES, read_pixels
 
 CSV_HEADER = ["id", "image", "mask", "split", "case", "slice", "domain"]
 KINDS = ("2d", "3d")
@@ -195,7 +195,7 @@ def nifti_header(path: Path) -> tuple[tuple[int, int, int], np.ndarray]:
 def seeded_case_split(cases, fractions, seed) -> dict[str, str]:
     """{case: split}: a seeded permutation of the sorted case ids cut by `fractions` (train, val,
     test); each split gets a case when there are at least three. 3D data is split by case."""
-    from downstream.datasets.canonical import allocate
+    from medssl_bench.downstream.datasets.canonical import allocate
 
     cases = sorted(cases)
     counts = allocate(len(cases), fractions, minimum=1)

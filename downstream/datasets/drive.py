@@ -28,10 +28,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from downstream.datasets.canonical import candidate_roots, check_synth_request, is_synthetic, synthetic_output
-from downstream.datasets.canonical_seg import SegItem, binarise, read_mask_gray, write_segmentation_dataset
-from downstream.phantoms.modalities import fundus
-from harness.errors import UserError
+from medssl_bench.downstream.datasets.canonical import candidate_roots, check_synth_request, is_synthetic, synthetic_output
+from medssl_bench.downstream.datasets.canonical_seg import SegItem, binarise, read_mask_gray, write_segmentation_dataset
+from medssl_bench.downstream.phantoms.modalities import fundus
+from medssl_bench.harness.errors import UserError
 
 NAME = "drive"
 KIND = "2d"

@@ -15,13 +15,13 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from downstream.datasets.canonical import (
+from medssl_bench.downstream.datasets.canonical import (
     SourceItem, allocate, check_synth_request, is_synthetic, stratified_split, synthetic_output,
     write_classification_dataset,
 )
-from downstream.phantoms.classification import dr_fundus
-from harness.errors import UserError
-from harness.imageio import PIL_SUFFIXES
+from medssl_bench.downstream.phantoms.classification import dr_fundus
+from medssl_bench.harness.errors import UserError
+from medssl_bench.harness.imageio import PIL_SUFFIXES
 
 NAME = "fgadr"
 CLASSES = ["0", "1", "2", "3", "4"]

@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from downstream.datasets.canonical import (
+from medssl_bench.downstream.datasets.canonical import (
     allocate, candidate_roots, check_synth_request, is_synthetic, synthetic_output)
-from downstream.datasets.canonical_seg import SegItem, map_codes, read_mask_gray, write_segmentation_dataset
-from downstream.phantoms.seg_isic import isic_sample
-from harness.errors import UserError
+from medssl_bench.downstream.datasets.canonical_seg import SegItem, map_codes, read_mask_gray, write_segmentation_dataset
+from medssl_bench.downstream.phantoms.seg_isic import isic_sample
+from medssl_bench.harness.errors import UserError
 
 NAME = "isic2018"
 KIND = "2d"

@@ -30,12 +30,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from downstream.datasets.canonical import (
+from medssl_bench.downstream.datasets.canonical import (
     check_synth_request, is_synthetic, stratified_split, synthetic_output,
 )
-from downstream.datasets.canonical_seg import SegItem, binarise, read_mask_gray, write_segmentation_dataset
-from downstream.phantoms.modalities import xray
-from harness.errors import UserError
+from medssl_bench.downstream.datasets.canonical_seg import SegItem, binarise, read_mask_gray, write_segmentation_dataset
+from medssl_bench.downstream.phantoms.modalities import xray
+from medssl_bench.harness.errors import UserError
 
 NAME = "jsrt"
 KIND = "2d"

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from downstream.datasets import kvasir_seg
-from downstream.datasets.canonical import candidate_roots, files_by_stem, is_synthetic
-from downstream.datasets.canonical_det import BoxLedger, DetItem, write_detection_dataset
-from harness.errors import UserError
-from harness.imageio import read_pixels
+from medssl_bench.downstream.datasets import kvasir_seg
+from medssl_bench.downstream.datasets.canonical import candidate_roots, files_by_stem, is_synthetic
+from medssl_bench.downstream.datasets.canonical_det import BoxLedger, DetItem, write_detection_dataset
+from medssl_bench.harness.errors import UserError
+from medssl_bench.harness.imageio import read_pixels
 
 NAME = "kvasir_det"
 CLASSES = ["polyp"]

@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from downstream.datasets.canonical import (
+from medssl_bench.downstream.datasets.canonical import (
     check_synth_request, files_by_stem, find_pair_root, is_synthetic, synthetic_output)
-from downstream.datasets.canonical_seg import SegItem, read_mask_gray, write_segmentation_dataset
-from downstream.phantoms.seg_kvasir import kvasir_sample
-from harness.errors import UserError
+from medssl_bench.downstream.datasets.canonical_seg import SegItem, read_mask_gray, write_segmentation_dataset
+from medssl_bench.downstream.phantoms.seg_kvasir import kvasir_sample
+from medssl_bench.harness.errors import UserError
 
 NAME = "kvasir_seg"
 KIND = "2d"

@@ -22,13 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-from downstream.datasets.canonical import SYNTHETIC_MARKER, is_synthetic, synthetic_output
-from downstream.datasets.canonical_seg import (
+from medssl_bench.downstream.datasets.canonical import SYNTHETIC_MARKER, is_synthetic, synthetic_output
+from medssl_bench.downstream.datasets.canonical_seg import (
     SegItem, map_codes, nifti_header, read_nifti, seeded_case_split, volume_to_uint8, write_segmentation_dataset,
 )
-from downstream.phantoms.seg_brats import depth_range, nifti_gz_bytes
-from downstream.phantoms.seg_heart import heart_case
-from harness.errors import UserError
+from medssl_bench.downstream.phantoms.seg_brats import depth_range, nifti_gz_bytes
+from medssl_bench.downstream.phantoms.seg_heart import heart_case
+from medssl_bench.harness.errors import UserError
 
 KIND = "3d"
 MODALITIES = ("ct", "mr")  # file-name prefixes

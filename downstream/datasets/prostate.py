@@ -18,13 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from downstream.datasets.canonical import SYNTHETIC_MARKER, allocate, candidate_roots, is_synthetic, synthetic_output
-from downstream.datasets.canonical_seg import (
+from medssl_bench.downstream.datasets.canonical import SYNTHETIC_MARKER, allocate, candidate_roots, is_synthetic, synthetic_output
+from medssl_bench.downstream.datasets.canonical_seg import (
     SegItem, map_codes, nifti_header, read_nifti, seeded_case_split, volume_to_uint8, write_segmentation_dataset,
 )
-from downstream.phantoms.seg_brats import nifti_gz
-from downstream.phantoms.seg_prostate import SITE_STYLES, prostate_volume
-from harness.errors import UserError
+from medssl_bench.downstream.phantoms.seg_brats import nifti_gz
+from medssl_bench.downstream.phantoms.seg_prostate import SITE_STYLES, prostate_volume
+from medssl_bench.harness.errors import UserError
 
 NAME = "prostate"
 CLASSES = ["background", "prostate"]

@@ -50,11 +50,11 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from downstream.datasets.canonical import candidate_roots, check_synth_request, is_synthetic, synthetic_output
-from downstream.datasets.canonical_det import BoxLedger, DetItem, write_detection_dataset
-from downstream.phantoms import det_vindr
-from harness.errors import UserError
-from harness.imageio import read_pixels
+from medssl_bench.downstream.datasets.canonical import candidate_roots, check_synth_request, is_synthetic, synthetic_output
+from medssl_bench.downstream.datasets.canonical_det import BoxLedger, DetItem, write_detection_dataset
+from medssl_bench.downstream.phantoms import det_vindr
+from medssl_bench.harness.errors import UserError
+from medssl_bench.harness.imageio import read_pixels
 
 NAME = "vindr_cxr"
 CLASSES = ["Aortic enlargement", "Atelectasis", "Calcification", "Cardiomegaly", "Consolidation", "ILD",

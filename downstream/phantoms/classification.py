@@ -13,8 +13,8 @@ import math
 import cv2
 import numpy as np
 
-from downstream.phantoms.modalities import _mr_scene, fundus
-from downstream.phantoms.primitives import (
+from medssl_bench.downstream.phantoms.modalities import _mr_scene, fundus
+from medssl_bench.downstream.phantoms.primitives import (
     F32, Shape, bias_field, gaussian_blob, harmonics, paint, render_scene, render_segments,
     rician_noise, star_blob, vessel_segments,
 )

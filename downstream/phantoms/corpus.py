@@ -36,9 +36,9 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from downstream.phantoms.modalities import FAMILY_GENERATORS, VOLUME_GENERATORS
-from harness.errors import UserError
-from harness.fsutil import atomic_path, ensure_writable_dir, write_json_atomic
+from medssl_bench.downstream.phantoms.modalities import FAMILY_GENERATORS, VOLUME_GENERATORS
+from medssl_bench.harness.errors import UserError
+from medssl_bench.harness.fsutil import atomic_path, ensure_writable_dir, write_json_atomic
 
 FAMILIES = ["ct", "mr", "xray", "fundus", "dermoscopy", "ultrasound", "endoscopy", "histology"]
 MODALITY_OF = {

@@ -32,8 +32,8 @@ from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID, DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid,
 )
 
-from downstream.phantoms.modalities import xray
-from downstream.phantoms.primitives import harmonics, star_blob, superellipse
+from medssl_bench.downstream.phantoms.modalities import xray
+from medssl_bench.downstream.phantoms.primitives import harmonics, star_blob, superellipse
 
 AORTIC, CARDIOMEGALY, NODULE, EFFUSION, THICKENING = 0, 3, 8, 10, 11
 DRAWN = (AORTIC, CARDIOMEGALY, NODULE, EFFUSION, THICKENING)  # drawing order (the heart first)

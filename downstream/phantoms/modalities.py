@@ -14,7 +14,7 @@ import math
 import cv2
 import numpy as np
 
-from downstream.phantoms.primitives import (
+from medssl_bench.downstream.phantoms.primitives import (
     F32, Frame, Shape, bezier, bias_field, draw_curve, draw_ellipse, fractal_noise, gaussian_blob,
     gaussian_noise, grid, harmonics, lambert, paint, poisson_noise, random_frame, rayleigh_speckle,
     record, render_scene, render_segments, rician_noise, sector_field, smooth_noise, star_blob,

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from downstream.phantoms.primitives import F32, rician_noise
+from medssl_bench.downstream.phantoms.primitives import F32, rician_noise
 
 # Relative signal per tissue and contrast (FLAIR: edema bright, CSF dark; T1ce: enhancing rim
 # bright; T2: CSF and edema bright; T1: WM > GM). "wmh" = small white-matter hyperintensities:

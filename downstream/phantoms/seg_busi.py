@@ -16,7 +16,7 @@ import math
 import cv2
 import numpy as np
 
-from downstream.phantoms.primitives import (
+from medssl_bench.downstream.phantoms.primitives import (
     F32, bezier, bias_field, draw_curve, fractal_noise, grid, harmonics, paint, rayleigh_speckle,
     smooth_noise, star_blob,
 )

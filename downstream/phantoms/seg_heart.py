@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from downstream.phantoms.primitives import F32, gaussian_noise, rician_noise
-from downstream.phantoms.seg_brats import ellipsoid_q, grid3, paint, smooth_noise3, soft, tube_q
+from medssl_bench.downstream.phantoms.primitives import F32, gaussian_noise, rician_noise
+from medssl_bench.downstream.phantoms.seg_brats import ellipsoid_q, grid3, paint, smooth_noise3, soft, tube_q
 
 CODES = {"myocardium": 205, "la": 420, "lv": 500, "ra": 550, "rv": 600, "aorta": 820, "pa": 850}
 

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from downstream.phantoms.modalities import dermoscopy
+from medssl_bench.downstream.phantoms.modalities import dermoscopy
 
 HAIR_OPAQUE = 0.5  # occlusion above which the lesion below a hair is not recoverable by division
 

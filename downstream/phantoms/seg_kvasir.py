@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from downstream.phantoms.modalities import endoscopy
+from medssl_bench.downstream.phantoms.modalities import endoscopy
 
 MAX_POLYPS = 3
 MIN_AREA_FRACTION = 0.002  # components below this share of the image are dropped from the mask

@@ -21,7 +21,7 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
-from downstream.phantoms.primitives import (
+from medssl_bench.downstream.phantoms.primitives import (
     F32, Shape, bias_field, gaussian_blob, harmonics, random_frame, render_scene, rician_noise,
 )
 

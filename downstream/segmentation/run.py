@@ -1,7 +1,7 @@
 """Segmentation tasks (2D, 3D via slices, prostate out of distribution) through mmsegmentation.
 
 Protocol (LVM-Med App. B, Tables 7 and 8; repo: segmentation_2d/3d): a U-Net on the pretrained
-ResNet encoder (downstream.seg_model: mmseg EncoderDecoder), fine-tuned end to end with Adam,
+ResNet encoder (downstream.segmentation.model: mmseg EncoderDecoder), fine-tuned end to end with Adam,
 cross-entropy + Dice loss and gradient-norm clip 1, no augmentation; images resized to the
 protocol's side; validated every epoch and the best-validation epoch tested. `frozen` keeps the
 encoder fixed and trains the decoder only (an option; not in the paper's tables).
@@ -9,7 +9,7 @@ encoder fixed and trains the decoder only (an option; not in the paper's tables)
 scored target plus as many drawn from the others (the repo's have_label / non_label sampling).
 Prostate: trained on the BMC site; val on BMC; test on the task's site.
 Predictions are scored at the original image resolution (mmseg resizes them back), with the
-paper's metrics (downstream.seg_metrics). Label fractions subsample training cases (volumes).
+paper's metrics (downstream.segmentation.metrics). Label fractions subsample training cases (volumes).
 """
 from __future__ import annotations
 
@@ -19,12 +19,12 @@ import numpy as np
 import torch
 from mmengine.registry import DefaultScope
 
-from downstream.datasets.canonical_seg import SegmentationDataset, SegSample
-from downstream.registry import Protocol, Task
-from downstream.seg_metrics import PaperSegMetric
-from downstream.seg_model import build_segmentor
-from harness.data import derived_seed
-from harness.errors import UserError
+from medssl_bench.downstream.datasets.canonical_seg import SegmentationDataset, SegSample
+from medssl_bench.downstream.registry import Protocol, Task
+from medssl_bench.downstream.segmentation.metrics import PaperSegMetric
+from medssl_bench.downstream.segmentation.model import build_segmentor
+from medssl_bench.harness.data import derived_seed
+from medssl_bench.harness.errors import UserError
 
 from mmseg.datasets import BaseSegDataset  # noqa: E402  (after seg_model installed the mmcv ops stand-in)
 
@@ -87,7 +87,7 @@ def run_job(task: Task, protocol: Protocol, data: SegmentationDataset, ref, *, l
             device: torch.device, work_root: Path, cache=None) -> dict:
     """One evaluation: fine-tune (or train the decoder of a frozen encoder), test the best-val epoch.
     Returns {"val": ..., "test": ..., "selected": ..., "n_train": ...}."""
-    from downstream.finetuning import fit_best_on_val
+    from medssl_bench.downstream.finetuning import fit_best_on_val
 
     if task.test_domain and task.test_domain not in data.domains:
         raise UserError(f"site {task.test_domain} is not in the prepared {data.name} data (sites present: "

@@ -9,7 +9,7 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from harness.workspace import Workspace
+from medssl_bench.harness.workspace import Workspace
 
 sweep_app = typer.Typer(no_args_is_help=False, add_completion=False)
 
@@ -30,7 +30,7 @@ the same storage in a browser."""
 
 
 def register(app: typer.Typer) -> None:
-    from harness.cli import console, workspace_option
+    from medssl_bench.harness.app.cli import console, workspace_option
 
     @sweep_app.callback(invoke_without_command=True, help=HELP)
     def sweep(ctx: typer.Context,
@@ -55,9 +55,9 @@ def register(app: typer.Typer) -> None:
               workspace: Path = workspace_option()):
         if ctx.invoked_subcommand is not None:
             return
-        from harness.errors import UserError
-        from harness.sweep import SweepRequest, prepare_study
-        from harness.sweep_worker import finalize, run_workers, worker_loop
+        from medssl_bench.harness.errors import UserError
+        from medssl_bench.harness.app.sweep import SweepRequest, prepare_study
+        from medssl_bench.harness.app.sweep_worker import finalize, run_workers, worker_loop
 
         if not method or not corpus:
             raise UserError("bench sweep needs --method and --corpus (`bench sweep --help`)")
@@ -88,7 +88,7 @@ def register(app: typer.Typer) -> None:
              workspace: Path = workspace_option()):
         import optuna
 
-        from harness.errors import UserError
+        from medssl_bench.harness.errors import UserError
 
         url = storage or f"sqlite:///{Workspace.resolve(workspace).root / 'sweeps.db'}"
         if not study:
@@ -104,7 +104,7 @@ def register(app: typer.Typer) -> None:
 
 
 def redact_url(url: str) -> str:
-    from harness.sweep import redact
+    from medssl_bench.harness.app.sweep import redact
 
     return redact(url)
 
@@ -113,7 +113,7 @@ def show_study(console, url: str, name: str) -> None:
     from optuna.importance import get_param_importances
     from optuna.trial import TrialState
 
-    from harness.sweep import open_study
+    from medssl_bench.harness.app.sweep import open_study
 
     study = open_study(url, name)
     trials = study.get_trials(deepcopy=False)

@@ -1,5 +1,5 @@
 """Running a sweep: the worker loop (claim a trial, pretrain, score on val, tell), local worker
-processes, and the single test evaluation of the best trial (see harness.sweep for the protocol)."""
+processes, and the single test evaluation of the best trial (see harness.app.sweep for the protocol)."""
 from __future__ import annotations
 
 import io
@@ -12,8 +12,8 @@ import time
 
 from mmengine.hooks import Hook
 
-from harness.errors import UserError
-from harness.sweep import SweepRequest, claim_trial, open_study, redact, score_backbone, sealed_tasks, study_lock
+from medssl_bench.harness.errors import UserError
+from medssl_bench.harness.app.sweep import SweepRequest, claim_trial, open_study, redact, score_backbone, sealed_tasks, study_lock
 
 OBJECTIVE = "mean over tasks of (val - random-init val) / (1 - random-init val)"
 
@@ -28,7 +28,7 @@ class ScoreHook(Hook):
         self.value, self.raw, self.pruned = None, None, False
 
     def after_train_epoch(self, runner) -> None:
-        from harness.engine import unwrap
+        from medssl_bench.harness.engine import unwrap
 
         epoch = runner.epoch + 1
         if epoch % self.every and epoch != runner.max_epochs:
@@ -56,9 +56,9 @@ def run_trial(study, trial, req: SweepRequest, tasks: list[tuple], baseline: dic
     """Pretrain with sampled settings, score, tell the study; returns the trial's final state name."""
     from optuna.trial import TrialState
 
-    from harness.pretrain import PretrainRequest, run_pretraining
-    from harness.sweep import Heartbeat
-    from methods import get_method
+    from medssl_bench.harness.app.pretrain import PretrainRequest, run_pretraining
+    from medssl_bench.harness.app.sweep import Heartbeat
+    from medssl_bench.methods import get_method
 
     method = get_method(req.method)
     params = {name: suggest(trial, name, dist) for name, dist in method.search_space.items()}
@@ -134,7 +134,7 @@ def run_workers(req: SweepRequest, console) -> None:
     """Run `req.workers` local worker processes, with a progress bar over the study's trials."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from harness.provenance import available_cpus
+    from medssl_bench.harness.provenance import available_cpus
 
     context = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
     threads = max(1, available_cpus() // req.workers)
@@ -180,9 +180,9 @@ def finalize(req: SweepRequest, console) -> dict | None:
     records the sweep) and evaluate it on test with `bench eval`, exactly once per study."""
     from optuna.trial import TrialState
 
-    from harness.checkpoint import sidecar_path
-    from harness.fsutil import write_json_atomic
-    from harness.runs import BACKBONE_FILE, read_run, update_run
+    from medssl_bench.harness.checkpoint import sidecar_path
+    from medssl_bench.harness.fsutil import write_json_atomic
+    from medssl_bench.harness.runs import BACKBONE_FILE, read_run, update_run
 
     study = open_study(req.storage_url, req.study_name, heartbeat=req.heartbeat)
     with study_lock(req.storage_url, req.study_name):
@@ -201,8 +201,8 @@ def finalize(req: SweepRequest, console) -> dict | None:
                   f"{summary['trials']} trials, {summary['compute_s'] / 3600:.3f} h): run {run_dir}", soft_wrap=True)
     totals = {"done": 0, "failed": 0}
     if req.final_eval:
-        from harness.cli_eval import evaluate_and_report
-        from harness.evaluate import EvalRequest
+        from medssl_bench.harness.app.cli.eval import evaluate_and_report
+        from medssl_bench.harness.app.evaluate import EvalRequest
 
         console.print("evaluating the best trial's checkpoint on test, once:")
         totals = evaluate_and_report(EvalRequest(

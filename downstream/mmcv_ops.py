@@ -30,7 +30,7 @@ _MARK = "__harness_mmcv_ops_shim__"
 _AVG_POOL = 1  # mmcv's RoIAlignFunction passes pool_mode 0 for 'max', 1 for 'avg'
 
 
-def needs_compiled(name: str, detail: str = "not implemented by the CPU stand-in (harness.mmcv_ops)"):
+def needs_compiled(name: str, detail: str = "not implemented by the CPU stand-in (downstream.mmcv_ops)"):
     return RuntimeError(f"{name} needs mmcv's compiled ops (see ../shared/deps.md): {detail}; "
                         "build mmcv 2.1.0 from source to use it")
 
@@ -91,7 +91,7 @@ _IMPLEMENTED = {"nms": nms, "roi_align_forward": roi_align_forward,
 
 
 def _make_module() -> types.ModuleType:
-    mod = types.ModuleType(_NAME, "CPU stand-in for mmcv's compiled ops (harness.mmcv_ops).")
+    mod = types.ModuleType(_NAME, "CPU stand-in for mmcv's compiled ops (downstream.mmcv_ops).")
     mod.__spec__ = importlib.machinery.ModuleSpec(_NAME, None)  # no loader: not "mmcv-full"
     mod.__loader__ = None
     mod.__dict__.update(_IMPLEMENTED)

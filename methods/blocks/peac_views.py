@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torchvision.transforms import v2 as T
 
-from harness.errors import UserError
+from medssl_bench.harness.errors import UserError
 
 
 def overlap_masks(offset1: tuple[int, int], offset2: tuple[int, int], n: int) -> tuple[torch.Tensor, torch.Tensor]:

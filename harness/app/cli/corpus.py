@@ -7,10 +7,10 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from harness.cli import console, workspace_option
-from harness.corpus import build_corpus, list_corpora, resolve_corpus
-from harness.imageio import SUPPORTED_SUFFIXES
-from harness.workspace import Workspace
+from medssl_bench.harness.app.cli import console, workspace_option
+from medssl_bench.harness.corpus import build_corpus, list_corpora, resolve_corpus
+from medssl_bench.harness.imageio import SUPPORTED_SUFFIXES
+from medssl_bench.harness.workspace import Workspace
 
 corpus_app = typer.Typer(
     help="Build and inspect pretraining corpora: manifests of unlabeled medical images. "
@@ -110,7 +110,7 @@ def synth(
                                    help="Also build the corpus from OUT and print its id."),
     workspace: str = workspace_option(),
 ) -> None:
-    from downstream.phantoms import synthesize_corpus  # heavy; only this command needs it
+    from medssl_bench.downstream.phantoms import synthesize_corpus  # heavy; only this command needs it
 
     with progress_bar() as bar:
         task = bar.add_task("generating phantoms", total=n)

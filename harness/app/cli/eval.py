@@ -11,8 +11,8 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from harness.errors import UserError
-from harness.workspace import Workspace
+from medssl_bench.harness.errors import UserError
+from medssl_bench.harness.workspace import Workspace
 
 data_app = typer.Typer(help="Downstream datasets: read the layouts users download into bench's canonical form.",
                        no_args_is_help=True)
@@ -21,15 +21,15 @@ data_app = typer.Typer(help="Downstream datasets: read the layouts users downloa
 def _adapter(name: str):
     """The (first) task using dataset `name`, or task `name`, and its dataset adapter: several tasks
     share one dataset (prostate_runmc/bidmc/hk all read `prostate`)."""
-    from downstream.datasets import ADAPTERS
-    from downstream.registry import TASKS, get_task
+    from medssl_bench.downstream.datasets import ADAPTERS
+    from medssl_bench.downstream.registry import TASKS, get_task
 
     task = next((t for t in TASKS.values() if t.dataset == name), None) or get_task(name)
     return task, ADAPTERS[task.dataset]
 
 
 def register(app: typer.Typer) -> None:
-    from harness.cli import console, workspace_option
+    from medssl_bench.harness.app.cli import console, workspace_option
 
     @data_app.command("prepare", help="""Read TASK's dataset as downloaded (--src) and write the canonical form under --out.
 
@@ -45,8 +45,8 @@ def register(app: typer.Typer) -> None:
                 workspace: Path = workspace_option()):
         task_entry, adapter = _adapter(task)
         root = out or Workspace.resolve(workspace).root / "data"
-        from downstream.datasets import load_prepared
-        from harness.cli_corpus import progress_bar
+        from medssl_bench.downstream.datasets import load_prepared
+        from medssl_bench.harness.app.cli.corpus import progress_bar
 
         with progress_bar() as bar:
             bar_id = bar.add_task(f"checking and copying {task_entry.name}", total=None)
@@ -80,7 +80,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command(help="List the 15 downstream tasks of LVM-Med (and the extras): family, metric, protocols and the paper's parameters.")
     def tasks():
-        from downstream.registry import TASKS
+        from medssl_bench.downstream.registry import TASKS
 
         table = Table(title="LVM-Med's 15 downstream tasks (../shared/specs/tasks.md), then extras", box=box.SIMPLE_HEAD,
                       caption="paper protocol: image px / lr / epochs / batch of the last standard protocol "
@@ -123,7 +123,7 @@ def register(app: typer.Typer) -> None:
               jobs: Optional[int] = typer.Option(None, help="Parallel local workers (default: half the CPUs, at most 4; 1 on GPU)."),
               slurm_partition: Optional[str] = typer.Option(None, help="Slurm partition (--launcher slurm)."),
               workspace: Path = workspace_option()):
-        from harness.evaluate import EvalRequest
+        from medssl_bench.harness.app.evaluate import EvalRequest
 
         try:
             fractions = tuple(float(x) for x in label_fraction.split(","))
@@ -140,8 +140,8 @@ def register(app: typer.Typer) -> None:
 
 def evaluate_and_report(req, console) -> dict:
     """Plan, run (with a progress bar) and tabulate an evaluation; returns the done/failed counts."""
-    from harness.evaluate import launch, plan
-    from harness.store import ResultsStore
+    from medssl_bench.harness.app.evaluate import launch, plan
+    from medssl_bench.harness.store import ResultsStore
 
     store = ResultsStore.open(req.db, req.workspace)
     units, skipped = plan(req, store)

@@ -10,7 +10,7 @@ import sys
 import typer
 from rich.console import Console
 
-from harness.errors import UserError
+from medssl_bench.harness.errors import UserError
 
 app = typer.Typer(
     name="bench",
@@ -32,8 +32,12 @@ def workspace_option():
 
 def _mount_subcommands() -> None:
     # Imported here so `bench --help` stays fast and sub-apps can import `console` from this module.
-    from harness import cli_checkpoints, cli_eval, cli_leaderboard, cli_pretrain, cli_sweep
-    from harness.cli_corpus import corpus_app
+    from medssl_bench.harness.app.cli import checkpoints as cli_checkpoints
+    from medssl_bench.harness.app.cli import eval as cli_eval
+    from medssl_bench.harness.app.cli import leaderboard as cli_leaderboard
+    from medssl_bench.harness.app.cli import pretrain as cli_pretrain
+    from medssl_bench.harness.app.cli import sweep as cli_sweep
+    from medssl_bench.harness.app.cli.corpus import corpus_app
 
     app.add_typer(corpus_app, name="corpus")
     cli_pretrain.register(app)
@@ -67,11 +71,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
-    import warnings
+    from medssl_bench.harness.process import configure_process
 
-    # Third-party deprecation notices (lightly's DINO head uses the old weight_norm) are not the user's business.
-    warnings.filterwarnings("ignore", message=".*weight_norm is deprecated.*")
-    warnings.filterwarnings("ignore", message=".*get_image_size.*is deprecated.*")  # lightly's VICRegL crop
+    configure_process()
     sys.exit(main())
 
 

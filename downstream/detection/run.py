@@ -1,11 +1,11 @@
 """Detection tasks (VinDr-CXR, Kvasir polyps; BCCD as an extra) through mmdetection.
 
 Protocol (LVM-Med App. B; repo: object_detection/command.sh + base_config_track.py): Faster R-CNN
-R50-FPN (downstream.det_model) whose ResNet is the pretrained one, fine-tuned with Adam and
+R50-FPN (downstream.detection.model) whose ResNet is the pretrained one, fine-tuned with Adam and
 gradient-norm clip 1, no warm-up; images resized to the protocol's side keeping their aspect
 (padded to a multiple of 32), random horizontal flip. Validated every epoch; the best-validation
 epoch is tested (the repo tested its last epoch; every `bench` family tests its best-val epoch).
-Scored by AP at IoU 0.5 over the test images, mAP@[.5:.95] beside it (downstream.det_metrics).
+Scored by AP at IoU 0.5 over the test images, mAP@[.5:.95] beside it (downstream.detection.metrics).
 Images without boxes (VinDr's "No finding") stay in every split as negatives. Label fractions
 subsample training images. Left out from the repo's pipeline: Albumentations'
 RandomSizedBBoxSafeCrop and the class-balanced oversampling (ClassBalancedDataset, thr 0.4).
@@ -20,12 +20,12 @@ import numpy as np
 import torch
 from mmengine.registry import DefaultScope
 
-from downstream.datasets.canonical_det import DetectionDataset
-from downstream.det_metrics import PaperDetMetric
-from downstream.det_model import build_detector
-from downstream.registry import Protocol, Task
-from harness.data import derived_seed
-from harness.errors import UserError
+from medssl_bench.downstream.datasets.canonical_det import DetectionDataset
+from medssl_bench.downstream.detection.metrics import PaperDetMetric
+from medssl_bench.downstream.detection.model import build_detector
+from medssl_bench.downstream.registry import Protocol, Task
+from medssl_bench.harness.data import derived_seed
+from medssl_bench.harness.errors import UserError
 
 from mmdet.datasets import CocoDataset  # noqa: E402  (after det_model installed the mmcv ops stand-in)
 
@@ -58,7 +58,7 @@ def run_job(task: Task, protocol: Protocol, data: DetectionDataset, ref, *, labe
             device: torch.device, work_root: Path, cache=None) -> dict:
     """One evaluation: fine-tune the detector, test its best-val epoch.
     Returns {"val": ..., "test": ..., "selected": ..., "n_train": ...}."""
-    from downstream.finetuning import fit_best_on_val
+    from medssl_bench.downstream.finetuning import fit_best_on_val
 
     n_train = len(data.split("train"))
     for name in ("train", "val", "test"):

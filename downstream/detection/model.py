@@ -4,7 +4,7 @@ base_config_track.py) with its ResNet replaced by `bench`'s backbone checkpoint.
 
 `BenchResNet` and `LoadBenchImage` (downstream.bench_backbone) are registered in mmdet's registries,
 so an mmdet config can name them: backbone=dict(type="BenchResNet", arch="resnet50", checkpoint=...,
-out_indices=(1, 2, 3, 4)). The checkpoint is loaded by the backbone itself (harness.checkpoints),
+out_indices=(1, 2, 3, 4)). The checkpoint is loaded by the backbone itself (harness.checkpoint_index),
 so there is no `load_from` file with `backbone.`-prefixed keys as in LVM-Med's script.
 Every checkpoint, random init included, is fine-tuned the same way: all layers trained, BatchNorm
 in training mode. mmdet's R50 config (which LVM-Med used for its own weights) fixes the stem and
@@ -21,15 +21,15 @@ from pathlib import Path
 
 from mmengine.config import Config, ConfigDict
 
-from harness import mmcv_ops
+from medssl_bench.downstream import mmcv_ops
 
 mmcv_ops.install()  # before mmdet.models imports mmcv.ops: CPU stand-in unless compiled mmcv exists
 
 import mmdet  # noqa: E402
 from mmdet.registry import MODELS, TRANSFORMS  # noqa: E402
 
-from downstream.bench_backbone import STAGE_CHANNELS, BenchResNet, LoadBenchImage  # noqa: E402
-from harness.data import IMAGE_MEAN, IMAGE_STD  # noqa: E402
+from medssl_bench.downstream.bench_backbone import STAGE_CHANNELS, BenchResNet, LoadBenchImage  # noqa: E402
+from medssl_bench.harness.data import IMAGE_MEAN, IMAGE_STD  # noqa: E402
 
 MODELS.register_module(module=BenchResNet)
 TRANSFORMS.register_module(module=LoadBenchImage)

@@ -18,13 +18,13 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as load_safetensors_bytes, load_file
 from torch import nn
 
-from harness.backbones import BACKBONES, build_backbone
-from harness.checkpoint import save_backbone, sidecar_path
-from harness.errors import UserError
-from harness.fsutil import sha256_bytes, sha256_file
-from harness.provenance import code_version, package_versions
-from harness.runs import BACKBONE_FILE, RUN_FILE, read_run
-from harness.workspace import Workspace
+from medssl_bench.harness.backbones import BACKBONES, build_backbone
+from medssl_bench.harness.checkpoint import save_backbone, sidecar_path
+from medssl_bench.harness.errors import UserError
+from medssl_bench.harness.fsutil import sha256_bytes, sha256_file
+from medssl_bench.harness.provenance import code_version, package_versions
+from medssl_bench.harness.runs import BACKBONE_FILE, RUN_FILE, read_run
+from medssl_bench.harness.workspace import Workspace
 
 CHECKPOINTS_DIR = "checkpoints"
 CONTAINER_KEYS = ("state_dict", "model", "teacher", "student", "backbone")  # teacher first: DINO evaluates it

@@ -8,11 +8,11 @@ import typer
 from rich import box
 from rich.table import Table
 
-from harness.workspace import Workspace
+from medssl_bench.harness.workspace import Workspace
 
 def register(app: typer.Typer) -> None:
-    from harness.cli import console, workspace_option
-    from methods import METHOD_NAMES
+    from medssl_bench.harness.app.cli import console, workspace_option
+    from medssl_bench.methods import METHOD_NAMES
 
     @app.command(help="""Pretrain a backbone with a self-supervised method on a corpus.
 
@@ -47,9 +47,9 @@ def register(app: typer.Typer) -> None:
         data_root: Optional[Path] = typer.Option(None, help="Prepared datasets for --labels-from (default WORKSPACE/data)."),
         workspace: Path = workspace_option(),
     ):
-        from harness.config import parse_set_options
-        from harness.pretrain import PretrainRequest, run_pretraining
-        from harness.runs import read_run
+        from medssl_bench.harness.config import parse_set_options
+        from medssl_bench.harness.app.pretrain import PretrainRequest, run_pretraining
+        from medssl_bench.harness.runs import read_run
 
         overrides = dict(backbone=backbone, epochs=epochs, batch_size=batch_size, image_size=image_size,
                          base_lr=lr, seed=seed, amp=amp, init=str(init) if init else None,
@@ -69,7 +69,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command(help="List pretraining runs in the workspace: status, progress, loss, corpus, checkpoint.")
     def runs(workspace: Path = workspace_option()):
-        from harness.runs import list_runs
+        from medssl_bench.harness.runs import list_runs
 
         ws = Workspace.resolve(workspace)
         records = list_runs(ws)

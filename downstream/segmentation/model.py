@@ -20,7 +20,7 @@ import torch
 from mmengine.config import ConfigDict
 from torch import nn
 
-from harness import mmcv_ops
+from medssl_bench.downstream import mmcv_ops
 
 mmcv_ops.install()  # before mmseg.models imports mmcv.ops: CPU stand-in unless compiled mmcv exists
 
@@ -28,8 +28,8 @@ from mmcv.cnn import ConvModule  # noqa: E402
 from mmseg.models.decode_heads.decode_head import BaseDecodeHead  # noqa: E402
 from mmseg.registry import MODELS, TRANSFORMS  # noqa: E402
 
-from downstream.bench_backbone import STAGE_CHANNELS, BenchResNet, LoadBenchImage  # noqa: E402
-from harness.data import IMAGE_MEAN, IMAGE_STD  # noqa: E402
+from medssl_bench.downstream.bench_backbone import STAGE_CHANNELS, BenchResNet, LoadBenchImage  # noqa: E402
+from medssl_bench.harness.data import IMAGE_MEAN, IMAGE_STD  # noqa: E402
 
 MODELS.register_module(module=BenchResNet)
 TRANSFORMS.register_module(module=LoadBenchImage)

@@ -8,11 +8,11 @@ import typer
 from rich import box
 from rich.table import Table
 
-from harness.workspace import Workspace
+from medssl_bench.harness.workspace import Workspace
 
 
 def register(app: typer.Typer) -> None:
-    from harness.cli import console, workspace_option
+    from medssl_bench.harness.app.cli import console, workspace_option
 
     @app.command("import-checkpoint", help="""Import external backbone weights into bench, once and safely.
 
@@ -33,7 +33,7 @@ def register(app: typer.Typer) -> None:
         backbone: Optional[str] = typer.Option(None, help="resnet18 | resnet50 (default: inferred from the weights)."),
         workspace: Path = workspace_option(),
     ):
-        from harness.checkpoints import checkpoint_ref, import_checkpoint
+        from medssl_bench.harness.checkpoint_index import checkpoint_ref, import_checkpoint
 
         ws = Workspace.resolve(workspace)
         path = import_checkpoint(src, ws, name=name, backbone=backbone, console=console)
@@ -46,7 +46,7 @@ def register(app: typer.Typer) -> None:
     backbone and corpus. 'random' (random initialisation) and 'all' are also accepted wherever
     a checkpoint is named.""")
     def checkpoints(workspace: Path = workspace_option()):
-        from harness.checkpoints import list_checkpoints
+        from medssl_bench.harness.checkpoint_index import list_checkpoints
 
         ws = Workspace.resolve(workspace)
         refs = list_checkpoints(ws)

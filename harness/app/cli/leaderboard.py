@@ -6,11 +6,11 @@ from typing import Optional
 
 import typer
 
-from harness.workspace import Workspace
+from medssl_bench.harness.workspace import Workspace
 
 
 def register(app: typer.Typer) -> None:
-    from harness.cli import console, workspace_option
+    from medssl_bench.harness.app.cli import console, workspace_option
 
     @app.command(help="""Write the leaderboard, a static site that opens from the file system or any web server.
 
@@ -27,8 +27,8 @@ def register(app: typer.Typer) -> None:
                     db: Optional[str] = typer.Option(None, help="Results store URL (default: the workspace's "
                                                      "SQLite file)."),
                     workspace: Path = workspace_option()):
-        from harness.store import ResultsStore
-        from leaderboard import build_leaderboard
+        from medssl_bench.harness.store import ResultsStore
+        from medssl_bench.leaderboard import build_leaderboard
 
         ws = Workspace.resolve(workspace)
         with ResultsStore.open(db, ws) as store:

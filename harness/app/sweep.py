@@ -25,8 +25,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from harness.errors import UserError
-from harness.workspace import Workspace
+from medssl_bench.harness.errors import UserError
+from medssl_bench.harness.workspace import Workspace
 
 SCORING = ("knn", "linear")
 # settings every trial of a study shares (--trials may grow between runs: the study continues)
@@ -179,8 +179,8 @@ class Heartbeat:
 # ----------------------------------------------------------------------------- scoring
 def sealed_tasks(req: SweepRequest) -> list[tuple]:
     """(task, scoring protocol, data without its test split) for each sweep task."""
-    from downstream.datasets import load_prepared
-    from downstream.registry import get_task
+    from medssl_bench.downstream.datasets import load_prepared
+    from medssl_bench.downstream.registry import get_task
 
     if req.scoring not in SCORING:
         raise UserError(f"--scoring {req.scoring}: choose one of {', '.join(SCORING)}")
@@ -205,7 +205,7 @@ def score_backbone(backbone, tasks: list[tuple], baseline: dict[str, float] | No
     """(mean normalised val score, raw val score per task) of a backbone."""
     import torch
 
-    from downstream.classification import validation_score
+    from medssl_bench.downstream.classification import validation_score
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     raw = {task.name: validation_score(backbone, data, protocol, seed, device) for task, protocol, data in tasks}
@@ -216,8 +216,8 @@ def score_backbone(backbone, tasks: list[tuple], baseline: dict[str, float] | No
 
 
 def random_init_scores(tasks: list[tuple], backbone: str, seed: int) -> dict[str, float]:
-    from downstream.classification import build_encoder
-    from harness.checkpoints import random_checkpoint
+    from medssl_bench.downstream.classification import build_encoder
+    from medssl_bench.harness.checkpoint_index import random_checkpoint
 
     return score_backbone(build_encoder(random_checkpoint(backbone), seed), tasks, None, seed)[1]
 
@@ -225,9 +225,9 @@ def random_init_scores(tasks: list[tuple], backbone: str, seed: int) -> dict[str
 def prepare_study(req: SweepRequest) -> dict:
     """Check the request, create (or join) the study, record its settings and the random-init
     baseline once. Joining a study with other settings is refused: its trials would not compare."""
-    from harness.config import resolve_config
-    from harness.corpus import resolve_corpus
-    from methods import get_method
+    from medssl_bench.harness.config import resolve_config
+    from medssl_bench.harness.corpus import resolve_corpus
+    from medssl_bench.methods import get_method
 
     method = get_method(req.method)
     if method.uses_labels:

@@ -13,9 +13,9 @@ from typing import Any, Callable
 
 import torch.distributed as dist
 
-from harness.errors import UserError
-from harness.runs import BACKBONE_FILE, find_run, latest_resumable, new_run_name, read_run, update_run
-from harness.workspace import Workspace
+from medssl_bench.harness.errors import UserError
+from medssl_bench.harness.runs import BACKBONE_FILE, find_run, latest_resumable, new_run_name, read_run, update_run
+from medssl_bench.harness.workspace import Workspace
 
 
 @dataclass
@@ -37,7 +37,7 @@ class PretrainRequest:
 
 def _main_first(fn: Callable[[], Any]) -> Any:
     """Run `fn` on rank 0 and hand its (picklable) result to every rank."""
-    from harness.engine import is_main_process, world_size
+    from medssl_bench.harness.engine import is_main_process, world_size
 
     if world_size() == 1:
         return fn()
@@ -55,7 +55,7 @@ def _main_first(fn: Callable[[], Any]) -> Any:
 
 def _resolve_run(req: PretrainRequest, method_cls) -> tuple[Path, dict, bool]:
     """(run dir, resolved config, resuming?) — the stored config when resuming."""
-    from harness.config import resolve_config
+    from medssl_bench.harness.config import resolve_config
 
     asked = resolve_config(method_cls, req.profile, req.overrides, req.sets)
     if not req.resume:
@@ -84,12 +84,12 @@ def _resolve_run(req: PretrainRequest, method_cls) -> tuple[Path, dict, bool]:
 
 
 def _labelled_data(req: PretrainRequest, method_cls, cfg: dict, run_dir: Path, resuming: bool):
-    """The --labels-from datasets of a label-using method (harness.labelled), else None."""
+    """The --labels-from datasets of a label-using method (harness.app.labelled), else None."""
     if not method_cls.uses_labels:
         if cfg.get("labels_from"):
             raise UserError(f"method '{req.method}' pretrains without labels; drop --labels-from")
         return None
-    from harness.labelled import load_labelled
+    from medssl_bench.harness.app.labelled import load_labelled
 
     if req.corpus:
         raise UserError(f"method '{req.method}' pretrains on --labels-from datasets, not on a corpus; drop --corpus")
@@ -103,8 +103,8 @@ def _labelled_data(req: PretrainRequest, method_cls, cfg: dict, run_dir: Path, r
 
 def load_init(backbone, cfg: dict) -> dict:
     """Start from a bench backbone checkpoint (strictly the same architecture); returns its identity."""
-    from harness.checkpoint import load_backbone_state
-    from harness.fsutil import sha256_file
+    from medssl_bench.harness.checkpoint import load_backbone_state
+    from medssl_bench.harness.fsutil import sha256_file
 
     state, meta = load_backbone_state(cfg["init"])
     if meta.get("backbone") not in (None, cfg["backbone"]):
@@ -122,15 +122,15 @@ def run_pretraining(req: PretrainRequest, console) -> Path | None:
     """Train; return the run folder on the main process (None on other DDP ranks)."""
     from mmengine.runner import set_random_seed
 
-    from harness.backbones import build_backbone
-    from harness.config import method_kwargs
-    from harness.corpus import resolve_corpus
-    from harness.data import ViewsDataset, default_num_workers
-    from harness.engine import (MethodHook, PretrainModel, RichProgressHook, RunRecordHook, build_runner,
+    from medssl_bench.harness.backbones import build_backbone
+    from medssl_bench.harness.config import method_kwargs
+    from medssl_bench.harness.corpus import resolve_corpus
+    from medssl_bench.harness.data import ViewsDataset, default_num_workers
+    from medssl_bench.harness.engine import (MethodHook, PretrainModel, RichProgressHook, RunRecordHook, build_runner,
                                 init_distributed, is_main_process, leave_distributed,
                                 world_size)
-    from harness.provenance import code_version, host_info, package_versions
-    from methods import get_method
+    from medssl_bench.harness.provenance import code_version, host_info, package_versions
+    from medssl_bench.methods import get_method
 
     init_distributed()
     main = is_main_process()

@@ -23,8 +23,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Sampler
 
-from harness.data import ViewsDataset, derived_seed
-from harness.errors import UserError
+from medssl_bench.harness.data import ViewsDataset, derived_seed
+from medssl_bench.harness.errors import UserError
 
 PHANTOM_SEED = 9001  # not the corpus default (0): these images are not in a `corpus synth` corpus
 PHANTOM_IMAGES = 128  # per synthetic set
@@ -55,7 +55,7 @@ class LabelledSet:
     def image(self, row: int) -> Image.Image:
         if self.images is not None:
             return Image.fromarray(self.images[row]).convert("RGB")
-        from harness.imageio import load_rgb
+        from medssl_bench.harness.imageio import load_rgb
 
         return load_rgb(self.paths[row])
 
@@ -67,7 +67,7 @@ class LabelledSet:
 
 def prepared_set(name: str, data_root: Path) -> LabelledSet:
     """The train split of the prepared classification dataset `data_root/name`."""
-    from downstream.datasets import load_prepared
+    from medssl_bench.downstream.datasets import load_prepared
 
     try:
         data = load_prepared(Path(data_root) / name, "classification")
@@ -81,9 +81,9 @@ def prepared_set(name: str, data_root: Path) -> LabelledSet:
 
 
 def _phantom(family: str, index: int, size: int) -> tuple[np.ndarray, dict]:
-    from downstream.phantoms.corpus import sample_rng
-    from downstream.phantoms.modalities import FAMILY_GENERATORS
-    from harness.imageio import percentile_window
+    from medssl_bench.downstream.phantoms.corpus import sample_rng
+    from medssl_bench.downstream.phantoms.modalities import FAMILY_GENERATORS
+    from medssl_bench.harness.imageio import percentile_window
 
     masks: dict = {}
     pixels = FAMILY_GENERATORS[family](sample_rng(PHANTOM_SEED, family, index), size, masks=masks)

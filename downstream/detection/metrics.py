@@ -14,7 +14,7 @@ import io
 
 import numpy as np
 
-from harness import mmcv_ops
+from medssl_bench.downstream import mmcv_ops
 
 mmcv_ops.install()  # before mmdet.evaluation imports mmcv.ops: CPU stand-in unless compiled mmcv exists
 

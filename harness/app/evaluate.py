@@ -16,9 +16,9 @@ import traceback
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from harness.errors import UserError
-from harness.provenance import available_cpus
-from harness.workspace import Workspace
+from medssl_bench.harness.errors import UserError
+from medssl_bench.harness.provenance import available_cpus
+from medssl_bench.harness.workspace import Workspace
 
 LAUNCHERS = ("pool", "slurm", "submitit-local")
 
@@ -44,7 +44,7 @@ class EvalRequest:
 
 @dataclass
 class Unit:
-    checkpoint: object   # harness.checkpoints.CheckpointRef
+    checkpoint: object   # harness.checkpoint_index.CheckpointRef
     dataset: str         # the tasks of `keys` all read this dataset
     keys: list           # harness.store.EvalKey
 
@@ -55,9 +55,9 @@ def data_root(req: EvalRequest) -> Path:
 
 def plan(req: EvalRequest, store) -> tuple[list[Unit], int]:
     """Units with the jobs still to run, and the number of jobs skipped because they are done."""
-    from downstream.registry import select_tasks
-    from harness.checkpoints import list_checkpoints, random_checkpoint, resolve_checkpoints
-    from harness.store import EvalKey, label_fraction_ppm
+    from medssl_bench.downstream.registry import select_tasks
+    from medssl_bench.harness.checkpoint_index import list_checkpoints, random_checkpoint, resolve_checkpoints
+    from medssl_bench.harness.store import EvalKey, label_fraction_ppm
 
     if req.launcher not in LAUNCHERS:
         raise UserError(f"unknown launcher '{req.launcher}'; choose one of: {', '.join(LAUNCHERS)}")
@@ -98,11 +98,11 @@ def run_unit(spec: dict) -> dict:
     """Run one unit's jobs (in a worker process or a Slurm job); every job is recorded."""
     import torch
 
-    from downstream import classification
-    from downstream.datasets import load_prepared
-    from downstream.registry import get_task
-    from harness.provenance import code_version, host_info, package_versions
-    from harness.store import ResultsStore
+    from medssl_bench.downstream import classification
+    from medssl_bench.downstream.datasets import load_prepared
+    from medssl_bench.downstream.registry import get_task
+    from medssl_bench.harness.provenance import code_version, host_info, package_versions
+    from medssl_bench.harness.store import ResultsStore
 
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
@@ -172,14 +172,14 @@ def transfer_status(sidecar: dict, dataset: str, data) -> dict:
 def family_module(family: str):
     """The evaluation module of a task family (imported when needed: mmseg takes seconds to import)."""
     if family == "classification":
-        from downstream import classification
+        from medssl_bench.downstream import classification
 
         return classification
     if family == "detection":
-        from downstream import detection
+        from medssl_bench.downstream.detection.run import run as detection
 
         return detection
-    from downstream import segmentation
+    from medssl_bench.downstream.segmentation.run import run as segmentation
 
     return segmentation
 
@@ -254,6 +254,6 @@ def _slurm_params(req: EvalRequest) -> dict:
 
 
 def _key(row: dict):
-    from harness.store import EvalKey
+    from medssl_bench.harness.store import EvalKey
 
     return EvalKey(row["checkpoint_id"], row["task"], row["protocol"], row["label_fraction"], row["seed"])

@@ -1,0 +1,1 @@
+"""Detection through mmdetection: `run` (the family runner), `model`, `metrics`."""
