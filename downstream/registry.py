@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from medssl_bench.downstream.families import FAMILIES, get_family
 from medssl_bench.harness.errors import UserError
 
-FAMILIES = ("classification", "segmentation_2d", "segmentation_3d", "detection", "ood_segmentation")
 PROFILES = ("quick", "paper")
 
 
@@ -42,7 +42,7 @@ class Protocol:
 class Task:
     name: str
     title: str
-    family: str
+    family: str                      # a key of downstream.families.FAMILIES
     dataset: str
     classes: int
     metric: str                      # the paper's metric: what the leaderboard ranks by
@@ -54,6 +54,10 @@ class Task:
     train_domain: str | None = None   # multi-site data: the site trained (and validated) on
     test_domain: str | None = None    # ... and the site tested on
     in_paper: bool = True             # one of LVM-Med's 15 tasks (False: an extra the harness adds)
+
+    def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise ValueError(f"task {self.name}: unknown family {self.family!r}; known: {', '.join(FAMILIES)}")
 
     @property
     def protocols(self) -> tuple[str, ...]:
@@ -69,23 +73,7 @@ class Task:
         if profile not in PROFILES:
             raise UserError(f"unknown profile '{profile}'; choose one of: {', '.join(PROFILES)}")
         paper = self.paper[name]
-        return paper if profile == "paper" else quick_protocol(paper, self.family)
-
-
-def quick_protocol(paper: Protocol, family: str) -> Protocol:
-    """The CPU smoke version of a paper protocol: ResNet-18 at 64 px, short schedules. Probes on
-    cached features cost little, so they keep enough epochs to converge; segmentation trains in
-    small batches so a few dozen images still give it enough steps."""
-    if family == "classification":
-        epochs, batch = {"linear": 60, "knn": 0}.get(paper.name, 4), 32
-    elif family == "detection":  # Faster R-CNN's smallest anchor is 32 px: 64 px images would hold none
-        # the box head's cost grows with its RoIs (measured: 512 -> 128 RoIs, 3.2x faster steps)
-        return replace(paper, image_size=128, backbone="resnet18", epochs=4, batch_size=4, rois_per_image=64,
-                       proposals=256, source=f"quick (CPU) version of: {paper.source}; 64 RoIs, 256 proposals")
-    else:  # a U-Net decoder from scratch needs ~100 steps (measured); volumes give more slices per epoch
-        epochs, batch = {"segmentation_2d": 20, "segmentation_3d": 8, "ood_segmentation": 12}[family], 8
-    return replace(paper, image_size=64, backbone="resnet18", epochs=epochs, batch_size=batch,
-                   source=f"quick (CPU) version of: {paper.source}")
+        return paper if profile == "paper" else get_family(self.family).quick_protocol(paper)
 
 
 def _cls(name, lr, wd, batch, size, epochs, source) -> Protocol:

@@ -14,22 +14,15 @@ from statistics import mean
 
 from scipy import stats
 
-from medssl_bench.downstream.registry import FAMILIES, TASKS
+from medssl_bench.downstream.families import FAMILIES
+from medssl_bench.downstream.registry import TASKS
 
 MAIN_LABEL_FRACTION = 1.0
 CI_LEVEL = 0.95
-# Column groups, in page order. Classification is split by protocol: a linear probe and a
-# fine-tune measure different things and must not share a column group.
-GROUP_TITLES = {
-    "classification/linear": "Classification (linear probe)",
-    "classification/knn": "Classification (kNN probe)",
-    "classification/finetune": "Classification (fine-tune)",
-    "segmentation_2d": "2D segmentation",
-    "segmentation_3d": "3D segmentation",
-    "detection": "Detection",
-    "ood_segmentation": "Out-of-distribution segmentation",
-    "other": "Other tasks",
-}
+# Column groups, in page order: each family's group(s) as its record titles them (classification is
+# split by protocol), then tasks of no known family.
+GROUP_TITLES = {**{group: title for family in FAMILIES.values() for group, title in family.group_titles().items()},
+                "other": "Other tasks"}
 
 
 @dataclass(frozen=True)
@@ -142,10 +135,8 @@ def t_quantile(df: int) -> float:
 
 
 def column_group(task: str, protocol: str) -> str:
-    family = TASKS[task].family if task in TASKS else "other"
-    if family == "classification":
-        return f"classification/{protocol}"
-    return family if family in FAMILIES else "other"
+    family = FAMILIES.get(TASKS[task].family) if task in TASKS else None
+    return family.group(protocol) if family is not None else "other"
 
 
 def _group_order(group: str) -> int:

@@ -158,9 +158,9 @@ def test_views_share_their_geometry_and_only_the_student_is_jittered():
 
 
 def test_only_the_train_split_is_ever_loaded(brain_root):
-    from medssl_bench.downstream.datasets import load_prepared
+    from medssl_bench.downstream.families import get_family
 
-    prepared = load_prepared(brain_root / "brain_tumor", "classification")
+    prepared = get_family("classification").load(brain_root / "brain_tumor")
     train = {s.id: s.label for s in prepared.split("train")}
     held_out = {s.id for s in prepared.samples if s.split != "train"}
     assert held_out  # the dataset has val/test samples to keep out
@@ -181,14 +181,14 @@ def test_only_the_train_split_is_ever_loaded(brain_root):
 
 
 def test_sidecar_records_labels_consumed_and_eval_of_a_consumed_task_is_not_transfer(brain_root, tmp_path):
-    from medssl_bench.downstream.datasets import load_prepared
+    from medssl_bench.downstream.families import get_family
 
     ws = Workspace(tmp_path / "ws")
     common = ["--workspace", str(ws.root), "--data-root", str(brain_root)]
     assert main(["pretrain", "--method", "ark", *common, "--labels-from", "brain_tumor", "--labels-from", "phantom_mr",
                  *TINY, "--epochs", "1", "--name", "ark-brain"]) == 0
     sidecar = json.loads((ws.runs / "ark-brain" / "backbone.json").read_text())
-    prepared = load_prepared(brain_root / "brain_tumor", "classification")
+    prepared = get_family("classification").load(brain_root / "brain_tumor")
     assert sidecar["category"] == "supervised"
     assert sidecar["labels_consumed"][0] == {
         "dataset": "brain_tumor", "split": "train", "n_images": len(prepared.split("train")),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from medssl_bench.downstream.datasets import load_prepared
+from medssl_bench.downstream.families import get_family
 from medssl_bench.downstream.registry import TASKS
 from medssl_bench.harness.app.cli import main
 from medssl_bench.harness.store import ResultsStore
@@ -32,12 +32,12 @@ def test_eval_segmentation_records_per_image_dice_and_per_volume_iou(seg_root, t
     rows = {(r["task"], r["split"]): r for r in store.results()}
     assert {e["protocol"] for e in store.evaluations()} == {"finetune"}  # frozen only when asked for
 
-    busi, data = rows["busi", "test"], load_prepared(seg_root / "busi", "segmentation_2d")
+    busi, data = rows["busi", "test"], get_family("segmentation_2d").load(seg_root / "busi")
     assert busi["metric"] == "dice" and 0 <= busi["value"] <= 1
     assert sorted(c["id"] for c in busi["per_case"]) == sorted(s.id for s in data.split("test"))
     assert busi["value"] == pytest.approx(sum(c["dice"] for c in busi["per_case"]) / len(busi["per_case"]))
 
-    heart, volumes = rows["mmwhs_ct", "test"], load_prepared(seg_root / "mmwhs_ct", "segmentation_3d")
+    heart, volumes = rows["mmwhs_ct", "test"], get_family("segmentation_3d").load(seg_root / "mmwhs_ct")
     assert heart["metric"] == "iou_3d" and set(heart["metrics"]) >= {"iou_3d", "dice_3d", "iou_3d_all"}
     assert sorted(c["id"] for c in heart["per_case"]) == sorted(volumes.cases("test"))  # one value per volume
     assert set(heart["per_class"]) == set(volumes.classes[1:])

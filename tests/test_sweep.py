@@ -44,12 +44,12 @@ def states(study) -> list[str]:
 def test_sweep_never_reads_test_then_evaluates_the_best_on_test_once(tiny_corpus, sweep_data):
     """An audit hook records every file the process opens: during the sweep the val images are
     read and no test image is; the completed study's best checkpoint is then tested exactly once."""
-    from medssl_bench.downstream.datasets import load_prepared
+    from medssl_bench.downstream.families import get_family
     from medssl_bench.harness.checkpoint_index import list_checkpoints
     from medssl_bench.harness.store import ResultsStore
 
     ws, corpus_id = tiny_corpus
-    data = load_prepared(sweep_data / "brain_tumor", "classification")
+    data = get_family("classification").load(sweep_data / "brain_tumor")
     test_files = {str(p.resolve()) for p in data.paths("test")}
     val_files = {str(p.resolve()) for p in data.paths("val")}
     opened: set[str] = set()

@@ -99,7 +99,7 @@ def run_unit(spec: dict) -> dict:
     import torch
 
     from medssl_bench.downstream import classification
-    from medssl_bench.downstream.datasets import load_prepared
+    from medssl_bench.downstream.families import get_family
     from medssl_bench.downstream.registry import get_task
     from medssl_bench.harness.provenance import code_version, host_info, package_versions
     from medssl_bench.harness.store import ResultsStore
@@ -110,13 +110,13 @@ def run_unit(spec: dict) -> dict:
     store = ResultsStore.open(spec["db"], ws)
     ref, profile = spec["checkpoint"], spec["profile"]
     tasks = {k.task: get_task(k.task) for k in spec["keys"]}
-    family = next(iter(tasks.values())).family
+    family = get_family(next(iter(tasks.values())).family)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cache = classification.FeatureCache(ws.root / "cache" / "features")
     counts = {"done": 0, "failed": 0}
     data, data_error = None, None
     try:
-        data = load_prepared(Path(spec["data_root"]) / spec["dataset"], family)
+        data = family.load(Path(spec["data_root"]) / spec["dataset"])
     except UserError as err:
         data_error = f"{err}; prepare it with: bench data prepare {spec['dataset']} --src DIR --out {spec['data_root']}"
     base = {"checkpoint": {k: v for k, v in ref.as_record().items() if k != "sidecar"},
@@ -138,7 +138,7 @@ def run_unit(spec: dict) -> dict:
         try:
             if data_error:
                 raise UserError(data_error)
-            out = family_module(task.family).run_job(
+            out = get_family(task.family).run_module().run_job(
                 task, protocol, data, ref, label_fraction=key.label_fraction, seed=key.seed, cache=cache,
                 device=device, work_root=ws.root / "cache" / "work")
             config.update(selected=out.pop("selected"), n_train=out.pop("n_train"))
@@ -167,21 +167,6 @@ def transfer_status(sidecar: dict, dataset: str, data) -> dict:
                       f"(content {str(used.get('content_hash'))[:12]}, {used.get('n_images')} images)")
             return {"transfer": False, "transfer_reason": reason}
     return {"transfer": True}
-
-
-def family_module(family: str):
-    """The evaluation module of a task family (imported when needed: mmseg takes seconds to import)."""
-    if family == "classification":
-        from medssl_bench.downstream import classification
-
-        return classification
-    if family == "detection":
-        from medssl_bench.downstream.detection.run import run as detection
-
-        return detection
-    from medssl_bench.downstream.segmentation.run import run as segmentation
-
-    return segmentation
 
 
 def default_jobs() -> int:

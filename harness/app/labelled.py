@@ -67,10 +67,10 @@ class LabelledSet:
 
 def prepared_set(name: str, data_root: Path) -> LabelledSet:
     """The train split of the prepared classification dataset `data_root/name`."""
-    from medssl_bench.downstream.datasets import load_prepared
+    from medssl_bench.downstream.families import get_family
 
     try:
-        data = load_prepared(Path(data_root) / name, "classification")
+        data = get_family("classification").load(Path(data_root) / name)
     except UserError as err:
         raise UserError(f"--labels-from {name}: {err} (a prepared classification dataset in --data-root, "
                         f"or one of {', '.join(PHANTOM_SETS)})") from None

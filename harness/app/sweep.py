@@ -179,7 +179,7 @@ class Heartbeat:
 # ----------------------------------------------------------------------------- scoring
 def sealed_tasks(req: SweepRequest) -> list[tuple]:
     """(task, scoring protocol, data without its test split) for each sweep task."""
-    from medssl_bench.downstream.datasets import load_prepared
+    from medssl_bench.downstream.families import get_family
     from medssl_bench.downstream.registry import get_task
 
     if req.scoring not in SCORING:
@@ -193,7 +193,7 @@ def sealed_tasks(req: SweepRequest) -> list[tuple]:
                             f"{name} is {task.family}")
         folder = root / task.dataset
         try:
-            data = load_prepared(folder, task.family)
+            data = get_family(task.family).load(folder)
         except UserError as err:
             raise UserError(f"{err}; prepare it with: bench data prepare {task.dataset} --src DIR") from None
         sealed = replace(data, samples=[s for s in data.samples if s.split != "test"])

@@ -45,7 +45,7 @@ def register(app: typer.Typer) -> None:
                 workspace: Path = workspace_option()):
         task_entry, adapter = _adapter(task)
         root = out or Workspace.resolve(workspace).root / "data"
-        from medssl_bench.downstream.datasets import load_prepared
+        from medssl_bench.downstream.families import get_family
         from medssl_bench.harness.app.cli.corpus import progress_bar
 
         with progress_bar() as bar:
@@ -53,7 +53,7 @@ def register(app: typer.Typer) -> None:
             folder = adapter.prepare(src, root, seed=seed,
                                      progress=lambda done, total: bar.update(bar_id, completed=done, total=total))
 
-        data = load_prepared(folder, task_entry.family)
+        data = get_family(task_entry.family).load(folder)
         counts = {s: len(data.split(s)) for s in ("train", "val", "test")}
         kind = "synthetic" if data.meta["synthetic"] else "real"
         unit = "slices" if getattr(data, "kind", "") == "3d" else "images"
