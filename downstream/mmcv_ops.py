@@ -1,5 +1,5 @@
 """A stand-in for mmcv's compiled `mmcv._ext`, so mmdet/mmseg models import and run on CPU with
-`mmcv-lite` (see ../shared/deps.md, item 1).
+`mmcv-lite` (see docs/dependencies.md, "mmcv").
 
 `install()` registers a module object as `sys.modules["mmcv._ext"]` *only* when no compiled
 extension is importable: a real mmcv build (e.g. CUDA on a cluster) always wins. The module's spec
@@ -31,7 +31,7 @@ _AVG_POOL = 1  # mmcv's RoIAlignFunction passes pool_mode 0 for 'max', 1 for 'av
 
 
 def needs_compiled(name: str, detail: str = "not implemented by the CPU stand-in (downstream.mmcv_ops)"):
-    return RuntimeError(f"{name} needs mmcv's compiled ops (see ../shared/deps.md): {detail}; "
+    return RuntimeError(f"{name} needs mmcv's compiled ops (see docs/dependencies.md): {detail}; "
                         "build mmcv 2.1.0 from source to use it")
 
 

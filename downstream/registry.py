@@ -1,4 +1,4 @@
-"""The 15 downstream tasks of LVM-Med (NeurIPS 2023), as ../shared/specs/tasks.md defines them.
+"""The 15 downstream tasks of LVM-Med (NeurIPS 2023), as docs/tasks.md describes them.
 
 One entry per task: its family (which evaluation module runs it), dataset adapter, classes,
 metrics exactly as the paper computes them, protocols and their parameters. `paper` holds the

@@ -1,4 +1,4 @@
-"""The backbone checkpoint contract (DESIGN.md): safetensors state dict + JSON sidecar.
+"""The backbone checkpoint contract (docs/architecture.md, "Contracts"): safetensors state dict + JSON sidecar.
 
 The state dict has torchvision ResNet keys with no prefix and no classifier, so
 `m = torchvision.models.resnet50(); m.fc = nn.Identity(); m.load_state_dict(sd, strict=True)`

@@ -1,4 +1,4 @@
-"""Segmentation metrics exactly as LVM-Med computes them (../shared/specs/tasks.md §4.1).
+"""Segmentation metrics exactly as LVM-Med computes them (docs/tasks.md).
 
 - 2D tasks (ISIC, JSRT, Kvasir, DRIVE, BUSI) and the prostate sites: Dice of the foreground per
   image, averaged over images; an image with an empty ground truth and an empty prediction scores
