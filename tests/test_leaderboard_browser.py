@@ -17,7 +17,7 @@ import pytest
 from medssl_bench.harness.store import ResultsStore
 from medssl_bench.harness.workspace import Workspace
 from medssl_bench.leaderboard import build_leaderboard
-from tests.test_leaderboard import EVIL, NOW, fill_store, record
+from tests.leaderboard_helpers import EVIL, NOW, fill_store, record
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"

@@ -17,7 +17,7 @@ from medssl_bench.leaderboard import build_leaderboard
 from medssl_bench.leaderboard.aggregate import build_tables
 from medssl_bench.leaderboard.stats import (BOOTSTRAP_RESAMPLES, CASE_TEST, SEED_TEST, annotate, cliques, complete_block,
                                nemenyi_q)
-from tests.test_leaderboard import EVIL, NOW, body_rows, column_index, fail, parse, record, table
+from tests.leaderboard_helpers import EVIL, NOW, body_rows, column_index, fail, parse, record, table
 
 # Column means x 100, chosen so that the ranks are known:
 #            fgadr/linear  brain_tumor/linear  isic2018/finetune
