@@ -22,7 +22,6 @@ import datetime as dt
 import itertools
 import json
 import platform
-import sys
 import time
 from pathlib import Path
 
@@ -30,7 +29,6 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 from medssl_bench.harness.process import configure_process  # noqa: E402
 
 configure_process()

@@ -19,13 +19,11 @@ import argparse
 import json
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from medssl_bench.harness.process import configure_process  # noqa: E402
 
 configure_process()
