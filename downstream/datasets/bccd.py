@@ -38,8 +38,9 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
+from medssl_bench.downstream.datasets._paths import child, find_root
 from medssl_bench.downstream.datasets.canonical import (
-    SPLITS, check_synth_request, files_by_stem, find_pair_root, is_synthetic, synthetic_output)
+    SPLITS, check_synth_request, files_by_stem, is_synthetic, synthetic_output)
 from medssl_bench.downstream.datasets.canonical_det import BoxLedger, DetItem, write_detection_dataset
 from medssl_bench.downstream.phantoms.det_bccd import Smear, smear_sample, smear_size
 from medssl_bench.harness.errors import UserError
@@ -62,11 +63,6 @@ class VocObject(NamedTuple):
     corners: tuple[float, float, float, float]  # xmin, ymin, xmax, ymax as written (1-based inclusive)
     truncated: int
     difficult: int
-
-
-def find_root(src: Path) -> Path:
-    """The folder holding JPEGImages/ and Annotations/: `src` or one of its sub-folders (BCCD/)."""
-    return find_pair_root(src, ("JPEGImages", "Annotations"), LAYOUT, "BCCD")
 
 
 def _number(text: str | None, what: str, path: Path) -> float:
@@ -144,8 +140,9 @@ def _read_list(path: Path) -> list[tuple[int, str]]:
 
 def official_splits(root: Path, annotated: set[str]) -> tuple[dict[str, str], list[str]] | None:
     """{stem: split} from ImageSets/Main/{train,val,test}.txt and warnings; None without ImageSets/Main."""
-    main = root / "ImageSets" / "Main"
-    if not main.is_dir():
+    sets = child(root, "ImageSets")
+    main = child(sets, "Main") if sets else None
+    if main is None:
         return None
     split_of, where, warnings = {}, {}, []
     for split in SPLITS:
@@ -171,9 +168,10 @@ def official_splits(root: Path, annotated: set[str]) -> tuple[dict[str, str], li
 
 def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None) -> Path:
     """Read a BCCD download (VOC) and write `out_root/bccd/` in the canonical COCO form."""
-    root = find_root(src)
-    images, ignored_images = files_by_stem(root / "JPEGImages")
-    xmls, ignored_xmls = files_by_stem(root / "Annotations", (".xml",))
+    root = find_root(src, ("JPEGImages", "Annotations"), label="BCCD", layout=LAYOUT)  # src or BCCD/
+    image_dir, xml_dir = child(root, "JPEGImages"), child(root, "Annotations")
+    images, ignored_images = files_by_stem(image_dir)
+    xmls, ignored_xmls = files_by_stem(xml_dir, (".xml",))
     for stem, p in sorted(xmls.items()):
         if stem not in images:
             raise UserError(f"annotation without image (expected JPEGImages/{stem}.jpg)", p)
@@ -182,7 +180,7 @@ def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None) -> Path
             raise UserError(f"image without annotation (expected Annotations/{stem}.xml; BCCD "
                             "annotates every image)", p)
     if not xmls:
-        raise UserError(f"no annotated images; expected {LAYOUT}", root / "Annotations")
+        raise UserError(f"no annotated images; expected {LAYOUT}", xml_dir)
     official = official_splits(root, set(xmls))
     if official is None:
         split_of, warnings = _seeded_splits(sorted(xmls), seed), [

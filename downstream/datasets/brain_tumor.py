@@ -14,8 +14,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from medssl_bench.downstream.datasets._paths import SKIP_DIRS, child, find_root, subfolders
 from medssl_bench.downstream.datasets.canonical import (
-    SourceItem, allocate, candidate_roots, check_synth_request, is_synthetic, stratified_split, synthetic_output,
+    SourceItem, allocate, check_synth_request, is_synthetic, stratified_split, synthetic_output,
     write_classification_dataset)
 from medssl_bench.downstream.phantoms.classification import brain_slice
 from medssl_bench.harness.errors import UserError
@@ -26,6 +27,7 @@ CLASSES = ["glioma", "meningioma", "no_tumor", "pituitary"]
 LAYOUT = ("Training/<class>/*.jpg + Testing/<class>/*.jpg, classes glioma_tumor, meningioma_tumor, "
           "no_tumor, pituitary_tumor (Sartaj Bhuvaji) or glioma, meningioma, notumor, pituitary "
           "(Masoud Nickparvar)")
+DEFAULT_N = 120
 VARIANTS = {  # raw class folder name -> canonical class
     "sartaj": {"glioma_tumor": "glioma", "meningioma_tumor": "meningioma", "no_tumor": "no_tumor",
                "pituitary_tumor": "pituitary"},
@@ -37,43 +39,18 @@ VAL_FRACTION = 0.3
 SYNTH_TEST_FRACTION = 0.2
 SYNTH_WEIGHTS = (0.26, 0.26, 0.22, 0.26)
 _SPLIT_DIRS = ("Training", "Testing")
-_SKIP_DIRS = ("__MACOSX",)  # macOS zip residue
 _TAG = 0xB8A1
-
-
-def _child(parent: Path, name: str) -> Path | None:
-    """The sub-folder `name` of `parent`, matched case-insensitively."""
-    for p in sorted(parent.iterdir()):
-        if p.is_dir() and p.name.lower() == name.lower():
-            return p
-    return None
-
-
-def find_root(src: Path) -> Path:
-    """The folder holding Training/ and Testing/: `src` itself or its single sub-folder."""
-    for folder in candidate_roots(src):
-        found = [_child(folder, d) for d in _SPLIT_DIRS]
-        if any(found):
-            missing = [d for d, f in zip(_SPLIT_DIRS, found) if f is None]
-            if missing:
-                raise UserError(f"has {'/'.join(d for d, f in zip(_SPLIT_DIRS, found) if f)}/ but no "
-                                f"{missing[0]}/ folder; expected {LAYOUT}", folder)
-            return folder
-    raise UserError(f"no Training/ and Testing/ folders found; expected {LAYOUT}", src)
 
 
 def _class_dirs(split_dir: Path) -> dict[str, Path]:
     """{raw class name: folder}; rejects unknown names, saying which are accepted."""
     accepted = {name for names in VARIANTS.values() for name in names}
-    out = {}
-    for p in sorted(split_dir.iterdir()):
-        if not p.is_dir() or p.name.startswith(".") or p.name in _SKIP_DIRS:
-            continue
-        if p.name.lower() not in accepted:
+    found = subfolders(split_dir)
+    for name, p in found.items():
+        if name not in accepted:
             raise UserError(f"unknown class folder {p.name!r}; accepted names: "
                             + "; ".join(f"{v}: {', '.join(n)}" for v, n in VARIANTS.items()), p)
-        out[p.name.lower()] = p
-    return out
+    return found
 
 
 def _variant(found: dict[str, dict[str, Path]], root: Path) -> str:
@@ -97,7 +74,7 @@ def _images(folder: Path) -> tuple[list[Path], list[Path]]:
     images, ignored = [], []
     for p in sorted(folder.rglob("*")):
         rel = p.relative_to(folder).parts
-        if not p.is_file() or any(part.startswith(".") or part in _SKIP_DIRS for part in rel[:-1]):
+        if not p.is_file() or any(part.startswith(".") or part in SKIP_DIRS for part in rel[:-1]):
             continue
         (images if p.name.lower().endswith(PIL_SUFFIXES) and not p.name.startswith(".") else ignored).append(p)
     return images, ignored
@@ -114,8 +91,8 @@ def published_count_notes(variant: str, n_train: int, n_test: int) -> list[str]:
 
 def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None) -> Path:
     """Read a Kaggle brain-tumour download (either release) and write `out_root/brain_tumor/`."""
-    root = find_root(src)
-    split_dirs = {d: _child(root, d) for d in _SPLIT_DIRS}
+    root = find_root(src, _SPLIT_DIRS, layout=LAYOUT)
+    split_dirs = {d: child(root, d) for d in _SPLIT_DIRS}
     found = {d: _class_dirs(p) for d, p in split_dirs.items()}
     variant = _variant(found, root)
     mapping = VARIANTS[variant]
@@ -166,7 +143,7 @@ def _file_name(variant: str, split: str, cls: str, k: int) -> str:
     return {"glioma": "gg", "meningioma": "m", "no_tumor": "image", "pituitary": "p"}[cls] + f" ({k}).jpg"
 
 
-def synthesize(out: Path, *, n: int = 120, seed: int = 0, size: int = 96, variant: str = "sartaj") -> Path:
+def synthesize(out: Path, *, n: int = DEFAULT_N, seed: int = 0, size: int = 96, variant: str = "sartaj") -> Path:
     """Write a synthetic Kaggle brain-tumour folder (raw layout of `variant`) under `out`.
     Classes differ by tumour location/shape (downstream.phantoms.classification.brain_slice)."""
     if variant not in VARIANTS:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medssl_bench.downstream.datasets._paths import SKIP_DIRS
 from medssl_bench.downstream.datasets.canonical import SYNTHETIC_MARKER, allocate, is_synthetic, synthetic_output
 from medssl_bench.downstream.datasets.canonical_seg import (
     SegItem, map_codes, nifti_header, read_nifti, seeded_case_split, volume_to_uint8, write_segmentation_dataset,
@@ -45,7 +46,6 @@ NAMINGS = {  # naming -> (modalities, input modality, raw code -> class index)
 }
 SPLIT_FRACTIONS = (0.7, 0.1, 0.2)
 _FILE = re.compile(r"^(?P<case>.+)[_-](?P<mod>flair|t1ce|t1|t2|t1c|t1n|t2f|t2w|seg)\.nii(?:\.gz)?$", re.I)
-_SKIP_DIRS = ("__MACOSX",)
 _MAX_DEPTH = 5  # folders below src searched for case folders
 _TAG = 0xB4A7
 
@@ -58,7 +58,7 @@ def _find_cases(src: Path) -> tuple[dict[str, dict], list[Path]]:
     cases, ignored, base = {}, [], len(src.parts)
     for folder, dirs, files in os.walk(src):
         folder = Path(folder)
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in _SKIP_DIRS
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in SKIP_DIRS
                          and len(folder.parts) - base < _MAX_DEPTH)
         matched = {}
         for name in sorted(files):

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from medssl_bench.downstream.datasets._paths import find_root, natural_key, subfolders
 from medssl_bench.downstream.datasets.canonical import (
     SYNTHETIC_MARKER, allocate, check_synth_request, is_synthetic, stratified_split, synthetic_output,
 )
@@ -45,32 +46,8 @@ _TAG = 0xB051
 
 
 def _class_dirs(folder: Path) -> dict[str, Path]:
-    """{class: sub-folder} for the class folders in `folder`, matched case-insensitively."""
-    out = {}
-    for p in sorted(folder.iterdir()):
-        if p.is_dir() and p.name.lower() in (*LESION_TYPES, DROPPED):
-            out.setdefault(p.name.lower(), p)
-    return out
-
-
-def find_root(src: Path) -> Path:
-    """The folder holding benign/ and malignant/: `src`, its Dataset_BUSI_with_GT/, or either
-    inside one extra wrapper folder."""
-    src = Path(src)
-    if not src.is_dir():
-        raise UserError("does not exist" if not src.exists() else "is not a folder", src)
-    subdirs = [p for p in sorted(src.iterdir())
-               if p.is_dir() and not p.name.startswith(".") and p.name != "__MACOSX"]  # zip residue
-    candidates = [src] + subdirs + [p for d in subdirs for p in sorted(d.iterdir())
-                                    if p.is_dir() and p.name.lower() == ROOT_DIR.lower()]
-    for folder in candidates:
-        found = _class_dirs(folder)
-        if any(c in found for c in LESION_TYPES):
-            missing = [c for c in LESION_TYPES if c not in found]
-            if missing:
-                raise UserError(f"has no {missing[0]}/ folder; expected {LAYOUT}", folder)
-            return folder
-    raise UserError(f"no benign/ and malignant/ folders found; expected {LAYOUT}", src)
+    """{class: sub-folder} for the class folders in `folder`, matched ignoring case."""
+    return {name: p for name, p in subfolders(folder).items() if name in (*LESION_TYPES, DROPPED)}
 
 
 def _size(path: Path) -> tuple[int, int]:
@@ -102,16 +79,11 @@ def scan_class(folder: Path) -> tuple[list[tuple[Path, list[Path]]], list[Path]]
         if stem not in images:
             raise UserError(f"mask without its image (expected '{stem}.png' beside it)", found[0][1])
     pairs = []
-    for stem, image in sorted(images.items(), key=lambda kv: _natural(kv[0])):
+    for stem, image in sorted(images.items(), key=lambda kv: natural_key(kv[0])):
         if stem not in masks:
             raise UserError(f"image without any mask (expected '{stem}_mask.png' beside it)", image)
         pairs.append((image, [p for _, p in sorted(masks[stem])]))
     return pairs, ignored
-
-
-def _natural(name: str) -> tuple:
-    """'benign (10)' after 'benign (9)'."""
-    return tuple(int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name))
 
 
 def read_lesion_mask(image: Path, masks: list[Path]) -> np.ndarray:
@@ -140,7 +112,8 @@ def assign_splits(types: np.ndarray, seed: int) -> np.ndarray:
 
 def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None) -> Path:
     """Read a BUSI download and write `out_root/busi/` (benign + malignant, normal dropped)."""
-    root = find_root(src)
+    # src, its Dataset_BUSI_with_GT/, or either inside one extra wrapper folder
+    root = find_root(src, LESION_TYPES, depth=2, layout=LAYOUT)
     found = _class_dirs(root)
     pairs, types, ignored = [], [], [p for p in root.iterdir() if p.is_file() and p.name != SYNTHETIC_MARKER]
     for t, cls in enumerate(LESION_TYPES):

@@ -150,33 +150,6 @@ def files_by_stem(folder: Path, suffixes: tuple[str, ...] = PIL_SUFFIXES) -> tup
     return found, ignored
 
 
-def candidate_roots(src: Path, depth: int = 1) -> list[Path]:
-    """`src`, then its sub-folders breadth first down to `depth` levels (hidden folders and zip
-    residue skipped): where an adapter looks for the dataset folder inside what the user gave."""
-    src = Path(src)
-    if not src.is_dir():
-        raise UserError("does not exist" if not src.exists() else "is not a folder", src)
-    level, found = [src], [src]
-    for _ in range(depth):
-        level = [c for p in level for c in sorted(p.iterdir())
-                 if c.is_dir() and not c.name.startswith(".") and c.name != "__MACOSX"]
-        found += level
-    return found
-
-
-def find_pair_root(src: Path, pair: tuple[str, str], layout: str, dataset: str) -> Path:
-    """The folder (candidate_roots) holding both sub-folders of `pair`; one of them alone is an
-    error naming the missing one, none anywhere an error naming `src`."""
-    for folder in candidate_roots(src):
-        has = [(folder / d).is_dir() for d in pair]
-        if all(has):
-            return folder
-        if any(has):
-            present, missing = pair if has[0] else pair[::-1]
-            raise UserError(f"missing folder {missing}/ beside {present}/; expected {layout}", folder / missing)
-    raise UserError(f"no {dataset} {pair[0]}/ and {pair[1]}/ folders found; expected {layout}", src)
-
-
 def is_synthetic(*folders: Path) -> dict | None:
     """The synthetic marker's content if any of `folders` carries one (None if none does)."""
     for folder in folders:

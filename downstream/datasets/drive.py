@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from medssl_bench.downstream.datasets.canonical import candidate_roots, check_synth_request, is_synthetic, synthetic_output
+from medssl_bench.downstream.datasets._paths import child, find_root
+from medssl_bench.downstream.datasets.canonical import check_synth_request, is_synthetic, synthetic_output
 from medssl_bench.downstream.datasets.canonical_seg import SegItem, binarise, read_mask_gray, write_segmentation_dataset
 from medssl_bench.downstream.phantoms.modalities import fundus
 from medssl_bench.harness.errors import UserError
@@ -48,30 +49,13 @@ VESSEL_LEVEL = 0.5  # phantom vessel map -> annotation: the pixels painted at >=
 _TAG = 0xD21E
 
 
-def _child(folder: Path, name: str) -> Path | None:
-    """The sub-folder `name` of `folder`, matched case-insensitively."""
-    if not folder.is_dir():
-        return None
-    return next((p for p in sorted(folder.iterdir()) if p.is_dir() and p.name.lower() == name.lower()), None)
-
-
-def find_root(src: Path) -> Path:
-    """The DRIVE folder (the one holding training/): `src`, or up to two wrapper levels below it."""
-    for folder in candidate_roots(src, depth=2):
-        if _child(folder, "training"):
-            return folder
-        if _child(folder, "test"):
-            raise UserError(f"has test/ but no training/ folder; expected {LAYOUT}", folder)
-    raise UserError(f"no DRIVE training/ folder found; expected {LAYOUT}", src)
-
-
 def _files(folder: Path) -> dict[str, Path]:
     """{lower-case file name: path} of the files in `folder`."""
     return {p.name.lower(): p for p in sorted(folder.iterdir()) if p.is_file()}
 
 
 def _require(part: Path, name: str, what: str) -> Path:
-    folder = _child(part, name)
+    folder = child(part, name)
     if folder is None:
         raise UserError(f"{what} folder is missing; expected {LAYOUT}", part / name)
     return folder
@@ -80,7 +64,7 @@ def _require(part: Path, name: str, what: str) -> Path:
 def scan_part(root: Path, part: str, labelled: bool) -> tuple[list[tuple[str, Path, Path | None, Path]], int]:
     """[(id, image, manual or None, fov mask)] of one part (training/test), and the number of
     ignored files. Errors name the image without annotation/FOV mask or the annotation without image."""
-    folder = _child(root, part)
+    folder = child(root, part)
     images = _files(_require(folder, "images", "image"))
     fovs = _files(_require(folder, "mask", "field-of-view mask"))
     manual_dir = _require(folder, "1st_manual", "vessel annotation") if labelled else None
@@ -135,17 +119,17 @@ def _seeded_pick(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
 
 def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None) -> Path:
     """Read a DRIVE download and write `out_root/drive/` in the canonical segmentation form."""
-    root = find_root(src)
+    root = find_root(src, PARTS, required=("training",), label="DRIVE", depth=2, layout=LAYOUT)
     train_rows, ignored = scan_part(root, "training", labelled=True)
-    test_dir = _child(root, "test")
-    manual_dir = _child(test_dir, "1st_manual") if test_dir else None
+    test_dir = child(root, "test")
+    manual_dir = child(test_dir, "1st_manual") if test_dir else None
     has_test_labels = manual_dir is not None and any(p.suffix.lower() == ".gif" for p in manual_dir.iterdir())
     test_rows, unlabelled = [], 0
     if test_dir is not None and has_test_labels:
         test_rows, more = scan_part(root, "test", labelled=True)
         ignored += more
-    elif test_dir is not None and _child(test_dir, "images"):
-        unlabelled = sum(1 for p in _child(test_dir, "images").iterdir() if p.suffix.lower() in (".tif", ".tiff"))
+    elif test_dir is not None and child(test_dir, "images"):
+        unlabelled = sum(1 for p in child(test_dir, "images").iterdir() if p.suffix.lower() in (".tif", ".tiff"))
     rng = np.random.default_rng([seed, _TAG])
     n = len(train_rows)
     split = np.full(n, "train", dtype=object)
@@ -173,7 +157,7 @@ def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None) -> Path
             _binary(fov, shape, "field-of-view mask")
             yield SegItem(key, image, _binary(manual, shape, "vessel annotation"), part, source=manual)
 
-    has_second = bool(test_dir and _child(test_dir, "2nd_manual"))
+    has_second = bool(test_dir and child(test_dir, "2nd_manual"))
     notes += ["vessel = 1st_manual annotation (GIF, convert('L') >= 128)"
               + ("; 2nd_manual (second observer) not used" if has_second else ""),
               "field-of-view masks validated and recorded in fov_masks, not applied: LVM-Med scores "

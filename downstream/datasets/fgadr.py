@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from medssl_bench.downstream.datasets._paths import child, subfolders
 from medssl_bench.downstream.datasets.canonical import (
     SourceItem, allocate, check_synth_request, is_synthetic, stratified_split, synthetic_output,
     write_classification_dataset,
@@ -27,6 +28,7 @@ NAME = "fgadr"
 CLASSES = ["0", "1", "2", "3", "4"]
 LAYOUT = ("FGADR-Seg-set_Release/Seg-set/Original_Images/<id>_<k>.png + "
           "Seg-set/DR_Seg_Grading_Label.csv (no header; rows 'image,grade', grade 0-4)")
+DEFAULT_N = 120
 CSV_NAME = "DR_Seg_Grading_Label.csv"
 IMAGES_DIR = "Original_Images"
 PAPER_TRAIN_MAX_ID = 1500
@@ -43,12 +45,13 @@ def find_seg_set(src: Path) -> Path:
     src = Path(src)
     if not src.is_dir():
         raise UserError("does not exist" if not src.exists() else "is not a folder", src)
-    candidates = [src, src / "Seg-set", *sorted(src.glob("*/Seg-set"))]
+    candidates = [src, child(src, "Seg-set"), *(child(d, "Seg-set") for d in subfolders(src).values())]
+    candidates = [folder for folder in candidates if folder is not None]
     for folder in candidates:
         if (folder / CSV_NAME).is_file():
             return folder
     for folder in candidates:
-        if (folder / IMAGES_DIR).is_dir():
+        if child(folder, IMAGES_DIR) is not None:
             raise UserError(f"grading CSV is missing (expected beside {IMAGES_DIR}/)", folder / CSV_NAME)
     raise UserError(f"no FGADR Seg-set found here; expected {LAYOUT}", src)
 
@@ -100,9 +103,9 @@ def published_count_notes(train: list[int], test: list[int]) -> list[str]:
 def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None) -> Path:
     """Read a FGADR Seg-set download and write `out_root/fgadr/` in the canonical form."""
     seg = find_seg_set(src)
-    image_dir = seg / IMAGES_DIR
-    if not image_dir.is_dir():
-        raise UserError(f"image folder {IMAGES_DIR}/ is missing", image_dir)
+    image_dir = child(seg, IMAGES_DIR)
+    if image_dir is None:
+        raise UserError(f"image folder {IMAGES_DIR}/ is missing", seg / IMAGES_DIR)
     grades = read_grades(seg / CSV_NAME, image_dir)
     files = sorted(p for p in image_dir.iterdir() if p.is_file())
     images = [p for p in files if p.name.lower().endswith(PIL_SUFFIXES) and not p.name.startswith(".")]
@@ -144,7 +147,7 @@ def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None) -> Path
 
 
 # ----------------------------------------------------------------------------- synthetic
-def synthesize(out: Path, *, n: int = 120, seed: int = 0, size: int = 96) -> Path:
+def synthesize(out: Path, *, n: int = DEFAULT_N, seed: int = 0, size: int = 96) -> Path:
     """Write a synthetic FGADR Seg-set under `out` (raw layout): ~80 % of the images get ids
     0001.., the rest ids 1501.., so the paper split rule applies as to the real release.
     Grades set lesion counts/types (downstream.phantoms.classification.dr_fundus)."""

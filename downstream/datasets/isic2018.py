@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from medssl_bench.downstream.datasets.canonical import (
-    allocate, candidate_roots, check_synth_request, is_synthetic, synthetic_output)
+from medssl_bench.downstream.datasets._paths import child, find_root
+from medssl_bench.downstream.datasets.canonical import allocate, check_synth_request, is_synthetic, synthetic_output
 from medssl_bench.downstream.datasets.canonical_seg import SegItem, map_codes, read_mask_gray, write_segmentation_dataset
 from medssl_bench.downstream.phantoms.seg_isic import isic_sample
 from medssl_bench.harness.errors import UserError
@@ -47,24 +47,6 @@ def input_dir(part: str) -> str:
 
 def truth_dir(part: str) -> str:
     return f"ISIC2018_Task1_{part}_GroundTruth"
-
-
-def _child(parent: Path, name: str) -> Path | None:
-    """Sub-folder `name` of `parent` (case-insensitive); a same-named folder inside it (zip
-    unpacked into a folder named after the zip) is followed."""
-    for p in sorted(parent.iterdir()):
-        if p.is_dir() and p.name.lower() == name.lower():
-            inner = p / p.name
-            return inner if inner.is_dir() else p
-    return None
-
-
-def find_root(src: Path) -> Path:
-    """The folder holding the ISIC2018_* folders: `src` itself or one of its sub-folders."""
-    for folder in candidate_roots(src):
-        if any(_child(folder, d(PARTS["train"])) for d in (input_dir, truth_dir)):
-            return folder
-    raise UserError(f"no {input_dir('Training')}/ folder found; expected {LAYOUT}", src)
 
 
 def _pairs(image_dir: Path, mask_dir: Path) -> tuple[list[tuple[str, Path, Path]], int]:
@@ -114,10 +96,11 @@ def _seeded_parts(n: int, missing: list[str], seed: int) -> np.ndarray:
 
 def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None) -> Path:
     """Read an ISIC 2018 Task 1 download and write `out_root/isic2018/` in the canonical form."""
-    root = find_root(src)
+    train = (input_dir(PARTS["train"]), truth_dir(PARTS["train"]))
+    root = find_root(src, train, required=(), layout=LAYOUT)  # a missing half: below
     found, missing = {}, []
     for split, part in PARTS.items():
-        dirs = [_child(root, input_dir(part)), _child(root, truth_dir(part))]
+        dirs = [child(root, input_dir(part), nested=True), child(root, truth_dir(part), nested=True)]
         if all(d is None for d in dirs) and split != "train":
             missing.append(split)
             continue

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from medssl_bench.downstream.datasets._paths import candidate_roots, child
 from medssl_bench.downstream.datasets.canonical import (
     check_synth_request, is_synthetic, stratified_split, synthetic_output,
 )
@@ -52,26 +53,7 @@ TEST_FRACTION = 0.2
 VAL_FRACTION = 0.125  # of the non-test rest: 0.8 * 0.125 = 10 % of all images
 MAX_VALUE = 4095  # 12-bit
 N_NODULE, N_NON_NODULE = 154, 93  # the real release: synthetic sets keep this mix
-_SKIP = ("__MACOSX",)
 _TAG = 0x75A7
-
-
-def _subdirs(folder: Path) -> list[Path]:
-    return [p for p in sorted(folder.iterdir()) if p.is_dir() and not p.name.startswith(".") and p.name not in _SKIP]
-
-
-def _child(folder: Path, name: str) -> Path | None:
-    """The sub-folder `name` of `folder`, matched case-insensitively."""
-    return next((p for p in _subdirs(folder) if p.name.lower() == name.lower()), None)
-
-
-def _walk(src: Path, depth: int = 3) -> list[Path]:
-    """`src` and its sub-folders down to `depth` levels, breadth first (the shallowest match wins)."""
-    level, out = [src], [src]
-    for _ in range(depth):
-        level = [c for p in level for c in _subdirs(p)]
-        out += level
-    return out
 
 
 def _is_raw(p: Path) -> bool:
@@ -81,14 +63,12 @@ def _is_raw(p: Path) -> bool:
 def find_parts(src: Path) -> tuple[Path, Path]:
     """(folder holding the .IMG files, SCR folder holding fold1/fold2) under `src`."""
     src = Path(src)
-    if not src.is_dir():
-        raise UserError("does not exist" if not src.exists() else "is not a folder", src)
-    folders = _walk(src)
+    folders = candidate_roots(src, depth=3)  # breadth first: the shallowest match wins
     images = (next((p for p in folders if p.name.lower() == IMAGE_DIR.lower()), None)
               or next((p for p in folders if any(_is_raw(f) for f in p.iterdir())), None))
     if images is None:
         raise UserError(f"no JSRT images (*.IMG) found; expected {LAYOUT}", src)
-    scr = next((p for p in folders if any(_child(p, f) for f in FOLDS)), None)
+    scr = next((p for p in folders if any(child(p, f) for f in FOLDS)), None)
     if scr is None:
         raise UserError(f"no SCR mask folder (scratch/fold1, scratch/fold2) found; expected {LAYOUT}", src)
     return images, scr
@@ -98,12 +78,12 @@ def index_masks(scr: Path) -> tuple[dict[str, dict[str, Path]], int]:
     """({lung structure: {stem: gif}} over both folds, number of ignored files)."""
     found: dict[str, dict[str, Path]] = {lung: {} for lung in LUNGS}
     ignored = 0
-    for fold in filter(None, (_child(scr, f) for f in FOLDS)):
-        masks = _child(fold, "masks")
+    for fold in filter(None, (child(scr, f) for f in FOLDS)):
+        masks = child(fold, "masks")
         if masks is None:
             raise UserError("SCR fold has no masks/ folder", fold / "masks")
         for lung in LUNGS:
-            folder = _child(masks, lung)
+            folder = child(masks, lung)
             if folder is None:
                 raise UserError(f"SCR '{lung}' mask folder is missing", masks / lung)
             for p in sorted(folder.iterdir()):

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from medssl_bench.downstream.datasets import kvasir_seg
-from medssl_bench.downstream.datasets.canonical import candidate_roots, files_by_stem, is_synthetic
+from medssl_bench.downstream.datasets._paths import child, find_root
+from medssl_bench.downstream.datasets.canonical import files_by_stem, is_synthetic
 from medssl_bench.downstream.datasets.canonical_det import BoxLedger, DetItem, write_detection_dataset
 from medssl_bench.harness.errors import UserError
 from medssl_bench.harness.imageio import read_pixels
@@ -27,27 +28,20 @@ LAYOUT = "Kvasir-SEG/images/<id>.jpg + Kvasir-SEG/kavsir_bboxes.json"
 DEFAULT_N = kvasir_seg.DEFAULT_N
 
 
-def _find_root(src: Path) -> Path:
-    """The folder holding images/: `src`, or one of its sub-folders (Kvasir-SEG/)."""
-    for folder in candidate_roots(src):
-        if (folder / "images").is_dir():
-            return folder
-    raise UserError(f"no Kvasir-SEG images/ folder found; expected {LAYOUT}", src)
-
-
 def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None) -> Path:
     """Read a Kvasir-SEG download's images and box file; write `out_root/kvasir_det/` (COCO)."""
-    root = _find_root(Path(src))
+    root = find_root(src, ("images",), label="Kvasir-SEG", layout=LAYOUT)  # src or Kvasir-SEG/
+    image_dir = child(root, "images")
     box_path = kvasir_seg.find_box_json(root)
     if box_path is None:
         raise UserError(f"no {kvasir_seg.BOX_JSON} beside images/; expected {LAYOUT}", root / kvasir_seg.BOX_JSON)
     entries = kvasir_seg.parse_bboxes(box_path)
-    images, ignored = files_by_stem(root / "images")
+    images, ignored = files_by_stem(image_dir)
     for key in entries:
         if key not in images:
             raise UserError(f"entry {key!r} has boxes but images/{key}.jpg is missing", box_path)
     if not images:
-        raise UserError(f"no images; expected {LAYOUT}", root / "images")
+        raise UserError(f"no images; expected {LAYOUT}", image_dir)
     stems = sorted(images)
     splits = kvasir_seg._seeded_splits(len(stems), seed)
     ledger = BoxLedger()

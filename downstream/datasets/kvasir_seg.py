@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from medssl_bench.downstream.datasets._paths import child, find_root
 from medssl_bench.downstream.datasets.canonical import (
-    check_synth_request, files_by_stem, find_pair_root, is_synthetic, synthetic_output)
+    check_synth_request, files_by_stem, is_synthetic, synthetic_output)
 from medssl_bench.downstream.datasets.canonical_seg import SegItem, read_mask_gray, write_segmentation_dataset
 from medssl_bench.downstream.phantoms.seg_kvasir import kvasir_sample
 from medssl_bench.harness.errors import UserError
@@ -43,11 +44,6 @@ FRACTIONS = {"val": 0.16, "test": 0.2}  # rest train: 640/160/200 of 1,000
 LABEL_CODES = {"background": [0], "polyp": [255]}  # nominal; noisy JPEG values split at THRESHOLD
 ID_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
 _TAG = 0x4B5A
-
-
-def find_root(src: Path) -> Path:
-    """The folder holding images/ and masks/: `src`, `src/Kvasir-SEG` or another single sub-folder."""
-    return find_pair_root(src, ("images", "masks"), LAYOUT, "Kvasir-SEG")
 
 
 def read_mask(path: Path) -> tuple[np.ndarray, int]:
@@ -116,9 +112,10 @@ def _seeded_splits(n: int, seed: int) -> np.ndarray:
 
 def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None) -> Path:
     """Read a Kvasir-SEG download and write `out_root/kvasir_seg/` in the canonical form."""
-    root = find_root(src)
-    images, ignored_images = files_by_stem(root / "images")
-    masks, ignored_masks = files_by_stem(root / "masks")
+    root = find_root(src, ("images", "masks"), label="Kvasir-SEG", layout=LAYOUT)  # src or Kvasir-SEG/
+    image_dir, mask_dir = child(root, "images"), child(root, "masks")
+    images, ignored_images = files_by_stem(image_dir)
+    masks, ignored_masks = files_by_stem(mask_dir)
     for stem, p in images.items():
         if stem not in masks:
             raise UserError(f"image without mask (expected masks/{stem}.jpg)", p)
@@ -126,7 +123,7 @@ def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None) -> Path
         if stem not in images:
             raise UserError(f"mask without image (expected images/{stem}.jpg)", p)
     if not images:
-        raise UserError(f"no images; expected {LAYOUT}", root / "images")
+        raise UserError(f"no images; expected {LAYOUT}", image_dir)
     stems = sorted(images)
     splits = _seeded_splits(len(stems), seed)
     warnings, boxes = [], None

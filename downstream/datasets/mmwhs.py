@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medssl_bench.downstream.datasets._paths import candidate_roots, child
 from medssl_bench.downstream.datasets.canonical import SYNTHETIC_MARKER, is_synthetic, synthetic_output
 from medssl_bench.downstream.datasets.canonical_seg import (
     SegItem, map_codes, nifti_header, read_nifti, seeded_case_split, volume_to_uint8, write_segmentation_dataset,
@@ -46,7 +47,6 @@ SEEDED_FRACTIONS = (0.65, 0.15, 0.2)
 DEFAULT_N = 8
 DEFAULT_SIZE = 64
 SYNTH_TEST_VOLUMES = 2
-_SKIP_DIRS = ("__MACOSX",)
 _TAG = {"ct": 0x3C71, "mr": 0x3E72}
 
 
@@ -62,30 +62,20 @@ def _check_modality(modality: str) -> str:
     return modality
 
 
-def _child(parent: Path, name: str) -> Path | None:
-    """The sub-folder `name` of `parent`, matched case-insensitively."""
-    for p in sorted(parent.iterdir()):
-        if p.is_dir() and p.name.lower() == name:
-            return p
-    return None
-
-
 def find_folders(src: Path, modality: str) -> tuple[Path, Path | None]:
     """(<p>_train folder, <p>_test folder or None) in `src`, `src`'s single wrapper folder, or
     `src` itself when it is the <p>_train folder."""
     src, p = Path(src), _check_modality(modality)
-    if not src.is_dir():
-        raise UserError("does not exist" if not src.exists() else "is not a folder", src)
+    folders = candidate_roots(src)
     if src.name.lower() == f"{p}_train":
-        return src, _child(src.parent, f"{p}_test")
-    for folder in [src] + [d for d in sorted(src.iterdir()) if d.is_dir() and not d.name.startswith(".")
-                           and d.name not in _SKIP_DIRS]:
-        train = _child(folder, f"{p}_train")
+        return src, child(src.parent, f"{p}_test")
+    for folder in folders:
+        train = child(folder, f"{p}_train")
         if train is not None:
-            return train, _child(folder, f"{p}_test")
+            return train, child(folder, f"{p}_test")
     other = next(m for m in MODALITIES if m != p)
     hint = f" (it has {other}_train/: use the {'mmwhs_mri' if other == 'mr' else 'mmwhs_ct'} dataset)" \
-        if any(_child(f, f"{other}_train") for f in [src] + [d for d in src.iterdir() if d.is_dir()]) else ""
+        if any(child(f, f"{other}_train") for f in folders) else ""
     raise UserError(f"no {p}_train/ folder found{hint}; expected {layout(p)}", src)
 
 
@@ -220,12 +210,16 @@ def synthesize(out: Path, *, modality: str, n: int = DEFAULT_N, seed: int = 0, s
 # ----------------------------------------------------------------------------- the two adapters
 @dataclass(frozen=True)
 class ModalityAdapter:
-    """The adapter interface (NAME, LAYOUT, DEFAULT_N, prepare, synthesize) for one modality."""
+    """The adapter interface (downstream.datasets.Adapter) for one modality."""
 
     NAME: str
     MODALITY: str
     DEFAULT_N: int = DEFAULT_N
     DEFAULT_SIZE: int = DEFAULT_SIZE
+
+    @property
+    def CLASSES(self) -> list[str]:  # noqa: N802  (the adapter interface's name)
+        return list(CLASSES)
 
     @property
     def LAYOUT(self) -> str:  # noqa: N802  (the adapter interface's name)

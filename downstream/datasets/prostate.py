@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medssl_bench.downstream.datasets.canonical import SYNTHETIC_MARKER, allocate, candidate_roots, is_synthetic, synthetic_output
+from medssl_bench.downstream.datasets._paths import SKIP_DIRS, find_root, natural_key, subfolders
+from medssl_bench.downstream.datasets.canonical import SYNTHETIC_MARKER, allocate, is_synthetic, synthetic_output
 from medssl_bench.downstream.datasets.canonical_seg import (
     SegItem, map_codes, nifti_header, read_nifti, seeded_case_split, volume_to_uint8, write_segmentation_dataset,
 )
@@ -39,30 +40,14 @@ CODEBOOK = {0: 0, 1: 1}
 VAL_FRACTION = TEST_FRACTION = 0.2
 BMC_FRACTIONS = (1 - VAL_FRACTION - TEST_FRACTION, VAL_FRACTION, TEST_FRACTION)
 _FILE = re.compile(r"^(?P<case>.+?)(?P<seg>_segmentation)?\.nii(?:\.gz)?$", re.IGNORECASE)
-_SKIP_DIRS = ("__MACOSX",)
 _TAG = 0x9057
 _SYNTH_SPELLING = {"UCL": "Segmentation", "HK": "Segmentation"}  # the rest "_segmentation"
 _SYNTH_WEIGHTS = {"RUNMC": 1.2, "I2CVB": 1.0, "UCL": 1.0, "BIDMC": 1.2, "HK": 1.2}
 
 
 def _site_dirs(folder: Path) -> dict[str, Path]:
-    return {p.name.upper(): p for p in sorted(folder.iterdir()) if p.is_dir() and p.name.upper() in SITES}
-
-
-def find_root(src: Path) -> Path:
-    """The folder holding the site folders: `src` or one sub-folder of it. BMC must be there."""
-    for folder in candidate_roots(src):
-        found = _site_dirs(folder)
-        if found:
-            if TRAIN_SITE not in found:
-                raise UserError(f"has site folder(s) {', '.join(found)} but no {TRAIN_SITE}/, the site "
-                                f"LVM-Med trains on; expected {LAYOUT}", folder)
-            return folder
-    raise UserError(f"no site folders ({', '.join(SITES)}) found; expected {LAYOUT}", src)
-
-
-def _natural(name: str) -> tuple:
-    return tuple(int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name))
+    """{SITE: sub-folder} for the site folders in `folder`, matched ignoring case."""
+    return {name.upper(): p for name, p in subfolders(folder).items() if name.upper() in SITES}
 
 
 def scan_site(folder: Path) -> tuple[list[tuple[str, Path, Path]], list[Path]]:
@@ -74,7 +59,7 @@ def scan_site(folder: Path) -> tuple[list[tuple[str, Path, Path]], list[Path]]:
     for p in sorted(folder.iterdir()):
         match = _FILE.match(p.name)
         if not p.is_file() or p.name.startswith(".") or not match:
-            if p.is_file() or p.name not in _SKIP_DIRS:
+            if p.is_file() or p.name not in SKIP_DIRS:
                 ignored.append(p)
             continue
         table = labels if match.group("seg") else images
@@ -87,7 +72,7 @@ def scan_site(folder: Path) -> tuple[list[tuple[str, Path, Path]], list[Path]]:
         if case not in images:
             raise UserError(f"label volume without its image (expected {case}.nii.gz beside it)", label)
     cases = []
-    for case in sorted(images, key=_natural):
+    for case in sorted(images, key=natural_key):
         if case not in labels:
             raise UserError(f"label volume missing (expected {case}_segmentation.nii.gz beside it)",
                             images[case])
@@ -97,11 +82,11 @@ def scan_site(folder: Path) -> tuple[list[tuple[str, Path, Path]], list[Path]]:
 
 def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None) -> Path:
     """Read a multi-site prostate download and write `out_root/prostate/` (slices, by-case split)."""
-    root = find_root(src)
+    root = find_root(src, SITES, required=(TRAIN_SITE,), layout=LAYOUT)  # BMC: the site LVM-Med trains on
     found = _site_dirs(root)
     ignored = [p for p in root.iterdir() if p.is_file() and p.name != SYNTHETIC_MARKER]
     others = [p.name for p in root.iterdir() if p.is_dir() and p.name.upper() not in SITES
-              and not p.name.startswith(".") and p.name not in _SKIP_DIRS]
+              and not p.name.startswith(".") and p.name not in SKIP_DIRS]
     plan, notes, warnings, site_info = [], [], [], {}
     for site in SITES:
         if site not in found:

@@ -50,7 +50,8 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from medssl_bench.downstream.datasets.canonical import candidate_roots, check_synth_request, is_synthetic, synthetic_output
+from medssl_bench.downstream.datasets._paths import candidate_roots, child
+from medssl_bench.downstream.datasets.canonical import check_synth_request, is_synthetic, synthetic_output
 from medssl_bench.downstream.datasets.canonical_det import BoxLedger, DetItem, write_detection_dataset
 from medssl_bench.downstream.phantoms import det_vindr
 from medssl_bench.harness.errors import UserError
@@ -90,9 +91,10 @@ def _key(name: str) -> str:
 def _find(src: Path) -> tuple[Path, Path]:
     """(annotation csv, image folder): `src` or a sub-folder up to two levels down holding train/."""
     for folder in candidate_roots(src, depth=2):
+        images = child(folder, "train")
         for name in CSV_NAMES:
-            if (folder / name).is_file() and (folder / "train").is_dir():
-                return folder / name, folder / "train"
+            if images is not None and (folder / name).is_file():
+                return folder / name, images
     raise UserError(f"no train/ image folder with train.csv (or annotations/annotations_train.csv); "
                     f"expected {LAYOUT}", src)
 
