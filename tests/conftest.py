@@ -109,3 +109,24 @@ def brain_tumor_root(tmp_path_factory):
         return made[n, size]
 
     return make
+
+
+@pytest.fixture(scope="module")
+def raw(request, tmp_path_factory):
+    """A dataset test module's synthetic raw download, as its DOWNLOAD declares
+    (tests/dataset_helpers.Download; a dict of them gives a dict of folders): written once per
+    module, only read by the tests."""
+    spec = request.module.DOWNLOAD
+    if isinstance(spec, dict):
+        return {key: download.write(tmp_path_factory.mktemp(key)) for key, download in spec.items()}
+    return spec.write(tmp_path_factory.mktemp("raw"))
+
+
+@pytest.fixture
+def src(raw, request, tmp_path):
+    """A private copy of the module's raw download (of its DOWNLOAD's `part`), to damage; for a
+    dict of downloads a function: src(key) copies that one."""
+    spec = request.module.DOWNLOAD
+    if isinstance(spec, dict):
+        return lambda key: spec[key].copy(raw[key], tmp_path / key)
+    return spec.copy(raw, tmp_path)

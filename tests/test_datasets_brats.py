@@ -1,5 +1,5 @@
-"""BraTS adapter: synthetic raw layout -> prepare -> canonical 3D folder -> loader; masks equal the
-phantom's labels, split by case, determinism, other releases' naming, and every bad input."""
+"""BraTS adapter quirks (the contract every adapter meets: tests/test_dataset_contract.py): masks
+equal the phantom's labels, split by case, other releases' naming, and every bad input."""
 from __future__ import annotations
 
 import shutil
@@ -12,29 +12,15 @@ from PIL import Image
 
 from medssl_bench.downstream.datasets import brats
 from medssl_bench.downstream.datasets.canonical_seg import load_segmentation_dataset, volume_to_uint8
-from tests.dataset_helpers import file_digests as _files, raises as _raises, mask_of as _mask, rewrite_nifti as _rewrite
+from tests.dataset_helpers import Download, raises as _raises, mask_of as _mask, rewrite_nifti as _rewrite
 
 N, SIZE, SEED = 4, 32, 1
-TRAINING = "MICCAI_BraTS_2018_Data_Training"
-
-
-@pytest.fixture(scope="module")
-def raw(tmp_path_factory) -> Path:
-    """A synthetic download: <raw>/MICCAI_BraTS_2018_Data_Training/{HGG,LGG}/..., read-only."""
-    root = tmp_path_factory.mktemp("raw")
-    brats.synthesize(root / TRAINING, n=N, seed=SEED, size=SIZE)
-    return root
+DOWNLOAD = Download(brats, n=N, seed=SEED, size=SIZE, folder="MICCAI_BraTS_2018_Data_Training")  # {HGG,LGG}/...
 
 
 @pytest.fixture(scope="module")
 def prepared(raw, tmp_path_factory):
-    return load_segmentation_dataset(brats.prepare(raw, tmp_path_factory.mktemp("out")))
-
-
-@pytest.fixture
-def copy(raw, tmp_path) -> Path:
-    """A private copy of the training folder, to damage."""
-    return Path(shutil.copytree(raw / TRAINING, tmp_path / "src" / TRAINING))
+    return load_segmentation_dataset(brats.prepare(raw.parent, tmp_path_factory.mktemp("out")))  # found below src
 
 
 def _case_dirs(root: Path) -> list[Path]:
@@ -83,21 +69,15 @@ def test_class_voxel_counts_match_the_raw_seg_files(prepared, raw):
             assert int((codes == code).sum()) == int((masks == cls).sum()), (folder.name, code)
 
 
-def test_synthesis_and_prepare_are_deterministic(raw, tmp_path, prepared):
-    again = brats.synthesize(tmp_path / "again", n=N, seed=SEED, size=SIZE)
-    assert _files(again) == _files(raw / TRAINING)
-    other = brats.synthesize(tmp_path / "other", n=N, seed=SEED + 1, size=SIZE)
-    assert _files(other) != _files(again)
-    ds = load_segmentation_dataset(brats.prepare(again, tmp_path / "out"))
-    assert ds.meta["content_hash"] == prepared.meta["content_hash"]
-    resplit = load_segmentation_dataset(brats.prepare(again, tmp_path / "out2", seed=7))
+def test_split_seed_is_recorded(raw, tmp_path):
+    resplit = load_segmentation_dataset(brats.prepare(raw, tmp_path / "out2", seed=7))
     assert resplit.meta["split"]["seed"] == 7 and "seeded by case" in resplit.meta["split"]["method"]
 
 
-def test_brats2021_flat_folders_and_2023_names(copy, prepared, tmp_path):
+def test_brats2021_flat_folders_and_2023_names(src, prepared, tmp_path):
     flat = tmp_path / "BraTS2021_Training_Data"
     flat.mkdir()
-    for folder in _case_dirs(copy):
+    for folder in _case_dirs(src):
         shutil.move(str(folder), flat / folder.name)
     ds = load_segmentation_dataset(brats.prepare(flat, tmp_path / "out21"))
     assert ds.meta["content_hash"] == prepared.meta["content_hash"] and ds.meta["grades"] == {"none": N}
@@ -121,51 +101,51 @@ def test_brats2021_flat_folders_and_2023_names(copy, prepared, tmp_path):
 
 
 # ----------------------------------------------------------------------------- bad inputs
-def test_missing_seg_or_modality(copy, tmp_path):
-    folder = _case_dirs(copy)[0]
+def test_missing_seg_or_modality(src, tmp_path):
+    folder = _case_dirs(src)[0]
     (folder / f"{folder.name}_flair.nii.gz").unlink()
-    _raises(lambda: brats.prepare(copy, tmp_path / "out"), f"{folder.name}_flair.nii.gz", "input modality")
+    _raises(lambda: brats.prepare(src, tmp_path / "out"), f"{folder.name}_flair.nii.gz", "input modality")
     shutil.rmtree(folder)
-    folder = _case_dirs(copy)[0]
+    folder = _case_dirs(src)[0]
     (folder / f"{folder.name}_seg.nii.gz").unlink()
-    _raises(lambda: brats.prepare(copy, tmp_path / "out"), f"{folder.name}_seg.nii.gz", "no segmentation")
+    _raises(lambda: brats.prepare(src, tmp_path / "out"), f"{folder.name}_seg.nii.gz", "no segmentation")
     assert not (tmp_path / "out" / "brats").exists()
 
 
-def test_shape_mismatch_names_both_files(copy, tmp_path):
-    folder = _case_dirs(copy)[1]
+def test_shape_mismatch_names_both_files(src, tmp_path):
+    folder = _case_dirs(src)[1]
     _rewrite(folder / f"{folder.name}_seg.nii.gz", lambda v: v[:, :-2])
-    message = _raises(lambda: brats.prepare(copy, tmp_path / "out"), f"{folder.name}_flair.nii.gz",
+    message = _raises(lambda: brats.prepare(src, tmp_path / "out"), f"{folder.name}_flair.nii.gz",
                       f"{folder.name}_seg.nii.gz", "voxel-aligned")
     assert "\n" not in message
     assert not (tmp_path / "out" / "brats").exists()  # nothing half-written
 
 
-def test_label_outside_codebook(copy, tmp_path):
-    folder = _case_dirs(copy)[0]
+def test_label_outside_codebook(src, tmp_path):
+    folder = _case_dirs(src)[0]
     _rewrite(folder / f"{folder.name}_seg.nii.gz", lambda v: np.where(v == 4, 3, v).astype(np.uint8))
-    _raises(lambda: brats.prepare(copy, tmp_path / "out"), f"{folder.name}_seg.nii.gz", "label value(s) 3")
+    _raises(lambda: brats.prepare(src, tmp_path / "out"), f"{folder.name}_seg.nii.gz", "label value(s) 3")
 
 
-def test_empty_image_volume(copy, tmp_path):
-    folder = _case_dirs(copy)[2]
+def test_empty_image_volume(src, tmp_path):
+    folder = _case_dirs(src)[2]
     _rewrite(folder / f"{folder.name}_flair.nii.gz", np.zeros_like)
-    _raises(lambda: brats.prepare(copy, tmp_path / "out"), f"{folder.name}_flair.nii.gz", "empty")
+    _raises(lambda: brats.prepare(src, tmp_path / "out"), f"{folder.name}_flair.nii.gz", "empty")
 
 
-def test_case_id_differs_from_folder(copy, tmp_path):
-    folder = _case_dirs(copy)[0]
+def test_case_id_differs_from_folder(src, tmp_path):
+    folder = _case_dirs(src)[0]
     (folder / f"._{folder.name}_t1.nii.gz").write_bytes(b"\x00\x05\x16\x07")  # macOS residue: ignored
-    assert load_segmentation_dataset(brats.prepare(copy, tmp_path / "ok")).meta["ignored_files"] == 2
+    assert load_segmentation_dataset(brats.prepare(src, tmp_path / "ok")).meta["ignored_files"] == 2
     wrong = folder / "Brats18_TCIA99_999_1_t1.nii.gz"
     (folder / f"{folder.name}_t1.nii.gz").rename(wrong)
-    _raises(lambda: brats.prepare(copy, tmp_path / "out"), wrong.name, "case id", folder.name)
+    _raises(lambda: brats.prepare(src, tmp_path / "out"), wrong.name, "case id", folder.name)
 
 
-def test_unreadable_volume_and_no_cases(copy, tmp_path):
-    folder = _case_dirs(copy)[0]
+def test_unreadable_volume_and_no_cases(src, tmp_path):
+    folder = _case_dirs(src)[0]
     (folder / f"{folder.name}_flair.nii.gz").write_bytes(b"not a nifti file")
-    _raises(lambda: brats.prepare(copy, tmp_path / "out"), f"{folder.name}_flair.nii.gz", "unreadable")
+    _raises(lambda: brats.prepare(src, tmp_path / "out"), f"{folder.name}_flair.nii.gz", "unreadable")
     empty = tmp_path / "empty"
     (empty / "HGG").mkdir(parents=True)
     (empty / "survival_data.csv").write_text("BraTS18ID,Age,Survival\n")
@@ -173,10 +153,10 @@ def test_unreadable_volume_and_no_cases(copy, tmp_path):
     _raises(lambda: brats.prepare(tmp_path / "nowhere", tmp_path / "out"), "does not exist")
 
 
-def test_mixed_releases_refused(copy, tmp_path):
-    folder = _case_dirs(copy)[0]
+def test_mixed_releases_refused(src, tmp_path):
+    folder = _case_dirs(src)[0]
     (folder / f"{folder.name}_t1ce.nii.gz").rename(folder / f"{folder.name}_t1c.nii.gz")
-    _raises(lambda: brats.prepare(copy, tmp_path / "out"), folder.name, "mixes")
+    _raises(lambda: brats.prepare(src, tmp_path / "out"), folder.name, "mixes")
 
 
 def test_synthesize_rejects_bad_requests(tmp_path):

@@ -1,33 +1,21 @@
-"""ISIC 2018 Task 1 adapter: synthetic raw layout -> prepare -> canonical folder -> loader; the
-official-trio and Training-only split rules, mask fidelity, determinism and input errors."""
+"""ISIC 2018 Task 1 adapter quirks (the contract every adapter meets: tests/test_dataset_contract.py):
+the official-trio and Training-only split rules, mask fidelity, nested zip folders, input errors."""
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from medssl_bench.downstream.datasets import isic2018
 from medssl_bench.downstream.datasets.canonical_seg import load_segmentation_dataset
 from medssl_bench.downstream.phantoms.seg_isic import isic_sample, lesion_under_hair
-from medssl_bench.harness.errors import UserError
-from tests.dataset_helpers import file_digests as _files
+from tests.dataset_helpers import Download, raises, refused
 
 N, SIZE, SEED = 20, 40, 3
 TRAIN_IN, TRAIN_GT = isic2018.input_dir("Training"), isic2018.truth_dir("Training")
-
-
-@pytest.fixture(scope="module")
-def raw(tmp_path_factory) -> Path:
-    return isic2018.synthesize(tmp_path_factory.mktemp("raw") / "isic", n=N, seed=SEED, size=SIZE)
-
-
-@pytest.fixture
-def src(raw, tmp_path) -> Path:
-    """A private copy of the raw download, to damage."""
-    return Path(shutil.copytree(raw, tmp_path / "src"))
+DOWNLOAD = Download(isic2018, n=N, seed=SEED, size=SIZE, folder="isic")
 
 
 def _stems(folder: Path, suffix: str) -> list[str]:
@@ -105,22 +93,7 @@ def test_wrapper_folder_and_nested_zip_folder(src, tmp_path):
     assert len(ds.samples) == N
 
 
-def test_synthesize_is_deterministic(raw, tmp_path):
-    again = isic2018.synthesize(tmp_path / "again", n=N, seed=SEED, size=SIZE)
-    assert _files(again) == _files(raw)
-    other = isic2018.synthesize(tmp_path / "other", n=N, seed=SEED + 1, size=SIZE)
-    assert _files(other) != _files(raw)
-
-
 # ----------------------------------------------------------------------------- errors
-def _fails(src: Path, out: Path, *fragments: str) -> None:
-    with pytest.raises(UserError) as err:
-        isic2018.prepare(src, out)
-    for fragment in fragments:
-        assert fragment in str(err.value), (fragment, str(err.value))
-    assert not (out / "isic2018").exists()  # nothing half-written
-
-
 def _first(folder: Path, suffix: str) -> Path:
     return sorted(p for p in folder.iterdir() if p.name.endswith(suffix))[0]
 
@@ -128,40 +101,40 @@ def _first(folder: Path, suffix: str) -> Path:
 def test_image_without_mask_and_mask_without_image(src, tmp_path):
     mask = _first(src / TRAIN_GT, "_segmentation.png")
     moved = mask.rename(tmp_path / mask.name)
-    _fails(src, tmp_path / "out", "image without mask", mask.name[:12] + ".jpg")
+    refused(isic2018, src, tmp_path / "out", "image without mask", mask.name[:12] + ".jpg")
     moved.rename(mask)
     image = _first(src / TRAIN_IN, ".jpg")
     image.unlink()
-    _fails(src, tmp_path / "out", "mask without image", mask.name)
+    refused(isic2018, src, tmp_path / "out", "mask without image", mask.name)
 
 
 def test_mask_size_and_values_and_unreadable(src, tmp_path):
     mask = _first(src / TRAIN_GT, "_segmentation.png")
     good = mask.read_bytes()
     Image.fromarray(np.zeros((10, 12), np.uint8)).save(mask)
-    _fails(src, tmp_path / "out", mask.name, "mask is 12x10")
+    refused(isic2018, src, tmp_path / "out", mask.name, "mask is 12x10")
     values = np.zeros(Image.open(_first(src / TRAIN_IN, ".jpg")).size[::-1], np.uint8)
     values[:3] = 128
     values[3:6] = 255
     Image.fromarray(values).save(mask)
-    _fails(src, tmp_path / "out", mask.name, "label value(s) 128 outside the codebook")
+    refused(isic2018, src, tmp_path / "out", mask.name, "label value(s) 128 outside the codebook")
     mask.write_bytes(b"not a png")
-    _fails(src, tmp_path / "out", mask.name, "unreadable mask")
+    refused(isic2018, src, tmp_path / "out", mask.name, "unreadable mask")
     mask.write_bytes(good)
     image = _first(src / TRAIN_IN, ".jpg")
     image.write_bytes(image.read_bytes()[:200])
-    _fails(src, tmp_path / "out", image.name)
+    refused(isic2018, src, tmp_path / "out", image.name)
 
 
 def test_missing_folders(src, tmp_path):
-    _fails(tmp_path / "nope", tmp_path / "out", "does not exist")
+    refused(isic2018, tmp_path / "nope", tmp_path / "out", "does not exist")
     empty = tmp_path / "empty"
     empty.mkdir()
-    _fails(empty, tmp_path / "out", TRAIN_IN, "empty")
+    refused(isic2018, empty, tmp_path / "out", TRAIN_IN, "empty")
     shutil.rmtree(src / isic2018.truth_dir("Validation"))
-    _fails(src, tmp_path / "out", "missing folder " + isic2018.truth_dir("Validation"))
+    refused(isic2018, src, tmp_path / "out", "missing folder " + isic2018.truth_dir("Validation"))
     shutil.rmtree(src / TRAIN_GT)
-    _fails(src, tmp_path / "out", "missing folder " + TRAIN_GT)
+    refused(isic2018, src, tmp_path / "out", "missing folder " + TRAIN_GT)
 
 
 def test_empty_training_folder(src, tmp_path):
@@ -169,14 +142,8 @@ def test_empty_training_folder(src, tmp_path):
         p.unlink()
     for p in (src / TRAIN_GT).glob("ISIC_*"):
         p.unlink()
-    _fails(src, tmp_path / "out", "no ISIC_*.jpg images", TRAIN_IN)
+    refused(isic2018, src, tmp_path / "out", "no ISIC_*.jpg images", TRAIN_IN)
 
 
-def test_synthesize_refuses_real_folder_and_tiny_requests(tmp_path):
-    real = tmp_path / "real"
-    real.mkdir()
-    (real / "ISIC_0000000.jpg").write_bytes(b"x")
-    with pytest.raises(UserError, match="not an earlier synthetic dataset"):
-        isic2018.synthesize(real, n=N, size=SIZE)
-    with pytest.raises(UserError, match="too small"):
-        isic2018.synthesize(tmp_path / "x", n=3, size=SIZE)
+def test_synthesize_refuses_tiny_requests(tmp_path):
+    raises(lambda: isic2018.synthesize(tmp_path / "x", n=3, size=SIZE), "n=3 is too small")

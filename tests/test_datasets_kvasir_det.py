@@ -1,6 +1,6 @@
-"""Kvasir polyp detection adapter: the synthetic Kvasir-SEG download (images + kavsir_bboxes.json)
--> prepare -> canonical COCO folder -> loader; boxes equal the JSON's, the split is kvasir_seg's,
-box rows clipped / dropped with a count, and every rejected input (nothing written)."""
+"""Kvasir polyp detection adapter quirks (the contract every adapter meets:
+tests/test_dataset_contract.py): boxes equal kavsir_bboxes.json's, the split is kvasir_seg's, box
+rows clipped / dropped with a count, and every rejected input (nothing written)."""
 from __future__ import annotations
 
 import contextlib
@@ -9,26 +9,15 @@ import json
 import shutil
 from pathlib import Path
 
-import pytest
 
 from medssl_bench.downstream.datasets import kvasir_det, kvasir_seg
 from medssl_bench.downstream.datasets.canonical_det import load_detection_dataset
 from medssl_bench.downstream.datasets.canonical_seg import load_segmentation_dataset
-from tests.dataset_helpers import raises
+from tests.dataset_helpers import Download, refused
 
 N, SIZE, SEED = 20, 40, 6
 BOX_JSON = kvasir_seg.BOX_JSON
-
-
-@pytest.fixture(scope="module")
-def raw(tmp_path_factory) -> Path:
-    return kvasir_det.synthesize(tmp_path_factory.mktemp("raw") / "kvasir", n=N, seed=SEED, size=SIZE)
-
-
-@pytest.fixture
-def src(raw, tmp_path) -> Path:
-    """A private copy of the raw download's Kvasir-SEG folder, to damage."""
-    return Path(shutil.copytree(raw / "Kvasir-SEG", tmp_path / "Kvasir-SEG"))
+DOWNLOAD = Download(kvasir_det, n=N, seed=SEED, size=SIZE, folder="kvasir", part="Kvasir-SEG")
 
 
 def _json(root: Path) -> dict:
@@ -43,11 +32,6 @@ def _change(root: Path, change) -> tuple[str, dict]:
     change(data[key])
     (root / BOX_JSON).write_text(json.dumps(data))
     return key, before
-
-
-def _fails(src: Path, out: Path, *fragments: str) -> None:
-    raises(lambda: kvasir_det.prepare(src, out), *fragments)
-    assert not (out / "kvasir_det").exists()  # nothing half-written
 
 
 def test_round_trip_boxes_and_split(raw, tmp_path):
@@ -76,8 +60,6 @@ def test_round_trip_boxes_and_split(raw, tmp_path):
     assert [len(ds.split(s)) for s in ("train", "val", "test")] == [13, 3, 4]
     other = load_detection_dataset(kvasir_det.prepare(raw, tmp_path / "other", seed=1))
     assert {r["id"] for r in other.split("test")} != {r["id"] for r in ds.split("test")}
-    again = load_detection_dataset(kvasir_det.prepare(raw, tmp_path / "again"))
-    assert again.meta["content_hash"] == ds.meta["content_hash"]
 
 
 def test_image_without_entry_is_a_negative(src, tmp_path):
@@ -118,29 +100,30 @@ def test_degenerate_box_is_dropped_and_counted(src, tmp_path):
 def test_rejected_box_files(src, tmp_path):
     good = (src / BOX_JSON).read_text()
     key, before = _change(src, lambda e: e.update(height=e["height"] + 1))
-    _fails(src, tmp_path / "out", str(src / BOX_JSON), repr(key), f"is {before['width']}x{before['height']}")
+    refused(kvasir_det, src, tmp_path / "out", str(src / BOX_JSON), repr(key),
+            f"is {before['width']}x{before['height']}")
     (src / BOX_JSON).write_text(good)
     key, _ = _change(src, lambda e: e["bbox"][0].update(label="adenoma"))
-    _fails(src, tmp_path / "out", str(src / BOX_JSON), repr(key), "unknown class 'adenoma'")
+    refused(kvasir_det, src, tmp_path / "out", str(src / BOX_JSON), repr(key), "unknown class 'adenoma'")
     (src / BOX_JSON).write_text(good)
     key, _ = _change(src, lambda e: e["bbox"][0].update(xmax="12"))
-    _fails(src, tmp_path / "out", str(src / BOX_JSON), repr(key), "lacks numeric xmin/ymin/xmax/ymax")
+    refused(kvasir_det, src, tmp_path / "out", str(src / BOX_JSON), repr(key), "lacks numeric xmin/ymin/xmax/ymax")
     (src / BOX_JSON).write_text(good[: len(good) // 2])
-    _fails(src, tmp_path / "out", str(src / BOX_JSON), "unreadable")
+    refused(kvasir_det, src, tmp_path / "out", str(src / BOX_JSON), "unreadable")
     (src / BOX_JSON).unlink()
-    _fails(src, tmp_path / "out", BOX_JSON, "no kavsir_bboxes.json")
+    refused(kvasir_det, src, tmp_path / "out", BOX_JSON, "no kavsir_bboxes.json")
 
 
 def test_entry_whose_image_is_missing(src, tmp_path):
     key = next(iter(_json(src)))
     (src / "images" / f"{key}.jpg").rename(tmp_path / f"{key}.jpg")
-    _fails(src, tmp_path / "out", str(src / BOX_JSON), repr(key), "missing")
+    refused(kvasir_det, src, tmp_path / "out", str(src / BOX_JSON), repr(key), "missing")
 
 
 def test_missing_folders_and_bad_images(src, tmp_path):
-    _fails(tmp_path / "nope", tmp_path / "out", "does not exist")
+    refused(kvasir_det, tmp_path / "nope", tmp_path / "out", "does not exist")
     image = sorted((src / "images").iterdir())[0]
     image.write_bytes(b"garbage")
-    _fails(src, tmp_path / "out", image.name)
+    refused(kvasir_det, src, tmp_path / "out", image.name)
     shutil.rmtree(src / "images")
-    _fails(src, tmp_path / "out", "no Kvasir-SEG images/ folder")
+    refused(kvasir_det, src, tmp_path / "out", "no Kvasir-SEG images/ folder")

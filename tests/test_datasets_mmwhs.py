@@ -1,10 +1,9 @@
-"""MM-WHS CT/MRI adapters: synthetic raw layout -> prepare -> canonical 3D folder -> loader; masks
-equal the phantom's labels, LVM-Med's published split vs the seeded one, determinism, the stray
-421 code, and every bad input."""
+"""MM-WHS CT/MRI adapter quirks (the contract every adapter meets: tests/test_dataset_contract.py):
+masks equal the phantom's labels, LVM-Med's published split vs the seeded one, the raw file names,
+both modalities in one download, the stray 421 code, and every bad input."""
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -14,29 +13,18 @@ from PIL import Image
 from medssl_bench.downstream.datasets import mmwhs
 from medssl_bench.downstream.datasets.mmwhs import CT as mmwhs_ct, MRI as mmwhs_mri
 from medssl_bench.downstream.datasets.canonical_seg import load_segmentation_dataset, volume_to_uint8
-from tests.dataset_helpers import file_digests as _files, raises as _raises, mask_of as _mask, rewrite_nifti as _rewrite
+from tests.dataset_helpers import (
+    Download, file_digests as _files, mask_of as _mask, raises as _raises, rewrite_nifti as _rewrite)
 
 N, SIZE, SEED = 4, 32, 1
 ADAPTERS = {"ct": mmwhs_ct, "mr": mmwhs_mri}
-
-
-@pytest.fixture(scope="module")
-def raw(tmp_path_factory) -> dict[str, Path]:
-    """One small synthetic download per modality (read-only)."""
-    root = tmp_path_factory.mktemp("raw")
-    return {p: a.synthesize(root / a.NAME, n=N, seed=SEED, size=SIZE) for p, a in ADAPTERS.items()}
+DOWNLOAD = {p: Download(a, n=N, seed=SEED, size=SIZE, folder=a.NAME) for p, a in ADAPTERS.items()}
 
 
 @pytest.fixture(scope="module")
 def prepared(raw, tmp_path_factory):
     out = tmp_path_factory.mktemp("out")
     return {p: load_segmentation_dataset(a.prepare(raw[p], out)) for p, a in ADAPTERS.items()}
-
-
-@pytest.fixture
-def ct(raw, tmp_path) -> Path:
-    """A private copy of the CT download, to damage."""
-    return Path(shutil.copytree(raw["ct"], tmp_path / "src"))
 
 
 def _expected(codes: np.ndarray) -> np.ndarray:
@@ -103,15 +91,10 @@ def test_published_split_with_the_standard_twenty_ids(tmp_path):
     assert "seeded by volume" in ds19.meta["split"]["method"] and len(ds19.cases("train")) == 12
 
 
-def test_synthesis_and_prepare_are_deterministic(raw, tmp_path, prepared):
-    again = mmwhs_ct.synthesize(tmp_path / "again", n=N, seed=SEED, size=SIZE)
-    assert _files(again) == _files(raw["ct"])
-    assert sorted(_files(again)) == sorted(
+def test_raw_file_names(raw):
+    assert sorted(_files(raw["ct"])) == sorted(
         [f"ct_train/ct_train_{v}_{k}.nii.gz" for v in range(1001, 1005) for k in ("image", "label")]
         + ["ct_test/ct_test_2001_image.nii.gz", "ct_test/ct_test_2002_image.nii.gz", ".bench-synthetic.json"])
-    assert _files(mmwhs_ct.synthesize(tmp_path / "other", n=N, seed=SEED + 1, size=SIZE)) != _files(again)
-    ds = load_segmentation_dataset(mmwhs_ct.prepare(again, tmp_path / "out"))
-    assert ds.meta["content_hash"] == prepared["ct"].meta["content_hash"]
 
 
 def test_both_modalities_in_one_download(raw, tmp_path):
@@ -125,8 +108,8 @@ def test_both_modalities_in_one_download(raw, tmp_path):
     _raises(lambda: mmwhs_ct.prepare(root, tmp_path / "out"), "no ct_train/", "mmwhs_mri")
 
 
-def test_stray_421_becomes_background_with_a_warning(raw, tmp_path):
-    src = Path(shutil.copytree(raw["mr"], tmp_path / "src"))
+def test_stray_421_becomes_background_with_a_warning(src, tmp_path):
+    src = src("mr")
     label = src / "mr_train" / "mr_train_1003_label.nii.gz"
     codes = np.asarray(nib.load(str(label)).dataobj)
     edge = np.argwhere(codes == 420)[:5]
@@ -138,7 +121,8 @@ def test_stray_421_becomes_background_with_a_warning(raw, tmp_path):
 
 
 # ----------------------------------------------------------------------------- bad inputs
-def test_image_without_label_and_label_without_image(ct, tmp_path):
+def test_image_without_label_and_label_without_image(src, tmp_path):
+    ct = src("ct")
     (ct / "ct_train" / "ct_train_1002_label.nii.gz").unlink()
     _raises(lambda: mmwhs_ct.prepare(ct, tmp_path / "out"), "ct_train_1002_image.nii.gz",
             "without its label", "ct_train_1002_label.nii.gz")
@@ -148,24 +132,28 @@ def test_image_without_label_and_label_without_image(ct, tmp_path):
     assert not (tmp_path / "out" / "mmwhs_ct").exists()
 
 
-def test_shape_mismatch_names_both_files(ct, tmp_path):
+def test_shape_mismatch_names_both_files(src, tmp_path):
+    ct = src("ct")
     _rewrite(ct / "ct_train" / "ct_train_1004_label.nii.gz", lambda v: v[:, :, :-1])
     _raises(lambda: mmwhs_ct.prepare(ct, tmp_path / "out"), "ct_train_1004_image.nii.gz",
             "ct_train_1004_label.nii.gz", "voxel-aligned")
     assert not (tmp_path / "out" / "mmwhs_ct").exists()  # nothing half-written
 
 
-def test_code_outside_codebook(ct, tmp_path):
+def test_code_outside_codebook(src, tmp_path):
+    ct = src("ct")
     _rewrite(ct / "ct_train" / "ct_train_1001_label.nii.gz", lambda v: np.where(v == 850, 300, v).astype(np.int16))
     _raises(lambda: mmwhs_ct.prepare(ct, tmp_path / "out"), "ct_train_1001_label.nii.gz", "label value(s) 300")
 
 
-def test_empty_image_volume(ct, tmp_path):
+def test_empty_image_volume(src, tmp_path):
+    ct = src("ct")
     _rewrite(ct / "ct_train" / "ct_train_1003_image.nii.gz", np.zeros_like)
     _raises(lambda: mmwhs_ct.prepare(ct, tmp_path / "out"), "ct_train_1003_image.nii.gz", "empty")
 
 
-def test_wrong_modality_file_and_strays(ct, tmp_path):
+def test_wrong_modality_file_and_strays(src, tmp_path):
+    ct = src("ct")
     (ct / "ct_train" / "readme.txt").write_text("MM-WHS 2017\n")
     ds = load_segmentation_dataset(mmwhs_ct.prepare(ct, tmp_path / "out"))
     assert ds.meta["ignored_files"] == 1
@@ -173,7 +161,8 @@ def test_wrong_modality_file_and_strays(ct, tmp_path):
     _raises(lambda: mmwhs_ct.prepare(ct, tmp_path / "out"), "mr_train_1001_label.nii.gz", "MR volume in the CT")
 
 
-def test_unreadable_volume_and_missing_folder(ct, tmp_path):
+def test_unreadable_volume_and_missing_folder(src, tmp_path):
+    ct = src("ct")
     (ct / "ct_train" / "ct_train_1001_image.nii.gz").write_bytes(b"\x1f\x8b garbage")
     _raises(lambda: mmwhs_ct.prepare(ct, tmp_path / "out"), "ct_train_1001_image.nii.gz", "unreadable")
     empty = tmp_path / "empty"
