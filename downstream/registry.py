@@ -48,7 +48,7 @@ class Task:
     metric: str                      # the paper's metric: what the leaderboard ranks by
     metrics: tuple[str, ...]
     paper: dict[str, Protocol]        # protocol name -> paper parameters
-    reported: dict[str, float] = field(default_factory=dict)  # LVM-Med R50, per protocol (tasks.md)
+    reported: dict[str, float] = field(default_factory=dict)  # LVM-Med R50, per protocol (docs/tasks.md)
     note: str = ""
     optional: tuple[str, ...] = ()    # protocols run only when named with --protocol
     train_domain: str | None = None   # multi-site data: the site trained (and validated) on

@@ -35,7 +35,7 @@ def test_raw_layout_quirks(raw):
             assert gif.is_file(), gif
             assert Image.open(gif).size == (SIZE // 2, SIZE // 2)
     modes = {Image.open(g).mode for g in raw.rglob("*.gif")}
-    assert modes == {"P", "L"}  # both GIF flavours of datasets.md B.12
+    assert modes == {"P", "L"}  # both GIF flavours of docs/datasets.md
 
 
 def test_round_trip(raw, tmp_path):

@@ -1,6 +1,6 @@
 """Issue #4's pipeline-sanity check: a SimCLR checkpoint's linear probe beats random init on synthetic
 classification, with a margin, over 3 seeds. Marked `margin`: it pretrains for ~10 minutes on two
-cores, so `make test` leaves it out and `make test-margin` runs it (datasets.md C.3.8: keep the
+cores, so `make test` leaves it out and `make test-margin` runs it (docs/datasets.md: keep the
 comparative run opt-in on CPU)."""
 from __future__ import annotations
 

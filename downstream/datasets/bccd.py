@@ -1,4 +1,4 @@
-"""BCCD blood-cell detection (datasets.md B.11): raw reader and synthetic writer.
+"""BCCD blood-cell detection (docs/datasets.md): raw reader and synthetic writer.
 
 Layout (Shenggan/BCCD_Dataset; the BCCD/ folder itself or its parent, e.g. the clone, may be given):
     BCCD/JPEGImages/BloodImage_<5 digits>.jpg      640x480 RGB, ids with gaps

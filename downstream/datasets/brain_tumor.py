@@ -1,4 +1,4 @@
-"""Brain Tumor MRI classification, both Kaggle releases (datasets.md B.8): reader and synthetic writer.
+"""Brain Tumor MRI classification, both Kaggle releases (docs/datasets.md): reader and synthetic writer.
 
 Sartaj Bhuvaji's "Brain Tumor Classification (MRI)" (LVM-Med's BRAIN) and Masoud Nickparvar's
 "Brain Tumor MRI Dataset" share `Training/<class>/`, `Testing/<class>/` and differ in class

@@ -1,4 +1,4 @@
-"""BraTS brain-tumour segmentation, 3D (datasets.md B.6): raw reader and synthetic writer.
+"""BraTS brain-tumour segmentation, 3D (docs/datasets.md): raw reader and synthetic writer.
 
 Layout (BraTS 2018, the release LVM-Med names): MICCAI_BraTS_2018_Data_Training/{HGG,LGG}/
 <case>/<case>_{flair,t1,t1ce,t2,seg}.nii.gz (+ a stray survival_data.csv). Later releases are

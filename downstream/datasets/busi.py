@@ -1,11 +1,11 @@
-"""BUSI breast-ultrasound lesion segmentation ("BUID" in LVM-Med; datasets.md B.5): reader and
+"""BUSI breast-ultrasound lesion segmentation ("BUID" in LVM-Med; docs/datasets.md): reader and
 synthetic writer.
 
 Layout: Dataset_BUSI_with_GT/{benign,malignant,normal}/"<class> (i).png" with "<class> (i)_mask.png"
 and, for an image with several lesions, "<class> (i)_mask_1.png", "_mask_2.png" ...; PNGs are
 stored RGB though gray, names hold spaces and parentheses. The masks of one image are ORed into
 one binary lesion mask.
-Split (LVM-Med, tasks.md §4): `normal` (no lesion) is dropped and the 647 benign + malignant
+Split (LVM-Med, docs/tasks.md): `normal` (no lesion) is dropped and the 647 benign + malignant
 images are split 413/104/130. LVM-Med's own file list is not reproduced here; instead a seeded
 split stratified by benign/malignant with the same proportions (test = 130/647 of each class,
 val = 104/517 of the rest), which gives exactly 413/104/130 on the full release.

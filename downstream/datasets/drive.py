@@ -1,4 +1,4 @@
-"""DRIVE retinal vessel segmentation (datasets.md B.4, C.2): raw reader and synthetic writer.
+"""DRIVE retinal vessel segmentation (docs/datasets.md): raw reader and synthetic writer.
 
 Layout (Staal et al. 2004; the DRIVE download):
     DRIVE/training/images/21_training.tif ... 40_training.tif    RGB TIFF 565x584 (W x H)
@@ -8,7 +8,7 @@ Layout (Staal et al. 2004; the DRIVE download):
     DRIVE/test/1st_manual/01_manual1.gif, test/2nd_manual/01_manual2.gif
         (original release only: the current grand-challenge download withholds the test labels)
 `src` may be the DRIVE folder, its parent or a wrapper one level further up. GIFs are read
-with convert("L") then thresholded (palette and gray GIF flavours, datasets.md B.12).
+with convert("L") then thresholded (palette and gray GIF flavours, docs/datasets.md).
 
 Classes: background, vessel (1st_manual, the usual reference; 2nd_manual is not read).
 Every image's FOV mask is checked (present, same size as the image) and its path recorded in

@@ -1,4 +1,4 @@
-"""FGADR Seg-set, diabetic-retinopathy grading (datasets.md B.9): raw reader and synthetic writer.
+"""FGADR Seg-set, diabetic-retinopathy grading (docs/datasets.md): raw reader and synthetic writer.
 
 Split (LVM-Med paper): image ids 0001-1500 train, 1501+ test; validation = a seeded stratified
 20 % of train (LVM-Med's FGADR val rate; its released split reused test as val - we never let

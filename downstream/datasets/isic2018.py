@@ -1,4 +1,4 @@
-"""ISIC 2018 Task 1, skin lesion boundary segmentation (datasets.md B.1): raw reader and synthetic writer.
+"""ISIC 2018 Task 1, skin lesion boundary segmentation (docs/datasets.md): raw reader and synthetic writer.
 
 Layout (the challenge zips, each unpacked to its folder; one extra wrapper folder is tolerated):
     ISIC2018_Task1-2_Training_Input/ISIC_0000000.jpg            RGB JPEG, variable size

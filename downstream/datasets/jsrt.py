@@ -1,4 +1,4 @@
-"""JSRT chest radiographs + SCR lung masks (datasets.md B.2, C.2): raw reader and synthetic writer.
+"""JSRT chest radiographs + SCR lung masks (docs/datasets.md): raw reader and synthetic writer.
 
 Layout (JSRT, Shiraishi et al. 2000; SCR, van Ginneken et al. 2006):
     All247images/JPCLN001.IMG ... JPCLN154.IMG, JPCNN001.IMG ... JPCNN093.IMG

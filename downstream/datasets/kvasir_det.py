@@ -1,4 +1,4 @@
-"""Kvasir polyp detection (datasets.md B.3): the Kvasir-SEG download's images + kavsir_bboxes.json.
+"""Kvasir polyp detection (docs/datasets.md): the Kvasir-SEG download's images + kavsir_bboxes.json.
 
 Layout: the Kvasir-SEG folder (or its parent), as for segmentation; here the box file is required:
     Kvasir-SEG/images/<id>.jpg   Kvasir-SEG/kavsir_bboxes.json (sic)   (masks/ is not read)

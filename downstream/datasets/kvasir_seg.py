@@ -1,4 +1,4 @@
-"""Kvasir-SEG polyp segmentation (datasets.md B.3): raw reader and synthetic writer.
+"""Kvasir-SEG polyp segmentation (docs/datasets.md): raw reader and synthetic writer.
 
 Layout (the Simula zip; the Kvasir-SEG/ folder itself or its parent may be given):
     Kvasir-SEG/images/<25-char id>.jpg    RGB JPEG, variable size (about 332x487 .. 1920x1072)

@@ -1,4 +1,4 @@
-"""MM-WHS 2017 whole-heart segmentation, CT and MRI (datasets.md B.7): one reader and synthetic
+"""MM-WHS 2017 whole-heart segmentation, CT and MRI (docs/datasets.md): one reader and synthetic
 writer, two adapters (`CT` = dataset mmwhs_ct, `MRI` = mmwhs_mri; modality prefixes "ct" / "mr").
 
 Layout: <p>_train/<p>_train_10NN_image.nii.gz + <p>_train_10NN_label.nii.gz (20 labelled

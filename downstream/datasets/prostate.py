@@ -1,4 +1,4 @@
-"""Multi-site prostate T2 MRI segmentation (Liu et al., SAML / MS-Net; datasets.md B.13): reader
+"""Multi-site prostate T2 MRI segmentation (Liu et al., SAML / MS-Net; docs/datasets.md): reader
 and synthetic writer.
 
 Layout: six site folders RUNMC, BMC, I2CVB, UCL, BIDMC, HK, each with CaseNN.nii.gz and its label
@@ -6,7 +6,7 @@ volume CaseNN_segmentation.nii.gz (some copies spell it _Segmentation: matched c
 .nii accepted too). Labels: 0 background, 1 prostate; any other value is an error naming the file.
 Volumes are read voxel-aligned (canonical_seg.read_nifti), windowed once per volume and written as
 one sample per axial slice; case = "<SITE>/<CaseNN>", domain = the site.
-Split (LVM-Med, tasks.md §1 tasks 13-15): train on BMC, test on held-out BMC cases and on RUNMC,
+Split (LVM-Med, docs/tasks.md): train on BMC, test on held-out BMC cases and on RUNMC,
 BIDMC and HK. BMC cases get a seeded 60/20/20 train/val/test split by case (never by slice); every
 case of every other site present is test with its site as domain (I2CVB and UCL too, so they can
 be scored later). BMC is required; the other sites are optional and the notes say which exist.

@@ -1,4 +1,4 @@
-"""VinDr-CXR lesion detection, 14 classes (datasets.md B.10, tasks.md 4.4): raw reader and synthetic writer.
+"""VinDr-CXR lesion detection, 14 classes (docs/datasets.md, docs/tasks.md): raw reader and synthetic writer.
 
 Layouts (found in `src` or a folder up to two levels below it; the variant from the files present):
     Kaggle "VinBigData" DICOM:  train/<image_id>.dicom (or .dcm) + train.csv

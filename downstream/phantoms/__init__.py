@@ -1,4 +1,4 @@
-"""Deterministic phantom medical images for an unlabeled pretraining corpus (datasets.md Part C).
+"""Deterministic phantom medical images for an unlabeled pretraining corpus (docs/datasets.md).
 
 `modalities` holds one generator per image family (`f(rng, size) -> ndarray`),
 `primitives` the shared drawing blocks, `corpus` the writer of the mixed-format corpus.

@@ -1,4 +1,4 @@
-"""Labelled phantom images for the classification datasets (datasets.md C.2, C.3).
+"""Labelled phantom images for the classification datasets (docs/datasets.md).
 
 The label lives in lesion counts/types (DR grade) or in tumour location/shape (brain MRI),
 never in global intensity: lesion and tumour contrast, size and position are drawn

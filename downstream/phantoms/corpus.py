@@ -1,4 +1,4 @@
-"""Write an unlabeled phantom pretraining corpus in mixed raw formats (datasets.md Part C).
+"""Write an unlabeled phantom pretraining corpus in mixed raw formats (docs/datasets.md).
 
 Layout under `out/` (one sub-folder per family, each with a `dataset.json`):
 

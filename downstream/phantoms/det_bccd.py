@@ -1,4 +1,4 @@
-"""BCCD-like blood smear with its Pascal VOC objects (the synthetic BCCD writer, datasets.md C.2).
+"""BCCD-like blood smear with its Pascal VOC objects (the synthetic BCCD writer, docs/datasets.md).
 
 A thin Wright/Giemsa-stained smear as in BCCD's 640x480 microscope frames, drawn at any width
 (height = 3/4 of it) with every length scaled by width / 128:

@@ -1,4 +1,4 @@
-"""Breast-ultrasound phantom for the synthetic BUSI set (datasets.md C.2 / C.3).
+"""Breast-ultrasound phantom for the synthetic BUSI set (docs/datasets.md).
 
 A linear-probe B-mode scan: skin line, subcutaneous fat with hypoechoic fat lobules and bright
 Cooper's ligaments, textured fibroglandular layer, pectoral muscle, optional rib with acoustic

@@ -1,4 +1,4 @@
-"""T2-weighted pelvic MR phantom for the synthetic multi-site prostate set (datasets.md B.13, C.3).
+"""T2-weighted pelvic MR phantom for the synthetic multi-site prostate set (docs/datasets.md).
 
 One subject is a 3D scene of star-shaped structures (primitives.render_scene): body fat, pelvic
 muscles (obturator internus, gluteal, levator), pubic bones and femoral heads (cortex + marrow),
