@@ -30,7 +30,7 @@ configure_process()
 
 import medssl_bench.methods.lvmmed as lvmmed_module  # noqa: E402
 from medssl_bench.harness.backbones import build_backbone, feature_map  # noqa: E402
-from medssl_bench.harness.config import method_kwargs, resolve_config  # noqa: E402
+from medssl_bench.harness.config import build_transform, method_kwargs, resolve_config  # noqa: E402
 from medssl_bench.harness.method_api import StepInfo  # noqa: E402
 from medssl_bench.harness.provenance import code_version, package_versions  # noqa: E402
 from medssl_bench.methods import get_method  # noqa: E402
@@ -47,7 +47,7 @@ def premade(method_cls, cfg, n, device):
     from PIL import Image
 
     torch.manual_seed(0)
-    transform = method_cls.transform(cfg)
+    transform, _ = build_transform(method_cls, cfg)
     side = int(cfg["image_size"] * 1.25)
     samples = [transform(Image.fromarray((torch.rand(side, side, 3) * 255).byte().numpy())) for _ in range(n)]
     return [torch.stack([s[k] for s in samples]).to(device) for k in range(len(samples[0]))]

@@ -29,7 +29,7 @@ from medssl_bench.harness.process import configure_process  # noqa: E402
 configure_process()
 
 from medssl_bench.harness.backbones import build_backbone  # noqa: E402
-from medssl_bench.harness.config import method_kwargs, resolve_config  # noqa: E402
+from medssl_bench.harness.config import build_transform, method_kwargs, resolve_config  # noqa: E402
 from medssl_bench.harness.data import IMAGE_MEAN, IMAGE_STD, default_num_workers, ship_views  # noqa: E402
 from medssl_bench.harness.engine import MethodHook, PretrainModel, RunRecordHook, build_runner  # noqa: E402
 from medssl_bench.harness.provenance import code_version, package_versions  # noqa: E402
@@ -58,8 +58,7 @@ def make_views(method_cls, cfg, n: int, seed: int = 0):
     from PIL import Image
 
     torch.manual_seed(seed)
-    transform = method_cls.transform(cfg)
-    n_images = method_cls.image_view_count(cfg)
+    transform, n_images = build_transform(method_cls, cfg)
     side = int(cfg["image_size"] * 1.25)
     images = (Image.fromarray((torch.rand(side, side, 3) * 255).byte().numpy()) for _ in range(n))
     return [ship_views(transform(image), n_images) for image in images]
@@ -143,7 +142,8 @@ def harness_steps(method: str, cfg, samples, device: str, n_steps: int) -> list[
             data = load_labelled(["phantom_ct"], Path(tmp), cfg["image_size"], cfg["batch_size"], method)
             cfg = {**cfg, "epochs": -(-n_steps // sum(data.layout.pass_steps))}
             kwargs["labels"], sampler = data.layout, data.sampler(cfg["batch_size"], 0)
-            dataset = data.views(method_cls.transform(cfg), 0, method_cls.image_view_count(cfg))
+            transform, n_images = build_transform(method_cls, cfg)
+            dataset = data.views(transform, 0, n_images)
         model = PretrainModel(method_cls(backbone, width, **kwargs))
         run_dir = Path(tmp) / "run"
         run_dir.mkdir()

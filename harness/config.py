@@ -1,12 +1,18 @@
-"""Resolved pretraining configuration: harness defaults <- method profile <- user overrides.
+"""Resolved pretraining configuration: section defaults <- method profile <- user overrides.
 
-The resolved dict is what a run records (config.json, checkpoint sidecar) and what the engine
-reads; nothing else decides a hyperparameter.
+A method's settings come in three sections, each key in exactly one (harness.method_api):
+`train` (TRAIN_DEFAULTS, the harness's), `model` (the method's constructor defaults) and `views`
+(the method's `views` dict, what its `transform` reads). The resolved config is flat, so the engine
+and `--set KEY=VALUE` address every key by name alone; its `sections` entry records which section
+each key belongs to. That dict is what a run records (run.json, checkpoint sidecar) and what the
+engine reads; nothing else decides a hyperparameter.
 """
 from __future__ import annotations
 
 import ast
-from typing import Any
+import inspect
+import json
+from typing import Any, Callable
 
 from medssl_bench.harness.errors import UserError
 
@@ -31,9 +37,37 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "amp": False,  # mixed precision (GPU only)
     "seed": 0,
     "init": None,  # a bench backbone checkpoint (.safetensors) to start from, e.g. imported ImageNet weights
+    "labels_from": None,  # label-using methods (uses_labels): the labelled datasets, in order (--labels-from)
 }
 OPTIMIZERS = ("sgd", "lars", "adam", "adamw")
 PROFILES = ("quick", "paper")
+SECTIONS = ("train", "model", "views")
+# constructor arguments the harness passes itself, not settings
+_BUILT_BY_HARNESS = ("self", "backbone", "feat_dim", "labels")
+
+
+def _constructor_params(method_cls) -> dict[str, inspect.Parameter]:
+    params = inspect.signature(method_cls.__init__).parameters
+    return {name: p for name, p in params.items() if name not in _BUILT_BY_HARNESS}
+
+
+def section_defaults(method_cls) -> dict[str, dict[str, Any]]:
+    """{"train": ..., "model": ..., "views": ...}: each section's keys with their defaults. A key in two
+    sections, or a constructor argument that reads a train/views key but sets a default of its own (two
+    defaults for one key), is a bug in the method: TypeError."""
+    views = dict(method_cls.views)
+    model = {}
+    for name, p in _constructor_params(method_cls).items():
+        elsewhere = name in TRAIN_DEFAULTS or name in views
+        if elsewhere and p.default is not inspect.Parameter.empty:
+            raise TypeError(f"{method_cls.__name__}.__init__({name}=...): '{name}' is a "
+                            f"{'train' if name in TRAIN_DEFAULTS else 'views'} key, so it takes no default")
+        if not elsewhere and p.default is not inspect.Parameter.empty:
+            model[name] = p.default
+    both = sorted(set(views) & set(TRAIN_DEFAULTS))
+    if both:
+        raise TypeError(f"{method_cls.__name__}.views repeats train keys: {', '.join(both)}")
+    return {"train": dict(TRAIN_DEFAULTS), "model": model, "views": views}
 
 
 def _coerce(key: str, text: str, like: Any) -> Any:
@@ -67,40 +101,57 @@ def parse_set_options(pairs: list[str]) -> dict[str, str]:
 
 
 def resolve_config(method_cls, profile: str, overrides: dict[str, Any], sets: dict[str, str]) -> dict:
-    """Merge defaults, the method's profile, typed CLI overrides and `--set` strings."""
+    """Merge the section defaults (train, model, views), the method's profile, typed overrides (CLI
+    options, a sweep's sampled values) and `--set` strings into one flat dict, plus `method`, `profile`
+    and `sections` (section -> its sorted keys)."""
     if profile not in method_cls.profiles:
         raise UserError(f"unknown profile '{profile}'; choose one of: {', '.join(method_cls.profiles)}")
-    method_defaults = _constructor_defaults(method_cls)
-    cfg: dict[str, Any] = {**TRAIN_DEFAULTS, **method_defaults, **method_cls.profiles[profile]}
-    cfg.update({k: v for k, v in overrides.items() if v is not None})
-    for key, text in sets.items():
+    sections = section_defaults(method_cls)
+    cfg: dict[str, Any] = {key: value for keys in sections.values() for key, value in keys.items()}
+    settings = sorted(cfg)  # every key of the three sections; nothing else may be set
+
+    def known(key: str, how: str) -> str:
         if key not in cfg:
-            known = ", ".join(sorted(cfg))
-            raise UserError(f"--set {key}: not a setting of method '{method_cls.name}'; known: {known}")
-        cfg[key] = _coerce(key, text, cfg[key])
+            raise UserError(f"{how} {key}: not a setting of method '{method_cls.name}'; known: {', '.join(settings)}")
+        return key
+
+    for key, value in method_cls.profiles[profile].items():
+        cfg[known(key, f"profile '{profile}':")] = value
+    cfg.update({known(k, "option"): v for k, v in overrides.items() if v is not None})
+    for key, text in sets.items():
+        cfg[key] = _coerce(key, text, cfg[known(key, "--set")])
     cfg["method"] = method_cls.name
     cfg["profile"] = profile
+    cfg["sections"] = {section: sorted(keys) for section, keys in sections.items()}
     _validate(cfg)
-    return cfg
+    # as JSON records it (tuples become lists), so a resolved config equals the one its run recorded
+    return json.loads(json.dumps(cfg))
+
+
+def config_sections(cfg: dict) -> dict[str, dict[str, Any]]:
+    """A resolved (or recorded) config as {"train": {...}, "model": {...}, "views": {...}}."""
+    return {section: {key: cfg[key] for key in keys} for section, keys in cfg["sections"].items()}
 
 
 def method_kwargs(method_cls, cfg: dict) -> dict:
-    return {name: cfg[name] for name in method_cls.hparam_names() if name in cfg}
+    """Constructor arguments from a resolved config: the model section, plus the train/views keys the
+    constructor names (e.g. `seed`). Keys a recorded config lacks keep their constructor default."""
+    return {name: cfg[name] for name in _constructor_params(method_cls) if name in cfg}
+
+
+def view_settings(method_cls, cfg: dict) -> dict[str, Any]:
+    """The views section of a resolved config: what `method_cls.transform` reads besides image_size."""
+    return {key: cfg[key] for key in method_cls.views}
+
+
+def build_transform(method_cls, cfg: dict) -> tuple[Callable, int | None]:
+    """(the method's views transform, how many of its leading outputs are images) for a resolved config."""
+    views = view_settings(method_cls, cfg)
+    return method_cls.transform(cfg["image_size"], views), method_cls.image_view_count(views)
 
 
 def scaled_lr(cfg: dict) -> float:
     return cfg["base_lr"] * cfg["batch_size"] / 256 if cfg["lr_scaling"] == "linear" else cfg["base_lr"]
-
-
-def _constructor_defaults(method_cls) -> dict:
-    import inspect
-
-    params = inspect.signature(method_cls.__init__).parameters
-    return {
-        name: p.default
-        for name, p in params.items()
-        if name in method_cls.hparam_names() and p.default is not inspect.Parameter.empty
-    }
 
 
 def _validate(cfg: dict) -> None:

@@ -25,8 +25,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from torch import nn
 
 from medssl_bench.harness.errors import UserError
-from medssl_bench.harness.app.labelled import LabelLayout
-from medssl_bench.harness.method_api import SSLMethod, StepInfo
+from medssl_bench.harness.method_api import LabelLayout, SSLMethod, StepInfo
 
 
 def ark_terms(logits, target, z_student, z_teacher) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,7 +58,6 @@ class SharedGeometryViews:
 
 
 class Ark(SSLMethod):
-    name = "ark"
     uses_labels = True
     summary = "Ark (Ma et al. 2023): supervised multi-dataset pretraining, per-dataset heads, EMA-teacher consistency"
     search_space = {
@@ -68,6 +66,7 @@ class Ark(SSLMethod):
         "consistency_max": FloatDistribution(0.1, 0.9),
         "projector": CategoricalDistribution(["linear", "mlp"]),
     }
+    views = {"teacher_view": "crop"}  # "whole": Ark+, the teacher sees the whole image (SharedGeometryViews)
     profiles = {
         # Ark-6 README command (spec 3.1): SGD lr 0.3 (timm, momentum 0.9), wd 0, 20 warm-up epochs + cosine (a proper
         # epoch schedule, not the original's val-loss-as-epoch quirk), batch 200, 200 epochs, 224 px, projector 1376
@@ -81,8 +80,7 @@ class Ark(SSLMethod):
     }
 
     def __init__(self, backbone, feat_dim, labels: LabelLayout, proj_dim: int = 1376, projector: str = "linear",
-                 momentum_teacher: float = 0.9, consistency_max: float = 0.5, ema_mode: str = "epoch",
-                 teacher_view: str = "crop"):
+                 momentum_teacher: float = 0.9, consistency_max: float = 0.5, ema_mode: str = "epoch"):
         super().__init__(backbone, feat_dim)
         blocks = [(feat_dim, proj_dim, None, None)] if projector == "linear" else \
             [(feat_dim, proj_dim, None, nn.ReLU()), (proj_dim, proj_dim, None, None)]
@@ -103,11 +101,11 @@ class Ark(SSLMethod):
                 raise UserError(f"--set {key}={cfg[key]}: choose one of {', '.join(allowed)}")
 
     @classmethod
-    def transform(cls, cfg):
-        return SharedGeometryViews(cfg["image_size"], cfg["teacher_view"])
+    def transform(cls, image_size, views):
+        return SharedGeometryViews(image_size, views["teacher_view"])
 
     @classmethod
-    def image_view_count(cls, cfg):
+    def image_view_count(cls, views):
         return 2  # then the dataset index and the target (harness.app.labelled)
 
     def current_pass(self, step: StepInfo) -> tuple[int, int, bool]:

@@ -16,7 +16,6 @@ from medssl_bench.harness.method_api import SSLMethod, StepInfo
 
 
 class BarlowTwins(SSLMethod):
-    name = "barlowtwins"
     summary = "Barlow Twins (Zbontar et al. 2021): cross-correlation of two views' embeddings towards identity"
     # The paper's ablations (Fig. 4, Table 5): lambda swept over ~1e-3 to 2e-2 (best 5e-3 with 8192-d).
     search_space = {
@@ -45,10 +44,9 @@ class BarlowTwins(SSLMethod):
         self.criterion = BarlowTwinsLoss(lambda_param=lambda_param, gather_distributed=True)
 
     @classmethod
-    def transform(cls, cfg):
-        size = cfg["image_size"]
-        return BYOLTransform(BYOLView1Transform(input_size=size, normalize=None),
-                             BYOLView2Transform(input_size=size, normalize=None))
+    def transform(cls, image_size, views):
+        return BYOLTransform(BYOLView1Transform(input_size=image_size, normalize=None),
+                             BYOLView2Transform(input_size=image_size, normalize=None))
 
     def training_loss(self, views: list[torch.Tensor], step: StepInfo) -> dict[str, torch.Tensor]:
         z0, z1 = (self.projection_head(self.backbone(view)) for view in views)

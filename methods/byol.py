@@ -19,7 +19,6 @@ from medssl_bench.harness.method_api import SSLMethod, StepInfo
 
 
 class BYOL(SSLMethod):
-    name = "byol"
     summary = "BYOL (Grill et al. 2020): predict an EMA target network's projection, no negatives"
     # BYOL's ablations vary tau_base 0.9-0.999 and lr 0.1-0.4 (x B/256).
     search_space = {
@@ -51,10 +50,9 @@ class BYOL(SSLMethod):
         self.criterion = NegativeCosineSimilarity()
 
     @classmethod
-    def transform(cls, cfg):
-        size = cfg["image_size"]
-        return BYOLTransform(BYOLView1Transform(input_size=size, normalize=None),
-                             BYOLView2Transform(input_size=size, normalize=None))
+    def transform(cls, image_size, views):
+        return BYOLTransform(BYOLView1Transform(input_size=image_size, normalize=None),
+                             BYOLView2Transform(input_size=image_size, normalize=None))
 
     def training_loss(self, views: list[torch.Tensor], step: StepInfo) -> dict[str, torch.Tensor]:
         both = torch.cat(views)

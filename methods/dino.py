@@ -21,7 +21,6 @@ from medssl_bench.harness.method_api import SSLMethod, StepInfo
 
 
 class DINO(SSLMethod):
-    name = "dino"
     summary = "DINO (Caron et al. 2021): self-distillation with an EMA teacher over multi-crop views"
     # DINO's ablations: teacher temperature 0.02-0.07, momentum 0.9-0.999.
     search_space = {
@@ -30,6 +29,9 @@ class DINO(SSLMethod):
         "teacher_temp": FloatDistribution(0.02, 0.07),
         "momentum_base": FloatDistribution(0.9, 0.999),
     }
+    # multi-crop (lightly's DINOTransform), main_dino.py's defaults for local crops: 6 x 96 px
+    views = {"n_local_views": 6, "local_crop_size": 96, "global_crop_scale": (0.14, 1.0),
+             "local_crop_scale": (0.05, 0.14)}
     profiles = {
         # DINO repository, ResNet-50 command (8 GPUs x 64 = batch 512, 100 epochs): SGD lr 0.03 x B/256,
         # wd 1e-4, global crops (0.14, 1), local crops (0.05, 0.14); other flags at main_dino.py's
@@ -49,9 +51,7 @@ class DINO(SSLMethod):
     def __init__(self, backbone, feat_dim, hidden_dim: int = 2048, bottleneck_dim: int = 256,
                  output_dim: int = 65536, batch_norm_head: bool = False, freeze_last_layer: int = 1,
                  teacher_temp: float = 0.04, warmup_teacher_temp: float = 0.04, warmup_teacher_temp_epochs: int = 0,
-                 student_temp: float = 0.1, center_momentum: float = 0.9, momentum_base: float = 0.996,
-                 n_local_views: int = 6, local_crop_size: int = 96,
-                 global_crop_scale: tuple = (0.14, 1.0), local_crop_scale: tuple = (0.05, 0.14)):
+                 student_temp: float = 0.1, center_momentum: float = 0.9, momentum_base: float = 0.996):
         super().__init__(backbone, feat_dim)
         self.student_head = DINOProjectionHead(feat_dim, hidden_dim, bottleneck_dim, output_dim,
                                                batch_norm=batch_norm_head, freeze_last_layer=freeze_last_layer)
@@ -67,10 +67,10 @@ class DINO(SSLMethod):
                                   student_temp=student_temp, center_momentum=center_momentum)
 
     @classmethod
-    def transform(cls, cfg):
-        return DINOTransform(global_crop_size=cfg["image_size"], local_crop_size=cfg["local_crop_size"],
-                             n_local_views=cfg["n_local_views"], global_crop_scale=tuple(cfg["global_crop_scale"]),
-                             local_crop_scale=tuple(cfg["local_crop_scale"]), normalize=None)
+    def transform(cls, image_size, views):
+        return DINOTransform(global_crop_size=image_size, local_crop_size=views["local_crop_size"],
+                             n_local_views=views["n_local_views"], global_crop_scale=tuple(views["global_crop_scale"]),
+                             local_crop_scale=tuple(views["local_crop_scale"]), normalize=None)
 
     def training_loss(self, views: list[torch.Tensor], step: StepInfo) -> dict[str, torch.Tensor]:
         global_views, local_views = views[:2], views[2:]

@@ -5,7 +5,8 @@ straddling DDP ranks): backbone maps -> avg pool -> projector -> kNN graph per v
 GCN; vertex affinities mix global cosine and the local (location- and feature-matched cell)
 similarity; edge affinities compare embedding differences along kNN edges; a QAP solve on noisy
 affinities is scored by Hamming loss against the identity matching, with IMLE gradients.
-Spec: ../shared/specs/lvmmed.md. Every choice the paper leaves open is a constructor argument.
+Spec: ../shared/specs/lvmmed.md. Every choice the paper leaves open is a setting: a constructor argument, or
+for the views (crop_scale) an entry of `views`.
 """
 from __future__ import annotations
 
@@ -43,7 +44,6 @@ class GeometricViews:
 
 
 class LVMMed(SSLMethod):
-    name = "lvmmed"
     summary = "LVM-Med (Nguyen et al. 2023): second-order graph matching of two views, IMLE gradients"
     # The paper's alpha 0.8 (local vs global vertex affinity), lambda 80 (IMLE perturbation), k 5
     # (graph k-NN) sit inside; knn_k stays below graph_size 16.
@@ -53,6 +53,7 @@ class LVMMed(SSLMethod):
         "lam": FloatDistribution(1.0, 200.0, log=True),
         "knn_k": IntDistribution(2, 10),
     }
+    views = {"crop_scale": (0.2, 1.0)}  # the paper uses "multi-crop as VICRegL" without scales: lightly's default
     profiles = {
         # Paper: 100 epochs, batch 3200 (R50), 224 px (inferred), Adam lr 2e-3 halved four times
         # (milestones not given: evenly spaced), lambda 80, alpha 0.8, 16-node graphs, k 5, GCN 2x128.
@@ -66,11 +67,10 @@ class LVMMed(SSLMethod):
                  gcn_layers: int = 2, gcn_residual: bool = True,
                  graph_size: int = 16, knn_k: int = 5, alpha: float = 0.8, gamma_pairs: int = 20,
                  lam: float = 80.0, noise_scale: float = 1.0, noise_centered: bool = False, margin: float = 1.0,
-                 symmetric_local: bool = True,
-                 crop_scale: tuple = (0.2, 1.0), second_order: bool = True, message_passing: bool = True,
+                 symmetric_local: bool = True, second_order: bool = True, message_passing: bool = True,
                  gumbel_noise: bool = True, local_similarity: bool = True, solver_restarts: int = 8,
-                 solver_iters: int = 50, target_solver_restarts: int = 1, target_solver_iters: int = 10,
-                 seed: int = 0):
+                 solver_iters: int = 50, target_solver_restarts: int = 1, target_solver_iters: int = 10, *,
+                 seed: int):
         super().__init__(backbone, feat_dim)
         # "projector size 2048x128"; normalisation is not stated. BN centres the embeddings per batch:
         # without it a fresh projector + GCN maps all images to nearly one direction (cos 0.997) and
@@ -93,11 +93,11 @@ class LVMMed(SSLMethod):
             raise UserError(f"knn_k ({cfg['knn_k']}) must be smaller than graph_size ({cfg['graph_size']})")
 
     @classmethod
-    def transform(cls, cfg):
-        return GeometricViews(cfg["image_size"], cfg["crop_scale"])
+    def transform(cls, image_size, views):
+        return GeometricViews(image_size, views["crop_scale"])
 
     @classmethod
-    def image_view_count(cls, cfg):
+    def image_view_count(cls, views):
         return 2  # then the two crop grids
 
     def _noise(self, shape, device, step: StepInfo, salt: int) -> torch.Tensor:

@@ -37,7 +37,6 @@ def _world_size() -> int:
 
 
 class MoCo(SSLMethod):
-    name = "moco"
     summary = "MoCo v2 (Chen et al. 2020): InfoNCE against a queue of momentum-encoder keys"
     # MoCo v1's ablations: K 4096-65536, m 0.99-0.9999; tau 0.07-0.2 between v1 and v2.
     search_space = {
@@ -61,7 +60,7 @@ class MoCo(SSLMethod):
 
     def __init__(self, backbone, feat_dim, temperature: float = 0.2, queue_length: int = 65536,
                  key_momentum: float = 0.999, key_momentum_end: float | None = None, proj_hidden_dim: int = 2048,
-                 proj_out_dim: int = 128, shuffle_bn: bool = True, seed: int = 0):
+                 proj_out_dim: int = 128, shuffle_bn: bool = True, *, seed: int):
         super().__init__(backbone, feat_dim)
         self.projection_head = MoCoProjectionHead(feat_dim, proj_hidden_dim, proj_out_dim)
         self.key_backbone = copy.deepcopy(backbone)
@@ -82,8 +81,8 @@ class MoCo(SSLMethod):
                             f"({cfg['batch_size']})")
 
     @classmethod
-    def transform(cls, cfg):
-        return MoCoV2Transform(input_size=cfg["image_size"], normalize=None)
+    def transform(cls, image_size, views):
+        return MoCoV2Transform(input_size=image_size, normalize=None)
 
     @torch.no_grad()
     def keys(self, images: torch.Tensor, step: StepInfo) -> torch.Tensor:

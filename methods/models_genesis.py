@@ -59,7 +59,6 @@ class UpBlock(nn.Module):
 
 
 class ModelsGenesis(SSLMethod):
-    name = "models_genesis"
     summary = "Models Genesis (Zhou et al. 2019): U-Net restores images from shuffle/Bezier/painting distortions"
     # Around the published values: SGD lr 1.0 (3D original) and 0.1 (spec 1.9 for ResNet+BN), wd 0,
     # paint 0.9 / out-paint 0.8; local-shuffle coverage from PEAC's 2D port (0.1) to the 3D original (1.87).
@@ -70,6 +69,8 @@ class ModelsGenesis(SSLMethod):
         "paint_p": FloatDistribution(0.5, 1.0),
         "outpaint_p": FloatDistribution(0.5, 1.0),
     }
+    # the crop is the only view-side draw: flips and distortions run in training_loss, on the device (spec 1.9)
+    views = {"crop_scale": (0.25, 1.0)}
     profiles = {
         # Spec 1.4: SGD momentum 0.9, wd 0, lr x0.5 every 40 epochs (PyTorch original). Its lr 1.0 trains a 3D
         # U-Net from scratch at batch 6; for a ResNet with BN spec 1.9 starts at 0.1. Batch 64 (not published
@@ -82,7 +83,7 @@ class ModelsGenesis(SSLMethod):
 
     def __init__(self, backbone, feat_dim, decoder_widths: tuple = (256, 128, 64, 32, 16), flip_p: float = 0.4,
                  local_p: float = 0.5, local_coverage: float = GENESIS_3D_COVERAGE, nonlinear_p: float = 0.9,
-                 paint_p: float = 0.9, outpaint_p: float = 0.8, crop_scale: tuple = (0.25, 1.0), seed: int = 0):
+                 paint_p: float = 0.9, outpaint_p: float = 0.8, *, seed: int):
         super().__init__(backbone, feat_dim)
         skips = _widths(backbone)  # strides 2..32
         ins = [skips[-1], *decoder_widths[:-1]]
@@ -106,8 +107,8 @@ class ModelsGenesis(SSLMethod):
                             f"(strides 16, 8, 4, 2, 1); got {cfg['local_coverage']!r}, {cfg['decoder_widths']!r}")
 
     @classmethod
-    def transform(cls, cfg):
-        return CleanView(cfg["image_size"], cfg["crop_scale"])
+    def transform(cls, image_size, views):
+        return CleanView(image_size, views["crop_scale"])
 
     def restore(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised images -> reconstruction in [0,1] (sigmoid), same size."""

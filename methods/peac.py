@@ -2,7 +2,7 @@
 local (grid-matched) consistency with an EMA teacher, on a ResNet instead of the paper's Swin-B.
 
 Spec ../shared/specs/seed-methods.md 2.1 (the objective as the official code optimises it), 2.6 (ResNet plan).
-The stride-32 map has one location per 32-px cell of the grid-aligned views (methods/peac_views.py; CNN
+The stride-32 map has one location per 32-px cell of the grid-aligned views (methods/blocks/peac_views.py; CNN
 receptive fields make the correspondence approximate). Per sample, view 1 gets the Models Genesis appearance
 distortions (methods.blocks.distortions) or its cells permuted in pixel space. Views arrive normalised (harness.data,
 on the device): the distortions run on view 1 mapped back to [0, 1], then normalised again; the restoration
@@ -40,7 +40,6 @@ def local_loss(l1_s, l2_s, l1_t, l2_t, m1, m2) -> torch.Tensor:
 
 
 class PEAC(SSLMethod):
-    name = "peac"
     summary = "PEAC (Zhou et al. 2023): order prediction + appearance recovery + global/local EMA-teacher consistency"
     # Paper values inside: lr 0.1, teacher momentum 0.999, global weight 1e5, local weight 1.
     search_space = {
@@ -49,6 +48,8 @@ class PEAC(SSLMethod):
         "global_weight": FloatDistribution(1e4, 1e6, log=True),
         "local_weight": FloatDistribution(0.1, 10.0, log=True),
     }
+    # how far (in cells) the two views may be shifted on the shared canvas; check_config keeps them overlapping
+    views = {"max_cell_offset": 4}
     profiles = {
         # PEAC single-node script (spec 2.1): SGD lr 0.1 momentum 0.9 wd 0, 5 warm-up epochs + cosine, 400 epochs,
         # batch 8, EMA 0.999 -> 1. ResNet-50 at 448 px: its 14x14 map is the exact analogue of Swin-B's 14x14
@@ -63,12 +64,12 @@ class PEAC(SSLMethod):
                       weight_decay=0.0, momentum_base=0.99, max_cell_offset=1, global_dim=1024, local_dim=128),
     }
 
-    def __init__(self, backbone, feat_dim, image_size: int = 448, max_cell_offset: int = 4, global_dim: int = 8192,
-                 local_dim: int = 512, global_weight: float = 1e5, local_weight: float = 1.0,
-                 order_weight: float = 1.0, restore_weight: float = 1.0, shuffle_p: float = 0.5,
-                 shuffle_windows: int = 40, momentum_base: float = 0.999, seed: int = 0):
+    def __init__(self, backbone, feat_dim, global_dim: int = 8192, local_dim: int = 512, global_weight: float = 1e5,
+                 local_weight: float = 1.0, order_weight: float = 1.0, restore_weight: float = 1.0,
+                 shuffle_p: float = 0.5, shuffle_windows: int = 40, momentum_base: float = 0.999, *,
+                 image_size: int, seed: int):
         super().__init__(backbone, feat_dim)
-        self.grid = grid_cells(image_size, CELL, max_cell_offset)
+        self.grid = grid_cells(image_size, CELL, 0)  # cells per side: image_size's alone (offsets: check_config)
         self.order_head = nn.Conv2d(feat_dim, self.grid ** 2, 1)  # per location: which cell of the clean view it shows
         self.restore_head = nn.Sequential(nn.Conv2d(feat_dim, CELL * CELL * 3, 1), nn.PixelShuffle(CELL))
         self.global_expander = ProjectionHead([(feat_dim, global_dim, nn.LayerNorm(global_dim), nn.ReLU(), True),
@@ -94,11 +95,11 @@ class PEAC(SSLMethod):
         grid_cells(cfg["image_size"], CELL, cfg["max_cell_offset"])
 
     @classmethod
-    def transform(cls, cfg):
-        return GridViews(cfg["image_size"], CELL, cfg["max_cell_offset"])
+    def transform(cls, image_size, views):
+        return GridViews(image_size, CELL, views["max_cell_offset"])
 
     @classmethod
-    def image_view_count(cls, cfg):
+    def image_view_count(cls, views):
         return 2  # then the two overlap masks
 
     def distort(self, view1: torch.Tensor, generator: torch.Generator):

@@ -15,7 +15,6 @@ from medssl_bench.harness.method_api import SSLMethod, StepInfo
 
 
 class SimCLR(SSLMethod):
-    name = "simclr"
     summary = "SimCLR (Chen et al. 2020): contrastive NT-Xent between two augmented views"
     # Ranges bracket the SimCLR paper's sweeps (lr 0.5-1.5 x B/256 with LARS, tau 0.05-1.0).
     search_space = {
@@ -23,6 +22,7 @@ class SimCLR(SSLMethod):
         "weight_decay": FloatDistribution(1e-7, 1e-3, log=True),
         "temperature": FloatDistribution(0.05, 0.5),
     }
+    views = {"min_scale": 0.08}  # SimCLRTransform's random-resized-crop scale floor
     profiles = {
         # SimCLR paper, ImageNet recipe: LARS, lr 0.3 x B/256, wd 1e-6, 10 warm-up epochs, cosine,
         # batch 4096, tau 0.1 (their best at batch 4096), 2-layer 2048-d projector to 128-d.
@@ -34,15 +34,15 @@ class SimCLR(SSLMethod):
     }
 
     def __init__(self, backbone, feat_dim, temperature: float = 0.1, proj_hidden_dim: int = 2048,
-                 proj_out_dim: int = 128, min_scale: float = 0.08):
+                 proj_out_dim: int = 128):
         super().__init__(backbone, feat_dim)
         self.projection_head = SimCLRProjectionHead(feat_dim, proj_hidden_dim, proj_out_dim)
         # gather_distributed: negatives come from the whole global batch under DDP, as in the paper
         self.criterion = NTXentLoss(temperature=temperature, gather_distributed=True)
 
     @classmethod
-    def transform(cls, cfg):
-        return SimCLRTransform(input_size=cfg["image_size"], min_scale=cfg["min_scale"], normalize=None)
+    def transform(cls, image_size, views):
+        return SimCLRTransform(input_size=image_size, min_scale=views["min_scale"], normalize=None)
 
     def training_loss(self, views: list[torch.Tensor], step: StepInfo) -> dict[str, torch.Tensor]:
         z0, z1 = self.projection_head(self.backbone(torch.cat(views))).chunk(2)

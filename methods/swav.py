@@ -22,7 +22,6 @@ from medssl_bench.methods.moco import persistent_queue
 
 
 class SwaV(SSLMethod):
-    name = "swav"
     summary = "SwAV (Caron et al. 2020): swapped prediction of Sinkhorn cluster codes over multi-crop views"
     # The paper's ablations (memory): prototypes 300-30000 barely matter, epsilon 0.03-0.05; tau 0.1.
     search_space = {
@@ -33,6 +32,9 @@ class SwaV(SSLMethod):
         "n_prototypes": IntDistribution(100, 30000, log=True),
         "queue_length": CategoricalDistribution([0, 3840, 7680]),
     }
+    # multi-crop (lightly's SwaVTransform): 2 global crops of image_size, then the low-resolution ones
+    views = {"n_local_views": 6, "local_crop_size": 96, "global_crop_scale": (0.14, 1.0),
+             "local_crop_scale": (0.05, 0.14)}
     profiles = {
         # SwAV paper (Sec. 4.1, appendix A) and its repo's 800-epoch command, ResNet-50: LARS, lr 4.8 at batch
         # 4096 (= 0.3 x B/256), cosine to 0.0048 (ratio 1e-3), wd 1e-6, 10 warm-up epochs (memory), 800 epochs,
@@ -52,8 +54,7 @@ class SwaV(SSLMethod):
     def __init__(self, backbone, feat_dim, proj_hidden_dim: int = 2048, proj_out_dim: int = 128,
                  n_prototypes: int = 3000, temperature: float = 0.1, sinkhorn_epsilon: float = 0.05,
                  sinkhorn_iterations: int = 3, freeze_prototypes_epochs: int = 1, queue_length: int = 0,
-                 queue_start_epoch: int = 15, n_local_views: int = 6, local_crop_size: int = 96,
-                 global_crop_scale: tuple = (0.14, 1.0), local_crop_scale: tuple = (0.05, 0.14)):
+                 queue_start_epoch: int = 15):
         super().__init__(backbone, feat_dim)
         self.projection_head = SwaVProjectionHead(feat_dim, proj_hidden_dim, proj_out_dim)
         self.prototypes = SwaVPrototypes(proj_out_dim, n_prototypes)
@@ -70,11 +71,11 @@ class SwaV(SSLMethod):
         self.freeze_prototypes_epochs, self.queue_start_epoch = freeze_prototypes_epochs, queue_start_epoch
 
     @classmethod
-    def transform(cls, cfg):
-        return SwaVTransform(crop_sizes=(cfg["image_size"], cfg["local_crop_size"]),
-                             crop_counts=(2, cfg["n_local_views"]),
-                             crop_min_scales=(cfg["global_crop_scale"][0], cfg["local_crop_scale"][0]),
-                             crop_max_scales=(cfg["global_crop_scale"][1], cfg["local_crop_scale"][1]), normalize=None)
+    def transform(cls, image_size, views):
+        scales = views["global_crop_scale"], views["local_crop_scale"]
+        return SwaVTransform(crop_sizes=(image_size, views["local_crop_size"]), crop_counts=(2, views["n_local_views"]),
+                             crop_min_scales=tuple(s[0] for s in scales), crop_max_scales=tuple(s[1] for s in scales),
+                             normalize=None)
 
     def embed(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
         """Same-size crops in one pass -> unit-norm embeddings, one (B, D) tensor per crop."""

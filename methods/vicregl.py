@@ -26,7 +26,6 @@ def grid_size(crop_size: int) -> int:
 
 
 class VICRegL(SSLMethod):
-    name = "vicregl"
     summary = "VICRegL (Bardes et al. 2022): VICReg on global embeddings and on location-matched local features"
     # The paper's Table 1/4 vary alpha 0.25-0.9; VICReg's ablations vary lambda = mu around 25.
     search_space = {
@@ -36,6 +35,9 @@ class VICRegL(SSLMethod):
         "lambda_param": FloatDistribution(5.0, 50.0, log=True),
         "mu_param": FloatDistribution(5.0, 50.0, log=True),
     }
+    # 2 global crops of image_size, then n_local_views local ones (lightly's VICRegLTransform)
+    views = {"n_local_views": 0, "local_crop_size": 96, "global_crop_scale": (0.08, 1.0),
+             "local_crop_scale": (0.05, 0.2)}
     profiles = {
         # VICRegL paper, ResNet-50 on ImageNet (Sec. 4.1 / appendix; values marked (memory) are recalled, not
         # re-read): LARS, wd 1e-6, 10 warm-up epochs then cosine (VICReg's schedule), base lr 0.2 x B/256
@@ -51,28 +53,27 @@ class VICRegL(SSLMethod):
 
     def __init__(self, backbone, feat_dim, proj_hidden_dim: int = 8192, proj_out_dim: int = 8192,
                  local_proj_dim: int = 512, alpha: float = 0.75, lambda_param: float = 25.0, mu_param: float = 25.0,
-                 nu_param: float = 1.0, num_matches: tuple = (20, 4), n_local_views: int = 0,
-                 local_crop_size: int = 96, global_crop_scale: tuple = (0.08, 1.0),
-                 local_crop_scale: tuple = (0.05, 0.2)):
+                 nu_param: float = 1.0, num_matches: tuple = (20, 4)):
         super().__init__(backbone, feat_dim)
         self.projection_head = VICRegProjectionHead(feat_dim, proj_hidden_dim, proj_out_dim)
         self.local_projection_head = VicRegLLocalProjectionHead(feat_dim, local_proj_dim, local_proj_dim)
         # gather_distributed: variance/covariance over the global batch, as the original's all-gather
         self.criterion = VICRegLLoss(lambda_param=lambda_param, mu_param=mu_param, nu_param=nu_param, alpha=alpha,
                                      num_matches=tuple(num_matches), gather_distributed=True)
-        self.n_local_views = n_local_views
 
     @classmethod
-    def transform(cls, cfg):
-        size, local = cfg["image_size"], cfg["local_crop_size"]
-        return VICRegLTransform(global_crop_size=size, local_crop_size=local, n_global_views=2,
-                                n_local_views=cfg["n_local_views"], global_crop_scale=tuple(cfg["global_crop_scale"]),
-                                local_crop_scale=tuple(cfg["local_crop_scale"]), global_grid_size=grid_size(size),
-                                local_grid_size=grid_size(local), normalize=None)
+    def transform(cls, image_size, views):
+        local = views["local_crop_size"]
+        return VICRegLTransform(global_crop_size=image_size, local_crop_size=local, n_global_views=2,
+                                n_local_views=views["n_local_views"],
+                                global_crop_scale=tuple(views["global_crop_scale"]),
+                                local_crop_scale=tuple(views["local_crop_scale"]),
+                                global_grid_size=grid_size(image_size), local_grid_size=grid_size(local),
+                                normalize=None)
 
     @classmethod
-    def image_view_count(cls, cfg):
-        return 2 + cfg["n_local_views"]  # then one crop grid per view
+    def image_view_count(cls, views):
+        return 2 + views["n_local_views"]  # then one crop grid per view
 
     def embed(self, images: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Same-size crops in one pass: per crop (global embedding (B, D), local embeddings (B, h, w, d))."""
@@ -82,11 +83,11 @@ class VICRegL(SSLMethod):
         return list(zip(pooled.chunk(len(images)), local.chunk(len(images))))
 
     def training_loss(self, views: list[torch.Tensor], step: StepInfo) -> dict[str, torch.Tensor]:
-        n_images = 2 + self.n_local_views
+        n_images = len(views) // 2  # every crop brings its grid
         images, grids = views[:n_images], views[n_images:]
         global_features = self.embed(images[:2])
-        local_features = self.embed(images[2:]) if self.n_local_views else None
-        local_grids = grids[2:] if self.n_local_views else None
+        local_features = self.embed(images[2:]) if n_images > 2 else None
+        local_grids = grids[2:] if n_images > 2 else None
         # VICRegLLoss.forward returns only the mix; its two halves are computed here to log them apart.
         global_term = self.criterion._global_loss(global_features, local_features)
         local_term = self.criterion._local_loss(global_features, grids[:2], local_features, local_grids)

@@ -14,14 +14,13 @@ from torch.utils.data import DataLoader
 
 from medssl_bench.harness.app.cli import main
 from medssl_bench.harness.data import collate_views
-from medssl_bench.harness.app.labelled import CyclicPassSampler, LabelLayout, LabelledSet, LabelledViews, load_labelled
-from medssl_bench.harness.method_api import StepInfo
+from medssl_bench.harness.app.labelled import CyclicPassSampler, LabelledSet, LabelledViews, load_labelled
+from medssl_bench.harness.method_api import LabelLayout, StepInfo
 from medssl_bench.harness.runs import read_run
 from medssl_bench.harness.store import ResultsStore
 from medssl_bench.harness.workspace import Workspace
 from medssl_bench.methods.ark import Ark
-
-TINY = ["--image-size", "32", "--batch-size", "16", "--num-workers", "0"]
+from tests.pretrain_helpers import TINY
 
 
 @pytest.fixture

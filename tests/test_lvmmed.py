@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from medssl_bench.harness.backbones import build_backbone
-from medssl_bench.harness.config import method_kwargs, resolve_config
+from medssl_bench.harness.config import build_transform, method_kwargs, resolve_config
 from medssl_bench.harness.errors import UserError
 from medssl_bench.harness.method_api import StepInfo
 from medssl_bench.methods.blocks.graph_matching import edge_indicator, solve_lap
@@ -149,7 +149,7 @@ def views():
     from PIL import Image
 
     torch.manual_seed(0)
-    transform = LVMMed.transform(build()[1])
+    transform, _ = build_transform(LVMMed, build()[1])
     images = [Image.fromarray((torch.rand(80, 72, 3) * 255).byte().numpy()) for _ in range(32)]
     samples = [transform(image) for image in images]
     return [torch.stack([s[k] for s in samples]) for k in range(4)]

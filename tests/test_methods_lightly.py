@@ -1,31 +1,18 @@
 """MoCo v2, Barlow Twins, VICRegL and SwAV (lightly losses/heads/views): each learns through `bench pretrain`
 on the tiny corpus with its quick profile, and each keeps its own mechanism: MoCo's queue (updated every
-step, checkpointed, exact resume), Barlow Twins' paper projector, VICRegL's location-matched local
-features, SwAV's unit-norm prototypes frozen in the first epoch."""
+step, in the checkpoint: tests/test_methods_contract.py resumes it exactly), Barlow Twins' paper projector,
+VICRegL's location-matched local features, SwAV's unit-norm prototypes frozen in the first epoch."""
 from __future__ import annotations
 
-import json
 import math
 
-import pytest
 import torch
-from safetensors.torch import load_file
 
 from medssl_bench.harness.backbones import build_backbone, feature_map
-from medssl_bench.harness.app.cli import main
 from medssl_bench.harness.config import method_kwargs, resolve_config
-from medssl_bench.harness.corpus import resolve_corpus
-from medssl_bench.harness.data import ViewsDataset, collate_views
-from medssl_bench.harness.engine import PretrainModel, build_optim_wrapper
 from medssl_bench.harness.method_api import StepInfo
-from medssl_bench.harness.runs import read_run
-from medssl_bench.harness.workspace import Workspace
 from medssl_bench.methods import get_method
-from tests.test_pretrain import pretrain
-
-
-def metrics(workspace, name: str) -> list[dict]:
-    return [json.loads(line) for line in (workspace / "runs" / name / "metrics.jsonl").open()]
+from tests.pretrain_helpers import build as build_method, corpus_images, metrics, pretrain, train_step
 
 
 def first_last(values: list[float], skip: int = 0, n: int = 10) -> tuple[float, float]:
@@ -35,42 +22,17 @@ def first_last(values: list[float], skip: int = 0, n: int = 10) -> tuple[float, 
 def build(name: str, tiny_corpus, n_images: int, sets: dict[str, str] | None = None):
     """The method as the harness builds it (quick profile, 32 px), its mmengine model and optimiser, and one
     batch of `n_images` real views from the tiny corpus."""
-    workspace, corpus_id = tiny_corpus
-    cls = get_method(name)
-    cfg = resolve_config(cls, "quick", {"image_size": 32, "batch_size": n_images}, sets or {})
-    torch.manual_seed(0)
-    backbone, feat_dim = build_backbone(cfg["backbone"])
-    model = PretrainModel(cls(backbone, feat_dim, **method_kwargs(cls, cfg)))
-    entries = resolve_corpus(corpus_id, Workspace(workspace)).entries
-    dataset = ViewsDataset(entries, cls.transform(cfg), seed=0, n_image_views=cls.image_view_count(cfg))
-    batch = collate_views([dataset[(0, index)] for index in range(n_images)])
-    return model, build_optim_wrapper(model, cfg), batch, cfg
-
-
-def train_step(model, optim_wrapper, batch, epoch: int, step: int):
-    """One harness step (forward, backward, after_backward, optimiser) and the post-step hook."""
-    model.step_info = StepInfo(epoch=epoch, step=step, max_steps=100, max_epochs=10)
-    model.train_step(batch, optim_wrapper)
-    model.method.after_step(model.step_info)
+    return build_method(name, corpus_images(tiny_corpus, n_images), {"image_size": 32}, sets)
 
 
 # ---- MoCo v2 ----------------------------------------------------------------------------------------
 
-MOCO = ["--method", "moco", "--epochs", "6", "--seed", "7"]
-
-
-@pytest.fixture(scope="module")
-def moco_run(tiny_corpus):
-    """An uninterrupted 6-epoch MoCo run (36 steps), shared by the loss and the resume tests."""
+def test_moco_loss_falls(tiny_corpus):
+    """6 epochs (36 steps). The queue starts as lightly's random unit vectors (easy negatives: loss ~1 at step
+    1); from step 3 on it holds only real keys (32 = 2 batches of 16), so the comparison starts there."""
     workspace, corpus_id = tiny_corpus
-    assert pretrain(workspace, corpus_id, *MOCO, "--name", "moco-whole") == 0
-    return "moco-whole"
-
-
-def test_moco_loss_falls(tiny_corpus, moco_run):
-    """The queue starts as lightly's random unit vectors (easy negatives: loss ~1 at step 1); from step 3 on it
-    holds only real keys (32 = 2 batches of 16), so the comparison starts there."""
-    losses = [row["loss"] for row in metrics(tiny_corpus[0], moco_run)]
+    assert pretrain(workspace, corpus_id, "--method", "moco", "--epochs", "6", "--seed", "7", "--name", "moco-run") == 0
+    losses = [row["loss"] for row in metrics(workspace, "moco-run")]
     assert len(losses) == 36
     first, last = first_last(losses, skip=2)
     assert last < first - 0.05 * first, (first, last)
@@ -87,22 +49,6 @@ def test_moco_queue_takes_each_steps_keys_and_is_in_the_state_dict(tiny_corpus):
     torch.testing.assert_close(bank.bank[:8].norm(dim=1), torch.ones(8))  # normalised keys
     train_step(model, optim_wrapper, batch, epoch=0, step=1)
     assert int(bank.bank_ptr) == 16 and not torch.equal(bank.bank[8:16], before[8:16])
-
-
-def test_moco_resume_after_stop_equals_uninterrupted_run(tiny_corpus, moco_run):
-    """The queue is part of the checkpoint: a run stopped after epoch 2 and resumed continues with the same
-    negatives, so weights and every step's loss equal the uninterrupted run's."""
-    workspace, corpus_id = tiny_corpus
-    assert pretrain(workspace, corpus_id, *MOCO, "--name", "moco-split", "--stop-after-epoch", "2") == 0
-    assert read_run(workspace / "runs" / "moco-split")["status"] == "stopped"
-    assert main(["pretrain", "--workspace", str(workspace), "--method", "moco", "--name", "moco-split",
-                 "--resume"]) == 0
-    whole = load_file(str(workspace / "runs" / moco_run / "backbone.safetensors"))
-    split = load_file(str(workspace / "runs" / "moco-split" / "backbone.safetensors"))
-    for key in whole:
-        torch.testing.assert_close(split[key], whole[key], rtol=1e-6, atol=1e-7, msg=key)
-    split_losses = [row["loss"] for row in metrics(workspace, "moco-split")]
-    assert split_losses == pytest.approx([row["loss"] for row in metrics(workspace, moco_run)], rel=1e-6)
 
 
 # ---- Barlow Twins -----------------------------------------------------------------------------------

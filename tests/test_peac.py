@@ -15,7 +15,7 @@ from medssl_bench.harness.errors import UserError
 from medssl_bench.harness.method_api import StepInfo
 from medssl_bench.methods.peac import PEAC
 from medssl_bench.methods.blocks.peac_views import GridViews, overlap_masks, permute_cells, to_cells
-from tests.test_pretrain import pretrain
+from tests.pretrain_helpers import pretrain
 
 
 def test_overlap_masks_by_hand():
@@ -63,7 +63,7 @@ def test_cell_permutation_round_trips():
 def small_peac(**kwargs) -> PEAC:
     torch.manual_seed(0)
     backbone, width = build_backbone("resnet18")
-    return PEAC(backbone, width, image_size=64, max_cell_offset=1, global_dim=64, local_dim=16, **kwargs)
+    return PEAC(backbone, width, image_size=64, seed=0, global_dim=64, local_dim=16, **kwargs)
 
 
 def batch(n: int = 4) -> list[torch.Tensor]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 
-from medssl_bench.harness.config import TRAIN_DEFAULTS, resolve_config
+from medssl_bench.harness.config import resolve_config, section_defaults
 from medssl_bench.methods import METHOD_NAMES, get_method
 
 
@@ -15,7 +15,8 @@ def test_search_space_names_real_settings_and_contains_the_paper_values(name):
     paper = resolve_config(method, "paper", {}, {})
     for key, dist in method.search_space.items():
         assert isinstance(dist, BaseDistribution), key
-        assert key in TRAIN_DEFAULTS or key in method.hparam_names(), f"{name}: '{key}' is not a setting"
+        # a key of any section: train (harness.config.TRAIN_DEFAULTS), model (constructor) or views
+        assert any(key in section for section in section_defaults(method).values()), f"{name}: '{key}' is not a setting"
         value = paper[key]
         if isinstance(dist, CategoricalDistribution):
             assert value in dist.choices, (name, key, value, dist.choices)

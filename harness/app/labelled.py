@@ -25,6 +25,7 @@ from torch.utils.data import Sampler
 
 from medssl_bench.harness.data import ViewsDataset, derived_seed
 from medssl_bench.harness.errors import UserError
+from medssl_bench.harness.method_api import LabelLayout  # what this loader hands a label-using method
 
 PHANTOM_SEED = 9001  # not the corpus default (0): these images are not in a `corpus synth` corpus
 PHANTOM_IMAGES = 128  # per synthetic set
@@ -115,15 +116,6 @@ def phantom_set(name: str, size: int) -> LabelledSet:
         digest.update(hashlib.sha256(image.tobytes()).digest() + target.tobytes())
     return LabelledSet(name, task, list(classes), [f"{name}_{i:05d}" for i in range(PHANTOM_IMAGES)], targets,
                        digest.hexdigest(), True, images=images)
-
-
-@dataclass(frozen=True)
-class LabelLayout:
-    """What a label-using method is built with: per dataset, its name, class count and steps per pass."""
-
-    names: tuple[str, ...]
-    n_classes: tuple[int, ...]
-    pass_steps: tuple[int, ...]  # batches per pass over each dataset (the same on every DDP rank)
 
 
 class LabelledViews(ViewsDataset):

@@ -123,7 +123,7 @@ def run_pretraining(req: PretrainRequest, console) -> Path | None:
     from mmengine.runner import set_random_seed
 
     from medssl_bench.harness.backbones import build_backbone
-    from medssl_bench.harness.config import method_kwargs
+    from medssl_bench.harness.config import build_transform, method_kwargs
     from medssl_bench.harness.corpus import resolve_corpus
     from medssl_bench.harness.data import ViewsDataset, default_num_workers
     from medssl_bench.harness.engine import (MethodHook, PretrainModel, RichProgressHook, RunRecordHook, build_runner,
@@ -181,7 +181,8 @@ def run_pretraining(req: PretrainRequest, console) -> Path | None:
     kwargs = {**method_kwargs(method_cls, cfg), **({"labels": labelled.layout} if labelled else {})}
     model = PretrainModel(method_cls(backbone, feat_dim, **kwargs))
     make_views = labelled.views if labelled else partial(ViewsDataset, entries)
-    dataset = make_views(method_cls.transform(cfg), seed=cfg["seed"], n_image_views=method_cls.image_view_count(cfg))
+    transform, n_image_views = build_transform(method_cls, cfg)
+    dataset = make_views(transform, seed=cfg["seed"], n_image_views=n_image_views)
     sidecar = {"method": req.method, "backbone": cfg["backbone"], "config": cfg, "seed": cfg["seed"],
                "corpus": corpus_info, "init": init_info, "run": run_dir.name, "git_sha": provenance["git_sha"],
                "dirty": provenance["dirty"], "versions": provenance["versions"], "host": provenance["host"],
