@@ -1,6 +1,6 @@
 """Ark (Ma, Pang, Gotway, Liang; MICCAI 2023, arXiv 2310.09507): supervised pretraining on several differently
-labelled datasets, one head per dataset, plus consistency with an EMA teacher of the whole network. Spec
-../shared/specs/seed-methods.md 3.1 (objective, schedules, views), 3.2 (labels), 3.7 (ResNet plan).
+labelled datasets, one head per dataset, plus consistency with an EMA teacher of the whole network. Official code:
+github.com/jlianglab/Ark; what bench takes from it: docs/methods.md, "Ark".
 
 Data come from `--labels-from` (harness.app.labelled): each epoch is a pass over dataset 1, then dataset 2, ...; a batch
 of dataset k trains head k only: L = (1-c) BCE(head_k(proj(student(x''))), y) + c MSE(proj(student(x'')),
@@ -68,7 +68,7 @@ class Ark(SSLMethod):
     }
     views = {"teacher_view": "crop"}  # "whole": Ark+, the teacher sees the whole image (SharedGeometryViews)
     profiles = {
-        # Ark-6 README command (spec 3.1): SGD lr 0.3 (timm, momentum 0.9), wd 0, 20 warm-up epochs + cosine (a proper
+        # Ark-6 README command (github.com/jlianglab/Ark): SGD lr 0.3 (timm, momentum 0.9), wd 0, 20 warm-up epochs + cosine (a proper
         # epoch schedule, not the original's val-loss-as-epoch quirk), batch 200, 200 epochs, 224 px, projector 1376
         # (MLP: the released checkpoint is "_mlp"), teacher momentum 0.9 -> 1, c 0 -> 0.5. ResNet-50 per 3.7, which
         # suggests lr ~0.1 at batch 256 for ResNet-50: --lr 0.1 --set lr_scaling=linear.

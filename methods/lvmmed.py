@@ -5,7 +5,7 @@ straddling DDP ranks): backbone maps -> avg pool -> projector -> kNN graph per v
 GCN; vertex affinities mix global cosine and the local (location- and feature-matched cell)
 similarity; edge affinities compare embedding differences along kNN edges; a QAP solve on noisy
 affinities is scored by Hamming loss against the identity matching, with IMLE gradients.
-Spec: ../shared/specs/lvmmed.md. Every choice the paper leaves open is a setting: a constructor argument, or
+As implemented, with every open choice: docs/lvmmed.md. Every choice the paper leaves open is a setting: a constructor argument, or
 for the views (crop_scale) an entry of `views`.
 """
 from __future__ import annotations

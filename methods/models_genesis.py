@@ -1,9 +1,9 @@
 """Models Genesis (Zhou et al., MICCAI 2019; MedIA 67:101840, 2021): restore the clean image from a distorted one.
 
-2D port on a torchvision ResNet (spec ../shared/specs/seed-methods.md 1.9): the ResNet is the encoder of a
+2D port on a torchvision ResNet (docs/methods.md, "Models Genesis"): the ResNet is the encoder of a
 U-Net whose light decoder (upsample, concatenate the skip at stride 16/8/4/2, one conv) ends in a 1x1 conv
-and a sigmoid; the loss is the MSE to the clean [0,1] image (spec 1.1). The distortions (methods.blocks.distortions,
-spec 1.2) run batched on the device inside `training_loss`, on the un-normalised image; only the network
+and a sigmoid; the loss is the MSE to the clean [0,1] image (as the official code, github.com/MrGiovanni/ModelsGenesis). The distortions (methods.blocks.distortions,
+the official pipeline) run batched on the device inside `training_loss`, on the un-normalised image; only the network
 input is normalised. Only the encoder (`self.backbone`) is exported; the decoder is pretraining-only.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from medssl_bench.harness.method_api import SSLMethod, StepInfo, step_generator
 
 
 class CleanView:
-    """One random-resized crop as a [0,1] tensor; flips and distortions follow on the device (spec 1.9)."""
+    """One random-resized crop as a [0,1] tensor; flips and distortions follow on the device (the 2D port, docs/methods.md)."""
 
     def __init__(self, image_size: int, crop_scale: tuple):
         self.crop = T.Compose([T.RandomResizedCrop(image_size, scale=tuple(crop_scale), antialias=True), T.ToTensor()])
@@ -60,7 +60,7 @@ class UpBlock(nn.Module):
 
 class ModelsGenesis(SSLMethod):
     summary = "Models Genesis (Zhou et al. 2019): U-Net restores images from shuffle/Bezier/painting distortions"
-    # Around the published values: SGD lr 1.0 (3D original) and 0.1 (spec 1.9 for ResNet+BN), wd 0,
+    # Around the published values: SGD lr 1.0 (3D original) and 0.1 (the 2D port's choice for ResNet+BN, docs/methods.md), wd 0,
     # paint 0.9 / out-paint 0.8; local-shuffle coverage from PEAC's 2D port (0.1) to the 3D original (1.87).
     search_space = {
         "base_lr": FloatDistribution(1e-3, 1.0, log=True),
@@ -69,11 +69,11 @@ class ModelsGenesis(SSLMethod):
         "paint_p": FloatDistribution(0.5, 1.0),
         "outpaint_p": FloatDistribution(0.5, 1.0),
     }
-    # the crop is the only view-side draw: flips and distortions run in training_loss, on the device (spec 1.9)
+    # the crop is the only view-side draw: flips and distortions run in training_loss, on the device (the 2D port, docs/methods.md)
     views = {"crop_scale": (0.25, 1.0)}
     profiles = {
         # Spec 1.4: SGD momentum 0.9, wd 0, lr x0.5 every 40 epochs (PyTorch original). Its lr 1.0 trains a 3D
-        # U-Net from scratch at batch 6; for a ResNet with BN spec 1.9 starts at 0.1. Batch 64 (not published
+        # U-Net from scratch at batch 6; for a ResNet with BN the 2D port starts at 0.1. Batch 64 (not published
         # for 2D): 6 cubes of 64x64x32 are ~16 images of 224 px; 64 gives BN steadier statistics on a GPU.
         "paper": dict(epochs=100, batch_size=64, image_size=224, optimizer="sgd", base_lr=0.1, lr_scaling="none",
                       momentum=0.9, weight_decay=0.0, lr_schedule="step", lr_milestones=[40, 80], lr_gamma=0.5),
@@ -126,7 +126,7 @@ class ModelsGenesis(SSLMethod):
 
     def clean_images(self, view: torch.Tensor) -> torch.Tensor:
         """The harness ships views normalised (harness.data.ViewsPreprocessor): undo it for the [0,1]
-        image that the distortions and the target need (spec 1.9); only the network input is normalised."""
+        image that the distortions and the target need (the 2D port, docs/methods.md); only the network input is normalised."""
         return (view.float() * self.std + self.mean).clamp(0, 1)
 
     def training_loss(self, views: list[torch.Tensor], step: StepInfo) -> dict[str, torch.Tensor]:

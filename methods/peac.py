@@ -1,7 +1,7 @@
 """PEAC (Zhou et al., BMVC 2023, arXiv 2312.00335): patch order prediction + appearance recovery + global and
 local (grid-matched) consistency with an EMA teacher, on a ResNet instead of the paper's Swin-B.
 
-Spec ../shared/specs/seed-methods.md 2.1 (the objective as the official code optimises it), 2.6 (ResNet plan).
+The objective as the official code (github.com/jlianglab/PEAC) optimises it; docs/methods.md, "PEAC".
 The stride-32 map has one location per 32-px cell of the grid-aligned views (methods/blocks/peac_views.py; CNN
 receptive fields make the correspondence approximate). Per sample, view 1 gets the Models Genesis appearance
 distortions (methods.blocks.distortions) or its cells permuted in pixel space. Views arrive normalised (harness.data,
@@ -51,7 +51,7 @@ class PEAC(SSLMethod):
     # how far (in cells) the two views may be shifted on the shared canvas; check_config keeps them overlapping
     views = {"max_cell_offset": 4}
     profiles = {
-        # PEAC single-node script (spec 2.1): SGD lr 0.1 momentum 0.9 wd 0, 5 warm-up epochs + cosine, 400 epochs,
+        # PEAC single-node script (github.com/jlianglab/PEAC): SGD lr 0.1 momentum 0.9 wd 0, 5 warm-up epochs + cosine, 400 epochs,
         # batch 8, EMA 0.999 -> 1. ResNet-50 at 448 px: its 14x14 map is the exact analogue of Swin-B's 14x14
         # tokens of 32-px cells (196 order classes, cell offsets 0..4, a 19-cell canvas), so the task is
         # unchanged. 224 px (7x7) is cheaper: --image-size 224 --set max_cell_offset=3.

@@ -1,4 +1,4 @@
-"""Models Genesis distortions (methods.blocks.distortions) against spec seed-methods.md 1.2 / 1.9: geometry of
+"""Models Genesis distortions (methods.blocks.distortions) against the official code's order and probabilities (docs/methods.md): geometry of
 windows and boxes, monotone Bezier maps, and the published probabilities measured on many tiny images."""
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def test_bezier_maps_follow_the_curve_monotone_increasing_or_inverted():
     assert (steps[~inverted] >= -1e-6).all() and (steps[inverted] <= 1e-6).all()
     torch.testing.assert_close(out[:, 0], inverted.float(), atol=1e-4, rtol=0)  # (0,0)-(1,1) or inverted
     torch.testing.assert_close(out[:, -1], 1 - inverted.float(), atol=1e-4, rtol=0)
-    # hand-computed curve points: the map sends x(t) to y(t), or to y(1 - t) when inverted (spec 1.2 step 3)
+    # hand-computed curve points: the map sends x(t) to y(t), or to y(1 - t) when inverted (official pipeline, step 3)
     t = torch.linspace(0.05, 0.95, 19, dtype=torch.float64)
     for k in range(16):
         (x1, y1), (x2, y2) = record["bezier_controls"][k].double().tolist()

@@ -1,4 +1,4 @@
-"""PEAC (spec seed-methods.md 2.6): grid views whose overlap masks pair the same image cells, the cell
+"""PEAC (docs/methods.md, "PEAC"): grid views whose overlap masks pair the same image cells, the cell
 permutation, the heads' shapes, finite loss terms, and a loss that falls through `bench pretrain`."""
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """Models Genesis restoration distortions, batched in torch (2D port).
 
-Source: ../shared/specs/seed-methods.md section 1.2 (the order and probabilities of Models Genesis'
-`pytorch/utils.py` + `pytorch/config.py`, Zhou et al. 2019/2021) and 1.9 (the 2D plug-in plan).
-Shared by methods/models_genesis.py and PEAC (spec section 2), which reuses the local shuffle.
+Source: the order and probabilities of the official code (github.com/MrGiovanni/ModelsGenesis,
+`pytorch/utils.py` + `pytorch/config.py`; Zhou et al. 2019/2021), ported to 2D as docs/methods.md
+describes. Shared by methods/models_genesis.py and PEAC, which reuses the local shuffle.
 
 All functions take images float in [0, 1] of shape (B, C, H, W) and draw every random number from
 the `generator` argument (numbers are drawn on the generator's device: put it on the images' device
@@ -17,7 +17,7 @@ import torch
 # Models Genesis 3D: 10,000 windows with sides U{1..6} x U{1..6} x U{1..3} in a 64x64x32 cube, i.e.
 # 10000 * 3.5 * 3.5 * 2 / 131072 = 1.87 window-voxels per voxel. The 2D default keeps that coverage.
 GENESIS_3D_COVERAGE = 10_000 * 3.5 * 3.5 * 2.0 / (64 * 64 * 32)
-BEZIER_LUT_POINTS = 1024  # spec 1.9: a LUT of ~1k points + linear interpolation (the original: 100k + np.interp)
+BEZIER_LUT_POINTS = 1024  # 2D port: a LUT of ~1k points + linear interpolation (the original: 100k + np.interp)
 PAINT_MAX_BOXES = 5
 PAINT_BOX_P = 0.95  # each further box (and in-painting's first) is drawn with this probability
 PAINT_MARGIN = 3  # boxes stay at least this many pixels from the border
@@ -86,7 +86,7 @@ def bezier_curves(generator: torch.Generator, batch: int, invert: torch.Tensor, 
                   device=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per sample a cubic Bezier from (0,0) to (1,1) with two U([0,1]^2) control points, as a LUT
     (xs ascending, ys) of `points` samples, and the controls (B, 2, xy); where `invert`, ys are read
-    backwards (spec 1.2 step 3: "only x is sorted, not y"), which makes the map decreasing."""
+    backwards (official pipeline, step 3: "only x is sorted, not y"), which makes the map decreasing."""
     ctrl = _rand(generator, batch, 2, 2, device=device)  # (B, point 1|2, x|y)
     t = torch.linspace(0, 1, points, device=device)
     b1, b2, b3 = 3 * (1 - t) ** 2 * t, 3 * (1 - t) * t ** 2, t ** 3  # Bernstein weights; P0 = (0,0), P3 = (1,1)
@@ -122,7 +122,7 @@ def bezier_intensity(x: torch.Tensor, generator: torch.Generator, p: float = 0.9
 
 
 def _paint_boxes(generator: torch.Generator, b: int, size: int, outpaint: torch.Tensor, device) -> tuple:
-    """Box side and start along one axis of length `size`, (B, 5) each (spec 1.2 step 4)."""
+    """Box side and start along one axis of length `size`, (B, 5) each (official pipeline, step 4)."""
     shape = (b, PAINT_MAX_BOXES)
     inner = _randint(generator, max(1, size // 6), max(1, size // 3), shape, device)  # in-painting: [1/6, 1/3]
     outer = size - _randint(generator, 3 * size // 7, 4 * size // 7, shape, device)  # out-painting: ~[3/7, 4/7]
@@ -182,7 +182,7 @@ def random_flips(x: torch.Tensor, target: torch.Tensor, generator: torch.Generat
 def genesis_distort(x: torch.Tensor, generator: torch.Generator, *, flip_p: float = 0.4, local_p: float = 0.5,
                     windows: int | None = None, nonlinear_p: float = 0.9, paint_p: float = 0.9,
                     outpaint_p: float = 0.8, record: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The Models Genesis pipeline (spec 1.2): flips on input and target, then local shuffle, Bezier
+    """The Models Genesis pipeline (the official pipeline, pytorch/utils.py): flips on input and target, then local shuffle, Bezier
     intensity and painting on the input only. Returns (distorted input, restoration target).
     `windows` None: as many shuffle windows as keep the 3D original's coverage (GENESIS_3D_COVERAGE)."""
     if windows is None:

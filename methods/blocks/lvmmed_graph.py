@@ -1,4 +1,4 @@
-"""LVM-Med's graphs and affinities (spec: ../shared/specs/lvmmed.md, sections 1.2-1.4).
+"""LVM-Med's graphs and affinities (docs/lvmmed.md; LVM-Med paper, Eqs. 1-4).
 
 Shapes: G matching instances (groups) of N images; P feature-map cells per image; D channels;
 F embedding width; E = N*k directed kNN edges per graph. All functions are pure and batched

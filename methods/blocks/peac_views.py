@@ -1,4 +1,4 @@
-"""PEAC's grid-aligned views and cell geometry (spec ../shared/specs/seed-methods.md, 2.1 "Views" and 2.6).
+"""PEAC's grid-aligned views and cell geometry (docs/methods.md, "PEAC"; github.com/jlianglab/PEAC).
 
 An image becomes a square canvas of `cell`-px cells; after a random pixel offset (0..cell-1) two views of
 n x n cells are cut at independent random *cell* offsets (0..max_cell_offset), so their overlap is an exact
