@@ -1,5 +1,5 @@
 """Every checkpoint the evaluation can run: runs/<run>/ and checkpoints/<name>/ in the workspace, each
-a backbone.safetensors + backbone.json (DESIGN.md), and the one safe way external weights get there:
+a backbone.safetensors + backbone.json (docs/architecture.md, "Contracts"), and the one safe way external weights get there:
 read with safetensors or `torch.load(weights_only=True)` (no pickled code runs), unwrapped, stripped of
 prefixes and classifier, and strictly loaded into `build_backbone(arch)` before they are saved."""
 from __future__ import annotations
@@ -11,9 +11,9 @@ import zipfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import torch
-from rich.console import Console
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as load_safetensors_bytes, load_file
 from torch import nn
@@ -26,7 +26,6 @@ from medssl_bench.harness.provenance import code_version, package_versions
 from medssl_bench.harness.runs import BACKBONE_FILE, RUN_FILE, read_run
 from medssl_bench.harness.workspace import Workspace
 
-CHECKPOINTS_DIR = "checkpoints"
 CONTAINER_KEYS = ("state_dict", "model", "teacher", "student", "backbone")  # teacher first: DINO evaluates it
 STRIP_PREFIXES = ("module.", "backbone.", "encoder.", "model.")
 RESERVED_NAMES = {"random", "all"}
@@ -78,7 +77,7 @@ def checkpoint_ref(weights: Path, workspace: Workspace, name: str | None = None)
 def list_checkpoints(workspace: Workspace) -> list[CheckpointRef]:
     """Runs that have exported a backbone (finished or not) and imported checkpoints, by name."""
     refs = []
-    for folder, marker in ((workspace.runs, RUN_FILE), (workspace.root / CHECKPOINTS_DIR, BACKBONE_FILE)):
+    for folder, marker in ((workspace.runs, RUN_FILE), (workspace.checkpoints, BACKBONE_FILE)):
         for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
             if (entry / marker).is_file() and (entry / BACKBONE_FILE).is_file() and not _sweep_trial(entry):
                 refs.append(checkpoint_ref(entry / BACKBONE_FILE, workspace, name=entry.name))
@@ -160,21 +159,22 @@ def strict_load(model: nn.Module, state: dict, arch: str, path: Path) -> None:
 
 
 def import_checkpoint(src: Path, workspace: Workspace, *, name: str | None = None, backbone: str | None = None,
-                      console=None) -> Path:
-    """Validate external weights and write them as workspace/checkpoints/<name>/backbone.safetensors."""
-    src, console = Path(src).expanduser().resolve(), console or Console(quiet=True)
+                      log: Callable[[str], None] | None = None) -> Path:
+    """Validate external weights and write them as workspace/checkpoints/<name>/backbone.safetensors.
+    `log(line)` hears when the file was imported before (the earlier checkpoint is returned)."""
+    src, log = Path(src).expanduser().resolve(), log or (lambda line: None)
     if not src.is_file():
         raise UserError("checkpoint not found", src)
     name, source_sha = _import_name(name, src), sha256_file(src)
-    weights = workspace.root / CHECKPOINTS_DIR / name / BACKBONE_FILE
+    weights = workspace.checkpoints / name / BACKBONE_FILE
     if weights.is_file():
         if (_read_sidecar(weights).get("source") or {}).get("sha256") == source_sha:
-            console.print(f"already imported as '{name}'")
+            log(f"already imported as '{name}'")
             return weights
         raise UserError(f"checkpoint '{name}' exists with other weights; choose another --name", weights)
     for ref in list_checkpoints(workspace):
         if (ref.sidecar.get("source") or {}).get("sha256") == source_sha:
-            console.print(f"this file was already imported as '{ref.name}'")
+            log(f"this file was already imported as '{ref.name}'")
             return ref.path
         if ref.name == name:
             raise UserError(f"'{name}' is already a run name; choose another --name", src)

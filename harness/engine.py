@@ -187,41 +187,27 @@ class RunRecordHook(Hook):
             runner.train_loop.stop_training = True
 
 
-class RichProgressHook(Hook):
-    """A rich progress bar over all training steps, with loss and images/s."""
+class ProgressHook(Hook):
+    """Reports every training step to `progress(steps_done, steps_total, description=, stats=)`
+    (harness.progress: the caller decides how to show it; the CLI draws one rich bar)."""
 
     priority = "VERY_LOW"
 
-    def __init__(self, console, label: str, batch_size: int):
-        self.console = console
+    def __init__(self, progress, label: str, batch_size: int):
+        self.progress = progress
         self.label = label
         self.batch_size = batch_size
-        self.progress = None
 
     def before_train(self, runner):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                                 console=self.console)
-        self.task = self.progress.add_task(self.label, total=runner.max_iters, completed=runner.iter, stats="")
-        self.start = (time.perf_counter(), runner.iter)
-        self.progress.start()
+        self.start = (time.perf_counter(), runner.iter)  # a resumed run counts its rate from here
+        self.progress(runner.iter, runner.max_iters, description=self.label, stats="")
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
         seconds, first_iter = time.perf_counter() - self.start[0], self.start[1]
         rate = (runner.iter + 1 - first_iter) * self.batch_size / max(seconds, 1e-9)
         loss = float(outputs["loss"].detach()) if outputs else float("nan")
         stats = f"epoch {runner.epoch + 1}/{runner.max_epochs}  loss {loss:.4f}  {rate:.1f} img/s"
-        self.progress.update(self.task, completed=runner.iter + 1, stats=stats)
-
-    def after_train(self, runner):
-        self.close()
-
-    def close(self):
-        if self.progress is not None:
-            self.progress.stop()
-            self.progress = None
+        self.progress(runner.iter + 1, runner.max_iters, stats=stats)
 
 
 def build_optim_wrapper(model: torch.nn.Module, cfg: dict) -> OptimWrapper:

@@ -33,11 +33,8 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from medssl_bench.harness.errors import CorruptImageError
+from medssl_bench.harness.suffixes import DICOM_SUFFIXES, NIFTI_SUFFIXES, PIL_SUFFIXES, SUPPORTED_SUFFIXES  # noqa: F401
 
-PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif")
-DICOM_SUFFIXES = (".dcm", ".dicom")
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
-SUPPORTED_SUFFIXES = PIL_SUFFIXES + DICOM_SUFFIXES + NIFTI_SUFFIXES
 
 WINDOW_PERCENTILES = (0.5, 99.5)
 NIFTI_CACHE_VOLUMES = 4  # the training loader reads slices one by one: keep a few volumes decoded

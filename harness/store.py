@@ -191,7 +191,7 @@ class ResultsStore:
         """Open (creating tables if needed) the store at `url`; None -> `<workspace>/results.db`."""
         if url is None:
             ensure_writable_dir(workspace.root)
-            url = f"sqlite:///{workspace.root / 'results.db'}"
+            url = f"sqlite:///{workspace.results_db}"
         parsed = _parse_url(url)
         display = make_url(url).render_as_string(hide_password=True)
         is_sqlite = parsed.get_backend_name() == "sqlite"

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-import typer
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
@@ -17,7 +16,7 @@ from medssl_bench.harness.backbones import build_backbone
 from medssl_bench.harness.checkpoint import save_backbone, sidecar_path
 from medssl_bench.harness.checkpoint_index import (checkpoint_ref, import_checkpoint, list_checkpoints, load_checkpoint_into,
                                  random_checkpoint, resolve_checkpoints)
-from medssl_bench.harness.app.cli.checkpoints import register
+from medssl_bench.harness.app.cli.checkpoints import checkpoints_app
 from medssl_bench.harness.errors import UserError
 from medssl_bench.harness.fsutil import sha256_file, write_json_atomic
 
@@ -210,8 +209,7 @@ def test_load_refuses_weights_changed_after_the_sidecar(workspace):
 
 
 def test_cli_imports_and_lists(tmp_path, workspace):
-    app = typer.Typer()
-    register(app)
+    app = checkpoints_app  # the sub-app on its own, as the CLI mounts it
     runner = CliRunner()
     src = tmp_path / "resnet18-imagenet.pth"
     torchvision_file(src)

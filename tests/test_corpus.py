@@ -1,7 +1,6 @@
 """The corpus manifest (harness.corpus) and `bench corpus build | show | synth`."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import sys
@@ -216,10 +215,6 @@ def test_cli_build_and_show(tree: Path, workspace):
 
 
 def test_cli_user_error_is_one_line_and_exit_2(tmp_path: Path, workspace, monkeypatch, capsys):
-    if importlib.util.find_spec("medssl_bench.harness.app.cli.pretrain") is None:  # written in parallel
-        stub = types.ModuleType("medssl_bench.harness.app.cli.pretrain")
-        stub.register = lambda app: None
-        monkeypatch.setitem(sys.modules, "medssl_bench.harness.app.cli.pretrain", stub)
     from medssl_bench.harness.app.cli import main
 
     code = main(["corpus", "build", "--root", str(tmp_path / "missing"), "--workspace", str(workspace.root)])

@@ -110,10 +110,9 @@ def test_trailing_trial_is_pruned_and_its_pretraining_stops(tiny_corpus, sweep_d
         study.add_trial(optuna.trial.create_trial(value=value, intermediate_values={1: 1.0, 2: 1.0}, params={},
                                                   distributions={}))
     from medssl_bench.harness.app.sweep import sealed_tasks
-    from rich.console import Console
 
     trial = study.ask()
-    state = run_trial(study, trial, req, sealed_tasks(req), study.user_attrs["random_init_val"], Console(quiet=True))
+    state = run_trial(study, trial, req, sealed_tasks(req), study.user_attrs["random_init_val"])
     assert state == "PRUNED"
     record = read_run(ws / "runs" / "sweep-prune-t0002")
     assert record["epochs_done"] == 1 and record["status"] == "stopped"

@@ -16,7 +16,9 @@ import traceback
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from medssl_bench.harness.devices import default_device
 from medssl_bench.harness.errors import UserError
+from medssl_bench.harness.progress import Log, Progress
 from medssl_bench.harness.provenance import available_cpus
 from medssl_bench.harness.workspace import Workspace
 
@@ -47,10 +49,6 @@ class Unit:
     checkpoint: object   # harness.checkpoint_index.CheckpointRef
     dataset: str         # the tasks of `keys` all read this dataset
     keys: list           # harness.store.EvalKey
-
-
-def data_root(req: EvalRequest) -> Path:
-    return Path(req.data_root).expanduser().resolve() if req.data_root else req.workspace.root / "data"
 
 
 def plan(req: EvalRequest, store) -> tuple[list[Unit], int]:
@@ -111,8 +109,8 @@ def run_unit(spec: dict) -> dict:
     ref, profile = spec["checkpoint"], spec["profile"]
     tasks = {k.task: get_task(k.task) for k in spec["keys"]}
     family = get_family(next(iter(tasks.values())).family)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    cache = classification.FeatureCache(ws.root / "cache" / "features")
+    device = default_device()
+    cache = classification.FeatureCache(ws.cache / "features")
     counts = {"done": 0, "failed": 0}
     data, data_error = None, None
     try:
@@ -140,7 +138,7 @@ def run_unit(spec: dict) -> dict:
                 raise UserError(data_error)
             out = get_family(task.family).run_module().run_job(
                 task, protocol, data, ref, label_fraction=key.label_fraction, seed=key.seed, cache=cache,
-                device=device, work_root=ws.root / "cache" / "work")
+                device=device, work_root=ws.cache / "work")
             config.update(selected=out.pop("selected"), n_train=out.pop("n_train"))
             store.record_done(key, splits=out, protocol=config, provenance=provenance,
                               wall_time_s=time.perf_counter() - start, force=spec["force"])
@@ -170,11 +168,41 @@ def transfer_status(sidecar: dict, dataset: str, data) -> dict:
 
 
 def default_jobs() -> int:
-    import torch
-
-    if torch.cuda.is_available():
+    if default_device().type == "cuda":  # one GPU: jobs would only queue for it
         return 1
     return max(1, min(4, available_cpus() // 2))
+
+
+@dataclass
+class EvalOutcome:
+    """What one evaluation did; the caller decides how to show it (`bench eval` prints a table)."""
+    store_url: str                          # password masked
+    jobs: int                               # jobs planned and run
+    units: int
+    skipped: int                            # jobs already in the store
+    done: int = 0
+    failed: int = 0
+    checkpoint_ids: list[str] = field(default_factory=list)  # the checkpoints of the jobs run
+
+
+def evaluate(req: EvalRequest, progress: Progress | None = None, log: Log | None = None) -> EvalOutcome:
+    """Plan, run and record an evaluation: the service behind `bench eval` and a sweep's final test.
+    `log` hears the plan (jobs to run, skipped, store) before anything runs; `progress(jobs_finished,
+    jobs)` follows the jobs as they finish."""
+    from medssl_bench.harness.store import ResultsStore
+
+    with ResultsStore.open(req.db, req.workspace) as store:
+        units, skipped = plan(req, store)
+        jobs = sum(len(u.keys) for u in units)
+        if log:
+            log(f"{jobs} jobs to run in {len(units)} units ({skipped} already done, skipped); store: {store.url}")
+        outcome = EvalOutcome(store.url, jobs, len(units), skipped,
+                              checkpoint_ids=sorted({u.checkpoint.id for u in units}))
+        if units:
+            report = (lambda finished: progress(finished, jobs)) if progress else None  # noqa: E731
+            totals = launch(req, units, store, progress=report)
+            outcome.done, outcome.failed = totals["done"], totals["failed"]
+    return outcome
 
 
 def launch(req: EvalRequest, units: list[Unit], store, progress=None) -> dict:
@@ -182,8 +210,9 @@ def launch(req: EvalRequest, units: list[Unit], store, progress=None) -> dict:
     (counted from the store, so it works for every launcher). Returns the summed counts."""
     jobs = req.jobs or default_jobs()
     cpus = available_cpus()
+    root = req.workspace.data_root(req.data_root)
     specs = [dict(workspace=str(req.workspace.root), db=req.db, dataset=u.dataset, checkpoint=u.checkpoint, keys=u.keys,
-                  profile=req.profile, data_root=str(data_root(req)), force=req.force, image_size=req.image_size,
+                  profile=req.profile, data_root=str(root), force=req.force, image_size=req.image_size,
                   threads=max(1, cpus // jobs) if req.launcher == "pool" else None) for u in units]
     planned = {k for u in units for k in u.keys}
 
@@ -207,7 +236,7 @@ def launch(req: EvalRequest, units: list[Unit], store, progress=None) -> dict:
     else:
         import submitit
 
-        folder = req.workspace.root / "submitit" / time.strftime("%Y%m%d-%H%M%S")
+        folder = req.workspace.submitit / time.strftime("%Y%m%d-%H%M%S")
         executor = submitit.AutoExecutor(folder=folder, cluster="slurm" if req.launcher == "slurm" else "local")
         executor.update_parameters(timeout_min=req.slurm.get("timeout_min", 24 * 60), **_slurm_params(req))
         futures = [executor.submit(run_unit, spec) for spec in specs]

@@ -14,6 +14,7 @@ from typing import Any, Callable
 import torch.distributed as dist
 
 from medssl_bench.harness.errors import UserError
+from medssl_bench.harness.progress import Progress
 from medssl_bench.harness.runs import BACKBONE_FILE, find_run, latest_resumable, new_run_name, read_run, update_run
 from medssl_bench.harness.workspace import Workspace
 
@@ -93,8 +94,8 @@ def _labelled_data(req: PretrainRequest, method_cls, cfg: dict, run_dir: Path, r
 
     if req.corpus:
         raise UserError(f"method '{req.method}' pretrains on --labels-from datasets, not on a corpus; drop --corpus")
-    data_root = Path(req.data_root).expanduser().resolve() if req.data_root else req.workspace.root / "data"
-    labelled = load_labelled(cfg.get("labels_from"), data_root, cfg["image_size"], cfg["batch_size"], req.method)
+    labelled = load_labelled(cfg.get("labels_from"), req.workspace.data_root(req.data_root), cfg["image_size"],
+                             cfg["batch_size"], req.method)
     if resuming and read_run(run_dir)["corpus"]["id"] != labelled.corpus_info["id"]:
         raise UserError(f"run '{run_dir.name}': its --labels-from datasets changed since it started; "
                         "a resumed run keeps its data")
@@ -118,15 +119,16 @@ def load_init(backbone, cfg: dict) -> dict:
             "run": meta.get("run")}
 
 
-def run_pretraining(req: PretrainRequest, console) -> Path | None:
-    """Train; return the run folder on the main process (None on other DDP ranks)."""
+def run_pretraining(req: PretrainRequest, progress: Progress | None = None) -> Path | None:
+    """Train; return the run folder on the main process (None on other DDP ranks). The main process
+    reports every step to `progress(steps_done, steps_total, description=, stats=)`."""
     from mmengine.runner import set_random_seed
 
     from medssl_bench.harness.backbones import build_backbone
     from medssl_bench.harness.config import build_transform, method_kwargs
     from medssl_bench.harness.corpus import resolve_corpus
     from medssl_bench.harness.data import ViewsDataset, default_num_workers
-    from medssl_bench.harness.engine import (MethodHook, PretrainModel, RichProgressHook, RunRecordHook, build_runner,
+    from medssl_bench.harness.engine import (MethodHook, PretrainModel, ProgressHook, RunRecordHook, build_runner,
                                 init_distributed, is_main_process, leave_distributed,
                                 world_size)
     from medssl_bench.harness.provenance import code_version, host_info, package_versions
@@ -189,9 +191,8 @@ def run_pretraining(req: PretrainRequest, console) -> Path | None:
                **labels_info}
     record_hook = RunRecordHook(run_dir, sidecar, req.stop_after_epoch)
     hooks = [MethodHook(), record_hook, *req.hooks]
-    progress = RichProgressHook(console, f"{req.method} {cfg['backbone']}", cfg["batch_size"]) if main else None
-    if progress:
-        hooks.append(progress)
+    if main and progress:
+        hooks.append(ProgressHook(progress, f"{req.method} {cfg['backbone']}", cfg["batch_size"]))
     workers = req.num_workers if req.num_workers is not None else (
         cfg["num_workers"] if cfg["num_workers"] >= 0 else default_num_workers())
     sampler = labelled.sampler(cfg["batch_size"] // world_size(), cfg["seed"]) if labelled else None
@@ -213,8 +214,6 @@ def run_pretraining(req: PretrainRequest, console) -> Path | None:
         error = f"{type(err).__name__}: {err}"
         raise
     finally:
-        if progress:
-            progress.close()
         if main:
             seconds = time.perf_counter() - started
             total = read_run(run_dir).get("wall_seconds", 0.0) + seconds

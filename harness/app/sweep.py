@@ -57,11 +57,16 @@ class SweepRequest:
 
     @property
     def storage_url(self) -> str:
-        return self.storage or f"sqlite:///{self.workspace.root / 'sweeps.db'}"
+        return self.storage or default_storage(self.workspace)
 
     @property
     def study_name(self) -> str:
         return self.study or f"{self.method}-{self.profile}"
+
+
+def default_storage(workspace: Workspace) -> str:
+    """The Optuna storage URL of a workspace's sweeps when --storage is not given."""
+    return f"sqlite:///{workspace.sweeps_db}"
 
 
 def redact(url: str) -> str:
@@ -184,7 +189,7 @@ def sealed_tasks(req: SweepRequest) -> list[tuple]:
 
     if req.scoring not in SCORING:
         raise UserError(f"--scoring {req.scoring}: choose one of {', '.join(SCORING)}")
-    root = Path(req.data_root).expanduser().resolve() if req.data_root else req.workspace.root / "data"
+    root = req.workspace.data_root(req.data_root)
     out = []
     for name in req.tasks:
         task = get_task(name)
@@ -203,11 +208,10 @@ def sealed_tasks(req: SweepRequest) -> list[tuple]:
 
 def score_backbone(backbone, tasks: list[tuple], baseline: dict[str, float] | None, seed: int) -> tuple[float, dict]:
     """(mean normalised val score, raw val score per task) of a backbone."""
-    import torch
-
     from medssl_bench.downstream.classification import validation_score
+    from medssl_bench.harness.devices import default_device
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     raw = {task.name: validation_score(backbone, data, protocol, seed, device) for task, protocol, data in tasks}
     if baseline is None:
         return float("nan"), raw

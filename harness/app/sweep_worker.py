@@ -1,8 +1,10 @@
 """Running a sweep: the worker loop (claim a trial, pretrain, score on val, tell), local worker
-processes, and the single test evaluation of the best trial (see harness.app.sweep for the protocol)."""
+processes, and the single test evaluation of the best trial (see harness.app.sweep for the protocol).
+
+Nothing here prints: lines for the user go to a `log` callback and step counts to a `progress`
+callback (harness.progress); `bench sweep` passes ones that print."""
 from __future__ import annotations
 
-import io
 import json
 import math
 import multiprocessing
@@ -13,6 +15,7 @@ import time
 from mmengine.hooks import Hook
 
 from medssl_bench.harness.errors import UserError
+from medssl_bench.harness.progress import Log, Progress
 from medssl_bench.harness.app.sweep import SweepRequest, claim_trial, open_study, redact, score_backbone, sealed_tasks, study_lock
 
 OBJECTIVE = "mean over tasks of (val - random-init val) / (1 - random-init val)"
@@ -52,8 +55,10 @@ def suggest(trial, name: str, dist):
     return trial.suggest_categorical(name, dist.choices)
 
 
-def run_trial(study, trial, req: SweepRequest, tasks: list[tuple], baseline: dict, console) -> str:
-    """Pretrain with sampled settings, score, tell the study; returns the trial's final state name."""
+def run_trial(study, trial, req: SweepRequest, tasks: list[tuple], baseline: dict, log: Log | None = None,
+              progress: Progress | None = None) -> str:
+    """Pretrain with sampled settings (its steps go to `progress`), score, tell the study; returns the
+    trial's final state name."""
     from optuna.trial import TrialState
 
     from medssl_bench.harness.app.pretrain import PretrainRequest, run_pretraining
@@ -72,7 +77,7 @@ def run_trial(study, trial, req: SweepRequest, tasks: list[tuple], baseline: dic
     trial.set_user_attr("run", run_name)
     started, beat = time.perf_counter(), Heartbeat(study, trial, req.heartbeat)
     try:
-        run_pretraining(pretrain, console)
+        run_pretraining(pretrain, progress)
         error = None if hook.value is None or math.isfinite(hook.value) else "the score is not finite"
     except Exception as err:  # a diverging or impossible setting fails its trial, not the sweep
         error = str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
@@ -84,17 +89,19 @@ def run_trial(study, trial, req: SweepRequest, tasks: list[tuple], baseline: dic
     if error:
         trial.set_user_attr("error", error[:500])
         study.tell(trial, state=TrialState.FAIL)
-        console.print(f"[red]trial {trial.number} failed[/]: {error}", highlight=False, soft_wrap=True)
+        if log:
+            log(f"trial {trial.number} failed: {error}")
         return "FAIL"
     if hook.pruned:
         study.tell(trial, state=TrialState.PRUNED)
         return "PRUNED"
     study.tell(trial, hook.value)
-    console.print(f"trial {trial.number}: objective {hook.value:.4f}  {params}", highlight=False, soft_wrap=True)
+    if log:
+        log(f"trial {trial.number}: objective {hook.value:.4f}  {params}")
     return "COMPLETE"
 
 
-def worker_loop(req: SweepRequest, console, index: int = 0) -> dict:
+def worker_loop(req: SweepRequest, log: Log | None = None, progress: Progress | None = None, index: int = 0) -> dict:
     """Claim and run trials until the study has its N trials; wait for other workers' running
     trials (one may belong to a killed worker and come back for retry). Returns state counts."""
     from optuna.trial import TrialState
@@ -111,7 +118,7 @@ def worker_loop(req: SweepRequest, console, index: int = 0) -> dict:
                 time.sleep(min(req.heartbeat, 5))
                 continue
             return counts
-        state = run_trial(study, trial, req, tasks, baseline, console)
+        state = run_trial(study, trial, req, tasks, baseline, log, progress)
         counts[state] = counts.get(state, 0) + 1
         if counts.get("FAIL", 0) > max(2, req.trials):
             raise UserError(f"study '{req.study_name}': {counts['FAIL']} trials failed in this worker; "
@@ -120,20 +127,17 @@ def worker_loop(req: SweepRequest, console, index: int = 0) -> dict:
 
 def _worker_process(req: SweepRequest, index: int, threads: int) -> None:
     import torch
-    from rich.console import Console
 
     torch.set_num_threads(threads)
     try:
-        worker_loop(req, Console(file=io.StringIO()), index)
+        worker_loop(req, index=index)  # silent: the parent process shows the study's progress
     except UserError as err:
         print(f"error: sweep worker {index}: {err}", file=sys.stderr)
         sys.exit(2)
 
 
-def run_workers(req: SweepRequest, console) -> None:
-    """Run `req.workers` local worker processes, with a progress bar over the study's trials."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
+def run_workers(req: SweepRequest, progress: Progress | None = None) -> None:
+    """Run `req.workers` local worker processes; `progress(trials_finished, trials)` every second."""
     from medssl_bench.harness.provenance import available_cpus
 
     context = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
@@ -142,13 +146,11 @@ def run_workers(req: SweepRequest, console) -> None:
     for proc in procs:
         proc.start()
     study = open_study(req.storage_url, req.study_name, heartbeat=req.heartbeat)
-    with Progress(TextColumn(f"[bold]sweep {req.study_name}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console) as bar:
-        bar_id = bar.add_task("trials", total=req.trials)
-        while any(p.is_alive() for p in procs):
-            bar.update(bar_id, completed=len(finished_trials(study)))
-            time.sleep(1.0)
-        bar.update(bar_id, completed=len(finished_trials(study)))
+    report = progress or (lambda done, total=None, **fields: None)
+    while any(p.is_alive() for p in procs):
+        report(len(finished_trials(study)), req.trials)
+        time.sleep(1.0)
+    report(len(finished_trials(study)), req.trials)
     failed = [i for i, p in enumerate(procs) if p.exitcode != 0]
     if failed:
         raise UserError(f"sweep workers {failed} stopped with an error (see above); the study keeps "
@@ -175,9 +177,13 @@ def sweep_summary(study) -> dict:
             "settings": {k: study.user_attrs.get(k) for k in ("method", "profile", "tasks", "scoring", "epochs")}}
 
 
-def finalize(req: SweepRequest, console) -> dict | None:
+def finalize(req: SweepRequest, log: Log | None = None, progress: Progress | None = None) -> tuple[dict | None, object]:
     """Once the study is complete: mark the best trial's run as the sweep's checkpoint (its sidecar
-    records the sweep) and evaluate it on test with `bench eval`, exactly once per study."""
+    records the sweep) and evaluate it on test (the `bench eval` service), exactly once per study.
+
+    Returns (final, evaluation): `final` as recorded in the study ({run, status, done, failed}; None
+    while other workers still run trials) and the harness.app.evaluate.EvalOutcome of the test
+    evaluation this call ran (None when it ran none)."""
     from optuna.trial import TrialState
 
     from medssl_bench.harness.checkpoint import sidecar_path
@@ -188,27 +194,27 @@ def finalize(req: SweepRequest, console) -> dict | None:
     with study_lock(req.storage_url, req.study_name):
         trials = study.get_trials(deepcopy=False)
         if len(finished_trials(study)) < req.trials or any(t.state == TrialState.RUNNING for t in trials):
-            return None  # other workers still at it: the last one finalises
+            return None, None  # other workers still at it: the last one finalises
         if study.user_attrs.get("final") or not any(t.state == TrialState.COMPLETE for t in trials):
-            return study.user_attrs.get("final")
+            return study.user_attrs.get("final"), None
         summary = {**sweep_summary(study), "storage": redact(req.storage_url)}
         run_dir = req.workspace.runs / study.best_trial.user_attrs["run"]
         update_run(run_dir, sweep={**read_run(run_dir)["sweep"], "best": True, **summary})
         sidecar = sidecar_path(run_dir / BACKBONE_FILE)
         write_json_atomic(sidecar, {**json.loads(sidecar.read_text()), "sweep": summary})
         study.set_user_attr("final", {"run": run_dir.name, "status": "evaluating"})
-    console.print(f"best trial {summary['best_trial']} (objective {summary['best_value']:.4f}, "
-                  f"{summary['trials']} trials, {summary['compute_s'] / 3600:.3f} h): run {run_dir}", soft_wrap=True)
-    totals = {"done": 0, "failed": 0}
+    log = log or (lambda line: None)
+    log(f"best trial {summary['best_trial']} (objective {summary['best_value']:.4f}, "
+        f"{summary['trials']} trials, {summary['compute_s'] / 3600:.3f} h): run {run_dir}")
+    outcome = None
     if req.final_eval:
-        from medssl_bench.harness.app.cli.eval import evaluate_and_report
-        from medssl_bench.harness.app.evaluate import EvalRequest
+        from medssl_bench.harness.app.evaluate import EvalRequest, evaluate
 
-        console.print("evaluating the best trial's checkpoint on test, once:")
-        totals = evaluate_and_report(EvalRequest(
+        log("evaluating the best trial's checkpoint on test, once:")
+        outcome = evaluate(EvalRequest(
             workspace=req.workspace, checkpoints=run_dir.name, tasks=req.tasks, protocols=req.final_protocols,
-            seeds=req.final_seeds, profile=req.profile, data_root=req.data_root, db=req.db), console)
+            seeds=req.final_seeds, profile=req.profile, data_root=req.data_root, db=req.db), progress, log)
     final = {"run": run_dir.name, "status": "evaluated" if req.final_eval else "selected",
-             "done": totals["done"], "failed": totals["failed"]}
+             "done": outcome.done if outcome else 0, "failed": outcome.failed if outcome else 0}
     study.set_user_attr("final", final)
-    return final
+    return final, outcome

@@ -1,15 +1,26 @@
 """The `bench` command line (Typer + rich).
 
-Every sub-command raises `UserError` for problems the user can fix; `main()` turns those into one
-red line on stderr and exit code 2, with no traceback.
+Each topic module (cli/<topic>.py) defines its commands at module level on its own Typer app and
+imports only cli/common; this module mounts every one of them once, at import. A module that holds
+a group (corpus, data, sweep) keeps it as a sub-group; the others' commands join the top level.
+
+Every command raises `UserError` for problems the user can fix; `main()` turns those into one red
+line on stderr and exit code 2, with no traceback.
 """
 from __future__ import annotations
 
 import sys
 
 import typer
-from rich.console import Console
 
+from medssl_bench.harness.app.cli.checkpoints import checkpoints_app
+from medssl_bench.harness.app.cli.common import err_console
+from medssl_bench.harness.app.cli.corpus import corpus_app
+from medssl_bench.harness.app.cli.data import data_app, tasks_app
+from medssl_bench.harness.app.cli.eval import eval_app
+from medssl_bench.harness.app.cli.leaderboard import leaderboard_app
+from medssl_bench.harness.app.cli.pretrain import pretrain_app
+from medssl_bench.harness.app.cli.sweep import sweep_app
 from medssl_bench.harness.errors import UserError
 
 app = typer.Typer(
@@ -20,36 +31,16 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err_console = Console(stderr=True)
-
-
-def workspace_option():
-    """The `--workspace` option every command shares."""
-    return typer.Option("workspace", "--workspace", envvar="BENCH_HOME",
-                        help="Workspace folder holding corpora and runs (env BENCH_HOME).")
-
-
-def _mount_subcommands() -> None:
-    # Imported here so `bench --help` stays fast and sub-apps can import `console` from this module.
-    from medssl_bench.harness.app.cli import checkpoints as cli_checkpoints
-    from medssl_bench.harness.app.cli import eval as cli_eval
-    from medssl_bench.harness.app.cli import leaderboard as cli_leaderboard
-    from medssl_bench.harness.app.cli import pretrain as cli_pretrain
-    from medssl_bench.harness.app.cli import sweep as cli_sweep
-    from medssl_bench.harness.app.cli.corpus import corpus_app
-
-    app.add_typer(corpus_app, name="corpus")
-    cli_pretrain.register(app)
-    cli_checkpoints.register(app)
-    cli_eval.register(app)
-    cli_leaderboard.register(app)
-    cli_sweep.register(app)
+# In the order `bench --help` lists them: pretrain, then evaluate, then the groups.
+for commands in (pretrain_app, checkpoints_app, tasks_app, eval_app, leaderboard_app):
+    app.add_typer(commands)  # no name: the commands join the top level
+app.add_typer(corpus_app, name="corpus")
+app.add_typer(data_app, name="data")
+app.add_typer(sweep_app, name="sweep")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `bench` script: run the app, turn UserError into one line + exit 2."""
-    _mount_subcommands()
     try:
         code = app(args=argv, standalone_mode=False)  # a command's typer.Exit(n) comes back as n here
     except UserError as err:
@@ -71,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
+    """The `bench` script and `python -m medssl_bench.harness`: process settings first, then main."""
     from medssl_bench.harness.process import configure_process
 
     configure_process()

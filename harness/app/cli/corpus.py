@@ -1,18 +1,21 @@
-"""`bench corpus build | show | synth`: index unlabeled images into a pretraining corpus."""
+"""`bench corpus build | show | synth`: index unlabeled images into a pretraining corpus.
+
+harness.corpus (numpy, PIL, pydicom, nibabel) is imported inside the commands: `bench --help` and
+the other commands do not pay for it.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from medssl_bench.harness.app.cli import console, workspace_option
-from medssl_bench.harness.corpus import build_corpus, list_corpora, resolve_corpus
-from medssl_bench.harness.imageio import SUPPORTED_SUFFIXES
+from medssl_bench.harness.app.cli.common import ProgressBar, console, workspace_option
+from medssl_bench.harness.suffixes import SUPPORTED_SUFFIXES
 from medssl_bench.harness.workspace import Workspace
 
 corpus_app = typer.Typer(
+    short_help="Build and inspect pretraining corpora: manifests of unlabeled medical images.",
     help="Build and inspect pretraining corpora: manifests of unlabeled medical images. "
     f"A corpus indexes 2D images ({', '.join(SUPPORTED_SUFFIXES)}), every frame of a DICOM "
     "file and every axial slice of a NIfTI volume, drops exact duplicates by pixel hash and gets "
@@ -22,12 +25,6 @@ corpus_app = typer.Typer(
 )
 
 MAX_UNREADABLE_SHOWN = 50
-
-
-def progress_bar() -> Progress:
-    """The bar of file-by-file commands (corpus build, data prepare): description, count, time left."""
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeRemainingColumn(), console=console, transient=True)
 
 
 @corpus_app.command(
@@ -47,7 +44,7 @@ def build(
         ..., "--root", metavar="DIR", help="Folder of images; repeat for several. Each first-level sub-folder "
         "is one dataset (files directly in the root form a dataset named after the root). An "
         'optional dataset.json there, {"modality": "ct", "synthetic": false}, labels it.'),
-    workspace: str = workspace_option(),
+    workspace: Path = workspace_option(),
 ) -> None:
     corpus = _build_with_progress(roots, Workspace.resolve(workspace))
     info = corpus.info
@@ -72,8 +69,10 @@ def show(
     corpus_id: str = typer.Argument(
         None, help="Corpus id (or a unique prefix), a manifest.jsonl or a corpus folder. "
         "Without it, list every corpus in the workspace."),
-    workspace: str = workspace_option(),
+    workspace: Path = workspace_option(),
 ) -> None:
+    from medssl_bench.harness.corpus import list_corpora, resolve_corpus
+
     ws = Workspace.resolve(workspace)
     if corpus_id is None:
         _print_corpus_list(list_corpora(ws), ws)
@@ -108,15 +107,14 @@ def synth(
     size: int = typer.Option(96, "--size", min=16, help="Image side in pixels."),
     build_now: bool = typer.Option(False, "--build/--no-build",
                                    help="Also build the corpus from OUT and print its id."),
-    workspace: str = workspace_option(),
+    workspace: Path = workspace_option(),
 ) -> None:
     from medssl_bench.downstream.phantoms import synthesize_corpus  # heavy; only this command needs it
 
-    with progress_bar() as bar:
-        task = bar.add_task("generating phantoms", total=n)
-
+    with ProgressBar(console, "generating phantoms", transient=True) as bar:
+        bar(0, n)
         # synthesize_corpus reports increments: progress(k) after writing k more images.
-        summary = synthesize_corpus(out, n, seed, size, progress=lambda step=1: bar.advance(task, step))
+        summary = synthesize_corpus(out, n, seed, size, progress=lambda step=1: bar.advance(step))
     table = Table(title=f"synthetic corpus (seed {summary.get('seed', seed)})")
     table.add_column("family")
     table.add_column("images", justify="right")
@@ -136,10 +134,10 @@ def synth(
 
 
 def _build_with_progress(roots: list[Path], ws: Workspace):
-    with progress_bar() as bar:
-        task = bar.add_task("decoding images", total=None)
-        return build_corpus(roots, ws, progress=lambda done, total: bar.update(
-            task, completed=done, total=total))
+    from medssl_bench.harness.corpus import build_corpus
+
+    with ProgressBar(console, "decoding images", transient=True) as bar:
+        return build_corpus(roots, ws, progress=bar)
 
 
 def _print_datasets(info: dict) -> None:

@@ -6,13 +6,14 @@ from typing import Optional
 
 import typer
 
+from medssl_bench.harness.app.cli.common import console, paragraphs, workspace_option
 from medssl_bench.harness.workspace import Workspace
 
+leaderboard_app = typer.Typer()
 
-def register(app: typer.Typer) -> None:
-    from medssl_bench.harness.app.cli import console, workspace_option
 
-    @app.command(help="""Write the leaderboard, a static site that opens from the file system or any web server.
+@leaderboard_app.command(help=paragraphs("""
+    Write the leaderboard, a static site that opens from the file system or any web server.
 
     Read from the results store only: methods (checkpoints) x tasks grouped by family, each cell the
     test score x 100 at full labels, mean ± 95% t-interval over seeds (a bootstrap over cases for a
@@ -22,15 +23,16 @@ def register(app: typer.Typer) -> None:
     label-efficiency curves); evaluation and pretraining compute; failed jobs with their reasons;
     synthetic-data results in their own table, never ranked with real data; LVM-Med's reported numbers
     as an unranked reference row; every cell linked to its provenance (config, seeds, corpus, protocol,
-    code version).""")
-    def leaderboard(out: Optional[Path] = typer.Option(None, help="Output folder (default WORKSPACE/leaderboard)."),
-                    db: Optional[str] = typer.Option(None, help="Results store URL (default: the workspace's "
-                                                     "SQLite file)."),
-                    workspace: Path = workspace_option()):
-        from medssl_bench.harness.store import ResultsStore
-        from medssl_bench.leaderboard import build_leaderboard
+    code version)."""))
+def leaderboard(out: Optional[Path] = typer.Option(None, help="Output folder (default WORKSPACE/leaderboard)."),
+                db: Optional[str] = typer.Option(None, help="Results store URL (default: the workspace's "
+                                                 "SQLite file)."),
+                workspace: Path = workspace_option()):
+    # Imported here: the store (SQLAlchemy) and the statistics (SciPy) are most of this command's start-up.
+    from medssl_bench.harness.store import ResultsStore
+    from medssl_bench.leaderboard import build_leaderboard
 
-        ws = Workspace.resolve(workspace)
-        with ResultsStore.open(db, ws) as store:
-            page = build_leaderboard(store, out or ws.root / "leaderboard")
-        console.print(f"leaderboard written to: {page}", soft_wrap=True)
+    ws = Workspace.resolve(workspace)
+    with ResultsStore.open(db, ws) as store:
+        page = build_leaderboard(store, out or ws.leaderboard)
+    console.print(f"leaderboard written to: {page}", soft_wrap=True)

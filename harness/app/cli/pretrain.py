@@ -8,13 +8,15 @@ import typer
 from rich import box
 from rich.table import Table
 
+from medssl_bench.harness.app.cli.common import ProgressBar, console, paragraphs, workspace_option
 from medssl_bench.harness.workspace import Workspace
+from medssl_bench.methods import METHOD_NAMES  # names only: the method modules load on use
 
-def register(app: typer.Typer) -> None:
-    from medssl_bench.harness.app.cli import console, workspace_option
-    from medssl_bench.methods import METHOD_NAMES
+pretrain_app = typer.Typer()
 
-    @app.command(help="""Pretrain a backbone with a self-supervised method on a corpus.
+
+@pretrain_app.command(help=paragraphs("""
+    Pretrain a backbone with a self-supervised method on a corpus.
 
     The method's 'paper' profile holds the hyperparameters of its original publication (batch,
     optimiser, lr, temperature, momentum, crops); 'quick' is a CPU smoke setting. Options given
@@ -25,66 +27,68 @@ def register(app: typer.Typer) -> None:
 
     Writes a run folder: run.json (config, corpus id, provenance), metrics.jsonl, mmengine
     checkpoints for --resume, and backbone.safetensors + backbone.json, a torchvision-style
-    state dict every adapter loads. Run under `torchrun --nproc-per-node N` for DDP.""")
-    def pretrain(
-        method: str = typer.Option(..., "--method", "-m", help=" | ".join(METHOD_NAMES)),
-        corpus: Optional[str] = typer.Option(None, help="Corpus id (or prefix) from `bench corpus build`, a manifest.jsonl, or a folder of images."),
-        backbone: Optional[str] = typer.Option(None, help="resnet18 | resnet50 (profile default)."),
-        epochs: Optional[int] = typer.Option(None, help="Training epochs."),
-        batch_size: Optional[int] = typer.Option(None, help="Global batch size, split over DDP processes."),
-        image_size: Optional[int] = typer.Option(None, help="Side of the (global) crops in pixels."),
-        lr: Optional[float] = typer.Option(None, "--lr", help="Base learning rate at batch 256 (scaled linearly with the batch)."),
-        seed: Optional[int] = typer.Option(None, help="Seed for weights, data order and augmentations."),
-        init: Optional[Path] = typer.Option(None, help="Start from a bench backbone checkpoint (.safetensors), e.g. imported ImageNet weights: LVM-Med and its baselines start from ImageNet-1K."),
-        profile: str = typer.Option("quick", help="quick (CPU smoke) | paper (published hyperparameters)."),
-        amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="bf16 mixed precision (GPU only)."),
-        set_: list[str] = typer.Option([], "--set", help="Override any setting: --set temperature=0.2."),
-        name: Optional[str] = typer.Option(None, help="Run name (default METHOD-BACKBONE-TIMESTAMP)."),
-        resume: bool = typer.Option(False, "--resume", help="Continue the run named by --name (or the newest unfinished run with this configuration) from its last epoch."),
-        stop_after_epoch: Optional[int] = typer.Option(None, help="Stop after this many epochs (checkpointed; continue with --resume)."),
-        num_workers: Optional[int] = typer.Option(None, help="Data-loading processes (default: half the CPUs)."),
-        labels_from: list[str] = typer.Option([], "--labels-from", help="Label-using methods (ark): a labelled dataset, repeatable, read in this order: a prepared classification dataset in --data-root (its train split only) or a synthetic set (phantom_ct, phantom_mr, phantom_modality)."),
-        data_root: Optional[Path] = typer.Option(None, help="Prepared datasets for --labels-from (default WORKSPACE/data)."),
-        workspace: Path = workspace_option(),
-    ):
-        from medssl_bench.harness.config import parse_set_options
-        from medssl_bench.harness.app.pretrain import PretrainRequest, run_pretraining
-        from medssl_bench.harness.runs import read_run
+    state dict every adapter loads. Run under `torchrun --nproc-per-node N` for DDP."""))
+def pretrain(
+    method: str = typer.Option(..., "--method", "-m", help=" | ".join(METHOD_NAMES)),
+    corpus: Optional[str] = typer.Option(None, help="Corpus id (or prefix) from `bench corpus build`, a manifest.jsonl, or a folder of images."),
+    backbone: Optional[str] = typer.Option(None, help="resnet18 | resnet50 (profile default)."),
+    epochs: Optional[int] = typer.Option(None, help="Training epochs."),
+    batch_size: Optional[int] = typer.Option(None, help="Global batch size, split over DDP processes."),
+    image_size: Optional[int] = typer.Option(None, help="Side of the (global) crops in pixels."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Base learning rate at batch 256 (scaled linearly with the batch)."),
+    seed: Optional[int] = typer.Option(None, help="Seed for weights, data order and augmentations."),
+    init: Optional[Path] = typer.Option(None, help="Start from a bench backbone checkpoint (.safetensors), e.g. imported ImageNet weights: LVM-Med and its baselines start from ImageNet-1K."),
+    profile: str = typer.Option("quick", help="quick (CPU smoke) | paper (published hyperparameters)."),
+    amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="bf16 mixed precision (GPU only)."),
+    set_: list[str] = typer.Option([], "--set", help="Override any setting: --set temperature=0.2."),
+    name: Optional[str] = typer.Option(None, help="Run name (default METHOD-BACKBONE-TIMESTAMP)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run named by --name (or the newest unfinished run with this configuration) from its last epoch."),
+    stop_after_epoch: Optional[int] = typer.Option(None, help="Stop after this many epochs (checkpointed; continue with --resume)."),
+    num_workers: Optional[int] = typer.Option(None, help="Data-loading processes (default: half the CPUs)."),
+    labels_from: list[str] = typer.Option([], "--labels-from", help="Label-using methods (ark): a labelled dataset, repeatable, read in this order: a prepared classification dataset in --data-root (its train split only) or a synthetic set (phantom_ct, phantom_mr, phantom_modality)."),
+    data_root: Optional[Path] = typer.Option(None, help="Prepared datasets for --labels-from (default WORKSPACE/data)."),
+    workspace: Path = workspace_option(),
+):
+    from medssl_bench.harness.app.pretrain import PretrainRequest, run_pretraining
+    from medssl_bench.harness.config import parse_set_options
+    from medssl_bench.harness.runs import read_run
 
-        overrides = dict(backbone=backbone, epochs=epochs, batch_size=batch_size, image_size=image_size,
-                         base_lr=lr, seed=seed, amp=amp, init=str(init) if init else None,
-                         labels_from=labels_from or None)
-        request = PretrainRequest(method=method, profile=profile, corpus=corpus, overrides=overrides,
-                                  sets=parse_set_options(set_), workspace=Workspace.resolve(workspace), name=name,
-                                  resume=resume, stop_after_epoch=stop_after_epoch, num_workers=num_workers,
-                                  data_root=data_root)
-        run_dir = run_pretraining(request, console)
-        if run_dir is not None:  # the main process reports
-            record = read_run(run_dir)
-            console.print(f"[green]{record['status']}[/]: {record['name']}  epochs {record['epochs_done']}/"
-                          f"{record['config']['epochs']}  last loss {record['last_loss']:.4f}  "
-                          f"{record['images_per_second']:.1f} img/s")
-            console.print(f"run folder:  {run_dir}", soft_wrap=True)
-            console.print(f"checkpoint:  {record['backbone_path']}  (+ backbone.json sidecar)", soft_wrap=True)
+    overrides = dict(backbone=backbone, epochs=epochs, batch_size=batch_size, image_size=image_size,
+                     base_lr=lr, seed=seed, amp=amp, init=str(init) if init else None,
+                     labels_from=labels_from or None)
+    request = PretrainRequest(method=method, profile=profile, corpus=corpus, overrides=overrides,
+                              sets=parse_set_options(set_), workspace=Workspace.resolve(workspace), name=name,
+                              resume=resume, stop_after_epoch=stop_after_epoch, num_workers=num_workers,
+                              data_root=data_root)
+    with ProgressBar(console) as bar:  # drawn only where steps are reported: the main process
+        run_dir = run_pretraining(request, progress=bar)
+    if run_dir is not None:  # the main process reports
+        record = read_run(run_dir)
+        console.print(f"[green]{record['status']}[/]: {record['name']}  epochs {record['epochs_done']}/"
+                      f"{record['config']['epochs']}  last loss {record['last_loss']:.4f}  "
+                      f"{record['images_per_second']:.1f} img/s")
+        console.print(f"run folder:  {run_dir}", soft_wrap=True)
+        console.print(f"checkpoint:  {record['backbone_path']}  (+ backbone.json sidecar)", soft_wrap=True)
 
-    @app.command(help="List pretraining runs in the workspace: status, progress, loss, corpus, checkpoint.")
-    def runs(workspace: Path = workspace_option()):
-        from medssl_bench.harness.runs import list_runs
 
-        ws = Workspace.resolve(workspace)
-        records = list_runs(ws)
-        if not records:
-            console.print(f"no runs in {ws.runs}; start one with `bench pretrain --method simclr --corpus ID`")
-            return
-        table = Table(title=f"runs in {ws.runs}", box=box.SIMPLE_HEAD, pad_edge=False)
-        table.add_column("name", overflow="fold")
-        table.add_column("method", min_width=12)
-        for column in ("status", "epochs", "loss"):
-            table.add_column(column, no_wrap=True)
-        table.add_column("corpus", no_wrap=True, min_width=12)
-        for r in records:
-            loss = r.get("last_loss")
-            table.add_row(r.get("name", "?"), f"{r.get('method', '?')} {r.get('backbone', '?')} {r.get('profile', '?')}",
-                          r.get("status", "?"), f"{r.get('epochs_done', 0)}/{r.get('config', {}).get('epochs', '?')}",
-                          f"{loss:.4f}" if isinstance(loss, float) else "-", r.get("corpus", {}).get("id", "?"))
-        console.print(table)
+@pretrain_app.command(help="List pretraining runs in the workspace: status, progress, loss, corpus, checkpoint.")
+def runs(workspace: Path = workspace_option()):
+    from medssl_bench.harness.runs import list_runs
+
+    ws = Workspace.resolve(workspace)
+    records = list_runs(ws)
+    if not records:
+        console.print(f"no runs in {ws.runs}; start one with `bench pretrain --method simclr --corpus ID`")
+        return
+    table = Table(title=f"runs in {ws.runs}", box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("name", overflow="fold")
+    table.add_column("method", min_width=12)
+    for column in ("status", "epochs", "loss"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("corpus", no_wrap=True, min_width=12)
+    for r in records:
+        loss = r.get("last_loss")
+        table.add_row(r.get("name", "?"), f"{r.get('method', '?')} {r.get('backbone', '?')} {r.get('profile', '?')}",
+                      r.get("status", "?"), f"{r.get('epochs_done', 0)}/{r.get('config', {}).get('epochs', '?')}",
+                      f"{loss:.4f}" if isinstance(loss, float) else "-", r.get("corpus", {}).get("id", "?"))
+    console.print(table)

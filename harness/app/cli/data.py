@@ -1,0 +1,113 @@
+"""`bench tasks` and `bench data prepare | synth`: the downstream tasks and their datasets."""
+from __future__ import annotations
+
+from itertools import groupby
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich import box
+from rich.markup import escape
+from rich.table import Table
+
+from medssl_bench.harness.app.cli.common import ProgressBar, console, paragraphs, workspace_option
+from medssl_bench.harness.workspace import Workspace
+
+tasks_app = typer.Typer()
+data_app = typer.Typer(help="Downstream datasets: read the layouts users download into bench's canonical form.",
+                       no_args_is_help=True)
+
+
+def _adapter(name: str):
+    """The (first) task using dataset `name`, or task `name`, and its dataset adapter: several tasks
+    share one dataset (prostate_runmc/bidmc/hk all read `prostate`)."""
+    from medssl_bench.downstream.datasets import ADAPTERS
+    from medssl_bench.downstream.registry import TASKS, get_task
+
+    task = next((t for t in TASKS.values() if t.dataset == name), None) or get_task(name)
+    return task, ADAPTERS[task.dataset]
+
+
+@tasks_app.command(help="List the 15 downstream tasks of LVM-Med (and the extras): family, metric, protocols and the "
+                   "paper's parameters.")
+def tasks():
+    from medssl_bench.downstream.registry import TASKS
+
+    console.print(tasks_table(TASKS.values()))
+
+
+def tasks_table(tasks) -> Table:
+    """One row per task under a row naming its family, the paper's tasks first. Made to read at 80
+    columns: cells wrap between words only (every word fits its column), never inside one."""
+    caption = ("paper: one of LVM-Med's 15 tasks, or an extra; (protocol): runs only when named with --protocol; "
+               "px / lr / epochs / batch: the paper's setting of the last standard protocol (LVM-Med Tables 7, 8, "
+               "App. B); R50: LVM-Med ResNet-50's reported score")
+    table = Table(title="LVM-Med's 15 downstream tasks, then extras (docs/tasks.md)", box=box.SIMPLE_HEAD,
+                  pad_edge=False, collapse_padding=True, caption=caption)
+    # The widest cells never wrap and the others wrap between words, each word narrower than its
+    # column: at 80 columns nothing is cut inside a word (tests/test_cli_help.py).
+    table.add_column("task", no_wrap=True)
+    table.add_column("paper", no_wrap=True)
+    table.add_column("metric", no_wrap=True)
+    table.add_column("protocols", min_width=len("protocols"))
+    table.add_column("px / lr / epochs / batch", no_wrap=True)
+    table.add_column("R50", min_width=len("00.00"))
+    ordered = sorted(tasks, key=lambda t: not t.in_paper)  # stable: the registry's order within each
+    for _, group in groupby(ordered, key=lambda t: (t.in_paper, t.family)):
+        group = list(group)
+        table.add_row(f"[bold]{group[0].family}[/]")
+        for t in group:
+            p = t.paper[t.default_protocols[-1]]
+            table.add_row(t.name, "yes" if t.in_paper else "[yellow]extra[/]", t.metric,
+                          " ".join(f"({n})" if n in t.optional else n for n in t.protocols),
+                          f"{p.image_size} / {p.lr:g} / {p.epochs} / {p.batch_size}",
+                          " / ".join(f"{v:.2f}" for v in t.reported.values()) or "-")
+        table.rows[-1].end_section = True
+    return table
+
+
+@data_app.command("prepare", help=paragraphs("""
+    Read TASK's dataset as downloaded (--src) and write the canonical form under --out.
+
+    The raw layout is validated (missing files, unknown labels, masks that do not fit their image,
+    label codes outside the codebook, empty volumes: each reported with the file) and the split is
+    fixed in the output: the paper's or the official split where one is published (FGADR ids,
+    Brain Tumor Training/Testing, ISIC's folders, DRIVE 20/20, MMWHS's volume ids), else a seeded
+    split recorded in dataset.json (3D data by volume, never by slice). `bench tasks` lists the tasks."""))
+def prepare(task: str = typer.Argument(..., help="Task or dataset name (`bench tasks`; e.g. prostate for the three "
+                                       "prostate tasks)."),
+            src: Path = typer.Option(..., help="The dataset folder as downloaded."),
+            out: Optional[Path] = typer.Option(None, help="Data root (default WORKSPACE/data)."),
+            seed: int = typer.Option(42, help="Seed of the validation carve-out (LVM-Med: 42)."),
+            workspace: Path = workspace_option()):
+    from medssl_bench.downstream.families import get_family
+
+    task_entry, adapter = _adapter(task)
+    root = Workspace.resolve(workspace).data_root(out)
+    with ProgressBar(console, f"checking and copying {task_entry.name}", transient=True) as bar:
+        folder = adapter.prepare(src, root, seed=seed, progress=bar)
+
+    data = get_family(task_entry.family).load(folder)
+    counts = {s: len(data.split(s)) for s in ("train", "val", "test")}
+    kind = "synthetic" if data.meta["synthetic"] else "real"
+    unit = "slices" if getattr(data, "kind", "") == "3d" else "images"
+    console.print(f"prepared {task_entry.dataset} ({kind}, content {data.meta['content_hash'][:12]}), {unit}: "
+                  + "  ".join(f"{s} {n}" for s, n in counts.items()))
+    for warning in data.meta.get("warnings", []):  # e.g. box rows clipped or dropped, with where
+        console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True, highlight=False)
+    console.print(f"written to: {folder}", soft_wrap=True)
+
+
+@data_app.command("synth", help=paragraphs("""
+    Write synthetic data for TASK in the exact layout users download (so `prepare` reads it as it
+    reads the real thing). Labels live in lesion counts, shapes and locations, not in brightness.
+    Everything evaluated on it is labelled synthetic."""))
+def synth(task: str = typer.Argument(..., help="Task or dataset name (`bench tasks`)."),
+          out: Path = typer.Option(..., help="Folder to write the raw layout into."),
+          n: Optional[int] = typer.Option(None, help="Number of images (3D tasks: volumes); default per dataset."),
+          seed: int = typer.Option(0, help="Generator seed (same seed, same bytes)."),
+          size: Optional[int] = typer.Option(None, help="Image side in pixels (3D: in-plane); default per dataset.")):
+    _, adapter = _adapter(task)
+    options = {k: v for k, v in (("n", n), ("size", size)) if v is not None}
+    folder = adapter.synthesize(out, seed=seed, **options)
+    console.print(f"synthetic {task} ({adapter.LAYOUT}) written to: {folder}", soft_wrap=True)
