@@ -157,7 +157,7 @@ def run_unit(spec: dict) -> dict:
 def transfer_status(sidecar: dict, dataset: str, data) -> dict:
     """{"transfer": False, "transfer_reason": ...} when the checkpoint's pretraining consumed this dataset's labels
     (its sidecar's labels_consumed names it, or holds its content hash): that is in-domain continued training, not
-    transfer (spec seed-methods.md 3.2); else {"transfer": True}."""
+    transfer (docs/methods.md, Ark); else {"transfer": True}."""
     digest = data.meta.get("content_hash") if data is not None else None
     for used in sidecar.get("labels_consumed") or []:
         if used.get("dataset") == dataset or (digest and used.get("content_hash") == digest):

@@ -2,7 +2,7 @@
 
 `bench pretrain --labels-from NAME` (repeatable) names the labelled datasets, each with its own label space:
 - a prepared classification dataset in the data root (`--data-root`, default WORKSPACE/data): its TRAIN split
-  only; val and test never enter pretraining (spec seed-methods.md 3.2). Multi-class: one-hot targets.
+  only; val and test never enter pretraining (docs/methods.md, Ark). Multi-class: one-hot targets.
 - one of the synthetic phantom sets below (no downstream data needed, e.g. in CI): images drawn in memory by
   downstream.phantoms with labels read from what the generator drew (its visible-structure masks).
 
