@@ -1,4 +1,4 @@
-"""methods/graph_matching.py: the batched QAP solver used by LVM-Med's perturb-and-MAP matching."""
+"""methods/blocks/graph_matching.py: the batched QAP solver used by LVM-Med's perturb-and-MAP matching."""
 from __future__ import annotations
 
 import itertools

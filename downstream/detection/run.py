@@ -27,7 +27,7 @@ from medssl_bench.downstream.registry import Protocol, Task
 from medssl_bench.harness.data import derived_seed
 from medssl_bench.harness.errors import UserError
 
-from mmdet.datasets import CocoDataset  # noqa: E402  (after det_model installed the mmcv ops stand-in)
+from mmdet.datasets import CocoDataset  # noqa: E402  (after detection.model installed the mmcv ops stand-in)
 
 META_KEYS = ("img_id", "img_path", "ori_shape", "img_shape", "scale_factor", "flip", "flip_direction")
 

@@ -26,7 +26,7 @@ from medssl_bench.downstream.segmentation.model import build_segmentor
 from medssl_bench.harness.data import derived_seed
 from medssl_bench.harness.errors import UserError
 
-from mmseg.datasets import BaseSegDataset  # noqa: E402  (after seg_model installed the mmcv ops stand-in)
+from mmseg.datasets import BaseSegDataset  # noqa: E402  (after segmentation.model installed the mmcv ops stand-in)
 
 _LAST_TRAINED: dict = {}  # {training identity: {"state", "epoch"}}, one entry (see run_job)
 META_KEYS = ("img_path", "seg_map_path", "ori_shape", "img_shape", "pad_shape", "scale_factor", "flip",
