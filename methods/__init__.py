@@ -16,7 +16,7 @@ _CLASSES = {
     "moco": "MoCo",
     "barlowtwins": "BarlowTwins",
     "vicregl": "VICRegL",
-    "swav": "SwaV",
+    "swav": "SwAV",
     "peac": "PEAC",
     "ark": "Ark",
 }

@@ -21,7 +21,7 @@ from medssl_bench.harness.method_api import SSLMethod, StepInfo
 from medssl_bench.methods.moco import persistent_queue
 
 
-class SwaV(SSLMethod):
+class SwAV(SSLMethod):
     summary = "SwAV (Caron et al. 2020): swapped prediction of Sinkhorn cluster codes over multi-crop views"
     # The paper's ablations (memory): prototypes 300-30000 barely matter, epsilon 0.03-0.05; tau 0.1.
     search_space = {
