@@ -76,14 +76,16 @@ class Task:
         return paper if profile == "paper" else get_family(self.family).quick_protocol(paper)
 
 
-def _cls(name, lr, wd, batch, size, epochs, source) -> Protocol:
+def _classifier(name, lr, wd, batch, size, epochs, source) -> Protocol:
+    """A classification protocol: one FC layer on pooled features (LVM-Med Table 5)."""
     return Protocol(name, size, lr, epochs, batch, wd, source=source)
 
 
 CLS_METRICS = ("accuracy", "macro_f1", "auroc")
-T7, T8 = "LVM-Med Table 7 (U-Net, Adam, Dice+CE)", "LVM-Med Table 8 (slice-wise U-Net, Adam)"
-DET = "LVM-Med App. B + repo command.sh (Faster R-CNN R50-FPN, Adam, clip 1)"
-_PROSTATE = "LVM-Med Table 8 (train BMC, slice-wise, Adam)"
+SEG_2D_SOURCE = "LVM-Med Table 7 (U-Net, Adam, Dice+CE)"
+SEG_3D_SOURCE = "LVM-Med Table 8 (slice-wise U-Net, Adam)"
+DETECTION_SOURCE = "LVM-Med App. B + repo command.sh (Faster R-CNN R50-FPN, Adam, clip 1)"
+PROSTATE_SOURCE = "LVM-Med Table 8 (train BMC, slice-wise, Adam)"
 
 
 def _seg_task(name, title, family, dataset, classes, size, lr, epochs, batch, source, reported, note="",
@@ -100,38 +102,40 @@ def _seg_task(name, title, family, dataset, classes, size, lr, epochs, batch, so
 
 TASKS: dict[str, Task] = {t.name: t for t in [
     _seg_task("isic2018", "Skin lesion segmentation (ISIC-2018)", "segmentation_2d", "isic2018", 2, 512, 1e-4, 35, 16,
-              T7, 87.76),
-    _seg_task("jsrt", "Lung segmentation (JSRT + SCR)", "segmentation_2d", "jsrt", 2, 224, 1e-3, 50, 32, T7, 95.13),
+              SEG_2D_SOURCE, 87.76),
+    _seg_task("jsrt", "Lung segmentation (JSRT + SCR)", "segmentation_2d", "jsrt", 2, 224, 1e-3, 50, 32,
+              SEG_2D_SOURCE, 95.13),
     _seg_task("kvasir_seg", "Polyp segmentation (Kvasir-SEG)", "segmentation_2d", "kvasir_seg", 2, 224, 1e-3, 35, 64,
-              T7, 86.76),
+              SEG_2D_SOURCE, 86.76),
     _seg_task("drive", "Retinal vessel segmentation (DRIVE)", "segmentation_2d", "drive", 2, 224, 1e-3, 50, 16,
-              T7, 66.97),
+              SEG_2D_SOURCE, 66.97),
     _seg_task("busi", "Breast lesion segmentation (BUSI/BUID)", "segmentation_2d", "busi", 2, 256, 1e-4, 50, 8,
-              T7, 78.65),
+              SEG_2D_SOURCE, 78.65),
     _seg_task("brats", "Brain tumour segmentation (BraTS 2018)", "segmentation_3d", "brats", 4, 224, 1.5e-3, 20, 128,
-              T8, 73.58),
+              SEG_3D_SOURCE, 73.58),
     _seg_task("mmwhs_ct", "Heart (left atrium) segmentation (MMWHS-CT)", "segmentation_3d", "mmwhs_ct", 8,
-              224, 1e-3, 20, 64, T8, 84.91,
+              224, 1e-3, 20, 64, SEG_3D_SOURCE, 84.91,
               note="the paper's reported target is the left atrium (label 420); all structures as an option"),
     _seg_task("mmwhs_mri", "Heart (left atrium) segmentation (MMWHS-MRI)", "segmentation_3d", "mmwhs_mri", 8,
-              224, 1.5e-3, 30, 64, T8, 78.59),
+              224, 1.5e-3, 30, 64, SEG_3D_SOURCE, 78.59),
     Task("fgadr", "Diabetic retinopathy grading (FGADR, 5 grades)", "classification", "fgadr", 5, "accuracy",
          CLS_METRICS, {
-             "linear": _cls("linear", 1e-3, 5e-3, 32, 512, 20, "LVM-Med Table 5 / App. B (1 FC, Adam, lr 1e-3); repo config: batch 32, wd 5e-3, 20 epochs"),
-             "knn": _cls("knn", 0.0, 0.0, 32, 512, 0, "weighted kNN on frozen features (not in the paper; a standard SSL probe)"),
-             "finetune": _cls("finetune", 1e-4, 5e-3, 32, 512, 30, "LVM-Med Table 5 + repo config (1 FC, Adam lr 1e-4, batch 32, wd 5e-3, 30 epochs)"),
+             "linear": _classifier("linear", 1e-3, 5e-3, 32, 512, 20, "LVM-Med Table 5 / App. B (1 FC, Adam, lr 1e-3); repo config: batch 32, wd 5e-3, 20 epochs"),
+             "knn": _classifier("knn", 0.0, 0.0, 32, 512, 0, "weighted kNN on frozen features (not in the paper; a standard SSL probe)"),
+             "finetune": _classifier("finetune", 1e-4, 5e-3, 32, 512, 30, "LVM-Med Table 5 + repo config (1 FC, Adam lr 1e-4, batch 32, wd 5e-3, 30 epochs)"),
          }, {"linear": 68.33, "finetune": 68.32}),
     Task("brain_tumor", "Brain tumour classification (Kaggle Brain Tumor MRI, 4 classes)", "classification",
          "brain_tumor", 4, "accuracy", CLS_METRICS, {
-             "linear": _cls("linear", 5e-4, 0.0, 64, 224, 20, "LVM-Med Table 5 / App. B (1 FC, Adam lr 5e-4, batch 64, 20 epochs)"),
-             "knn": _cls("knn", 0.0, 0.0, 64, 224, 0, "weighted kNN on frozen features (not in the paper; a standard SSL probe)"),
-             "finetune": _cls("finetune", 5e-4, 0.0, 64, 224, 30, "LVM-Med Table 5 + repo config (1 FC, Adam lr 5e-4, batch 64, 30 epochs)"),
+             "linear": _classifier("linear", 5e-4, 0.0, 64, 224, 20, "LVM-Med Table 5 / App. B (1 FC, Adam lr 5e-4, batch 64, 20 epochs)"),
+             "knn": _classifier("knn", 0.0, 0.0, 64, 224, 0, "weighted kNN on frozen features (not in the paper; a standard SSL probe)"),
+             "finetune": _classifier("finetune", 5e-4, 0.0, 64, 224, 30, "LVM-Med Table 5 + repo config (1 FC, Adam lr 5e-4, batch 64, 30 epochs)"),
          }, {"linear": 66.33, "finetune": 76.82}),
     Task("vindr_cxr", "Lung lesion detection (VinDr-CXR, 14 classes)", "detection", "vindr_cxr", 14, "ap50",
          ("ap50", "map"),
-         {"finetune": Protocol("finetune", 512, 1e-4, 40, 16, 1e-4, source=DET, rois_per_image=512, proposals=1000)}),
+         {"finetune": Protocol("finetune", 512, 1e-4, 40, 16, 1e-4, source=DETECTION_SOURCE, rois_per_image=512,
+                               proposals=1000)}),
     Task("kvasir_det", "Polyp detection (Kvasir)", "detection", "kvasir_det", 1, "ap50", ("ap50", "map"),
-         {"finetune": Protocol("finetune", 512, 2.5e-4, 40, 8, 1e-4, source=DET, rois_per_image=512,
+         {"finetune": Protocol("finetune", 512, 2.5e-4, 40, 8, 1e-4, source=DETECTION_SOURCE, rois_per_image=512,
                                proposals=1000)}),
     Task("bccd", "Blood cell detection (BCCD: WBC, RBC, platelets)", "detection", "bccd", 3, "ap50", ("ap50", "map"),
          {"finetune": Protocol("finetune", 512, 2.5e-4, 40, 8, 1e-4, rois_per_image=512, proposals=1000,
@@ -139,7 +143,7 @@ TASKS: dict[str, Task] = {t.name: t for t in [
                                       "(Faster R-CNN R50-FPN, Adam, clip 1)")},
          note="an extra task, not one of the paper's 15: small, public (MIT), three cell types", in_paper=False),
     *(_seg_task(f"prostate_{site.lower()}", f"Prostate segmentation, out of distribution: train BMC, test {site}",
-                "ood_segmentation", "prostate", 2, 224, 1e-3, 30, 64, _PROSTATE, reported, test_domain=site)
+                "ood_segmentation", "prostate", 2, 224, 1e-3, 30, 64, PROSTATE_SOURCE, reported, test_domain=site)
       for site, reported in (("RUNMC", 62.48), ("BIDMC", 56.76), ("HK", 52.78))),
 ]}
 
