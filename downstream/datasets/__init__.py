@@ -1,7 +1,7 @@
 """Downstream dataset adapters: raw download (or synthetic stand-in) -> canonical prepared form.
 
 Each adapter (a module; MMWHS: one object per modality) follows the `Adapter` protocol below: NAME,
-LAYOUT, CLASSES, DEFAULT_N, `prepare(src, out_root, *, seed, progress)` and `synthesize(out, *, n,
+LAYOUT, CLASSES, DEFAULT_N, `prepare(src, out_root, *, seed, progress, options)` and `synthesize(out, *, n,
 seed, size)`. `ADAPTERS` maps the dataset name (the registry's `Task.dataset`) to its adapter; every
 registered adapter is checked against the protocol by tests/test_dataset_contract.py. A prepared
 dataset is read by its task family's loader (`downstream.families.FAMILIES[family].load(folder)`).
@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Protocol, runtime_checkable
 
+from medssl_bench.downstream.datasets.options import PrepareOptions
 from medssl_bench.downstream.datasets import (bccd, brain_tumor, brats, busi, drive, fgadr, isic2018, jsrt, kvasir_det, kvasir_seg,
                                 mmwhs, prostate, vindr_cxr)
 
@@ -26,7 +27,8 @@ class Adapter(Protocol):
     a mask that does not fit its image, ...) is a one-line UserError naming the file; the folder is
     built beside its target and swapped in only when complete, so a failure writes nothing and keeps
     an earlier copy. The split is fixed in the output: same input and seed -> same content hash.
-    `progress(done, total)` is called as samples are written.
+    `progress(done, total)` is called as samples are written. `options` (`PrepareOptions`): strict label
+    codes, a published split file, lists to keep out of test; one the adapter cannot honour is refused.
 
     `synthesize` writes synthetic data in the exact raw layout users download (`LAYOUT`), marked
     synthetic, and returns `out`; same arguments -> same bytes. Adapters may take extra keyword
@@ -50,7 +52,8 @@ class Adapter(Protocol):
         ...
 
     def prepare(self, src: Path, out_root: Path, *, seed: int = 42,
-                progress: Callable[[int, int], None] | None = None) -> Path: ...
+                progress: Callable[[int, int], None] | None = None,
+                options: PrepareOptions | None = None) -> Path: ...
 
     def synthesize(self, out: Path, *, n: int, seed: int = 0, size: int) -> Path: ...
 

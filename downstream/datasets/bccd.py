@@ -38,6 +38,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
+from medssl_bench.downstream.datasets.options import PrepareOptions, supported
 from medssl_bench.downstream.datasets._paths import child, find_root
 from medssl_bench.downstream.datasets.canonical import (
     SPLITS, check_synth_request, files_by_stem, is_synthetic, synthetic_output)
@@ -166,8 +167,10 @@ def official_splits(root: Path, annotated: set[str]) -> tuple[dict[str, str], li
     return split_of, warnings
 
 
-def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None) -> Path:
+def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None,
+            options: PrepareOptions | None = None) -> Path:
     """Read a BCCD download (VOC) and write `out_root/bccd/` in the canonical COCO form."""
+    options = supported(options, NAME)
     root = find_root(src, ("JPEGImages", "Annotations"), label="BCCD", layout=LAYOUT)  # src or BCCD/
     image_dir, xml_dir = child(root, "JPEGImages"), child(root, "Annotations")
     images, ignored_images = files_by_stem(image_dir)

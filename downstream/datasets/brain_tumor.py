@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from medssl_bench.downstream.datasets.options import PrepareOptions, supported
 from medssl_bench.downstream.datasets._paths import SKIP_DIRS, child, find_root, subfolders
 from medssl_bench.downstream.datasets.canonical import (
     SourceItem, allocate, check_synth_request, is_synthetic, stratified_split, synthetic_output,
@@ -89,8 +90,10 @@ def published_count_notes(variant: str, n_train: int, n_test: int) -> list[str]:
             f"images, published {train}/{test}"]
 
 
-def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None) -> Path:
+def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None,
+            options: PrepareOptions | None = None) -> Path:
     """Read a Kaggle brain-tumour download (either release) and write `out_root/brain_tumor/`."""
+    options = supported(options, NAME)
     root = find_root(src, _SPLIT_DIRS, layout=LAYOUT)
     split_dirs = {d: child(root, d) for d in _SPLIT_DIRS}
     found = {d: _class_dirs(p) for d, p in split_dirs.items()}

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medssl_bench.downstream.datasets.options import PrepareOptions, supported
 from medssl_bench.downstream.datasets._paths import SKIP_DIRS
 from medssl_bench.downstream.datasets.canonical import SYNTHETIC_MARKER, allocate, is_synthetic, synthetic_output
 from medssl_bench.downstream.datasets.canonical_seg import (
@@ -129,8 +130,10 @@ def _slices(cases: dict[str, dict], split: dict[str, str], warnings: list[str]):
         warnings.append(f"{len(empty_tumour)} case(s) have no tumour voxels: {', '.join(empty_tumour[:5])}")
 
 
-def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None) -> Path:
+def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None,
+            options: PrepareOptions | None = None) -> Path:
     """Read a BraTS training download (2018, 2021 or 2023 naming) and write `out_root/brats/`."""
+    options = supported(options, NAME)
     src = Path(src)
     cases, ignored = _find_cases(src)
     naming = next(iter(cases.values()))["naming"]

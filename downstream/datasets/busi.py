@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from medssl_bench.downstream.datasets.options import PrepareOptions, supported
 from medssl_bench.downstream.datasets._paths import find_root, natural_key, subfolders
 from medssl_bench.downstream.datasets.canonical import (
     SYNTHETIC_MARKER, allocate, check_synth_request, is_synthetic, stratified_split, synthetic_output,
@@ -110,8 +111,10 @@ def assign_splits(types: np.ndarray, seed: int) -> np.ndarray:
     return split
 
 
-def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None) -> Path:
+def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None,
+            options: PrepareOptions | None = None) -> Path:
     """Read a BUSI download and write `out_root/busi/` (benign + malignant, normal dropped)."""
+    options = supported(options, NAME)
     # src, its Dataset_BUSI_with_GT/, or either inside one extra wrapper folder
     root = find_root(src, LESION_TYPES, depth=2, layout=LAYOUT)
     found = _class_dirs(root)

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from medssl_bench.downstream.datasets.options import PrepareOptions, supported
 from medssl_bench.downstream.datasets._paths import child, find_root
 from medssl_bench.downstream.datasets.canonical import check_synth_request, is_synthetic, synthetic_output
 from medssl_bench.downstream.datasets.canonical_seg import SegItem, binarise, read_mask_gray, write_segmentation_dataset
@@ -117,8 +118,10 @@ def _seeded_pick(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
     return np.sort(rng.permutation(n)[:k])
 
 
-def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None) -> Path:
+def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None,
+            options: PrepareOptions | None = None) -> Path:
     """Read a DRIVE download and write `out_root/drive/` in the canonical segmentation form."""
+    options = supported(options, NAME)
     root = find_root(src, PARTS, required=("training",), label="DRIVE", depth=2, layout=LAYOUT)
     train_rows, ignored = scan_part(root, "training", labelled=True)
     test_dir = child(root, "test")

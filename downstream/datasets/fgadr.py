@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from medssl_bench.downstream.datasets.options import PrepareOptions, supported
 from medssl_bench.downstream.datasets._paths import child, subfolders
 from medssl_bench.downstream.datasets.canonical import (
     SourceItem, allocate, check_synth_request, is_synthetic, stratified_split, synthetic_output,
@@ -100,8 +101,10 @@ def published_count_notes(train: list[int], test: list[int]) -> list[str]:
     return notes
 
 
-def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None) -> Path:
+def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None,
+            options: PrepareOptions | None = None) -> Path:
     """Read a FGADR Seg-set download and write `out_root/fgadr/` in the canonical form."""
+    options = supported(options, NAME)
     seg = find_seg_set(src)
     image_dir = child(seg, IMAGES_DIR)
     if image_dir is None:

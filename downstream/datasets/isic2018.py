@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from medssl_bench.downstream.datasets.options import PrepareOptions, supported
 from medssl_bench.downstream.datasets._paths import child, find_root
 from medssl_bench.downstream.datasets.canonical import allocate, check_synth_request, is_synthetic, synthetic_output
 from medssl_bench.downstream.datasets.canonical_seg import SegItem, map_codes, read_mask_gray, write_segmentation_dataset
@@ -94,8 +95,10 @@ def _seeded_parts(n: int, missing: list[str], seed: int) -> np.ndarray:
     return labels
 
 
-def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None) -> Path:
+def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None,
+            options: PrepareOptions | None = None) -> Path:
     """Read an ISIC 2018 Task 1 download and write `out_root/isic2018/` in the canonical form."""
+    options = supported(options, NAME)
     train = (input_dir(PARTS["train"]), truth_dir(PARTS["train"]))
     root = find_root(src, train, required=(), layout=LAYOUT)  # a missing half: below
     found, missing = {}, []

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from medssl_bench.downstream.datasets.options import PrepareOptions, supported
 from medssl_bench.downstream.datasets._paths import candidate_roots, child
 from medssl_bench.downstream.datasets.canonical import (
     check_synth_request, is_synthetic, stratified_split, synthetic_output,
@@ -152,8 +153,10 @@ def split_cases(stems: list[str], seed: int) -> list[str]:
     return split.tolist()
 
 
-def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None) -> Path:
+def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None,
+            options: PrepareOptions | None = None) -> Path:
     """Read a JSRT + SCR download and write `out_root/jsrt/` in the canonical segmentation form."""
+    options = supported(options, NAME)
     image_dir, scr = find_parts(src)
     files = [p for p in sorted(image_dir.iterdir()) if p.is_file()]
     raws = {p.stem.upper(): p for p in files if _is_raw(p)}

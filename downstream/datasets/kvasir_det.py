@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medssl_bench.downstream.datasets.options import PrepareOptions, supported
 from medssl_bench.downstream.datasets import kvasir_seg
 from medssl_bench.downstream.datasets._paths import child, find_root
 from medssl_bench.downstream.datasets.canonical import files_by_stem, is_synthetic
@@ -28,8 +29,10 @@ LAYOUT = "Kvasir-SEG/images/<id>.jpg + Kvasir-SEG/kavsir_bboxes.json"
 DEFAULT_N = kvasir_seg.DEFAULT_N
 
 
-def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None) -> Path:
+def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None,
+            options: PrepareOptions | None = None) -> Path:
     """Read a Kvasir-SEG download's images and box file; write `out_root/kvasir_det/` (COCO)."""
+    options = supported(options, NAME)
     root = find_root(src, ("images",), label="Kvasir-SEG", layout=LAYOUT)  # src or Kvasir-SEG/
     image_dir = child(root, "images")
     box_path = kvasir_seg.find_box_json(root)

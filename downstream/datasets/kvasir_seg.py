@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from medssl_bench.downstream.datasets.options import PrepareOptions, supported
 from medssl_bench.downstream.datasets._paths import child, find_root
 from medssl_bench.downstream.datasets.canonical import (
     check_synth_request, files_by_stem, is_synthetic, synthetic_output)
@@ -110,8 +111,10 @@ def _seeded_splits(n: int, seed: int) -> np.ndarray:
     return labels
 
 
-def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None) -> Path:
+def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None,
+            options: PrepareOptions | None = None) -> Path:
     """Read a Kvasir-SEG download and write `out_root/kvasir_seg/` in the canonical form."""
+    options = supported(options, NAME)
     root = find_root(src, ("images", "masks"), label="Kvasir-SEG", layout=LAYOUT)  # src or Kvasir-SEG/
     image_dir, mask_dir = child(root, "images"), child(root, "masks")
     images, ignored_images = files_by_stem(image_dir)

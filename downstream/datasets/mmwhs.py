@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medssl_bench.downstream.datasets.options import PrepareOptions, supported
 from medssl_bench.downstream.datasets._paths import candidate_roots, child
 from medssl_bench.downstream.datasets.canonical import SYNTHETIC_MARKER, is_synthetic, synthetic_output
 from medssl_bench.downstream.datasets.canonical_seg import (
@@ -145,8 +146,10 @@ def _slices(pairs, split, modality: str, warnings: list[str]):
             yield SegItem(f"{case}_{z:03d}", pixels[:, :, z], mask[:, :, z], split[vid], case, z, "", img_path)
 
 
-def prepare(src: Path, out_root: Path, *, modality: str, name: str, seed: int = 42, progress=None) -> Path:
+def prepare(src: Path, out_root: Path, *, modality: str, name: str, seed: int = 42, progress=None,
+            options: PrepareOptions | None = None) -> Path:
     """Read the <modality>_train volumes of an MM-WHS 2017 download and write `out_root/<name>/`."""
+    options = supported(options, name)
     src, p = Path(src), _check_modality(modality)
     train, test = find_folders(src, p)
     pairs, ignored = _pairs(train, p)
@@ -225,8 +228,10 @@ class ModalityAdapter:
     def LAYOUT(self) -> str:  # noqa: N802  (the adapter interface's name)
         return layout(self.MODALITY)
 
-    def prepare(self, src: Path, out_root: Path, *, seed: int = 42, progress=None) -> Path:
-        return prepare(src, out_root, modality=self.MODALITY, name=self.NAME, seed=seed, progress=progress)
+    def prepare(self, src: Path, out_root: Path, *, seed: int = 42, progress=None,
+                options: PrepareOptions | None = None) -> Path:
+        return prepare(src, out_root, modality=self.MODALITY, name=self.NAME, seed=seed, progress=progress,
+                       options=options)
 
     def synthesize(self, out: Path, *, n: int = DEFAULT_N, seed: int = 0, size: int = DEFAULT_SIZE) -> Path:
         return synthesize(out, modality=self.MODALITY, n=n, seed=seed, size=size)

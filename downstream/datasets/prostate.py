@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medssl_bench.downstream.datasets.options import PrepareOptions, supported
 from medssl_bench.downstream.datasets._paths import SKIP_DIRS, find_root, natural_key, subfolders
 from medssl_bench.downstream.datasets.canonical import SYNTHETIC_MARKER, allocate, is_synthetic, synthetic_output
 from medssl_bench.downstream.datasets.canonical_seg import (
@@ -80,8 +81,10 @@ def scan_site(folder: Path) -> tuple[list[tuple[str, Path, Path]], list[Path]]:
     return cases, ignored
 
 
-def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None) -> Path:
+def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None,
+            options: PrepareOptions | None = None) -> Path:
     """Read a multi-site prostate download and write `out_root/prostate/` (slices, by-case split)."""
+    options = supported(options, NAME)
     root = find_root(src, SITES, required=(TRAIN_SITE,), layout=LAYOUT)  # BMC: the site LVM-Med trains on
     found = _site_dirs(root)
     ignored = [p for p in root.iterdir() if p.is_file() and p.name != SYNTHETIC_MARKER]

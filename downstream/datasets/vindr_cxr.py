@@ -50,6 +50,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
+from medssl_bench.downstream.datasets.options import PrepareOptions, supported
 from medssl_bench.downstream.datasets._paths import candidate_roots, child
 from medssl_bench.downstream.datasets.canonical import check_synth_request, is_synthetic, synthetic_output
 from medssl_bench.downstream.datasets.canonical_det import BoxLedger, DetItem, write_detection_dataset
@@ -214,9 +215,11 @@ def lvmmed_split(ids: list[str]) -> list[str]:
     return ["train"] * a + ["val"] * (b - a) + ["test"] * (n - b)
 
 
-def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None) -> Path:
+def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None,
+            options: PrepareOptions | None = None) -> Path:
     """Read a VinDr-CXR / VinBigData download; write `out_root/vindr_cxr/` (COCO). `seed` is unused:
     the split is LVM-Med's csv-order rule (module docstring)."""
+    options = supported(options, NAME)
     csv_path, image_dir = _find(Path(src))
     files, variant, other_files = _listing(image_dir)
     rows, sizes, skipped = read_rows(csv_path, variant)

@@ -79,13 +79,24 @@ def prepare(task: str = typer.Argument(..., help="Task or dataset name (`bench t
             src: Path = typer.Option(..., help="The dataset folder as downloaded."),
             out: Optional[Path] = typer.Option(None, help="Data root (default WORKSPACE/data)."),
             seed: int = typer.Option(42, help="Seed of the validation carve-out (LVM-Med: 42)."),
+            strict: bool = typer.Option(False, "--strict", help="Refuse a mask with a label code outside the "
+                                        "dataset's codebook (default: map it to background, counted and "
+                                        "warned about, as the public loaders do)."),
+            split_file: Optional[Path] = typer.Option(None, help="A published split to reproduce exactly, from "
+                                                      "your own checkout: LVM-Med's files_split/Kvasir.json, "
+                                                      "BUID.json or the FGADR pickle (docs/datasets.md)."),
+            exclude_from: list[Path] = typer.Option([], "--exclude-from", help="A list of image ids or paths kept "
+                                                    "out of the test split, e.g. the file_list.txt of one of "
+                                                    "LVM-Med's pretraining sets; repeatable."),
             workspace: Path = workspace_option()):
+    from medssl_bench.downstream.datasets.options import PrepareOptions
     from medssl_bench.downstream.families import get_family
 
     task_entry, adapter = _adapter(task)
     root = Workspace.resolve(workspace).data_root(out)
+    options = PrepareOptions(strict=strict, split_file=split_file, exclude_from=tuple(exclude_from))
     with ProgressBar(console, f"checking and copying {task_entry.name}", transient=True) as bar:
-        folder = adapter.prepare(src, root, seed=seed, progress=bar)
+        folder = adapter.prepare(src, root, seed=seed, progress=bar, options=options)
 
     data = get_family(task_entry.family).load(folder)
     counts = {s: len(data.split(s)) for s in ("train", "val", "test")}
