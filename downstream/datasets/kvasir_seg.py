@@ -10,8 +10,10 @@ and leaves 50..200 undefined; these are JPEG ringing pixels on the polyp border,
 rule agrees with LVM-Med wherever LVM-Med defines a value (their count is in dataset.json,
 `ambiguous_mask_pixels`). The box JSON is not needed for segmentation: it may be absent; when
 present it is only checked (a problem becomes a warning, not a failure).
-Split: no official split exists; seeded 64/16/20 train/val/test over the sorted ids (the
-proportions of LVM-Med's 640/160/200 `files_split/Kvasir.json`, whose file list we do not have).
+Split: no official split exists; by default seeded 64/16/20 train/val/test over the sorted ids (the
+proportions of LVM-Med's 640/160/200). `--split-file .../LVM-Med/files_split/Kvasir.json` reproduces
+LVM-Med's published membership exactly (downstream.datasets.splits; its `_labels` masks are the same
+names, read here from masks/). `--exclude-from LIST` moves listed test images to train.
 Classes: background, polyp; the paper scores Dice of the polyp (target class 1).
 """
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from medssl_bench.downstream.datasets import splits as published
 from medssl_bench.downstream.datasets.options import PrepareOptions, supported
 from medssl_bench.downstream.datasets._paths import child, find_root
 from medssl_bench.downstream.datasets.canonical import (
@@ -111,10 +114,32 @@ def _seeded_splits(n: int, seed: int) -> np.ndarray:
     return labels
 
 
+SEEDED_METHOD = (f"no official split: seeded permutation of the sorted ids, {1 - sum(FRACTIONS.values()):.0%}"
+                 f"/{FRACTIONS['val']:.0%}/{FRACTIONS['test']:.0%} train/val/test (LVM-Med's 640/160/200 "
+                 "proportions; --split-file files_split/Kvasir.json reproduces its membership)")
+
+
+def choose_splits(names: list[str], seed: int, options: PrepareOptions) -> tuple[list, str, dict]:
+    """(split per image - None: not in the split file, left out -, the method text, the fields for
+    dataset.json's split record) for the images `names` (file names, sorted by stem); shared with
+    kvasir_det so that segmentation and detection test the same images."""
+    fields: dict = {}
+    if options.split_file is not None:
+        split_file = published.read_split_file(options.split_file, NAME)
+        labels, fields["source"] = published.assign_published(split_file, names)
+        method = (f"published split file {split_file.path.name} (LVM-Med files_split format), "
+                  "membership reproduced exactly")
+    else:
+        labels, method = [str(s) for s in _seeded_splits(len(names), seed)], SEEDED_METHOD
+    fields["exclude_from"] = published.exclude_from_test(names, labels, options,
+                                                         published=options.split_file is not None)
+    return labels, method, fields
+
+
 def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None,
             options: PrepareOptions | None = None) -> Path:
     """Read a Kvasir-SEG download and write `out_root/kvasir_seg/` in the canonical form."""
-    options = supported(options, NAME)
+    options = supported(options, NAME, split_file=True, exclude_from=True)
     root = find_root(src, ("images", "masks"), label="Kvasir-SEG", layout=LAYOUT)  # src or Kvasir-SEG/
     image_dir, mask_dir = child(root, "images"), child(root, "masks")
     images, ignored_images = files_by_stem(image_dir)
@@ -128,7 +153,8 @@ def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None,
     if not images:
         raise UserError(f"no images; expected {LAYOUT}", image_dir)
     stems = sorted(images)
-    splits = _seeded_splits(len(stems), seed)
+    splits, method, split_fields = choose_splits([images[s].name for s in stems], seed, options)
+    kept = [(stem, split) for stem, split in zip(stems, splits) if split is not None]
     warnings, boxes = [], None
     if (box_path := find_box_json(root)) is not None:
         try:
@@ -143,21 +169,20 @@ def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None,
              "box_json": box_path.name if boxes is not None else None}
 
     def items():
-        for stem, split in zip(stems, splits):
+        for stem, split in kept:
             mask, n_ambiguous = read_mask(masks[stem])
             extra["ambiguous_mask_pixels"] += n_ambiguous
             yield SegItem(stem, images[stem], mask, str(split), source=masks[stem])
 
-    return write_segmentation_dataset(
+    folder = write_segmentation_dataset(
         out_root, NAME, KIND, CLASSES, items(),
         source={"layout": LAYOUT, "src": str(Path(src).resolve()), "synthetic_marker": marker},
-        split_method=(f"no official split: seeded permutation of the sorted ids, {1 - sum(FRACTIONS.values()):.0%}"
-                      f"/{FRACTIONS['val']:.0%}/{FRACTIONS['test']:.0%} train/val/test (LVM-Med's 640/160/200 "
-                      "proportions; its file list is not available)"),
-        seed=seed, synthetic=marker is not None, label_codes=LABEL_CODES, target_classes=TARGET_CLASSES,
-        total=len(stems), extra=extra, warnings=warnings,
+        split_method=method, seed=None if options.split_file is not None else seed,
+        synthetic=marker is not None, label_codes=LABEL_CODES, target_classes=TARGET_CLASSES,
+        total=len(kept), extra=extra, warnings=warnings,
         notes=[f"masks binarised at gray >= {THRESHOLD}; LVM-Med's <{LVMMED_LOW}/>{LVMMED_HIGH} rule leaves "
                "the JPEG ringing pixels between undefined"], progress=progress)
+    return published.record_split(folder, **split_fields)
 
 
 # ----------------------------------------------------------------------------- synthetic
