@@ -6,9 +6,11 @@ and, for an image with several lesions, "<class> (i)_mask_1.png", "_mask_2.png" 
 stored RGB though gray, names hold spaces and parentheses. The masks of one image are ORed into
 one binary lesion mask.
 Split (LVM-Med, docs/tasks.md): `normal` (no lesion) is dropped and the 647 benign + malignant
-images are split 413/104/130. LVM-Med's own file list is not reproduced here; instead a seeded
-split stratified by benign/malignant with the same proportions (test = 130/647 of each class,
-val = 104/517 of the rest), which gives exactly 413/104/130 on the full release.
+images are split 413/104/130. By default a seeded split stratified by benign/malignant with the same
+proportions (test = 130/647 of each class, val = 104/517 of the rest), which gives exactly
+413/104/130 on the full release but other members; `--split-file .../LVM-Med/files_split/BUID.json`
+reproduces LVM-Med's membership exactly (its `_labels` name LVM-Med's merged masks; the release's
+own `_mask*.png` files are ORed as always). `--exclude-from LIST` moves listed test images to train.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from medssl_bench.downstream.datasets import splits as published
 from medssl_bench.downstream.datasets.options import PrepareOptions, supported
 from medssl_bench.downstream.datasets._paths import find_root, natural_key, subfolders
 from medssl_bench.downstream.datasets.canonical import (
@@ -114,7 +117,7 @@ def assign_splits(types: np.ndarray, seed: int) -> np.ndarray:
 def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None,
             options: PrepareOptions | None = None) -> Path:
     """Read a BUSI download and write `out_root/busi/` (benign + malignant, normal dropped)."""
-    options = supported(options, NAME)
+    options = supported(options, NAME, split_file=True, exclude_from=True)
     # src, its Dataset_BUSI_with_GT/, or either inside one extra wrapper folder
     root = find_root(src, LESION_TYPES, depth=2, layout=LAYOUT)
     found = _class_dirs(root)
@@ -131,7 +134,25 @@ def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None,
         n_normal = sum(1 for p in found[DROPPED].iterdir() if p.is_file() and not _MASK.match(p.name)
                        and p.name.lower().endswith(PIL_SUFFIXES) and not p.name.startswith("."))
     types = np.array(types, dtype=np.int64)
-    split = assign_splits(types, seed)
+    counts = {"benign": int((types == 0).sum()), "malignant": int((types == 1).sum()), "normal": n_normal}
+    n_download = len(pairs)
+    names = [image.name for image, _ in pairs]
+    split_fields: dict = {}
+    if options.split_file is not None:
+        split_file = published.read_split_file(options.split_file, NAME)
+        chosen, split_fields["source"] = published.assign_published(split_file, names)
+        method = (f"normal dropped; published split file {split_file.path.name} (LVM-Med files_split "
+                  "format), membership reproduced exactly")
+    else:
+        chosen = [str(s) for s in assign_splits(types, seed)]
+        method = (f"normal dropped; seeded split stratified by benign/malignant: test "
+                  f"{TEST_FRACTION:.1%} of each, val {VAL_FRACTION:.1%} of the rest (LVM-Med's "
+                  "413/104/130 of 647 proportions), the rest train")
+    split_fields["exclude_from"] = published.exclude_from_test(names, chosen, options,
+                                                               published=options.split_file is not None)
+    keep = [i for i, s in enumerate(chosen) if s is not None]
+    pairs, types = [pairs[i] for i in keep], types[keep]
+    split = np.array([chosen[i] for i in keep], dtype=object)
     per_split = {s: {c: int(((split == s) & (types == t)).sum()) for t, c in enumerate(LESION_TYPES)}
                  for s in ("train", "val", "test")}
     empty: list[str] = []
@@ -146,9 +167,8 @@ def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None,
             warnings.append(f"{len(empty)} benign/malignant image(s) have all-zero masks, e.g. {empty[0]}")
 
     marker = is_synthetic(Path(src), root, root.parent)
-    counts = {"benign": int((types == 0).sum()), "malignant": int((types == 1).sum()), "normal": n_normal}
     warnings = []
-    if marker is None and len(pairs) >= 0.8 * 647 and counts != PUBLISHED:
+    if marker is None and n_download >= 0.8 * 647 and counts != PUBLISHED:
         warnings.append(f"looks like the full BUSI release but counts {counts}, published {PUBLISHED}")
     notes = [f"dropped {n_normal} lesion-free 'normal' image(s) (as LVM-Med)",
              f"lesion types per split (not a class here): {per_split}",
@@ -157,17 +177,15 @@ def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None,
         notes.append(f"ignored {len(ignored)} non-image file(s), e.g. "
                      + ", ".join(str(p.relative_to(root)) for p in ignored[:3]))
     # `empty` and `warnings` fill while the writer streams items(); it writes dataset.json after.
-    return write_segmentation_dataset(
+    folder = write_segmentation_dataset(
         out_root, NAME, "2d", CLASSES, items(),
         source={"layout": LAYOUT, "src": str(Path(src).resolve()), "synthetic_marker": marker},
-        split_method=(f"normal dropped; seeded split stratified by benign/malignant: test "
-                      f"{TEST_FRACTION:.1%} of each, val {VAL_FRACTION:.1%} of the rest (LVM-Med's "
-                      "413/104/130 of 647 proportions), the rest train"),
-        seed=seed, synthetic=marker is not None, label_codes={"background": [0], "lesion": [255]},
+        split_method=method, seed=None if options.split_file is not None else seed, synthetic=marker is not None, label_codes={"background": [0], "lesion": [255]},
         target_classes=TARGET_CLASSES, total=len(pairs), notes=notes, warnings=warnings,
         extra={"ignored_files": len(ignored), "dropped_normal": n_normal, "image_counts": counts,
                "lesion_types_per_split": per_split, "empty_lesion_masks": empty},
         progress=progress)
+    return published.record_split(folder, **split_fields)
 
 
 # ----------------------------------------------------------------------------- synthetic
