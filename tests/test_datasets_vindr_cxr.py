@@ -173,15 +173,15 @@ def test_png512_variant_scales_boxes(tmp_path):
 
 def test_wbf_fuses_three_jittered_boxes():
     b1, b2, b3 = [100, 200, 300, 420], [104, 196, 310, 430], [99, 207, 296, 419]
-    boxes, labels = vindr_cxr.fuse({"R9": [(np.array(b1, float), 3)], "R2": [(np.array(b2, float), 3)],
-                                    "R5": [(np.array(b3, float), 3), (np.array([600., 50, 640, 90]), 3),
-                                           (np.array([101., 199, 302, 425]), 10)]}, 1000, 800)
+    boxes, labels = vindr_cxr.fuse([(np.array(b1, float), 3), (np.array(b2, float), 3), (np.array(b3, float), 3),
+                                    (np.array([600., 50, 640, 90]), 3), (np.array([101., 199, 302, 425]), 10)],
+                                   1000, 800)
     assert labels == [3, 3, 10]
     # equal scores and weights: the fused box is the plain mean (101, 201, 302, 423)
     np.testing.assert_allclose(boxes[0], [101, 201, 302, 423], atol=1e-3)
     np.testing.assert_allclose(boxes[1], [600, 50, 640, 90], atol=1e-3)  # far apart: kept separate
     np.testing.assert_allclose(boxes[2], [101, 199, 302, 425], atol=1e-3)  # other class: never fused
-    assert vindr_cxr.fuse({"R1": []}, 10, 10)[0].shape == (0, 4)
+    assert vindr_cxr.fuse([], 10, 10)[0].shape == (0, 4)
 
 
 def test_image_with_findings_and_no_finding_rows(src, tmp_path):
@@ -271,3 +271,59 @@ def test_other_seed_and_requests(raw, tmp_path):
     raises(lambda: vindr_cxr.prepare(raw / "train", tmp_path / "out"), "no train/ image folder")
     meta = json.loads((raw / ".bench-synthetic.json").read_text())
     assert meta["seed"] == SEED and meta["variant"] == "dicom"
+
+
+def test_wbf_input_order_is_lvmmeds_per_class_csv_order(src, tmp_path):
+    """Four nodule boxes of one image whose fusion depends on WBF's input order (issue 18). Same y
+    range (10..60), so IoU is the x overlap / x union. csv rows: P [0, 36] (reader a), Q [0, 45] (b),
+    R [9, 90] (a), S [45, 81] (b). WBF scores them all 1 and visits equal scores in reverse input
+    order, joining a box to the cluster whose running mean overlaps it most if IoU > 0.2.
+    LVM-Med's order (one list: P, Q, R, S) visits S, R, Q, P: R-S IoU 36/81 -> mean [27, 85.5];
+    Q vs it 18/85.5 = 0.21 -> mean [18, 72]; P vs it 18/72 = 0.25 -> all four, the plain mean
+    [13.5, 10, 63, 60]. Grouped by reader ([P, R], [Q, S]) it visits S, Q, R, P: Q-S IoU 0 -> two
+    clusters; R joins S (36/81 > 36/90) -> [27, 85.5]; P joins Q (36/45) -> [0, 40.5]: two boxes."""
+    header, rows = _table(src / "train.csv")
+    neg = next(i for i in dict.fromkeys(r[0] for r in rows) if all(r[2] == "14" for r in rows if r[0] == i))
+    mine = [r for r in rows if r[0] == neg]
+    xs = {"P": (0, 36), "Q": (0, 45), "R": (9, 90), "S": (45, 81)}
+    boxes = [(r, xs[k]) for r, k in zip(["Ra", "Rb", "Ra"], "PQR")] + [("Rb", xs["S"])]
+    for row, (rad, (x0, x1)) in zip(mine, boxes[:3]):
+        row[1:] = ["Nodule/Mass", "8", rad, str(x0), "10", str(x1), "60"]
+    at = rows.index(mine[2]) + 1
+    rows.insert(at, [neg, "Nodule/Mass", "8", "Rb", str(xs["S"][0]), "10", str(xs["S"][1]), "60"])
+    _write(src / "train.csv", header, rows)
+    ds = load_detection_dataset(vindr_cxr.prepare(src, tmp_path / "out"))
+    row = next(r for r in ds.rows if r["id"] == neg)
+    assert row["labels"] == [8]
+    np.testing.assert_allclose(row["boxes"], [[13.5, 10, 63, 60]], atol=1e-3)
+    # the fixture is order-sensitive: the reader-grouped input (bench before issue 18) gives two boxes
+    from ensemble_boxes import weighted_boxes_fusion
+    width, height = row["width"], row["height"]
+    norm = lambda k: [xs[k][0] / width, 10 / height, xs[k][1] / width, 60 / height]  # noqa: E731
+    grouped, _, _ = weighted_boxes_fusion([[norm("P"), norm("R")], [norm("Q"), norm("S")]], [[1, 1], [1, 1]],
+                                          [[8, 8], [8, 8]], iou_thr=0.2, skip_box_thr=1e-4)
+    grouped = sorted((np.asarray(grouped) * [width, height, width, height]).round(3).tolist())
+    np.testing.assert_allclose(grouped, [[0, 10, 40.5, 60], [27, 10, 85.5, 60]], atol=1e-3)
+
+
+def test_dicom_larger_than_the_cap_is_downscaled_with_its_boxes(tmp_path):
+    """prepare(max_side=40) of 64-px-wide DICOMs (some 80 tall): the stored image's longer side is 40,
+    every fused box is the full-size one times stored/original width and height, sizes recorded."""
+    raw = vindr_cxr.synthesize(tmp_path / "raw", n=24, seed=3, size=64)
+    full = load_detection_dataset(vindr_cxr.prepare(raw, tmp_path / "full", max_side=None))
+    small = load_detection_dataset(vindr_cxr.prepare(raw, tmp_path / "small", max_side=40))
+    assert full.meta["downscale"]["max_side"] is None and small.meta["downscale"]["max_side"] == 40
+    by_id = {r["id"]: r for r in full.rows}
+    assert {(r["width"], r["height"]) for r in full.rows} == {(64, 64), (64, 80)}
+    for row in small.rows:
+        orig = by_id[row["id"]]
+        dicom = pydicom.dcmread(raw / "train" / f"{row['id']}.dicom")
+        assert small.meta["downscale"]["original_size"][row["id"]] == [dicom.Columns, dicom.Rows] \
+            == [orig["width"], orig["height"]]
+        assert max(row["width"], row["height"]) == 40 and Image.open(row["image"]).size == (row["width"], row["height"])
+        assert row["width"] == round(40 * orig["width"] / max(orig["width"], orig["height"]))
+        assert row["labels"] == orig["labels"]
+        scale = [row["width"] / orig["width"], row["height"] / orig["height"]] * 2
+        np.testing.assert_allclose(np.reshape(row["boxes"], (-1, 4)), np.reshape(orig["boxes"], (-1, 4)) * scale,
+                                   atol=2e-3)
+    assert small.meta["conversion"]["downscaled images"] == 24 and sum(len(r["labels"]) for r in small.rows) > 0

@@ -9,8 +9,11 @@ Layouts (found in `src` or a folder up to two levels below it; the variant from 
         width,height columns (the original DICOM size): boxes are scaled by PNG width / width and
         PNG height / height (512/width, 512/height for the awsaf49 512x512 set)
 When a folder holds both csv files, train.csv is read.
-DICOM is decoded by harness.imageio (modality LUT, VOI LUT or window, MONOCHROME1 inverted) and
-stored as 8-bit PNG at full size; PNGs are linked as they are. test/ (no boxes) is not read.
+DICOM is decoded by harness.imageio (modality LUT, VOI LUT or window, MONOCHROME1 inverted),
+downscaled (area average) so its longer side is at most MAX_SIDE (1024; `prepare(max_side=None)`
+keeps the full size) and stored as 8-bit PNG; its boxes are scaled by stored / original width and
+height, and every image's original DICOM size is recorded in dataset.json ("downscale":
+"original_size"). PNGs are linked as they are. test/ (no boxes) is not read.
 
 Classes: class_id 0..13 (CLASSES); 14 "No finding" rows have empty coordinates. An unknown or
 inconsistent class_id/class_name, a malformed row or header, an image_id without an image file
@@ -18,13 +21,16 @@ reject the download (UserError naming the csv and row; row N counts the header a
 image file without csv rows is ignored (counted). In the PhysioNet file, rows of the eight rarer
 local labels outside the 14 Kaggle classes (RARE_LABELS) are skipped and counted.
 
-Boxes: every raw row goes through `BoxLedger.admit` first (clipped to the image or dropped, with
-"<csv> row N"); then the three radiologists' boxes are fused with Weighted Boxes Fusion
-(`ensemble_boxes.weighted_boxes_fusion`, as LVM-Med's convert_to_coco.py: iou_thr 0.2,
-skip_box_thr 1e-4, boxes normalised to [0, 1] by the image size, one list per rad_id, scores 1,
-equal weights): same-class boxes overlapping by IoU > 0.2 become their coordinate mean. LVM-Med
-fuses only classes with several boxes and rounds to 0.1 px; a lone box comes out of WBF unchanged,
-so the result is the same up to that rounding.
+Boxes: every raw row goes through `BoxLedger.admit` first (clipped to the (stored) image or
+dropped, with "<csv> row N"); then the three radiologists' boxes are fused with Weighted Boxes
+Fusion (`ensemble_boxes.weighted_boxes_fusion`) exactly as LVM-Med's convert_to_coco.py feeds it:
+iou_thr 0.2, skip_box_thr 1e-4, boxes normalised to [0, 1] by the image size, one list per class
+that has several boxes (classes in order of first appearance in the csv, each list's boxes in csv
+order), scores 1, equal weights; a class with a single box skips WBF. Same-class boxes overlapping
+by IoU > 0.2 become their coordinate mean. WBF clusters greedily in its input order, so the order
+matters: grouping the boxes by reader instead (bench before issue 18) changed the fused boxes of
+111 of the 4,394 images with findings of the real csv. LVM-Med rounds fused boxes to 0.1 px;
+bench keeps them unrounded (3 decimals in the COCO files).
 
 "No finding": images whose rows are all class 14 are KEPT as negatives (no boxes); LVM-Med
 dropped them. An image with finding rows and "No finding" rows (readers disagreeing) keeps its
@@ -68,6 +74,7 @@ RARE_LABELS = ("Clavicle fracture", "Edema", "Emphysema", "Enlarged PA", "Lung c
 LAYOUT = ("train/<image_id>.dicom + train.csv (Kaggle) or annotations/annotations_train.csv (PhysioNet), "
           "or vinbigdata/train/<image_id>.png + train.csv with width,height columns (512-PNG variant)")
 DEFAULT_N = 48
+MAX_SIDE = 1024  # DICOMs are stored at most this wide/tall (LVM-Med trained at 512; originals ~2000-3000 px)
 IOU_THR, SKIP_BOX_THR = 0.2, 1e-4
 FRACTIONS = (0.7, 0.1)
 COORDS = ("x_min", "y_min", "x_max", "y_max")
@@ -188,24 +195,46 @@ def read_rows(path: Path, variant: str) -> tuple[dict[str, list[Row]], dict[str,
     return rows, sizes, skipped
 
 
-def fuse(per_rad: dict[str, list], width: int, height: int) -> tuple[np.ndarray, list[int]]:
-    """Weighted Boxes Fusion of {rad_id: [(box in pixels, class)]}: (N, 4) pixel boxes sorted by
-    (class, x_min, y_min, ...) and their classes."""
-    rads = sorted(r for r in per_rad if per_rad[r])
-    if not rads:
+def fuse(boxes: list, width: int, height: int) -> tuple[np.ndarray, list[int]]:
+    """Weighted Boxes Fusion of one image's [(box in pixels, class)] in csv order, as LVM-Med's
+    convert_to_coco.py feeds it: one WBF list per class that has several boxes (classes in order of
+    first appearance, each list in csv order, scores 1, weights 1, boxes normalised by the image size
+    and clipped to [0, 1]); a class with a single box skips WBF and is kept as it is. WBF clusters
+    greedily in its input order, so this order (not one list per reader) is what reproduces
+    LVM-Med's boxes. Returns (N, 4) pixel boxes sorted by (class, x_min, y_min, ...) and their classes."""
+    by_class: dict[int, list[np.ndarray]] = {}
+    for box, cls in boxes:
+        by_class.setdefault(int(cls), []).append(np.asarray(box, dtype=np.float64))
+    if not by_class:
         return np.zeros((0, 4)), []
     scale = np.array([width, height, width, height], dtype=np.float64)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from ensemble_boxes import weighted_boxes_fusion
-        boxes, _, labels = weighted_boxes_fusion(
-            [[(np.asarray(b) / scale).tolist() for b, _ in per_rad[r]] for r in rads],
-            [[1.0] * len(per_rad[r]) for r in rads], [[c for _, c in per_rad[r]] for r in rads],
-            iou_thr=IOU_THR, skip_box_thr=SKIP_BOX_THR)
-    boxes = np.clip(np.asarray(boxes, dtype=np.float64).reshape(-1, 4) * scale, 0, scale)
-    labels = np.asarray(labels).astype(int)
-    order = np.lexsort((boxes[:, 3], boxes[:, 2], boxes[:, 1], boxes[:, 0], labels))
-    return boxes[order], labels[order].tolist()
+    multi = [c for c in by_class if len(by_class[c]) > 1]
+    out, labels = [by_class[c][0] for c in by_class if c not in multi], [c for c in by_class if c not in multi]
+    if multi:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from ensemble_boxes import weighted_boxes_fusion
+            fused, _, fused_labels = weighted_boxes_fusion(
+                [np.clip(np.stack(by_class[c]) / scale, 0, 1).tolist() for c in multi],
+                [[1.0] * len(by_class[c]) for c in multi], [[c] * len(by_class[c]) for c in multi],
+                weights=[1] * len(multi), iou_thr=IOU_THR, skip_box_thr=SKIP_BOX_THR)
+        out += list(np.asarray(fused, dtype=np.float64).reshape(-1, 4) * scale)
+        labels += np.asarray(fused_labels).astype(int).tolist()
+    result = np.clip(np.asarray(out, dtype=np.float64).reshape(-1, 4), 0, scale)
+    labels = np.asarray(labels, dtype=int)
+    order = np.lexsort((result[:, 3], result[:, 2], result[:, 1], result[:, 0], labels))
+    return result[order], labels[order].tolist()
+
+
+def downscale(pixels: np.ndarray, max_side: int | None) -> np.ndarray:
+    """`pixels` resized (area-averaging, PIL's BOX filter) so its longer side is `max_side`, the
+    aspect kept (each side rounded to whole pixels); unchanged when it already fits or max_side is None."""
+    height, width = pixels.shape[:2]
+    if max_side is None or max(height, width) <= max_side:
+        return pixels
+    ratio = max_side / max(height, width)
+    size = (max(1, int(round(width * ratio))), max(1, int(round(height * ratio))))
+    return np.asarray(Image.fromarray(pixels).resize(size, Image.BOX))
 
 
 def lvmmed_split(ids: list[str]) -> list[str]:
@@ -216,9 +245,12 @@ def lvmmed_split(ids: list[str]) -> list[str]:
 
 
 def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None,
-            options: PrepareOptions | None = None) -> Path:
+            options: PrepareOptions | None = None, max_side: int | None = MAX_SIDE) -> Path:
     """Read a VinDr-CXR / VinBigData download; write `out_root/vindr_cxr/` (COCO). `seed` is unused:
-    the split is LVM-Med's csv-order rule (module docstring)."""
+    the split is LVM-Med's csv-order rule (module docstring). DICOM images are downscaled to
+    `max_side` on their longer side (None: full size), boxes with them; PNGs are linked as they are."""
+    if max_side is not None and int(max_side) < 1:
+        raise UserError(f"max_side={max_side!r}: give a positive number of pixels, or None for full size")
     options = supported(options, NAME)
     csv_path, image_dir = _find(Path(src))
     files, variant, other_files = _listing(image_dir)
@@ -234,16 +266,24 @@ def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None,
     negatives = [i for i in rows if i not in first_finding]
     order = positives + negatives
     split = dict(zip(order, lvmmed_split(positives) + lvmmed_split(negatives)))
-    ledger, tally = BoxLedger(), Counter()
+    ledger, tally, original = BoxLedger(), Counter(), {}
     label = f"{csv_path.parent.name}/{csv_path.name}" if csv_path.parent.name == "annotations" else csv_path.name
 
     def items():
         for image_id in order:
             path = files[image_id]
             pixels = read_pixels(path)
-            height, width = pixels.shape[:2]
-            sx, sy = (width / sizes[image_id][0], height / sizes[image_id][1]) if variant == "png" else (1.0, 1.0)
-            per_rad: dict[str, list] = {}
+            if variant == "png":
+                height, width = pixels.shape[:2]
+                sx, sy = width / sizes[image_id][0], height / sizes[image_id][1]
+            else:
+                full_height, full_width = pixels.shape[:2]
+                pixels = downscale(pixels, max_side)
+                height, width = pixels.shape[:2]
+                sx, sy = width / full_width, height / full_height
+                original[image_id] = [full_width, full_height]
+                tally["downscaled images"] += int((height, width) != (full_height, full_width))
+            found: list = []  # (box, class) in csv order: LVM-Med's WBF input order
             for row in rows[image_id]:
                 if row.cls == NO_FINDING_ID:
                     continue
@@ -251,8 +291,8 @@ def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None,
                 box = np.asarray(row.box, dtype=np.float64) * [sx, sy, sx, sy]
                 kept = ledger.admit(box, width, height, f"{label} row {row.line}")
                 if kept is not None:
-                    per_rad.setdefault(row.rad, []).append((kept, row.cls))
-            boxes, labels = fuse(per_rad, width, height)
+                    found.append((kept, row.cls))
+            boxes, labels = fuse(found, width, height)
             tally["fused boxes"] += len(labels)
             tally["images with boxes" if labels else "negative images"] += 1
             yield DetItem(image_id, pixels if variant == "dicom" else path, boxes, labels, split[image_id],
@@ -262,7 +302,9 @@ def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None,
     notes = [
         "'No finding' images (all rows class 14) are kept as negatives; LVM-Med dropped them",
         f"boxes of the radiologists fused with Weighted Boxes Fusion (ensemble-boxes, iou_thr {IOU_THR}, "
-        f"skip_box_thr {SKIP_BOX_THR}, one list per rad_id, scores 1), after clipping/dropping each raw row",
+        f"skip_box_thr {SKIP_BOX_THR}, scores 1) as LVM-Med's convert_to_coco.py feeds it: one list per class "
+        "with several boxes, classes in order of first appearance, boxes in csv order; a lone box of its class "
+        "kept as is; after clipping/dropping each raw row",
         "split: LVM-Med convert_to_coco.py; its np.random.seed(1) shuffle is never applied, so the split is "
         "the csv order; prepare's seed argument is not used",
     ]
@@ -270,7 +312,10 @@ def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None,
         notes.append("PNG variant: boxes scaled from the original DICOM size (csv width,height) to the PNG size")
     else:
         notes.append("DICOM decoded by harness.imageio (modality LUT, VOI LUT/window, MONOCHROME1 inverted), "
-                     "stored as 8-bit PNG at full size; boxes in DICOM pixels")
+                     + (f"downscaled (PIL BOX filter) to at most {max_side} px on the longer side and stored as "
+                        "8-bit PNG; boxes scaled by stored/original width and height; original sizes in "
+                        "dataset.json 'downscale'" if max_side is not None else
+                        "stored as 8-bit PNG at full size; boxes in DICOM pixels"))
     unused = sorted(set(files) - set(rows))
     return write_detection_dataset(
         out_root, NAME, CLASSES, items(),
@@ -285,7 +330,10 @@ def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None,
                "skipped_rows": dict(skipped), "box_fusion": {"method": "weighted_boxes_fusion",
                                                             "iou_thr": IOU_THR, "skip_box_thr": SKIP_BOX_THR},
                "csv_images": {"with a finding row": len(positives), "without": len(negatives)},
-               "conversion": tally},  # filled while the writer consumes items(), before it writes dataset.json
+               "conversion": tally,
+               "downscale": {"max_side": max_side if variant == "dicom" else None,
+                             "filter": "PIL BOX (area average)", "boxes": "scaled by stored/original width, height",
+                             "original_size": original}},  # {image_id: [width, height]} of the DICOM  # filled while the writer consumes items(), before it writes dataset.json
         notes=notes, progress=progress)
 
 
