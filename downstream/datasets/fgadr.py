@@ -1,8 +1,11 @@
 """FGADR Seg-set, diabetic-retinopathy grading (docs/datasets.md): raw reader and synthetic writer.
 
 Split (LVM-Med paper): image ids 0001-1500 train, 1501+ test; validation = a seeded stratified
-20 % of train (LVM-Med's FGADR val rate; its released split reused test as val - we never let
-the probe select on test). Images without a grade are allowed and counted.
+20 % of train (LVM-Med's training script carves val from train with valid_rate 0.2,
+train_R50_classification.py; its released pickle's `val` list equals its `test` list and is not used
+here). `--split-file .../LVM-Med/files_split/fgadr_pkl_file.pkl` takes train/test membership from the
+pickle itself, read without running pickled code (downstream.datasets.splits); `--exclude-from LIST`
+moves listed test images to train. Images without a grade are allowed and counted.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from medssl_bench.downstream.datasets import splits as published
 from medssl_bench.downstream.datasets.options import PrepareOptions, supported
 from medssl_bench.downstream.datasets._paths import child, subfolders
 from medssl_bench.downstream.datasets.canonical import (
@@ -104,7 +108,7 @@ def published_count_notes(train: list[int], test: list[int]) -> list[str]:
 def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None,
             options: PrepareOptions | None = None) -> Path:
     """Read a FGADR Seg-set download and write `out_root/fgadr/` in the canonical form."""
-    options = supported(options, NAME)
+    options = supported(options, NAME, split_file=True, exclude_from=True)
     seg = find_seg_set(src)
     image_dir = child(seg, IMAGES_DIR)
     if image_dir is None:
@@ -120,7 +124,24 @@ def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None,
     marker = is_synthetic(Path(src), seg.parent, seg)
     notes: list[str] = []
     warnings: list[str] = []
-    if all(i is not None for i in ids) and max(ids) > PAPER_TRAIN_MAX_ID:
+    split_fields: dict = {}
+    file_val = None
+    if options.split_file is not None:
+        split_file = published.read_split_file(options.split_file, NAME)
+        chosen, split_fields["source"] = published.assign_published(split_file, names)
+        keep = [i for i, c in enumerate(chosen) if c is not None]
+        names, labels, chosen = [names[i] for i in keep], labels[keep], [chosen[i] for i in keep]
+        is_test = np.array([c == "test" for c in chosen])
+        file_val = np.array([c == "val" for c in chosen])
+        disagree = [n for n, g in zip(names, labels) if split_file.grades.get(n.lower(), g) != g]
+        if disagree:
+            warnings.append(f"{len(disagree)} image(s) have another grade in {split_file.path.name} than in "
+                            f"{CSV_NAME} (the CSV's is used), e.g. {disagree[0]}")
+        method = (f"published split file {split_file.path.name} (LVM-Med files_split format): its train/test "
+                  "membership; val = " + ("the file's val list" if file_val.any() else
+                                          f"seeded stratified {VAL_FRACTION:.0%} of train"))
+        notes += split_file.notes
+    elif all(i is not None for i in ids) and max(ids) > PAPER_TRAIN_MAX_ID:
         is_test = np.array([i > PAPER_TRAIN_MAX_ID for i in ids])
         method = (f"paper split (LVM-Med): image ids <= {PAPER_TRAIN_MAX_ID} train, larger ids test; "
                   f"val = seeded stratified {VAL_FRACTION:.0%} of train")
@@ -133,20 +154,27 @@ def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None,
         method = (f"no image id above {PAPER_TRAIN_MAX_ID} (or ids not numeric): seeded stratified "
                   f"{FALLBACK_TEST_FRACTION:.0%} test; val = seeded stratified {VAL_FRACTION:.0%} of train")
         notes.append("paper split not applicable: " + method)
-    pool = np.flatnonzero(~is_test)
-    _, val = stratified_split(labels[pool], VAL_FRACTION, seed)
     split = np.where(is_test, "test", "train").astype(object)
-    split[pool[val]] = "val"
+    if file_val is not None and file_val.any():
+        split[file_val] = "val"
+    else:
+        pool = np.flatnonzero(~is_test)
+        _, val = stratified_split(labels[pool], VAL_FRACTION, seed)
+        split[pool[val]] = "val"
+    split = list(split)
+    split_fields["exclude_from"] = published.exclude_from_test(names, split, options,
+                                                               published=options.split_file is not None)
     items = [SourceItem(Path(n).stem, image_dir / n, int(g), str(s)) for n, g, s in zip(names, labels, split)]
     if unlabeled:
         notes.append(f"{unlabeled} image(s) in {IMAGES_DIR}/ have no grade and were left out")
-    return write_classification_dataset(
+    folder = write_classification_dataset(
         out_root, NAME, CLASSES, items,
         source={"layout": LAYOUT, "src": str(Path(src).resolve()), "variant": "seg-set",
                 "synthetic_marker": marker},
         split_method=method, seed=seed, synthetic=marker is not None,
         extra={"unlabeled_images": int(unlabeled), "ignored_files": ignored},
         notes=notes, warnings=warnings, progress=progress)
+    return published.record_split(folder, **split_fields)
 
 
 # ----------------------------------------------------------------------------- synthetic
