@@ -33,9 +33,15 @@ class Protocol:
     source: str = ""
     rois_per_image: int | None = None  # detection: RoIs sampled per training image for the box head (mmdet: 512)
     proposals: int | None = None       # detection: RPN proposals kept per image, training and test (mmdet: 1000)
+    #: 3D segmentation: True = trained on the scored target only (target vs background, binary, as the
+    #: 2D tasks; the quick profile), False = on all the dataset's classes (the paper); None = n/a
+    target_only: bool | None = None
 
     def as_dict(self) -> dict:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+        fields = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        if fields["target_only"] is None:  # only the 3D segmentation protocols have (and record) it
+            del fields["target_only"]
+        return fields
 
 
 @dataclass(frozen=True)
@@ -92,10 +98,13 @@ def _seg_task(name, title, family, dataset, classes, size, lr, epochs, batch, so
               test_domain=None) -> Task:
     """A segmentation task: fine-tuned U-Net, scored by Dice (2D, OOD) or per-volume IoU (3D), as the paper;
     `frozen` (decoder trained on a fixed encoder) runs when asked for."""
-    metric, other = ("iou_3d", "dice_3d") if family == "segmentation_3d" else ("dice", "iou")
-    finetune = Protocol("finetune", size, lr, epochs, batch, source=source)
+    metrics = {"segmentation_3d": ("iou_3d", "dice_3d"), "ood_segmentation": ("dice", "dice_at_size", "dice_3d", "iou")}
+    metric, *_ = metrics.get(family, ("dice", "dice_at_size", "iou"))
+    finetune = Protocol("finetune", size, lr, epochs, batch, source=source,
+                        target_only=False if family == "segmentation_3d" else None)
     frozen = replace(finetune, name="frozen", source=f"{source}; encoder frozen, decoder trained (not in the paper)")
-    return Task(name, title, family, dataset, classes, metric, (metric, other), {"finetune": finetune, "frozen": frozen},
+    return Task(name, title, family, dataset, classes, metric, metrics.get(family, ("dice", "dice_at_size", "iou")),
+                {"finetune": finetune, "frozen": frozen},
                 {"finetune": reported}, note, optional=("frozen",), train_domain="BMC" if test_domain else None,
                 test_domain=test_domain)
 

@@ -25,7 +25,9 @@ from medssl_bench.downstream import mmcv_ops
 mmcv_ops.install()  # before mmseg.models imports mmcv.ops: CPU stand-in unless compiled mmcv exists
 
 from mmcv.cnn import ConvModule  # noqa: E402
+from mmengine.structures import PixelData  # noqa: E402
 from mmseg.models.decode_heads.decode_head import BaseDecodeHead  # noqa: E402
+from mmseg.models.segmentors import EncoderDecoder  # noqa: E402
 from mmseg.registry import MODELS, TRANSFORMS  # noqa: E402
 
 from medssl_bench.downstream.bench_backbone import STAGE_CHANNELS, BenchResNet, LoadBenchImage  # noqa: E402
@@ -72,11 +74,29 @@ class UNetHead(BaseDecodeHead):
         return self.cls_seg(x)
 
 
+@MODELS.register_module()
+class BenchEncoderDecoder(EncoderDecoder):
+    """mmseg's EncoderDecoder that also keeps the prediction at the network's input size
+    (`pred_at_size`: argmax of the logits before mmseg resizes them to the original image), so the
+    paper's Dice at protocol size can be scored beside the native-resolution one
+    (downstream.segmentation.metrics). No test-time flip or padding is used here, so the logits'
+    top-left `img_shape` is the image."""
+
+    def predict(self, inputs, data_samples=None):
+        if data_samples is None:
+            return super().predict(inputs, data_samples)
+        seg_logits = self.inference(inputs, [s.metainfo for s in data_samples])
+        for i, sample in enumerate(data_samples):
+            h, w = sample.metainfo.get("img_shape", seg_logits.shape[2:])[:2]
+            sample.set_data({"pred_at_size": PixelData(data=seg_logits[i, :, :h, :w].argmax(0, keepdim=True))})
+        return self.postprocess_result(seg_logits, data_samples)
+
+
 def build_segmentor(arch: str, num_classes: int, *, ref=None, checkpoint: str | None = None, frozen: bool = False):
     """An mmseg EncoderDecoder: BenchResNet + UNetHead, CE + Dice loss, ImageNet-style normalisation
     of RGB uint8 inputs (the statistics pretraining used), whole-image inference."""
     cfg = dict(
-        type="EncoderDecoder",
+        type="BenchEncoderDecoder",
         data_preprocessor=dict(type="SegDataPreProcessor", mean=[m * 255 for m in IMAGE_MEAN],
                                std=[s * 255 for s in IMAGE_STD], bgr_to_rgb=False, size_divisor=32,
                                pad_val=0, seg_pad_val=255),

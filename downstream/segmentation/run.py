@@ -8,8 +8,11 @@ encoder fixed and trains the decoder only (an option; not in the paper's tables)
 3D volumes are segmented slice by slice and trained on balanced slices: every slice showing the
 scored target plus as many drawn from the others (the repo's have_label / non_label sampling).
 Prostate: trained on the BMC site; val on BMC; test on the task's site.
-Predictions are scored at the original image resolution (mmseg resizes them back), with the
-paper's metrics (downstream.segmentation.metrics). Label fractions subsample training cases (volumes).
+`Protocol.target_only` (3D, the quick profile): the masks are mapped to target vs background (the
+union of the scored target classes -> 1, the other structures -> 0) and a binary model is trained,
+as the 2D tasks; the paper profile trains all classes.
+Predictions are scored at the original image resolution (mmseg resizes them back) and at the
+protocol size (`dice_at_size`, as LVM-Med), with the paper's metrics (downstream.segmentation.metrics). Label fractions subsample training cases (volumes).
 """
 from __future__ import annotations
 
@@ -36,8 +39,9 @@ META_KEYS = ("img_path", "seg_map_path", "ori_shape", "img_shape", "pad_shape", 
 class SampleSet(BaseSegDataset):
     """A list of prepared samples as an mmseg dataset (its pipeline, its packing)."""
 
-    def __init__(self, samples: list[SegSample], classes: list[str], size: int, test_mode: bool):
-        self._samples = samples
+    def __init__(self, samples: list[SegSample], classes: list[str], size: int, test_mode: bool,
+                 label_map: dict[int, int] | None = None):
+        self._samples, self._label_map = samples, label_map
         resize = dict(type="Resize", scale=(size, size), keep_ratio=False)
         load_mask = dict(type="LoadAnnotations")
         # Train: the mask is resized with the image (nearest). Test: the mask stays at full size and
@@ -50,7 +54,7 @@ class SampleSet(BaseSegDataset):
                                        dict(type="PackSegInputs", meta_keys=META_KEYS)])
 
     def load_data_list(self) -> list[dict]:
-        return [dict(img_path=str(s.image), seg_map_path=str(s.mask), label_map=None, reduce_zero_label=False,
+        return [dict(img_path=str(s.image), seg_map_path=str(s.mask), label_map=self._label_map, reduce_zero_label=False,
                      seg_fields=[], sample_id=s.id, case=s.case, slice=s.slice, domain=s.domain) for s in self._samples]
 
 
@@ -83,6 +87,18 @@ def training_samples(task: Task, data: SegmentationDataset, label_fraction: floa
     return balanced_slices(train, data.target_classes, seed) if data.kind == "3d" else train
 
 
+def target_labels(data: SegmentationDataset) -> tuple[list[str], dict[int, int], int]:
+    """`Protocol.target_only`: (training classes, mmseg label_map of the training masks, the class a
+    predicted 1 is scored as). The scored target (the union of the dataset's target classes) is 1 and
+    every other class 0 in training; 255 (ignore) is left alone. Validation and test keep their
+    full-class masks, and the binary prediction is scored as the first target class, so the scored
+    target is exact and the other structures score what the model predicts of them: nothing."""
+    targets = sorted(set(data.target_classes))
+    name = "+".join(data.classes[c] for c in targets)
+    label_map = {c: int(c in targets) for c in range(1, len(data.classes)) if int(c in targets) != c}
+    return ["background", name], label_map, targets[0]
+
+
 def run_job(task: Task, protocol: Protocol, data: SegmentationDataset, ref, *, label_fraction: float, seed: int,
             device: torch.device, work_root: Path, cache=None) -> dict:
     """One evaluation: fine-tune (or train the decoder of a frozen encoder), test the best-val epoch.
@@ -98,15 +114,16 @@ def run_job(task: Task, protocol: Protocol, data: SegmentationDataset, ref, *, l
     for name, split in (("train", train), ("val", val), ("test", test)):
         if not split:
             raise UserError(f"the {name} split of {data.name} is empty; re-prepare it with more images", data.root)
+    classes, label_map, predicted_as = target_labels(data) if protocol.target_only else (data.classes, None, None)
     torch.manual_seed(derived_seed(seed, 0x5EED))  # random init (and the decoder) differ per seed
-    model = build_segmentor(ref.backbone, len(data.classes), ref=ref, frozen=protocol.name == "frozen")
-    metric = lambda: PaperSegMetric(task.metric, data.classes, data.target_classes)  # noqa: E731
+    model = build_segmentor(ref.backbone, len(classes), ref=ref, frozen=protocol.name == "frozen")
+    metric = lambda: PaperSegMetric(task.metric, data.classes, data.target_classes, predicted_as)  # noqa: E731
     # The prostate sites train the same model (BMC, same protocol and seed) and test elsewhere:
     # train once. evaluate.plan puts such jobs back to back, so remembering the last one suffices.
     training = (ref.id, data.meta["content_hash"], repr(protocol.as_dict()), seed, label_fraction, task.train_domain)
     reuse = _LAST_TRAINED.get(training)
     out = fit_best_on_val(
-        model, SampleSet(train, data.classes, protocol.image_size, False),
+        model, SampleSet(train, classes, protocol.image_size, False, label_map),
         SampleSet(val, data.classes, protocol.image_size, True), SampleSet(test, data.classes, protocol.image_size, True),
         val_metric=metric(), test_metric=metric(), key=task.metric, epochs=protocol.epochs, lr=protocol.lr,
         weight_decay=protocol.weight_decay, batch_size=protocol.batch_size, seed=seed, work_root=work_root,
