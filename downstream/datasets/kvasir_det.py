@@ -6,8 +6,9 @@ One class, "polyp". The JSON's boxes are in pixels with xmax/ymax exclusive (the
 is COCO's x + w. Its height/width must match the image's; a box crossing the border is clipped, a
 degenerate one dropped (BoxLedger: counted, with the id). An image listed in the JSON but absent
 from images/ rejects the download; an image without an entry is a negative (no polyp boxed).
-Split: the same seeded 64/16/20 permutation as kvasir_seg (same ids, same seed -> same test images),
-LVM-Med's detection code for Kvasir is not published.
+Split: the same as kvasir_seg (kvasir_seg.choose_splits: seeded 64/16/20, or LVM-Med's Kvasir.json with
+--split-file, and --exclude-from), so segmentation and detection test the same images; LVM-Med's
+detection code for Kvasir is not published.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ DEFAULT_N = kvasir_seg.DEFAULT_N
 def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None,
             options: PrepareOptions | None = None) -> Path:
     """Read a Kvasir-SEG download's images and box file; write `out_root/kvasir_det/` (COCO)."""
-    options = supported(options, NAME)
+    options = supported(options, NAME, split_file=True, exclude_from=True)
     root = find_root(src, ("images",), label="Kvasir-SEG", layout=LAYOUT)  # src or Kvasir-SEG/
     image_dir = child(root, "images")
     box_path = kvasir_seg.find_box_json(root)
@@ -46,12 +47,16 @@ def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None,
     if not images:
         raise UserError(f"no images; expected {LAYOUT}", image_dir)
     stems = sorted(images)
-    splits = kvasir_seg._seeded_splits(len(stems), seed)
+    splits, method, split_fields = kvasir_seg.choose_splits([images[s].name for s in stems], seed, options)
+    chosen = [(stem, split) for stem, split in zip(stems, splits) if split is not None]
+    if options.split_file is None:
+        method = ("no official split: kvasir_seg's seeded permutation of the sorted ids, 64/16/20 "
+                  "train/val/test (segmentation and detection test the same images)")
     ledger = BoxLedger()
     marker = is_synthetic(Path(src), root, root.parent)
 
     def items():
-        for stem, split in zip(stems, splits):
+        for stem, split in chosen:
             entry = entries.get(stem, {"bbox": []})
             height, width = read_pixels(images[stem]).shape[:2]
             if ("height" in entry or "width" in entry) and [entry.get("height"), entry.get("width")] != [height, width]:
@@ -65,15 +70,15 @@ def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None,
             yield DetItem(stem, images[stem], np.array(boxes).reshape(-1, 4), [0] * len(boxes), str(split),
                           source=images[stem])
 
-    return write_detection_dataset(
+    folder = write_detection_dataset(
         out_root, NAME, CLASSES, items(),
         source={"layout": LAYOUT, "src": str(Path(src).resolve()), "synthetic_marker": marker},
-        split_method=("no official split: kvasir_seg's seeded permutation of the sorted ids, 64/16/20 "
-                      "train/val/test (segmentation and detection test the same images)"),
-        seed=seed, synthetic=marker is not None, ledger=ledger, total=len(stems),
+        split_method=method, seed=None if options.split_file is not None else seed,
+        synthetic=marker is not None, ledger=ledger, total=len(chosen),
         extra={"ignored_files": {"images": ignored}, "box_json": box_path.name,
-               "images_without_boxes": sum(1 for s in stems if not entries.get(s, {}).get("bbox"))},
+               "images_without_boxes": sum(1 for s, _ in chosen if not entries.get(s, {}).get("bbox"))},
         progress=progress)
+    return kvasir_seg.published.record_split(folder, **split_fields)
 
 
 def synthesize(out: Path, *, n: int = DEFAULT_N, seed: int = 0, size: int = 96) -> Path:
