@@ -27,6 +27,7 @@ td.ns, td.sig { font-size: .9em; }
 .ci { color: #57606a; font-size: .85em; }
 small { color: #57606a; font-weight: 400; }
 span.in-domain { font-size: .75em; padding: 0 3px; border-radius: 3px; background: #fff8c5; color: #7d4e00; }
+span.test-seen { font-size: .75em; padding: 0 3px; border-radius: 3px; background: #ffebe9; color: #82071e; }
 small.badge { display: inline-block; margin-top: 2px; padding: 0 4px; border-radius: 3px; background: #ddf4ff; color: #0a3069; }
 td.overall { background: #f6f8fa; } td.cost { background: #f6f8fa; color: #57606a; }
 tfoot tr.reference th, tfoot tr.reference td { background: #fff8c5; font-style: italic; border-top: 2px solid #9a6700; }

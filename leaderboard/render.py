@@ -174,12 +174,26 @@ def _cell_html(row: Row, column: Column, table: Table, anchor: str) -> str:
     if in_domain:  # the checkpoint was pretrained on this task's training labels (Ark): not a transfer
         reason = (in_domain[0].get("provenance") or {}).get("transfer_reason") or "labels seen in pretraining"
         mark += f" <span class=\"in-domain\" title=\"{esc('not a transfer: ' + reason)}\">in-domain</span>"
+    mark += _test_seen_mark(cell)
     # lighter = worse, darker green = better, per column; text stays readable at the dark end
     style = f"background-color: hsl(140, 55%, {96 - 36 * cell.shade:.0f}%)"
     classes = "score best" if cell.best else "score"
     return (f"<td class=\"{classes}\" data-sort=\"{_sort_value(cell.mean)}\" data-rank=\"{cell.rank:g}\" "
             f"data-norm=\"{_sort_value(cell.shade)}\" style=\"{style}\" title=\"{esc(_cell_summary(cell))}\">"
             f"<a href=\"#{anchor}\">{fmt(cell.mean)}{ci}</a>{mark}</td>")
+
+
+def _test_seen_mark(cell: Cell) -> str:
+    """A mark when the checkpoint's pretraining corpus held some of the cell's test images (the records'
+    `test_overlap`, harness.app.leakage): the score is not a clean transfer."""
+    overlaps = [(r.get("provenance") or {}).get("test_overlap") or {} for r in cell.records]
+    seen = [o for o in overlaps if o.get("seen")]
+    if not seen:
+        return ""
+    worst = max(seen, key=lambda o: o["seen"])
+    title = (f"pretraining corpus {worst.get('corpus')} holds {worst['seen']} of the {worst.get('test_images')} "
+             f"test images (same pixels), e.g. {', '.join(worst.get('seen_ids') or [])}")
+    return f" <span class=\"test-seen\" title=\"{esc(title)}\">saw test</span>"
 
 
 def _lead_mark(test, row: Row) -> str:

@@ -154,6 +154,9 @@ sort (missing values stay last).</li>
 label fractions, seeds and failed jobs), in hours; hover for the split by device (CPU or GPU). Pretrain h is
 read from the checkpoint's record (its sidecar): "unknown" when it records no time (hover for what it does
 record), "none" for random initialisation. An unknown cost is never shown as 0.</li>
+<li><b>in-domain</b> marks a checkpoint pretrained on the task's own training labels; <b>saw test</b> marks a
+checkpoint whose pretraining corpus held some of the task's test images (the same decoded pixels; hover for how
+many). Neither score is a clean transfer.</li>
 <li><b>Synthetic data</b>: results evaluated on synthetic images, or from checkpoints pretrained on a
 synthetic corpus, are in their own table with its own ranking, tests and charts.</li>
 <li><b>Reported in paper</b>: the LVM-Med paper's published numbers (ResNet-50) for reference, not ranked

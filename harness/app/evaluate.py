@@ -125,6 +125,7 @@ def run_unit(spec: dict) -> dict:
                         "synthetic": data.meta["synthetic"], "source": data.meta.get("source"),
                         "split": data.meta.get("split")}
     base.update(transfer_status(ref.sidecar, spec["dataset"], data))
+    overlap = _overlap_check(ws, ref.sidecar, Path(spec["data_root"]) / spec["dataset"], data)
     for key in spec["keys"]:
         task = tasks[key.task]
         protocol = task.protocol(key.protocol, profile)
@@ -132,6 +133,8 @@ def run_unit(spec: dict) -> dict:
             protocol = replace(protocol, image_size=spec["image_size"])
         config = {**protocol.as_dict(), "profile": profile, "label_fraction": key.label_fraction}
         provenance = {**base, "seed": key.seed, "protocol": config}
+        if overlap is not None:
+            provenance["test_overlap"] = overlap(task.test_domain)
         start = time.perf_counter()
         try:
             if data_error:
@@ -152,6 +155,21 @@ def run_unit(spec: dict) -> dict:
             counts["failed"] += 1
     store.close()
     return {**counts, "features_computed": cache.computed}
+
+
+def _overlap_check(ws: Workspace, sidecar: dict, folder: Path, data):
+    """domain -> the test-overlap record of a task (harness.app.leakage), or None without data."""
+    if data is None:
+        return None
+    from medssl_bench.harness.app import leakage
+
+    try:
+        hashes = leakage.hash_test_images(folder, data.meta["content_hash"], ws.cache / "test_hashes")
+        corpus_id, seen, unknown = leakage.corpus_hashes(sidecar, ws)
+    except UserError as err:  # a damaged manifest or cache: the overlap is unknown, the jobs still run
+        record = {"corpus": (sidecar.get("corpus") or {}).get("id"), "seen": None, "unknown": str(err)}
+        return lambda domain: record
+    return lambda domain: leakage.overlap_record(hashes, corpus_id, seen, unknown, domain)
 
 
 def transfer_status(sidecar: dict, dataset: str, data) -> dict:
