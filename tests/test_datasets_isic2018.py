@@ -11,6 +11,7 @@ from PIL import Image
 from medssl_bench.downstream.datasets import isic2018
 from medssl_bench.downstream.datasets.canonical_seg import load_segmentation_dataset
 from medssl_bench.downstream.phantoms.seg_isic import isic_sample, lesion_under_hair
+from medssl_bench.downstream.datasets.options import PrepareOptions
 from tests.dataset_helpers import Download, raises, refused
 
 N, SIZE, SEED = 20, 40, 3
@@ -117,7 +118,9 @@ def test_mask_size_and_values_and_unreadable(src, tmp_path):
     values[:3] = 128
     values[3:6] = 255
     Image.fromarray(values).save(mask)
-    refused(isic2018, src, tmp_path / "out", mask.name, "label value(s) 128 outside the codebook")
+    raises(lambda: isic2018.prepare(src, tmp_path / "out", options=PrepareOptions(strict=True)),
+           mask.name, "label value(s) 128 outside the codebook")
+    assert not (tmp_path / "out" / isic2018.NAME).exists()
     mask.write_bytes(b"not a png")
     refused(isic2018, src, tmp_path / "out", mask.name, "unreadable mask")
     mask.write_bytes(good)
@@ -147,3 +150,50 @@ def test_empty_training_folder(src, tmp_path):
 
 def test_synthesize_refuses_tiny_requests(tmp_path):
     raises(lambda: isic2018.synthesize(tmp_path / "x", n=3, size=SIZE), "n=3 is too small")
+
+
+def test_unknown_mask_value_becomes_background_counted_and_warned(src, tmp_path):
+    mask = _first(src / TRAIN_GT, "_segmentation.png")
+    height, width = Image.open(_first(src / TRAIN_IN, ".jpg")).size[::-1]
+    values = np.zeros((height, width), np.uint8)
+    values[:3] = 128  # a stray value: background, as the public loaders read it
+    values[3:6] = 255
+    Image.fromarray(values).save(mask)
+    ds = load_segmentation_dataset(isic2018.prepare(src, tmp_path / "out"))
+    record = ds.meta["unknown_label_codes"]
+    assert record["total"] == 3 * width and record["codes"] == {"128": 3 * width}
+    assert list(record["files"]) == [str(mask)]
+    assert any(f"{3 * width} pixel(s) in 1 file(s)" in w and "128 (" in w for w in ds.meta["warnings"])
+    sample = next(s for s in ds.samples if s.id == mask.name[:12])
+    expected = np.zeros((height, width), np.uint8)
+    expected[3:6] = 1
+    assert np.array_equal(np.asarray(Image.open(sample.mask)), expected)
+
+
+def test_mask_oriented_like_its_exif_rotated_image(tmp_path):
+    """An image and its mask both stored with EXIF Orientation=6 (display = stored turned 90 degrees
+    clockwise): the prepared mask is the displayed one, aligned with the image as it is read."""
+    src = tmp_path / "isic"
+    (src / TRAIN_IN).mkdir(parents=True)
+    (src / TRAIN_GT).mkdir(parents=True)
+    stored = np.zeros((4, 6), np.uint8)  # 4 rows x 6 columns as stored
+    stored[0, 0] = stored[0, 1] = stored[3, 5] = 255
+    # displayed after a 90-degree clockwise turn: 6 rows x 4 columns; stored (r, c) -> (c, 3 - r)
+    expected = np.zeros((6, 4), np.uint8)
+    expected[0, 3] = expected[1, 3] = expected[5, 0] = 1
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 CW to display
+    for i in range(3):  # three pairs: enough for a Training-only 70/10/20 carve
+        key = f"ISIC_{i:07d}"
+        rgb = np.zeros((4, 6, 3), np.uint8)
+        rgb[..., 0] = np.arange(6) * 40  # a horizontal ramp: turned, it becomes vertical
+        Image.fromarray(rgb).save(src / TRAIN_IN / f"{key}.jpg", format="JPEG", quality=95, exif=exif)
+        Image.fromarray(stored).save(src / TRAIN_GT / f"{key}_segmentation.png", exif=exif)
+    from medssl_bench.harness.imageio import read_pixels
+
+    assert read_pixels(src / TRAIN_IN / "ISIC_0000000.jpg").shape[:2] == (6, 4)  # images are turned
+    ds = load_segmentation_dataset(isic2018.prepare(src, tmp_path / "out"))
+    assert len(ds.samples) == 3
+    for sample in ds.samples:
+        assert np.array_equal(np.asarray(Image.open(sample.mask)), expected), sample.id
+        assert read_pixels(sample.image).shape[:2] == (6, 4)

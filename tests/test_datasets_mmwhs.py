@@ -13,6 +13,7 @@ from PIL import Image
 from medssl_bench.downstream.datasets import mmwhs
 from medssl_bench.downstream.datasets.mmwhs import CT as mmwhs_ct, MRI as mmwhs_mri
 from medssl_bench.downstream.datasets.canonical_seg import load_segmentation_dataset, volume_to_uint8
+from medssl_bench.downstream.datasets.options import PrepareOptions
 from tests.dataset_helpers import (
     Download, file_digests as _files, mask_of as _mask, raises as _raises, rewrite_nifti as _rewrite)
 
@@ -143,7 +144,30 @@ def test_shape_mismatch_names_both_files(src, tmp_path):
 def test_code_outside_codebook(src, tmp_path):
     ct = src("ct")
     _rewrite(ct / "ct_train" / "ct_train_1001_label.nii.gz", lambda v: np.where(v == 850, 300, v).astype(np.int16))
-    _raises(lambda: mmwhs_ct.prepare(ct, tmp_path / "out"), "ct_train_1001_label.nii.gz", "label value(s) 300")
+    _raises(lambda: mmwhs_ct.prepare(ct, tmp_path / "out", options=PrepareOptions(strict=True)),
+            "ct_train_1001_label.nii.gz", "label value(s) 300")
+    assert not (tmp_path / "out" / "mmwhs_ct").exists()
+
+
+def test_unknown_code_becomes_background_counted_and_warned(src, tmp_path):
+    ct = src("ct")
+    label = ct / "ct_train" / "ct_train_1001_label.nii.gz"
+    codes = np.asarray(nib.load(str(label)).dataobj)
+    n300 = int((codes == 850).sum())
+    assert n300 > 0
+    _rewrite(label, lambda v: np.where(v == 850, 300, v).astype(np.int16))
+    ds = load_segmentation_dataset(mmwhs_ct.prepare(ct, tmp_path / "out"))
+    record = ds.meta["unknown_label_codes"]
+    assert record["total"] == n300 and record["codes"] == {"300": n300}
+    assert list(record["files"].values()) == [n300] and next(iter(record["files"])).endswith(label.name)
+    assert any(f"{n300} voxel(s) in 1 file(s)" in w and "300" in w and "background" in w
+               for w in ds.meta["warnings"])
+    masks = np.stack([_mask(s) for s in sorted((s for s in ds.samples if s.case == "ct_train_1001"),
+                                               key=lambda s: s.slice)], axis=-1)
+    _, phantom, _ = mmwhs.synthetic_volume("ct", SEED, "1001", SIZE)  # the labels in read_nifti's orientation
+    expected = _expected(np.where(phantom == 850, 0, phantom))
+    assert masks.shape == expected.shape and np.array_equal(masks, expected)
+    assert int((masks == 7).sum()) == 0  # pulmonary artery (850) became unknown -> background
 
 
 def test_empty_image_volume(src, tmp_path):

@@ -15,6 +15,7 @@ from PIL import Image
 from medssl_bench.downstream.datasets import prostate
 from medssl_bench.downstream.datasets.canonical_seg import load_segmentation_dataset
 from medssl_bench.downstream.phantoms.seg_prostate import SITE_STYLES
+from medssl_bench.downstream.datasets.options import PrepareOptions
 from tests.dataset_helpers import Download, raises, refused
 
 N, SIZE, SEED = 12, 48, 5
@@ -76,7 +77,8 @@ def test_masks_match_the_generator(raw, prepared):
         site, name = case.split("/")
         image, label, _ = prostate.synthetic_case(SEED, site, int(name[4:]), SIZE)
         masks = np.stack([np.asarray(Image.open(s.mask)) for s in slices], axis=-1)
-        assert np.array_equal(masks, label), case
+        assert (2 in label) == (site in prostate.ZONAL_SITES), case  # NCI-ISBI sites: zonal labels
+        assert np.array_equal(masks, (label > 0).astype(np.uint8)), case  # 1 and 2 -> prostate
         pixels = np.stack([np.asarray(Image.open(s.image)) for s in slices], axis=-1).astype(float)
         assert np.corrcoef(pixels.ravel(), image.ravel())[0, 1] > 0.95, case
     assert any(np.asarray(Image.open(s.mask)).any() for s in prepared.samples)
@@ -119,10 +121,64 @@ def test_shape_mismatch_names_both(src, tmp_path):
 def test_unknown_label_value(src, tmp_path):
     label = src / "BIDMC" / "Case00_segmentation.nii.gz"
     data = np.asarray(nib.load(label).dataobj).copy()
-    data[data == 1] = 2  # a zonal label (2) outside the codebook {0, 1}
+    data[data == 1] = 3  # a label (3) outside the codebook {0, 1, 2}
     _save(label, data, label)
-    refused(prostate, src, tmp_path / "o", "BIDMC/Case00_segmentation.nii.gz",
-           "2", "outside the codebook")
+    raises(lambda: prostate.prepare(src, tmp_path / "o", options=PrepareOptions(strict=True)),
+           "BIDMC/Case00_segmentation.nii.gz", "3", "outside the codebook")
+    assert not (tmp_path / "o" / prostate.NAME).exists()
+
+
+def test_unknown_label_value_becomes_background_counted_and_warned(src, tmp_path):
+    label = src / "BIDMC" / "Case00_segmentation.nii.gz"
+    data = np.asarray(nib.load(label).dataobj).copy()
+    n3 = int((data == 1).sum())
+    assert n3 > 0
+    data[data == 1] = 3
+    _save(label, data, label)
+    ds = load_segmentation_dataset(prostate.prepare(src, tmp_path / "o"))
+    record = ds.meta["unknown_label_codes"]
+    assert record["total"] == n3 and record["codes"] == {"3": n3}
+    assert list(record["files"]) == [str(label)]
+    assert any(f"{n3} voxel(s) in 1 file(s)" in w and "3 (" in w and "background" in w
+               for w in ds.meta["warnings"])
+    assert not any(np.asarray(Image.open(s.mask)).any() for s in ds.samples if s.case == "BIDMC/Case00")
+    assert any("hold no prostate voxel" in w for w in ds.meta["warnings"])
+
+
+def test_zonal_label_2_is_prostate_and_counted(src, tmp_path):
+    """A site volume with labels {0, 1, 2} (NCI-ISBI: 1 central gland, 2 peripheral zone) prepares:
+    the prostate mask covers both codes and the remapped voxels are counted in dataset.json."""
+    label = src / "BIDMC" / "Case00_segmentation.nii.gz"  # a site without zones in the phantom
+    data = np.asarray(nib.load(label).dataobj).copy()
+    assert set(np.unique(data)) == {0, 1}
+    whole = data > 0
+    data[whole & (np.indices(data.shape)[0] % 2 == 0)] = 2  # every other row of the gland: zone 2
+    assert set(np.unique(data)) == {0, 1, 2}
+    _save(label, data, label)
+    n2 = int((data == 2).sum())
+    ds = load_segmentation_dataset(prostate.prepare(src, tmp_path / "o"))
+    zone2 = ds.meta["zone_label_2_voxels"]
+    assert zone2["by_case"]["BIDMC/Case00"] == n2 and zone2["by_site"]["BIDMC"] == n2
+    masks = np.stack([np.asarray(Image.open(s.mask)) for s in _by_case(ds)["BIDMC/Case00"]], axis=-1)
+    _, expected, _ = prostate.synthetic_case(SEED, "BIDMC", 0, SIZE)
+    assert set(np.unique(expected)) == {0, 1}
+    assert np.array_equal(masks, expected) and int(masks.sum()) == int(whole.sum())  # 1s and 2s: prostate
+    assert ds.meta["label_codes"]["prostate"] == [1, 2] and ds.meta["unknown_label_codes"]["total"] == 0
+    assert any("label 2" in n and "as SAML" in n for n in ds.meta["notes"])
+
+
+def test_synthetic_nci_isbi_sites_write_zone_2(raw, prepared):
+    """RUNMC and BMC (from NCI-ISBI 2013) store 2s as the real release does; the count in
+    dataset.json is the number of 2-voxels in their label files, per case."""
+    zone2, by_case = prepared.meta["zone_label_2_voxels"], {}
+    for site in prostate.SITES:
+        for path in sorted((raw / site).glob("*_[sS]egmentation.nii.gz")):
+            n = int((np.asarray(nib.load(path).dataobj) == 2).sum())
+            assert (n > 0) == (site in prostate.ZONAL_SITES), path
+            if n:
+                by_case[f"{site}/{path.name.split('_')[0]}"] = n
+    assert zone2["by_case"] == by_case and zone2["total"] == sum(by_case.values())
+    assert set(zone2["by_site"]) == {"RUNMC", "BMC"} and prepared.meta["unknown_label_codes"]["total"] == 0
 
 
 def test_empty_and_unreadable_volumes(src, tmp_path):

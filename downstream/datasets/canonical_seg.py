@@ -14,7 +14,8 @@
 `domain` is the acquisition site where a task has several (prostate), else empty.
 
 Adapters read the raw download, turn every label encoding (GIF palettes, JPEG masks, NIfTI codes)
-into class indices with `map_codes` / `binarise`, and stream `SegItem`s to the writer, which checks
+into class indices with `map_codes` (unknown codes: background, counted in `UnknownCodes`, or an
+error with strict) / `binarise`, and stream `SegItem`s to the writer, which checks
 each image against its mask, builds the folder beside the target and swaps it in when complete.
 """
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Callable, Iterable, NamedTuple, Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from medssl_bench.downstream.datasets.canonical import FORMAT, SPLITS, read_dataset_meta, staged_folder, unique_id
 from medssl_bench.harness.errors import UserError
@@ -96,19 +97,53 @@ class SegmentationDataset:
 
 
 # ----------------------------------------------------------------------------- label encodings
-def map_codes(values: np.ndarray, codebook: dict[int, int], source: Path | str, *, other: int | None = None) -> np.ndarray:
-    """Raw label codes -> class indices (uint8). A code outside `codebook` is an error naming
-    `source` and the offending values, unless `other` says which class they become."""
+class UnknownCodes:
+    """Tally of the label codes outside a codebook that `map_codes` read as background (the
+    default, as the public loaders do: LVM-Med maps unknown labels to background). `record` is
+    the dict an adapter puts in dataset.json (`unknown_label_codes`), `warnings()` the lines for
+    its `warnings`; both are read after the stream of items has ended."""
+
+    def __init__(self, unit: str = "voxel"):
+        self.unit = unit
+        self.record: dict = {"total": 0, "codes": {}, "files": {}}
+
+    def add(self, source: Path | str, counts: dict[int, int]) -> None:
+        where = str(source)
+        for code, n in counts.items():
+            self.record["codes"][str(code)] = self.record["codes"].get(str(code), 0) + int(n)
+            self.record["total"] += int(n)
+        files = self.record["files"]
+        files[where] = files.get(where, 0) + int(sum(counts.values()))
+
+    def warnings(self) -> list[str]:
+        rec = self.record
+        if not rec["total"]:
+            return []
+        codes = ", ".join(f"{c} ({n})" for c, n in sorted(rec["codes"].items(), key=lambda kv: int(kv[0])))
+        first = next(iter(rec["files"]))
+        return [f"{rec['total']} {self.unit}(s) in {len(rec['files'])} file(s) held label code(s) outside the "
+                f"codebook, read as background: {codes}; e.g. {first} (--strict refuses them)"]
+
+
+def map_codes(values: np.ndarray, codebook: dict[int, int], source: Path | str, *, other: int | None = None,
+              strict: bool = True, unknown: UnknownCodes | None = None) -> np.ndarray:
+    """Raw label codes -> class indices (uint8). A code outside `codebook` becomes class `other`
+    when given; else, with `strict`, it is an error naming `source` and the offending values;
+    without `strict` it becomes background (0), its voxels counted in `unknown` (required then)."""
     values = np.asarray(values)
     if values.dtype.kind == "f":
         if not np.all(np.isfinite(values)) or np.any(values != np.round(values)):
             raise UserError("label volume holds non-integer values: not a label map", source)
         values = values.astype(np.int64)
     codes = np.unique(values)
-    unknown = [int(c) for c in codes if int(c) not in codebook]
-    if unknown and other is None:
-        shown = ", ".join(map(str, unknown[:8])) + (" ..." if len(unknown) > 8 else "")
-        raise UserError(f"label value(s) {shown} outside the codebook {sorted(codebook)}", source)
+    unknown_codes = [int(c) for c in codes if int(c) not in codebook]
+    if unknown_codes and other is None:
+        if strict:
+            shown = ", ".join(map(str, unknown_codes[:8])) + (" ..." if len(unknown_codes) > 8 else "")
+            raise UserError(f"label value(s) {shown} outside the codebook {sorted(codebook)}", source)
+        if unknown is None:
+            raise ValueError("map_codes(strict=False) needs an UnknownCodes tally")  # adapter bug
+        unknown.add(source, {c: int(np.count_nonzero(values == c)) for c in unknown_codes})
     out = np.full(values.shape, other or 0, np.uint8)
     for code, index in codebook.items():
         out[values == code] = index
@@ -126,10 +161,13 @@ def binarise(gray: np.ndarray, *, threshold: int = 128) -> np.ndarray:
 
 
 def read_mask_gray(path: Path) -> np.ndarray:
-    """A mask file as 8-bit gray (palette GIFs through their palette: always convert('L'))."""
+    """A mask file as 8-bit gray (palette GIFs through their palette: always convert('L')), turned
+    by its EXIF orientation as images are, so a mask stays aligned with its image."""
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("L"))
+            im.load()
+            # oriented like its image (harness.imageio reads images EXIF-transposed)
+            return np.asarray(ImageOps.exif_transpose(im).convert("L"))
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise UserError(f"unreadable mask ({type(exc).__name__}: {exc})", path) from None
 

@@ -9,7 +9,10 @@ Split: each official split (Training -> train, Validation -> val, Test -> test) 
 pair is present is used as is; a missing Validation or Test pair is carved out of Training by a
 seeded draw (val 10 %, test 20 % of Training), so a Training-only download is split 70/10/20.
 LVM-Med's own split is not published (its name "isiconlytrain" suggests a re-split of Training).
-Classes: background, lesion; the paper scores Dice of the lesion (target class 1).
+Classes: background, lesion; the paper scores Dice of the lesion (target class 1). A mask value
+other than 0/255 (or 0/1) becomes background, counted (dataset.json `unknown_label_codes`) and
+warned about, as the public loaders do; with `strict` it is an error naming the mask. Masks are
+turned by their EXIF orientation, as images are.
 """
 from __future__ import annotations
 
@@ -22,7 +25,9 @@ from PIL import Image
 from medssl_bench.downstream.datasets.options import PrepareOptions, supported
 from medssl_bench.downstream.datasets._paths import child, find_root
 from medssl_bench.downstream.datasets.canonical import allocate, check_synth_request, is_synthetic, synthetic_output
-from medssl_bench.downstream.datasets.canonical_seg import SegItem, map_codes, read_mask_gray, write_segmentation_dataset
+from medssl_bench.downstream.datasets.canonical_seg import (
+    SegItem, UnknownCodes, map_codes, read_mask_gray, write_segmentation_dataset,
+)
 from medssl_bench.downstream.phantoms.seg_isic import isic_sample
 from medssl_bench.harness.errors import UserError
 
@@ -74,11 +79,12 @@ def _pairs(image_dir: Path, mask_dir: Path) -> tuple[list[tuple[str, Path, Path]
     return [(k, images[k], masks[k]) for k in sorted(images)], ignored
 
 
-def read_mask(path: Path) -> np.ndarray:
-    """A 0/255 (or already 0/1) ground-truth PNG -> 0/1; any other value is an error naming it."""
+def read_mask(path: Path, *, strict: bool = True, unknown: UnknownCodes | None = None) -> np.ndarray:
+    """A 0/255 (or already 0/1) ground-truth PNG -> 0/1; any other value is an error naming it
+    (`strict`) or background, counted in `unknown`."""
     gray = read_mask_gray(path)
     codebook = {0: 0, 1: 1} if gray.size and gray.max() <= 1 else {0: 0, 255: 1}
-    return map_codes(gray, codebook, path)
+    return map_codes(gray, codebook, path, strict=strict, unknown=unknown)
 
 
 def _seeded_parts(n: int, missing: list[str], seed: int) -> np.ndarray:
@@ -126,17 +132,21 @@ def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None,
     else:
         method = "official ISIC 2018 split: Training -> train, Validation -> val, Test -> test"
     marker = is_synthetic(Path(src), root)
+    unknown, warnings = UnknownCodes("pixel"), []
 
     def items():
         for key, image, mask_path, split in plan:
-            yield SegItem(key, image, read_mask(mask_path), split, source=mask_path)
+            yield SegItem(key, image, read_mask(mask_path, strict=options.strict, unknown=unknown), split,
+                          source=mask_path)
+        warnings.extend(unknown.warnings())  # read by the writer after the stream ends
 
     return write_segmentation_dataset(
         out_root, NAME, KIND, CLASSES, items(),
         source={"layout": LAYOUT, "src": str(Path(src).resolve()), "synthetic_marker": marker},
         split_method=method, seed=seed if missing else None, synthetic=marker is not None,
         label_codes=LABEL_CODES, target_classes=TARGET_CLASSES, total=len(plan),
-        extra={"ignored_files": ignored, "official_splits": list(found)},
+        extra={"ignored_files": ignored, "official_splits": list(found), "unknown_label_codes": unknown.record},
+        warnings=warnings,
         notes=[f"{sum(ignored.values())} non-ISIC file(s) (LICENSE/ATTRIBUTION...) ignored"] if any(
             ignored.values()) else [],
         progress=progress)

@@ -6,8 +6,9 @@ volumes, 1001-1020) and <p>_test/<p>_test_20NN_image.nii.gz (no labels: counted,
 p = ct or mr; both modalities may sit side by side in one download folder.
 Labels: 205 LV myocardium, 420 left atrium, 500 LV blood, 550 right atrium, 600 right ventricle,
 820 ascending aorta, 850 pulmonary artery -> classes 1..7 in sorted code order (LVM-Med's remap);
-the stray code 421 reported in one MR label becomes background with a warning, any other code is
-an error. Scored foreground: class 2 = code 420 = left atrium (LVM-Med's eval_class 2, tasks
+the stray code 421 reported in one MR label becomes background with a warning; any other code
+also becomes background, counted (dataset.json `unknown_label_codes`) and warned about, as the
+public loaders do (LVM-Med maps unknown labels to background), or with `strict` is an error. Scored foreground: class 2 = code 420 = left atrium (LVM-Med's eval_class 2, tasks
 "las_ct"/"las_mri"); the other structures are kept for all-structure scoring.
 Split: LVM-Med's published volume ids (files_split/MMWHS_*_Heart.json, same for CT and MR) when
 the labelled ids are exactly 1001-1020; otherwise a seeded split by volume, 65/15/20.
@@ -26,7 +27,7 @@ from medssl_bench.downstream.datasets.options import PrepareOptions, supported
 from medssl_bench.downstream.datasets._paths import candidate_roots, child
 from medssl_bench.downstream.datasets.canonical import SYNTHETIC_MARKER, is_synthetic, synthetic_output
 from medssl_bench.downstream.datasets.canonical_seg import (
-    SegItem, map_codes, nifti_header, read_nifti, seeded_case_split, volume_to_uint8, write_segmentation_dataset,
+    SegItem, UnknownCodes, map_codes, nifti_header, read_nifti, seeded_case_split, volume_to_uint8, write_segmentation_dataset,
 )
 from medssl_bench.downstream.phantoms.seg_brats import depth_range, nifti_gz_bytes
 from medssl_bench.downstream.phantoms.seg_heart import heart_case
@@ -121,7 +122,8 @@ def _split(ids: list[int], seed: int) -> tuple[dict[int, str], str]:
             "train/val/test (volume ids are not exactly the published 1001-1020)")
 
 
-def _slices(pairs, split, modality: str, warnings: list[str]):
+def _slices(pairs, split, modality: str, warnings: list[str], strict: bool = True,
+            unknown: UnknownCodes | None = None):
     """SegItems, one per axial slice, volume by volume; every bad volume raises a UserError."""
     for vid in sorted(pairs):
         img_path, lab_path = pairs[vid]["image"], pairs[vid]["label"]
@@ -137,13 +139,15 @@ def _slices(pairs, split, modality: str, warnings: list[str]):
         if stray:  # read by the writer after the stream ends
             warnings.append(f"{lab_path.name}: {stray} voxel(s) with the stray code {STRAY_CODE} read as background")
             label = np.where(label == STRAY_CODE, 0, label)
-        mask = map_codes(label, CODEBOOK, lab_path)
+        mask = map_codes(label, CODEBOOK, lab_path, strict=strict, unknown=unknown)
         if not np.any(mask == TARGET_CLASSES[0]):
             warnings.append(f"{lab_path.name}: no left-atrium (420) voxels")
         pixels = volume_to_uint8(image)
         case = f"{modality}_train_{vid}"
         for z in range(pixels.shape[2]):
             yield SegItem(f"{case}_{z:03d}", pixels[:, :, z], mask[:, :, z], split[vid], case, z, "", img_path)
+    if unknown is not None:  # read by the writer after the stream ends
+        warnings.extend(unknown.warnings())
 
 
 def prepare(src: Path, out_root: Path, *, modality: str, name: str, seed: int = 42, progress=None,
@@ -158,6 +162,7 @@ def prepare(src: Path, out_root: Path, *, modality: str, name: str, seed: int = 
     total = sum(nifti_header(files["image"])[0][2] for files in pairs.values())
     marker = is_synthetic(src, train.parent)
     warnings: list[str] = []
+    unknown = UnknownCodes()
     notes = [f"scored foreground = class 2 left atrium (code 420), as LVM-Med's eval_class 2; all "
              f"{len(CLASSES) - 1} structures are kept",
              f"{len(test_images)} unlabelled {p}_test volume(s) ignored"]
@@ -166,12 +171,13 @@ def prepare(src: Path, out_root: Path, *, modality: str, name: str, seed: int = 
                      + ", ".join(f.name for f in ignored[:3]))
     codes = {index: code for code, index in CODEBOOK.items()}
     return write_segmentation_dataset(
-        out_root, name, KIND, CLASSES, _slices(pairs, split, p, warnings),
+        out_root, name, KIND, CLASSES, _slices(pairs, split, p, warnings, options.strict, unknown),
         source={"layout": layout(p), "src": str(src.resolve()), "modality": p, "synthetic_marker": marker},
         split_method=method, seed=seed, synthetic=marker is not None,
         label_codes={cls: [codes[i]] + ([STRAY_CODE] if i == 0 else []) for i, cls in enumerate(CLASSES)},
         target_classes=TARGET_CLASSES, total=total,
         extra={"n_volumes": len(pairs), "unlabelled_test_volumes": len(test_images), "ignored_files": len(ignored),
+               "unknown_label_codes": unknown.record,
                "volume_ids": {s: [v for v in sorted(pairs) if split[v] == s] for s in ("train", "val", "test")}},
         notes=notes, warnings=warnings, progress=progress)
 

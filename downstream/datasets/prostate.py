@@ -3,7 +3,11 @@ and synthetic writer.
 
 Layout: six site folders RUNMC, BMC, I2CVB, UCL, BIDMC, HK, each with CaseNN.nii.gz and its label
 volume CaseNN_segmentation.nii.gz (some copies spell it _Segmentation: matched case-insensitively;
-.nii accepted too). Labels: 0 background, 1 prostate; any other value is an error naming the file.
+.nii accepted too). Labels: 0 background, 1 prostate, and 2 in the sites that come from NCI-ISBI
+2013 (RUNMC, BMC: 1 central gland, 2 peripheral zone; SAML README) read as prostate (whole gland),
+as SAML's own loader (`mask[mask==2]=1`) and FedDG do; the remapped voxels are counted in
+dataset.json `zone_label_2_voxels`. Any other code becomes background, counted and warned about
+(`unknown_label_codes`), or with `strict` is an error naming the file.
 Volumes are read voxel-aligned (canonical_seg.read_nifti), windowed once per volume and written as
 one sample per axial slice; case = "<SITE>/<CaseNN>", domain = the site.
 Split (LVM-Med, docs/tasks.md): train on BMC, test on held-out BMC cases and on RUNMC,
@@ -22,10 +26,10 @@ from medssl_bench.downstream.datasets.options import PrepareOptions, supported
 from medssl_bench.downstream.datasets._paths import SKIP_DIRS, find_root, natural_key, subfolders
 from medssl_bench.downstream.datasets.canonical import SYNTHETIC_MARKER, allocate, is_synthetic, synthetic_output
 from medssl_bench.downstream.datasets.canonical_seg import (
-    SegItem, map_codes, nifti_header, read_nifti, seeded_case_split, volume_to_uint8, write_segmentation_dataset,
+    SegItem, UnknownCodes, map_codes, nifti_header, read_nifti, seeded_case_split, volume_to_uint8, write_segmentation_dataset,
 )
 from medssl_bench.downstream.phantoms.seg_brats import nifti_gz
-from medssl_bench.downstream.phantoms.seg_prostate import SITE_STYLES, prostate_volume
+from medssl_bench.downstream.phantoms.seg_prostate import SITE_STYLES, ZONAL_SITES, prostate_volume  # noqa: F401
 from medssl_bench.harness.errors import UserError
 
 NAME = "prostate"
@@ -35,9 +39,11 @@ SITES = ("RUNMC", "BMC", "I2CVB", "UCL", "BIDMC", "HK")
 TRAIN_SITE = "BMC"
 PAPER_TEST_SITES = ("BMC", "RUNMC", "BIDMC", "HK")  # the sites LVM-Med reports (table 4)
 LAYOUT = ("<SITE>/CaseNN.nii.gz + <SITE>/CaseNN_segmentation.nii.gz (or _Segmentation) for SITE in "
-          "RUNMC, BMC, I2CVB, UCL, BIDMC, HK (BMC required); labels 0 background, 1 prostate")
+          "RUNMC, BMC, I2CVB, UCL, BIDMC, HK (BMC required); labels 0 background, 1 prostate "
+          "(RUNMC, BMC: 1 central gland, 2 peripheral zone)")
 DEFAULT_N = 18
-CODEBOOK = {0: 0, 1: 1}
+CODEBOOK = {0: 0, 1: 1, 2: 1}  # 2: peripheral zone (NCI-ISBI sites) -> whole prostate, as SAML
+ZONE_CODE = 2
 VAL_FRACTION = TEST_FRACTION = 0.2
 BMC_FRACTIONS = (1 - VAL_FRACTION - TEST_FRACTION, VAL_FRACTION, TEST_FRACTION)
 _FILE = re.compile(r"^(?P<case>.+?)(?P<seg>_segmentation)?\.nii(?:\.gz)?$", re.IGNORECASE)
@@ -124,6 +130,8 @@ def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None,
         notes.append(f"ignored {len(ignored)} non-NIfTI file(s), e.g. "
                      + ", ".join(str(p.relative_to(root)) for p in ignored[:3]))
     empty: list[str] = []
+    unknown = UnknownCodes()
+    zone2 = {"total": 0, "by_site": {}, "by_case": {}}  # voxels of code 2 read as prostate
 
     def items():
         for site, case, image, label, split, _ in plan:
@@ -134,7 +142,12 @@ def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None,
                                 f"is {volume.shape}", label)
             if float(volume.max()) == float(volume.min()):
                 raise UserError(f"image volume is empty (every voxel is {float(volume.min()):g})", image)
-            mask = map_codes(codes, CODEBOOK, label)
+            mask = map_codes(codes, CODEBOOK, label, strict=options.strict, unknown=unknown)
+            n2 = int(np.count_nonzero(codes == ZONE_CODE))
+            if n2:
+                zone2["total"] += n2
+                zone2["by_site"][site] = zone2["by_site"].get(site, 0) + n2
+                zone2["by_case"][f"{site}/{case}"] = n2
             if not mask.any():
                 empty.append(f"{site}/{label.name}")
             pixels = volume_to_uint8(volume)
@@ -143,6 +156,10 @@ def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None,
                               case=f"{site}/{case}", slice=k, domain=site, source=image)
         if empty:  # the writer builds dataset.json after the stream ends
             warnings.append(f"{len(empty)} label volume(s) hold no prostate voxel, e.g. {empty[0]}")
+        warnings.extend(unknown.warnings())
+        if zone2["total"]:
+            notes.append(f"{zone2['total']} voxel(s) of label 2 (peripheral zone, in "
+                         f"{', '.join(sorted(zone2['by_site']))}) read as prostate (whole gland), as SAML")
 
     marker = is_synthetic(Path(src), root)
     return write_segmentation_dataset(
@@ -152,10 +169,11 @@ def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None,
                       f"{VAL_FRACTION:.0%}/{TEST_FRACTION:.0%} train/val/test; every case of the other sites "
                       f"is test with its site as domain (LVM-Med: train {TRAIN_SITE}, test "
                       f"{', '.join(PAPER_TEST_SITES)})"),
-        seed=seed, synthetic=marker is not None, label_codes={"background": [0], "prostate": [1]},
+        seed=seed, synthetic=marker is not None, label_codes={"background": [0], "prostate": [1, 2]},
         target_classes=TARGET_CLASSES, total=sum(p[5] for p in plan), notes=notes, warnings=warnings,
         extra={"train_site": TRAIN_SITE, "paper_test_sites": list(PAPER_TEST_SITES), "sites": site_info,
-               "sites_missing": missing, "ignored_files": len(ignored), "empty_label_volumes": empty},
+               "sites_missing": missing, "ignored_files": len(ignored), "empty_label_volumes": empty,
+               "zone_label_2_voxels": zone2, "unknown_label_codes": unknown.record},
         progress=progress)
 
 

@@ -12,6 +12,10 @@ What makes the sites out-of-distribution for one another (the point of the task)
 drawn per SITE: matrix size and field of view, slice count, tissue contrast, gamma, noise level,
 bias-field strength, an endorectal-coil intensity fall-off, in-plane blur, stored orientation and
 data type. `SITE_STYLES` holds those settings.
+
+Labels follow the real release (Liu et al., SAML): 1 prostate, except at the sites that come from
+NCI-ISBI 2013 (`ZONAL_SITES`: RUNMC, BMC), whose labels are zonal - 1 central gland, 2 peripheral
+zone (a lesion in it included) - so the adapter's 2 -> 1 remap is exercised.
 """
 from __future__ import annotations
 
@@ -54,6 +58,7 @@ SITE_STYLES = {
     "HK": SiteStyle(0.75, (12, 14), 0.85, 3.3, 0.05, 0.18, 0.0, 0.7, 0.7,
                     {"pz": 0.8, "fat": 0.7, "plexus": 0.7}, False, "float32", 250.0),
 }
+ZONAL_SITES = ("RUNMC", "BMC")  # NCI-ISBI 2013 sites: 1 central gland, 2 peripheral zone
 _T2 = dict(fat=0.85, muscle=0.22, cortex=0.04, marrow=0.6, urine=1.0, wall=0.35, lumen=0.08,
            pz=0.72, cg=0.34, lesion=0.15, sv=0.82, plexus=0.8, vessel=0.05)
 
@@ -109,12 +114,14 @@ def _scene(rng: np.random.Generator, style: SiteStyle):
 def prostate_volume(rng: np.random.Generator, size: int, site: str) -> tuple[np.ndarray, np.ndarray, tuple]:
     """One subject scanned at `site`: (image float32 (H, W, D) in the orientation that
     canonical_seg.read_nifti returns - row 0 anterior, column 0 the patient's left, slice 0
-    inferior -, label uint8 0/1 (H, W, D), voxel spacing (mm)). The caller stores both with the
-    site's affine."""
+    inferior -, label uint8 (H, W, D): 0/1, or 0/1/2 (central gland / peripheral zone) at the
+    `ZONAL_SITES`, voxel spacing (mm)). The caller stores both with the site's affine."""
     style = SITE_STYLES[site]
     side = max(32, int(round(size * style.side / 2)) * 2)
     depth = int(rng.integers(style.depth[0], style.depth[1] + 1))
     objs, frame, lut, rectum = _scene(rng, style)
+    zonal = site in ZONAL_SITES
+    central = [o for o in objs if o.value == "cg"]  # the central gland, drawn alone for the zones
     field = bias_field(rng, side, style.bias)
     if style.erc:  # surface-coil fall-off around the endorectal coil
         c = frame.pt(*rectum)
@@ -129,6 +136,11 @@ def prostate_volume(rng: np.random.Generator, size: int, site: str) -> tuple[np.
             img = cv2.GaussianBlur(img, (0, 0), style.blur)
         image[:, :, k] = rician_noise(rng, img, sigma)
         label[:, :, k] = masks.get("prostate", np.zeros((side, side), F32)) >= 0.5
+        if zonal:  # whole gland unchanged; outside the central gland it is peripheral zone (2)
+            cg: dict = {}
+            render_scene(side, central, frame, float(z), 0.0, lut, cg)
+            inside = cg.get("prostate", np.zeros((side, side), F32)) >= 0.5
+            label[:, :, k][(label[:, :, k] == 1) & ~inside] = 2
     image = np.clip(image / F32(np.percentile(image, 99.5) + 1e-6), 0, None) ** F32(style.gamma)
     fov_mm = 200.0 / frame.scale
     return image * F32(style.scale), label, (fov_mm / side, fov_mm / side, style.thickness)
