@@ -61,6 +61,26 @@ def test_ap50_equals_the_hand_computed_101_point_value(tmp_path):
     assert _evaluate(PaperDetMetric(ann, ["polyp"]), preds)["ap50"] == pytest.approx(0.5)
 
 
+
+def test_ap50_on_the_positive_images_beside_all_images(tmp_path):
+    """LVM-Med's VinDr test holds only images with findings: ap50_positives scores those alone.
+    Two polyp images and a negative one. Detections: 0.9 hit (img 1), 0.8 false positive on the
+    negative img 3, 0.7 hit (img 2). All images: precision/recall (1, 1/2), (1/2, 1/2), (2/3, 1) ->
+    AP = (51 * 1 + 50 * 2/3) / 101. Positive images only: the 0.8 box is not scored, two hits
+    ranked first -> precision 1 at every recall: AP = 1."""
+    from medssl_bench.downstream.detection.metrics import PaperDetMetric
+
+    ann = _coco_file(tmp_path / "gt.json", [(1, 100, 80), (2, 100, 80), (3, 100, 80)],
+                     [(1, 1, 10, 10, 50, 50), (2, 1, 20, 20, 60, 40)], ["polyp"])
+    metric = PaperDetMetric(ann, ["polyp"])
+    result = _evaluate(metric, [_pred(1, [[11, 10, 50, 51]], [0.9], [0]), _pred(2, [[20, 21, 60, 40]], [0.7], [0]),
+                                _pred(3, [[5, 5, 30, 30]], [0.8], [0])])
+    metrics = metric.last["metrics"]
+    assert result["ap50"] == metrics["ap50"] == pytest.approx((51 * 1.0 + 50 * 2 / 3) / 101)
+    assert metrics["ap50_positives"] == pytest.approx(1.0) and metrics["ap50_positives"] != metrics["ap50"]
+    assert metrics["n_images"] == 3 and metrics["n_images_positives"] == 2
+    assert metrics["map_positives"] >= metrics["map"]
+
 def test_per_class_ap_and_a_class_absent_from_the_test_images(tmp_path):
     from medssl_bench.downstream.detection.metrics import PaperDetMetric
 

@@ -6,6 +6,12 @@ numbers, which mmdet rounds to 3 decimals) with one more COCOeval pass over the 
 for the unrounded values and what a leaderboard needs for confidence intervals: per-class AP50 and,
 per test image, its ground-truth count per class and each detection as [class, score, matched at
 IoU 0.5] (resampling images and recomputing AP from these gives a bootstrap CI).
+
+`ap50` scores every test image, negatives (images without boxes, VinDr's "No finding") included,
+so their false positives count. `ap50_positives` is a second COCOeval pass restricted to the images
+with at least one ground-truth box: LVM-Med's VinDr test set holds only such images (its
+convert_to_coco.py drops "No finding"), so that is the number to set beside the paper's. With no
+negative image the two are equal.
 """
 from __future__ import annotations
 
@@ -77,6 +83,9 @@ class PaperDetMetric(CocoMetric):
                 detections.append({"image_id": pred["img_id"], "category_id": self.cat_ids[label],
                                    "bbox": [x0, y0, x1 - x0, y1 - y0], "score": score})
         scored = coco_scores(self._coco_api, detections, self.img_ids, self.cat_ids)
+        positive_ids = [i for i in self.img_ids if self._coco_api.getAnnIds(imgIds=[i], catIds=self.cat_ids)]
+        positives = coco_scores(self._coco_api, [d for d in detections if d["image_id"] in set(positive_ids)],
+                                positive_ids, self.cat_ids) if positive_ids else {"ap50": 0.0, "map": 0.0}
         names = {c["id"]: c["name"] for c in self._coco_api.loadCats(self.cat_ids)}
         per_case = []
         for img_id, found in scored["per_image"].items():
@@ -85,6 +94,8 @@ class PaperDetMetric(CocoMetric):
                              "gt": {names[c]: n for c, n in found["gt"].items()},
                              "detections": [[names[c], s, m] for c, s, m in found["detections"]]})
         metrics = {"ap50": scored["ap50"], "map": scored["map"], "n_images": len(per_case),
+                   "ap50_positives": positives["ap50"], "map_positives": positives["map"],
+                   "n_images_positives": len(positive_ids),
                    "n_detections": len(detections),
                    **{f"mmdet_{k}": v for k, v in official.items() if k in ("bbox_mAP", "bbox_mAP_50")}}
         self.last = {"metric": "ap50", "value": scored["ap50"], "metrics": metrics,
