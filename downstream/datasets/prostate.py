@@ -29,7 +29,7 @@ from medssl_bench.downstream.datasets.canonical_seg import (
     SegItem, UnknownCodes, map_codes, nifti_header, read_nifti, seeded_case_split, volume_to_uint8, write_segmentation_dataset,
 )
 from medssl_bench.downstream.phantoms.seg_brats import nifti_gz
-from medssl_bench.downstream.phantoms.seg_prostate import SITE_STYLES, ZONAL_SITES, prostate_volume  # noqa: F401
+from medssl_bench.downstream.phantoms.seg_prostate import SITE_STYLES, ZONAL_SITES, prostate_volume
 from medssl_bench.harness.errors import UserError
 
 NAME = "prostate"
@@ -40,7 +40,7 @@ TRAIN_SITE = "BMC"
 PAPER_TEST_SITES = ("BMC", "RUNMC", "BIDMC", "HK")  # the sites LVM-Med reports (table 4)
 LAYOUT = ("<SITE>/CaseNN.nii.gz + <SITE>/CaseNN_segmentation.nii.gz (or _Segmentation) for SITE in "
           "RUNMC, BMC, I2CVB, UCL, BIDMC, HK (BMC required); labels 0 background, 1 prostate "
-          "(RUNMC, BMC: 1 central gland, 2 peripheral zone)")
+          f"({', '.join(ZONAL_SITES)}: 1 central gland, 2 peripheral zone)")
 DEFAULT_N = 18
 CODEBOOK = {0: 0, 1: 1, 2: 1}  # 2: peripheral zone (NCI-ISBI sites) -> whole prostate, as SAML
 ZONE_CODE = 2
