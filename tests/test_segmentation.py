@@ -190,6 +190,9 @@ def test_ood_task_trains_on_bmc_and_tests_on_its_site_and_names_a_missing_site(t
     out = job("prostate_hk", 0)
     assert out["n_train"] == 4 and not out["selected"]["reused_training"]
     assert {c["id"] for c in out["test"]["per_case"]} == {s.id for s in data.split("test", "HK")}
+    # the paper's Dice at the protocol size (the model's own 32 px prediction) and the per-volume Dice beside it
+    assert {"dice", "dice_at_size", "dice_3d"} <= set(out["test"]["metrics"])
+    assert all(0.0 <= c["dice_at_size"] <= 1.0 for c in out["test"]["per_case"])
     # the next site trains the same model (BMC, same seed): it is trained once and tested twice
     runmc = job("prostate_runmc", 0)
     assert runmc["selected"]["reused_training"] and runmc["val"]["value"] == out["val"]["value"]
