@@ -92,6 +92,9 @@ SEG_2D_SOURCE = "LVM-Med Table 7 (U-Net, Adam, Dice+CE)"
 SEG_3D_SOURCE = "LVM-Med Table 8 (slice-wise U-Net, Adam)"
 DETECTION_SOURCE = "LVM-Med App. B + repo command.sh (Faster R-CNN R50-FPN, Adam, clip 1)"
 PROSTATE_SOURCE = "LVM-Med Table 8 (train BMC, slice-wise, Adam)"
+PAPER_LINEAR_SOURCE = ("LVM-Med's frozen linear protocol, repo classification_R50/train_R50_classification.py + "
+                       "dataloader/yaml_data/{cfg} (encoder requires_grad False, BN in train mode, 1 FC, Adam; {recipe}; "
+                       "best-val epoch tested): the protocol of the paper's reported linear number")
 
 
 def _seg_task(name, title, family, dataset, classes, size, lr, epochs, batch, source, reported, note="",
@@ -132,13 +135,19 @@ TASKS: dict[str, Task] = {t.name: t for t in [
              "linear": _classifier("linear", 1e-3, 5e-3, 32, 512, 20, "LVM-Med Table 5 / App. B (1 FC, Adam, lr 1e-3); repo config: batch 32, wd 5e-3, 20 epochs"),
              "knn": _classifier("knn", 0.0, 0.0, 32, 512, 0, "weighted kNN on frozen features (not in the paper; a standard SSL probe)"),
              "finetune": _classifier("finetune", 1e-4, 5e-3, 32, 512, 30, "LVM-Med Table 5 + repo config (1 FC, Adam lr 1e-4, batch 32, wd 5e-3, 30 epochs)"),
-         }, {"linear": 68.33, "finetune": 68.32}),
+             "paper_linear": _classifier("paper_linear", 5e-4, 5e-3, 32, 480, 20, PAPER_LINEAR_SOURCE.format(
+                 cfg="fgadr_endtoend_R50_frozen_1_fcn.yml", recipe="lr 5e-4, batch 32, 20 epochs, valid_rate 0.2; "
+                 "code: Adam wd 0.005, RandomCrop 480 + HorizontalFlip 0.5 + RandomAutocontrast 0.2 on train, val and test")),
+         }, {"paper_linear": 68.33, "finetune": 68.32}, optional=("paper_linear",)),
     Task("brain_tumor", "Brain tumour classification (Kaggle Brain Tumor MRI, 4 classes)", "classification",
          "brain_tumor", 4, "accuracy", CLS_METRICS, {
              "linear": _classifier("linear", 5e-4, 0.0, 64, 224, 20, "LVM-Med Table 5 / App. B (1 FC, Adam lr 5e-4, batch 64, 20 epochs)"),
              "knn": _classifier("knn", 0.0, 0.0, 64, 224, 0, "weighted kNN on frozen features (not in the paper; a standard SSL probe)"),
              "finetune": _classifier("finetune", 5e-4, 0.0, 64, 224, 30, "LVM-Med Table 5 + repo config (1 FC, Adam lr 5e-4, batch 64, 30 epochs)"),
-         }, {"linear": 66.33, "finetune": 76.82}),
+             "paper_linear": _classifier("paper_linear", 5e-4, 0.0, 64, 224, 20, PAPER_LINEAR_SOURCE.format(
+                 cfg="brain_endtoend_R50_frozen_1_fcn.yml", recipe="lr 5e-4, batch 64, 20 epochs, valid_rate 0.3; "
+                 "code: Adam wd 0, Resize 224, no augmentation")),
+         }, {"paper_linear": 66.33, "finetune": 76.82}, optional=("paper_linear",)),
     Task("vindr_cxr", "Lung lesion detection (VinDr-CXR, 14 classes)", "detection", "vindr_cxr", 14, "ap50",
          ("ap50", "map"),
          {"finetune": Protocol("finetune", 512, 1e-4, 40, 16, 1e-4, source=DETECTION_SOURCE, rois_per_image=512,
@@ -170,3 +179,34 @@ def select_tasks(names: list[str], all_tasks: bool) -> list[Task]:
     if not names:
         raise UserError("name a task with --task NAME (repeatable) or use --all-tasks; `bench tasks` lists them")
     return [get_task(n) for n in names]
+
+
+@dataclass(frozen=True)
+class PaperComparison:
+    """What a result must share with the paper's reported number (`Task.reported`, per protocol) to be
+    shown beside it: the metric the paper's number is, and the split it was computed on."""
+
+    metric: str                 # e.g. dice_at_size: Dice with the truth nearest-resized to the network size
+    split: str | None = None    # None: bench's default split is LVM-Med's; a file name: LVM-Med published it,
+    #                             prepare with --split-file FILE; "unpublished": LVM-Med never published it
+    note: str = ""
+
+
+_UNPUBLISHED = "unpublished"
+# docs/protocols.md gives the evidence for every entry (LVM-Med repo files_split/, dataloader/, evaluate.py).
+PAPER_COMPARISON: dict[str, PaperComparison] = {
+    "isic2018": PaperComparison("dice_at_size", _UNPUBLISHED),
+    "jsrt": PaperComparison("dice_at_size", _UNPUBLISHED),
+    "kvasir_seg": PaperComparison("dice_at_size", "Kvasir.json"),
+    "drive": PaperComparison("dice_at_size", _UNPUBLISHED),
+    "busi": PaperComparison("dice_at_size", "BUID.json"),
+    "brats": PaperComparison("iou_3d", _UNPUBLISHED, "the paper's BraTS target is assumed to be the whole tumour"),
+    "mmwhs_ct": PaperComparison("iou_3d"),    # the published volume ids are bench's default split
+    "mmwhs_mri": PaperComparison("iou_3d"),
+    "fgadr": PaperComparison("accuracy"),     # ids <= 1500 train, as LVM-Med's pickle
+    "brain_tumor": PaperComparison("accuracy"),  # the release's own Testing folder
+    "vindr_cxr": PaperComparison("ap50_positives", None, "LVM-Med tests on images with findings only"),
+    "kvasir_det": PaperComparison("ap50", _UNPUBLISHED),
+    **{f"prostate_{site}": PaperComparison("dice", _UNPUBLISHED, "LVM-Med's prostate evaluation is unpublished: "
+                                           "per-slice Dice assumed") for site in ("runmc", "bidmc", "hk")},
+}

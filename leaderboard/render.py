@@ -15,6 +15,7 @@ from medssl_bench.downstream.registry import TASKS
 from medssl_bench.leaderboard.aggregate import GROUP_TITLES, MAIN_LABEL_FRACTION, Cell, Column, Cost, Row, Table
 from medssl_bench.leaderboard.assets import CSS, JS
 from medssl_bench.leaderboard.charts import esc
+from medssl_bench.leaderboard.reference import column_records, reference
 from medssl_bench.leaderboard.sections import (BEST_MARK, MISSING, charts_section, code_versions, how_to_read, provenance_section,
                                   significance_section)
 
@@ -111,7 +112,7 @@ def _table_html(table: Table, prefix: str, *, reference: bool) -> str:
         + sortable(first + 4, "desc", "pretraining compute from the checkpoint's record, device hours", "Pretrain h")
         + "</tr></thead>")
     body = "".join(_row_html(row, table, prefix, r) for r, row in enumerate(table.rows))
-    foot = _reference_row(table.columns) if reference else ""
+    foot = _reference_row(table) if reference else ""
     return (f"<div class=\"table-wrap\"><table class=\"leaderboard\" id=\"table-{prefix}\" data-table=\"{prefix}\" "
             f"data-columns=\"{len(table.columns)}\">"
             f"{head}<tbody>{body}</tbody>{foot}</table></div>")
@@ -241,13 +242,12 @@ def _failed_cell(failures: list[dict]) -> str:
             f"{WARN} {len(failures)}</td>")
 
 
-def _reference_row(columns: list[Column]) -> str:
+def _reference_row(table: Table) -> str:
     cells = []
-    for column in columns:
-        task = TASKS.get(column.task)
-        value = task.reported.get(column.protocol) if task else None
-        cells.append(f"<td class=\"missing\" title=\"not reported in the paper\">{MISSING}</td>" if value is None
-                     else f"<td title=\"LVM-Med paper, ResNet-50\">{value:.2f}</td>")
+    for column in table.columns:
+        value, why = reference(column.task, column.protocol, column.metric, column_records(table, column))
+        cells.append(f"<td class=\"missing\" title=\"{esc(why)}\">{MISSING}</td>" if value is None
+                     else f"<td title=\"{esc(why)}\">{value:.2f}</td>")
     return ("<tfoot><tr class=\"reference\"><th scope=\"row\">Reported in paper<br>"
             "<small>LVM-Med (ResNet-50) \u00b7 not ranked</small></th>"
             f"{''.join(cells)}<td colspan=\"{TRAILING}\">not ranked</td></tr></tfoot>")

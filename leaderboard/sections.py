@@ -6,6 +6,7 @@ import json
 from medssl_bench.downstream.registry import TASKS
 from medssl_bench.leaderboard.aggregate import CI_LEVEL, Cell, Column, Row, Table
 from medssl_bench.leaderboard.charts import bar_chart, cd_diagram, efficiency_chart, esc, profile_chart
+from medssl_bench.leaderboard.reference import reference as paper_reference
 from medssl_bench.leaderboard.stats import ALPHA, CASE_TEST, MIN_CASES, SEED_TEST, PairedTest
 
 MISSING = "\u2014"  # an em dash: never a zero
@@ -90,8 +91,8 @@ def charts_section(table: Table, prefix: str, *, reference: bool) -> str:
     for column in table.columns:
         entries = [(r, r.cells[column.key]) for r in table.rows if column.key in r.cells]
         if entries:
-            task = TASKS.get(column.task)
-            value = task.reported.get(column.protocol) if task and reference else None
+            value = paper_reference(column.task, column.protocol, column.metric,
+                                    [rec for _, cell in entries for rec in cell.records])[0] if reference else None
             bars.append(_figure(column, bar_chart(column, entries, value)))
     profiles = "".join(f"<figure><figcaption>{esc(r.name)}</figcaption>{profile_chart(r, table.columns)}</figure>"
                        for r in table.rows)
@@ -160,7 +161,9 @@ many). Neither score is a clean transfer.</li>
 <li><b>Synthetic data</b>: results evaluated on synthetic images, or from checkpoints pretrained on a
 synthetic corpus, are in their own table with its own ranking, tests and charts.</li>
 <li><b>Reported in paper</b>: the LVM-Med paper's published numbers (ResNet-50) for reference, not ranked
-and not part of the colour scale or the overall scores; a dashed line in the per-task charts.</li>
+and not part of the colour scale or the overall scores; a dashed line in the per-task charts. A number is shown
+only under a column computed with the paper's protocol, metric and split (hover it: an unpublished split is said);
+elsewhere the cell says why not (docs/protocols.md).</li>
 <li><b>Charts</b>: bars on a 0\u2013100 axis with {level} interval whiskers; profiles show each checkpoint's
 normalised score per column (\u00d7 where it has no result); label-efficiency curves plot the score against the
 fraction of labelled training data where several fractions are recorded. Hover any mark for its numbers.</li>
