@@ -16,7 +16,7 @@ from pathlib import Path
 from mmengine.hooks import Hook
 from mmengine.runner import Runner
 
-from medssl_bench.harness.data import derived_seed
+from medssl_bench.harness.data import available_cpus, derived_seed
 
 
 class KeepBestHook(Hook):
@@ -32,9 +32,27 @@ class KeepBestHook(Hook):
             self.best_state = copy.deepcopy(runner.model.state_dict())
 
 
+MIN_LOADER_ITEMS = 256  # below this, starting worker processes costs more than they save (docs/tasks.md)
+MAX_LOADER_WORKERS = 4
+
+
+def loader_workers(n_items: int) -> int:
+    """Loader worker processes for a dataset of `n_items`: min(4, CPUs - 1), 0 on one CPU or for a
+    dataset under MIN_LOADER_ITEMS; BENCH_LOADER_WORKERS (an integer) overrides. mmengine seeds each
+    worker (default_worker_init_fn: seed + worker id, the Runner's randomness seed), so a run is
+    reproducible for a given worker count; random augmentations (the detection flip) draw from
+    other streams with another count."""
+    forced = os.environ.get("BENCH_LOADER_WORKERS", "").strip()
+    if forced:
+        return max(0, int(forced))
+    cpus = available_cpus()
+    return 0 if cpus <= 1 or n_items < MIN_LOADER_ITEMS else min(MAX_LOADER_WORKERS, cpus - 1)
+
+
 def loader(dataset, batch_size: int, shuffle: bool, seed: int, collate: str = "default_collate") -> dict:
+    workers = loader_workers(len(dataset))
     return dict(dataset=dataset, batch_size=batch_size, sampler=dict(type="DefaultSampler", shuffle=shuffle, seed=seed),
-                collate_fn=dict(type=collate), num_workers=0)
+                collate_fn=dict(type=collate), num_workers=workers, persistent_workers=workers > 0)
 
 
 def fit_best_on_val(model, train_set, val_set, test_set, *, val_metric, test_metric, key: str, epochs: int,
