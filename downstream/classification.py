@@ -9,6 +9,18 @@ Protocols (LVM-Med Table 5, App. B; one FC layer on the pooled backbone features
   DINO); k chosen on validation.
 - finetune: encoder + FC trained end to end by mmengine's Runner; the epoch with the best
   validation accuracy is the one tested (as the paper's repo does).
+- paper_linear: LVM-Med's own "frozen" linear protocol, the one its reported linear numbers
+  (68.33 FGADR, 66.33 Brain Tumor) were measured with (repo classification_R50/
+  train_R50_classification.py with dataloader/yaml_data/{fgadr,brain}_endtoend_R50_frozen_1_fcn.yml):
+  every encoder parameter has requires_grad False, but the model is in train() mode while it
+  trains, so BatchNorm running statistics keep moving with the downstream images (val and test
+  run in eval() mode with those statistics); one FC layer; Adam (wd 0.005 for FGADR, 0 for Brain
+  Tumor: it reaches only the FC, the frozen parameters get no gradient), no gradient clipping;
+  the last of equally good validation epochs is tested (the repo saves on `>=`). Images as the
+  repo's transforms (PAPER_LINEAR_TRANSFORMS), which it applies to the val and test images too:
+  FGADR's random crop, flip and autocontrast are drawn for every val/test image as well (here
+  from a generator seeded per seed and image, so a rerun scores the same crops). Trained
+  through mmengine's Runner, not on cached features: the features change with every step.
 Metrics: accuracy (the paper's), macro-F1 and macro one-vs-rest AUROC (torchmetrics), per-class
 recall/F1/AUROC, and per-image outcomes so the leaderboard can bootstrap confidence intervals.
 """
@@ -261,6 +273,99 @@ def finetune(ref, data: ClassificationDataset, train: list[Sample], protocol: Pr
     return out
 
 
+# ----------------------------------------------------------------------------- paper_linear
+#: LVM-Med's per-dataset image transforms for its frozen protocol (train_R50_classification.py,
+#: train_R50): brain = Resize((224, 224)) only; fgadr = RandomCrop(480) of the image at its own size
+#: (FGADR's 1280 px), RandomHorizontalFlip(0.5), RandomAutocontrast(0.2). The same Compose is the
+#: ImageFolder transform of its train, val (a split of train) and test sets. `crop_scale`: the image
+#: is first resized to crop_scale * image_size (1280 px for the paper's 480 crop: FGADR's native
+#: size, so a no-op on the real data), then cropped to image_size; the quick profile keeps the ratio.
+PAPER_LINEAR_TRANSFORMS = {
+    "brain_tumor": {"crop_scale": None, "flip": 0.0, "autocontrast": 0.0, "eval_too": True,
+                    "repo": "transforms.Resize((224, 224))"},
+    "fgadr": {"crop_scale": 1280 / 480, "flip": 0.5, "autocontrast": 0.2, "eval_too": True,
+              "repo": "transforms.RandomCrop((480, 480)), RandomHorizontalFlip(p=0.5), RandomAutocontrast(p=0.2)"},
+}
+
+
+class PaperLinearImageSet(torch.utils.data.Dataset):
+    """Images through LVM-Med's frozen-protocol transforms (PAPER_LINEAR_TRANSFORMS[dataset]).
+
+    Training images draw from the global RNG (seeded by the Runner); val/test images (`eval_seed`
+    given) from a generator seeded per (seed, image), so their random crops repeat across runs."""
+
+    def __init__(self, samples: list[Sample], size: int, recipe: dict, eval_seed: int | None = None):
+        self.samples, self.size, self.recipe, self.eval_seed = samples, size, recipe, eval_seed
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _transform(self, rgb: Image.Image) -> Image.Image:
+        from torchvision.transforms import functional as TF
+
+        scale = self.recipe["crop_scale"]
+        if scale is None:
+            return rgb.resize((self.size, self.size), Image.BILINEAR)
+        full = round(self.size * scale)
+        rgb = rgb.resize((full, full), Image.BILINEAR) if rgb.size != (full, full) else rgb
+        top, left = (int(v) for v in torch.randint(0, full - self.size + 1, (2,)))
+        rgb = TF.crop(rgb, top, left, self.size, self.size)
+        if torch.rand(()) < self.recipe["flip"]:
+            rgb = TF.hflip(rgb)
+        if torch.rand(()) < self.recipe["autocontrast"]:
+            rgb = TF.autocontrast(rgb)
+        return rgb
+
+    def __getitem__(self, index: int) -> dict:
+        rgb = load_rgb(self.samples[index].path)
+        if self.eval_seed is None:
+            rgb = self._transform(rgb)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(derived_seed(self.eval_seed, 3, index))
+                rgb = self._transform(rgb)
+        image = torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1)
+        return {"inputs": image, "data_samples": self.samples[index].label}
+
+
+def freeze_encoder(model: "Classifier") -> None:
+    """LVM-Med's frozen encoder: requires_grad False on every backbone parameter; the module is
+    left to the trainer's train()/eval() switching, so BN running statistics still update."""
+    for param in model.backbone.parameters():
+        param.requires_grad = False
+
+
+def paper_linear(ref, data: ClassificationDataset, train: list[Sample], protocol: Protocol, seed: int,
+                 work_root: Path) -> dict:
+    """LVM-Med's frozen linear protocol (module docstring), through mmengine's Runner."""
+    if data.name not in PAPER_LINEAR_TRANSFORMS:
+        raise ValueError(f"paper_linear: LVM-Med's frozen protocol is defined for "
+                         f"{', '.join(PAPER_LINEAR_TRANSFORMS)}, not {data.name}")
+    recipe = PAPER_LINEAR_TRANSFORMS[data.name]
+    model = Classifier(build_encoder(ref, seed), BACKBONES[ref.backbone][1], len(data.classes))
+    freeze_encoder(model)
+    size = protocol.image_size
+    eval_seed = seed if recipe["eval_too"] else None
+    out = fit_best_on_val(
+        model, PaperLinearImageSet(train, size, recipe),
+        PaperLinearImageSet(data.split("val"), size, recipe, eval_seed=derived_seed(seed, 4)),
+        PaperLinearImageSet(data.split("test"), size, recipe, eval_seed=derived_seed(seed, 5)),
+        val_metric=ClassificationMetric(data.classes), test_metric=ClassificationMetric(data.classes),
+        key="accuracy", epochs=protocol.epochs, lr=protocol.lr, weight_decay=protocol.weight_decay,
+        batch_size=protocol.batch_size, seed=seed, work_root=work_root, clip_grad=None, last_tie=True)
+    out.pop("trained")
+    out["selected"]["recipe"] = {
+        "encoder": "frozen: requires_grad False on every backbone parameter, BN in train() mode while training "
+                   "(running statistics updated), eval() mode for val/test",
+        "head": "1 FC", "optimizer": "adam", "clip_grad": None, "best_val_ties": "last epoch (>=)",
+        "transforms": {k: recipe[k] for k in ("crop_scale", "flip", "autocontrast")},
+        "eval_transforms": "the train transforms, seeded per image" if recipe["eval_too"] else "none",
+        "repo_transforms": recipe["repo"],
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+    }
+    return out
+
+
 # ----------------------------------------------------------------------------- one job
 def run_job(task: Task, protocol: Protocol, data: ClassificationDataset, ref, *, label_fraction: float, seed: int,
             cache: FeatureCache, device: torch.device, work_root: Path) -> dict:
@@ -270,6 +375,8 @@ def run_job(task: Task, protocol: Protocol, data: ClassificationDataset, ref, *,
     train = [data.split("train")[i] for i in keep]
     if protocol.name == "finetune":
         out = finetune(ref, data, train, protocol, seed, work_root)
+    elif protocol.name == "paper_linear":
+        out = paper_linear(ref, data, train, protocol, seed, work_root)
     else:
         feats = cache.get(ref, seed, data, protocol, device)
         feats = {**feats, "train": feats["train"][torch.as_tensor(keep)]}

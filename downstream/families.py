@@ -78,8 +78,10 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("classification", "Classification", f"{_PKG}.classification", _CLS_LOADER,
            quick={**_SMALL, "epochs": 4, "batch_size": 32},
            quick_per_protocol={"linear": {"epochs": 60}, "knn": {"epochs": 0}},
-           protocol_groups={"linear": "Classification (linear probe)", "knn": "Classification (kNN probe)",
-                            "finetune": "Classification (fine-tune)"}),
+           # paper_linear (LVM-Med's frozen-BN-train probe, optional) sits beside bench's linear probe
+           protocol_groups={"linear": "Classification (linear probe)",
+                            "paper_linear": "Classification (LVM-Med frozen linear)",
+                            "knn": "Classification (kNN probe)", "finetune": "Classification (fine-tune)"}),
     _segmentation("segmentation_2d", "2D segmentation", 20),
     # 3D: all classes at 64 px for 8 epochs learn only background (every checkpoint scored 0.0), so the
     # quick profile trains the scored target vs background, as the 2D tasks (Protocol.target_only)

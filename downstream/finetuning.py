@@ -22,12 +22,14 @@ from medssl_bench.harness.data import available_cpus, derived_seed
 class KeepBestHook(Hook):
     """Keeps (in memory) the weights of the epoch with the best validation value of `key`."""
 
-    def __init__(self, key: str):
+    def __init__(self, key: str, last_tie: bool = False):
         self.key, self.best_value, self.best_state, self.best_epoch = key, float("-inf"), None, 0
+        self.last_tie = last_tie  # True: a later epoch that ties the best replaces it (`>=`)
 
     def after_val_epoch(self, runner, metrics=None) -> None:
         value = (metrics or {}).get(self.key)
-        if value is not None and value > self.best_value:  # runner.epoch counts finished epochs: 1-based here
+        better = value is not None and (value >= self.best_value if self.last_tie else value > self.best_value)
+        if better:  # runner.epoch counts finished epochs: 1-based here
             self.best_value, self.best_epoch = value, runner.epoch
             self.best_state = copy.deepcopy(runner.model.state_dict())
 
@@ -57,17 +59,20 @@ def loader(dataset, batch_size: int, shuffle: bool, seed: int, collate: str = "d
 
 def fit_best_on_val(model, train_set, val_set, test_set, *, val_metric, test_metric, key: str, epochs: int,
                     lr: float, weight_decay: float, batch_size: int, seed: int, work_root: Path,
-                    collate: str = "default_collate", scope: str = "mmengine", trained: dict | None = None) -> dict:
+                    collate: str = "default_collate", scope: str = "mmengine", trained: dict | None = None,
+                    clip_grad: float | None = 1.0, last_tie: bool = False) -> dict:
     """Train `model` (an mmengine BaseModel) for `epochs`, test its best-validation epoch.
 
     `val_metric` / `test_metric` are mmengine metrics that keep their full result in `.last`;
     returns {"val": val_metric.last, "test": test_metric.last, "selected": {"epoch": n},
     "trained": {"state": best weights, "epoch": n}}. Passing an earlier run's `trained` skips the
     training and only scores those weights (tasks that share training but test elsewhere).
+    `clip_grad=None` trains without gradient-norm clipping; `last_tie=True` keeps the last of
+    equally good validation epochs (LVM-Med's classification script saves on `>=`).
     """
     from medssl_bench.harness.engine import QuietMMEngine
 
-    keep = KeepBestHook(key)
+    keep = KeepBestHook(key, last_tie)
     work_root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=work_root) as work_dir:
         runner = Runner(
@@ -78,7 +83,7 @@ def fit_best_on_val(model, train_set, val_set, test_set, *, val_metric, test_met
             train_cfg=dict(by_epoch=True, max_epochs=epochs, val_interval=1),
             val_cfg=dict(), test_cfg=dict(), val_evaluator=[val_metric], test_evaluator=[test_metric],
             optim_wrapper=dict(optimizer=dict(type="Adam", lr=lr, weight_decay=weight_decay),
-                               clip_grad=dict(max_norm=1.0)),
+                               clip_grad=dict(max_norm=clip_grad) if clip_grad is not None else None),
             default_hooks=dict(timer=dict(type="IterTimerHook"), logger=dict(type="LoggerHook", interval=50),
                                checkpoint=dict(type="CheckpointHook", interval=-1, save_last=False)),
             custom_hooks=[keep], randomness=dict(seed=derived_seed(seed, 2)),

@@ -79,7 +79,8 @@ def test_registry_has_the_fifteen_tasks_of_the_paper():
     assert families.count("classification") == 2 and families.count("detection") == 2
     assert families.count("ood_segmentation") == 3
     fgadr = get_task("fgadr")
-    assert fgadr.protocols == ("linear", "knn", "finetune") and fgadr.metric == "accuracy"
+    assert fgadr.protocols == ("linear", "knn", "finetune", "paper_linear") and fgadr.metric == "accuracy"
+    assert fgadr.default_protocols == ("linear", "knn", "finetune")  # paper_linear runs when named
     assert fgadr.protocol("linear", "paper").lr == 1e-3 and fgadr.protocol("finetune", "paper").epochs == 30
     assert get_task("brain_tumor").protocol("linear", "quick").image_size == 64
     assert math.isclose(get_task("isic2018").reported["finetune"], 87.76)

@@ -40,9 +40,11 @@ def test_quick_profile_per_family(task, protocol, expected):
 
 
 def test_leaderboard_groups_follow_the_records():
-    assert list(GROUP_TITLES) == ["classification/linear", "classification/knn", "classification/finetune",
+    assert list(GROUP_TITLES) == ["classification/linear", "classification/paper_linear", "classification/knn",
+                                  "classification/finetune",
                                   "segmentation_2d", "segmentation_3d", "detection", "ood_segmentation", "other"]
     assert column_group("fgadr", "linear") == "classification/linear"
+    assert column_group("brain_tumor", "paper_linear") == "classification/paper_linear"
     assert column_group("brats", "finetune") == column_group("brats", "frozen") == "segmentation_3d"
     assert column_group("no_such_task", "finetune") == "other"
 
