@@ -162,3 +162,22 @@ def test_mixed_releases_refused(src, tmp_path):
 def test_synthesize_rejects_bad_requests(tmp_path):
     _raises(lambda: brats.synthesize(tmp_path / "a", n=2, size=SIZE), "n=2")
     _raises(lambda: brats.synthesize(tmp_path / "b", n=N, size=16), "size=16")
+
+
+def test_exclude_from_keeps_listed_cases_out_of_test(raw, prepared, tmp_path):
+    """LVM-Med's lvm-med-training-data/brats list format: one case id per line; a listed case drawn
+    into test moves to train (the released checkpoint was pretrained on it), counted in dataset.json."""
+    from medssl_bench.downstream.datasets.options import PrepareOptions
+
+    before = prepared
+    test_cases = sorted({s.case for s in before.split("test")})
+    listed = tmp_path / "file_list.txt"
+    listed.write_text("\n".join([test_cases[0], "Brats18_NOT_IN_THIS_DOWNLOAD_1"]) + "\n")
+    folder = brats.prepare(raw, tmp_path / "out", options=PrepareOptions(exclude_from=(listed,)))
+    after = load_segmentation_dataset(folder)
+    assert test_cases[0] not in {s.case for s in after.split("test")}
+    assert test_cases[0] in {s.case for s in after.split("train")}
+    assert {s.case for s in after.split("test")} == set(test_cases[1:])
+    record = after.meta["split"]["exclude_from"]
+    assert (record["in_test"], record["moved_to_train"], record["listed_in_download"]) == (1, 1, 1)
+    assert record["moved_examples"] == [test_cases[0]] and after.meta["content_hash"] != before.meta["content_hash"]

@@ -11,7 +11,8 @@ Classes: background, necrotic_core (label 1), edema (2), enhancing (4; 2023: 3).
 foreground: the whole tumour {1, 2, 3} - the paper reports one 3D IoU for BraTS without naming
 the region; whole tumour is BraTS' standard region and what one foreground IoU over a tumour means.
 Split: LVM-Med publishes none for BraTS, so a seeded split by case, 70/10/20 (train/val/test),
-recorded in dataset.json; slices of one case never straddle splits.
+recorded in dataset.json; slices of one case never straddle splits. `--exclude-from LIST` (LVM-Med's
+lvm-med-training-data list of BraTS cases) moves listed test cases to train, counted in dataset.json.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from medssl_bench.downstream.datasets.options import PrepareOptions, supported
+from medssl_bench.downstream.datasets.splits import exclude_from_test, record_split
 from medssl_bench.downstream.datasets._paths import SKIP_DIRS
 from medssl_bench.downstream.datasets.canonical import SYNTHETIC_MARKER, allocate, is_synthetic, synthetic_output
 from medssl_bench.downstream.datasets.canonical_seg import (
@@ -133,12 +135,18 @@ def _slices(cases: dict[str, dict], split: dict[str, str], warnings: list[str]):
 def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None,
             options: PrepareOptions | None = None) -> Path:
     """Read a BraTS training download (2018, 2021 or 2023 naming) and write `out_root/brats/`."""
-    options = supported(options, NAME)
+    options = supported(options, NAME, exclude_from=True)
     src = Path(src)
     cases, ignored = _find_cases(src)
     naming = next(iter(cases.values()))["naming"]
     mods, input_mod, codebook = NAMINGS[naming]
     split = seeded_case_split(cases, SPLIT_FRACTIONS, seed)
+    # LVM-Med pretrained on 56 BraTS volumes (its lvm-med-training-data list): --exclude-from keeps
+    # listed cases out of test, moved to train, so its released checkpoint is not scored on them.
+    names = sorted(cases)
+    labels = [split[case] for case in names]
+    excluded = exclude_from_test(names, labels, options)
+    split = dict(zip(names, labels))
     total = sum(nifti_header(info["files"][input_mod])[0][2] for info in cases.values())
     unused = sum(len(info["files"]) - 2 for info in cases.values())
     grades = {g: sum(1 for i in cases.values() if i["grade"] == g) for g in ("HGG", "LGG", "")}
@@ -154,7 +162,7 @@ def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None,
         notes.append(f"ignored {len(ignored)} non-volume file(s), e.g. "
                      + ", ".join(str(p.relative_to(src)) for p in ignored[:3]))
     code_of = {index: code for code, index in codebook.items()}
-    return write_segmentation_dataset(
+    folder = write_segmentation_dataset(
         out_root, NAME, KIND, CLASSES, _slices(cases, split, warnings),
         source={"layout": LAYOUT, "src": str(src.resolve()), "naming": naming, "modality": input_mod,
                 "synthetic_marker": marker},
@@ -166,6 +174,7 @@ def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None,
         extra={"input_modality": input_mod, "ignored_files": len(ignored), "unused_modality_files": unused,
                "grades": {k or "none": v for k, v in grades.items() if v}, "n_cases": len(cases)},
         notes=notes, warnings=warnings, progress=progress)
+    return record_split(folder, exclude_from=excluded)
 
 
 # ----------------------------------------------------------------------------- synthetic
