@@ -84,3 +84,22 @@ def test_paper_linear_trains_with_bn_statistics_moving_and_encoder_weights_bit_i
     tracked = [k for k in after if k.endswith("num_batches_tracked")]
     assert all(int(after[k]) > int(before[k]) for k in tracked)
     assert not torch.equal(before["head.weight"], after["head.weight"])
+
+
+def test_bench_eval_runs_it_when_named_and_records_its_recipe(brain_tumor_root, tmp_path):
+    from medssl_bench.harness.app.cli import main
+    from medssl_bench.harness.store import ResultsStore
+    from medssl_bench.harness.workspace import Workspace
+
+    ws = Workspace(tmp_path / "ws")
+    args = ["eval", "--checkpoint", "random", "--task", "brain_tumor", "--protocol", "paper_linear", "--seeds", "1",
+            "--workspace", str(ws.root), "--data-root", str(brain_tumor_root(96, 64)), "--jobs", "1"]
+    assert main(args) == 0
+    store = ResultsStore.open(None, ws)
+    assert [(e["protocol"], e["status"]) for e in store.evaluations()] == [("paper_linear", "done")]
+    rows = {r["split"]: r for r in store.results()}
+    config = rows["test"]["protocol_config"]
+    assert config["name"] == "paper_linear" and config["profile"] == "quick" and config["lr"] == 5e-4
+    assert "train_R50_classification.py" in config["source"]
+    assert config["selected"]["recipe"]["clip_grad"] is None
+    assert "BN in train() mode" in config["selected"]["recipe"]["encoder"]
