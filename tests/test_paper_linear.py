@@ -21,6 +21,11 @@ def test_registry_names_it_optional_with_the_repo_recipe_and_the_paper_numbers()
         assert "train_R50_classification.py" in paper.source and cfg in paper.source
         # the paper's linear number was measured with this protocol, not with bench's `linear`
         assert task.reported["paper_linear"] == reported and "linear" not in task.reported
+        from medssl_bench.leaderboard.reference import reference
+
+        assert reference(name, "paper_linear", "accuracy", [])[0] == reported  # its leaderboard column shows it
+        value, why = reference(name, "linear", "accuracy", [])
+        assert value is None and "paper_linear" in why  # bench's linear column says why not
         quick = task.protocol("paper_linear", "quick")
         assert quick.backbone == "resnet18" and quick.image_size == 64 and quick.source.startswith("quick (CPU)")
 
