@@ -39,19 +39,20 @@ def tasks():
 def tasks_table(tasks) -> Table:
     """One row per task under a row naming its family, the paper's tasks first. Made to read at 80
     columns: cells wrap between words only (every word fits its column), never inside one."""
-    caption = ("paper: one of LVM-Med's 15 tasks, or an extra; (protocol): runs only when named with --protocol; "
-               "px / lr / epochs / batch: the paper's setting of the last standard protocol (LVM-Med Tables 7, 8, "
-               "App. B); R50: LVM-Med ResNet-50's reported score")
+    caption = ("paper: one of LVM-Med's 15 tasks, or an extra; protocols: one per line, (protocol) runs only "
+               "when named with --protocol; px/lr/ep/batch: the paper's setting of the last standard protocol "
+               "(LVM-Med Tables 7, 8, App. B); R50: LVM-Med ResNet-50's reported score, on the line of the "
+               "protocol it was measured with (docs/protocols.md: when it compares)")
     table = Table(title="LVM-Med's 15 downstream tasks, then extras (docs/tasks.md)", box=box.SIMPLE_HEAD,
                   pad_edge=False, collapse_padding=True, caption=caption)
-    # The widest cells never wrap and the others wrap between words, each word narrower than its
-    # column: at 80 columns nothing is cut inside a word (tests/test_cli_help.py).
+    # No cell wraps: one protocol per line, each column as wide as its widest word, so at 80 columns
+    # nothing is cut inside a word (tests/test_cli_help.py).
     table.add_column("task", no_wrap=True)
     table.add_column("paper", no_wrap=True)
     table.add_column("metric", no_wrap=True)
-    table.add_column("protocols", min_width=len("protocols"))
-    table.add_column("px / lr / epochs / batch", no_wrap=True)
-    table.add_column("R50", min_width=len("00.00"))
+    table.add_column("protocols", no_wrap=True)
+    table.add_column("px/lr/ep/batch", no_wrap=True)
+    table.add_column("R50", no_wrap=True)
     ordered = sorted(tasks, key=lambda t: not t.in_paper)  # stable: the registry's order within each
     for _, group in groupby(ordered, key=lambda t: (t.in_paper, t.family)):
         group = list(group)
@@ -59,9 +60,9 @@ def tasks_table(tasks) -> Table:
         for t in group:
             p = t.paper[t.default_protocols[-1]]
             table.add_row(t.name, "yes" if t.in_paper else "[yellow]extra[/]", t.metric,
-                          " ".join(f"({n})" if n in t.optional else n for n in t.protocols),
-                          f"{p.image_size} / {p.lr:g} / {p.epochs} / {p.batch_size}",
-                          " / ".join(f"{v:.2f}" for v in t.reported.values()) or "-")
+                          "\n".join(f"({n})" if n in t.optional else n for n in t.protocols),
+                          f"{p.image_size}/{p.lr:g}/{p.epochs}/{p.batch_size}",
+                          "\n".join(f"{t.reported[n]:.2f}" if n in t.reported else "-" for n in t.protocols))
         table.rows[-1].end_section = True
     return table
 
