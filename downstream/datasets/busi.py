@@ -137,19 +137,11 @@ def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None,
     counts = {"benign": int((types == 0).sum()), "malignant": int((types == 1).sum()), "normal": n_normal}
     n_download = len(pairs)
     names = [image.name for image, _ in pairs]
-    split_fields: dict = {}
-    if options.split_file is not None:
-        split_file = published.read_split_file(options.split_file, NAME)
-        chosen, split_fields["source"] = published.assign_published(split_file, names)
-        method = (f"normal dropped; published split file {split_file.path.name} (LVM-Med files_split "
-                  "format), membership reproduced exactly")
-    else:
-        chosen = [str(s) for s in assign_splits(types, seed)]
-        method = (f"normal dropped; seeded split stratified by benign/malignant: test "
-                  f"{TEST_FRACTION:.1%} of each, val {VAL_FRACTION:.1%} of the rest (LVM-Med's "
-                  "413/104/130 of 647 proportions), the rest train")
-    split_fields["exclude_from"] = published.exclude_from_test(names, chosen, options,
-                                                               published=options.split_file is not None)
+    seeded_method = (f"seeded split stratified by benign/malignant: test {TEST_FRACTION:.1%} of each, val "
+                     f"{VAL_FRACTION:.1%} of the rest (LVM-Med's 413/104/130 of 647 proportions), the rest train")
+    chosen, method, split_fields = published.published_or_seeded(
+        names, options, NAME, lambda: assign_splits(types, seed), seeded_method)
+    method = f"normal dropped; {method}"
     keep = [i for i, s in enumerate(chosen) if s is not None]
     pairs, types = [pairs[i] for i in keep], types[keep]
     split = np.array([chosen[i] for i in keep], dtype=object)

@@ -123,17 +123,8 @@ def choose_splits(names: list[str], seed: int, options: PrepareOptions) -> tuple
     """(split per image - None: not in the split file, left out -, the method text, the fields for
     dataset.json's split record) for the images `names` (file names, sorted by stem); shared with
     kvasir_det so that segmentation and detection test the same images."""
-    fields: dict = {}
-    if options.split_file is not None:
-        split_file = published.read_split_file(options.split_file, NAME)
-        labels, fields["source"] = published.assign_published(split_file, names)
-        method = (f"published split file {split_file.path.name} (LVM-Med files_split format), "
-                  "membership reproduced exactly")
-    else:
-        labels, method = [str(s) for s in _seeded_splits(len(names), seed)], SEEDED_METHOD
-    fields["exclude_from"] = published.exclude_from_test(names, labels, options,
-                                                         published=options.split_file is not None)
-    return labels, method, fields
+    return published.published_or_seeded(names, options, NAME, lambda: _seeded_splits(len(names), seed),
+                                         SEEDED_METHOD)
 
 
 def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None,

@@ -297,3 +297,20 @@ def record_split(folder: Path, **fields) -> Path:
         meta["split"].update(fields)
         write_json_atomic(meta_path, meta)
     return Path(folder)
+
+
+def published_or_seeded(names: Sequence[str], options, dataset: str, seeded, seeded_method: str
+                        ) -> tuple[list, str, dict]:
+    """The split of each image in `names`: the published split file's (`--split-file`; None for an image
+    it does not list) or `seeded()`'s, then `--exclude-from` applied. Returns (splits, the method text,
+    the fields for dataset.json's split record)."""
+    fields: dict = {}
+    if options.split_file is not None:
+        split_file = read_split_file(options.split_file, dataset)
+        labels, fields["source"] = assign_published(split_file, names)
+        method = (f"published split file {split_file.path.name} (LVM-Med files_split format), "
+                  "membership reproduced exactly")
+    else:
+        labels, method = [str(s) for s in seeded()], seeded_method
+    fields["exclude_from"] = exclude_from_test(names, labels, options, published=options.split_file is not None)
+    return labels, method, fields
