@@ -181,3 +181,22 @@ def test_exclude_from_keeps_listed_cases_out_of_test(raw, prepared, tmp_path):
     record = after.meta["split"]["exclude_from"]
     assert (record["in_test"], record["moved_to_train"], record["listed_in_download"]) == (1, 1, 1)
     assert record["moved_examples"] == [test_cases[0]] and after.meta["content_hash"] != before.meta["content_hash"]
+
+
+def test_a_stray_label_code_is_background_unless_strict(src, tmp_path):
+    """A code of neither release (7) is read as background, counted and warned about, as the public
+    loaders do; --strict refuses it. The other release's enhancing code is refused either way (above)."""
+    from medssl_bench.downstream.datasets.options import PrepareOptions
+
+    folder = _case_dirs(src)[0]
+    seg = folder / f"{folder.name}_seg.nii.gz"
+    raw = np.asarray(nib.load(seg).dataobj)
+    code = max((1, 2, 4), key=lambda c: np.count_nonzero(raw == c))  # a tumour code this case holds
+    tumour = int(np.count_nonzero(raw == code))
+    assert tumour > 0
+    _rewrite(seg, lambda v: np.where(v == code, 7, v).astype(np.uint8))
+    ds = load_segmentation_dataset(brats.prepare(src, tmp_path / "out"))
+    assert ds.meta["unknown_label_codes"]["codes"] == {"7": tumour}
+    assert any("read as background: 7" in w for w in ds.meta["warnings"])
+    _raises(lambda: brats.prepare(src, tmp_path / "strict", options=PrepareOptions(strict=True)), seg.name,
+            "label value(s) 7 outside the codebook")

@@ -29,7 +29,7 @@ from medssl_bench.downstream.datasets.splits import exclude_from_test, record_sp
 from medssl_bench.downstream.datasets._paths import SKIP_DIRS
 from medssl_bench.downstream.datasets.canonical import SYNTHETIC_MARKER, allocate, is_synthetic, synthetic_output
 from medssl_bench.downstream.datasets.canonical_seg import (
-    SegItem, map_codes, nifti_header, read_nifti, seeded_case_split, volume_to_uint8, write_segmentation_dataset,
+    SegItem, UnknownCodes, map_codes, nifti_header, read_nifti, seeded_case_split, volume_to_uint8, write_segmentation_dataset,
 )
 from medssl_bench.downstream.phantoms.seg_brats import brats_case, depth_range, nifti_gz_bytes
 from medssl_bench.harness.errors import UserError
@@ -107,7 +107,7 @@ def _find_cases(src: Path) -> tuple[dict[str, dict], list[Path]]:
     return cases, ignored
 
 
-def _slices(cases: dict[str, dict], split: dict[str, str], warnings: list[str]):
+def _slices(cases: dict[str, dict], split: dict[str, str], warnings: list[str], strict: bool, unknown: UnknownCodes):
     """SegItems, one per axial slice, case by case; every bad volume raises a UserError."""
     empty_tumour = []
     for case in sorted(cases):
@@ -122,13 +122,15 @@ def _slices(cases: dict[str, dict], split: dict[str, str], warnings: list[str]):
             raise UserError("image volume holds NaN or infinite values", img_path)
         if float(image.max()) == float(image.min()):
             raise UserError(f"image volume is empty (every voxel is {float(image.max()):g})", img_path)
-        mask = map_codes(seg, codebook, seg_path)
+        _refuse_other_release_codes(seg, info["naming"], seg_path)
+        mask = map_codes(seg, codebook, seg_path, strict=strict, unknown=unknown)
         if not mask.any():
             empty_tumour.append(case)
         pixels = volume_to_uint8(image)
         for z in range(pixels.shape[2]):
             yield SegItem(f"{case}_{z:03d}", pixels[:, :, z], mask[:, :, z], split[case], case, z, "", img_path)
-    if empty_tumour:  # read by the writer after the stream ends
+    warnings.extend(unknown.warnings())  # read by the writer after the stream ends
+    if empty_tumour:
         warnings.append(f"{len(empty_tumour)} case(s) have no tumour voxels: {', '.join(empty_tumour[:5])}")
 
 
@@ -162,8 +164,9 @@ def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None,
         notes.append(f"ignored {len(ignored)} non-volume file(s), e.g. "
                      + ", ".join(str(p.relative_to(src)) for p in ignored[:3]))
     code_of = {index: code for code, index in codebook.items()}
+    unknown = UnknownCodes()
     folder = write_segmentation_dataset(
-        out_root, NAME, KIND, CLASSES, _slices(cases, split, warnings),
+        out_root, NAME, KIND, CLASSES, _slices(cases, split, warnings, options.strict, unknown),
         source={"layout": LAYOUT, "src": str(src.resolve()), "naming": naming, "modality": input_mod,
                 "synthetic_marker": marker},
         split_method=(f"seeded by case {SPLIT_FRACTIONS[0]:.0%}/{SPLIT_FRACTIONS[1]:.0%}/"
@@ -172,9 +175,23 @@ def prepare(src: Path, out_root: Path, *, seed: int = 42, progress=None,
         label_codes={name: [code_of[i]] for i, name in enumerate(CLASSES)},
         target_classes=TARGET_CLASSES, total=total,
         extra={"input_modality": input_mod, "ignored_files": len(ignored), "unused_modality_files": unused,
-               "grades": {k or "none": v for k, v in grades.items() if v}, "n_cases": len(cases)},
+               "grades": {k or "none": v for k, v in grades.items() if v}, "n_cases": len(cases),
+               "unknown_label_codes": unknown.record},
         notes=notes, warnings=warnings, progress=progress)
     return record_split(folder, exclude_from=excluded)
+
+
+def _refuse_other_release_codes(seg: np.ndarray, naming: str, seg_path: Path) -> None:
+    """The enhancing-tumour code of the other BraTS release (4 in a 2023-named case, 3 in a 2018/2021
+    one) is not stray noise to map to background: it means the labels follow the other release, and
+    background would drop enhancing tumour from the scored whole tumour. Refused even without --strict."""
+    other = {code for name, (_, _, book) in NAMINGS.items() if name != naming for code in book} - \
+        set(NAMINGS[naming][2])
+    found = sorted(int(c) for c in np.unique(seg) if int(c) in other)
+    if found:
+        raise UserError(f"label value(s) {', '.join(map(str, found))} outside the codebook "
+                        f"{sorted(NAMINGS[naming][2])}: the enhancing-tumour code of the other BraTS release, "
+                        f"in a case with {naming} names; prepare the release as it was published", seg_path)
 
 
 # ----------------------------------------------------------------------------- synthetic
