@@ -199,3 +199,56 @@ def test_unreadable_volume_and_missing_folder(src, tmp_path):
 def test_synthesize_rejects_bad_requests(tmp_path):
     _raises(lambda: mmwhs_mri.synthesize(tmp_path / "a", n=2, size=SIZE), "n=2")
     _raises(lambda: mmwhs_ct.synthesize(tmp_path / "b", n=N, size=16), "size=16")
+
+
+# ----------------------------------------------------------------------------- normalisation
+def _lvmmed_reference(volume: np.ndarray) -> np.ndarray:
+    """LVM-Med's datasets_split/MMWHS_CT_Heart_split.py, as written there (per volume, float64)."""
+    image = np.asarray(volume, dtype=np.float64).copy()
+    top_per, bot_per = np.percentile(image, 99.5), np.percentile(image, 0.5)
+    image[image > top_per] = top_per
+    image[image < bot_per] = bot_per
+    image = (image - np.mean(image)) / np.std(image)
+    image = image / 10.0
+    image[image < 0] = 0.0
+    image[image > 1] = 1.0
+    return (image * 255).astype("uint8")
+
+
+@pytest.mark.parametrize("p", ["ct", "mr"])
+def test_lvmmed_normalisation_equals_the_hand_computed_mapping(src, tmp_path, p):
+    src = src(p)
+    image_path = src / f"{p}_train" / f"{p}_train_1002_image.nii.gz"
+
+    def two_values(v):  # half the voxels 0, half 100: percentiles 0 / 100, mean 50, std 50
+        v[...] = 0
+        v[::2] = 100
+        return v
+    _rewrite(image_path, two_values)
+    ds = load_segmentation_dataset(mmwhs.prepare(src, tmp_path / "out", modality=p, name=ADAPTERS[p].NAME,
+                                                 options=PrepareOptions(normalisation="lvmmed")))
+    assert ds.meta["normalisation"]["name"] == "lvmmed" and "z-score" in ds.meta["normalisation"]["description"]
+    rows = [s for s in ds.samples if s.case == f"{p}_train_1002"]
+    # z = -1 -> /10 -0.1 -> clipped 0 -> 0; z = +1 -> 0.1 -> 25.5 -> truncated to 25 (LVM-Med's astype)
+    for s in rows:
+        pixels = np.asarray(Image.open(s.image))
+        assert set(np.unique(pixels)) == {0, 25}, s.id
+    # every other volume: LVM-Med's function, verbatim, on the whole volume
+    image, _, _ = mmwhs.synthetic_volume(p, SEED, "1003", SIZE)
+    expected = _lvmmed_reference(nib.load(str(src / f"{p}_train" / f"{p}_train_1003_image.nii.gz")).get_fdata())
+    assert expected.shape == image.shape
+    pixels = np.stack([np.asarray(Image.open(s.image)) for s in
+                       sorted((s for s in ds.samples if s.case == f"{p}_train_1003"), key=lambda s: s.slice)], axis=2)
+    assert np.array_equal(pixels, _lvmmed_reference(image)) and pixels.max() > 0
+    default = load_segmentation_dataset(ADAPTERS[p].prepare(src, tmp_path / "default"))
+    assert default.meta["normalisation"]["name"] == "window"
+    assert default.meta["content_hash"] != ds.meta["content_hash"]
+
+
+def test_lvmmed_normalisation_is_refused_elsewhere(tmp_path):
+    from medssl_bench.downstream.datasets import ADAPTERS as ALL
+
+    _raises(lambda: ALL["isic2018"].prepare(tmp_path, tmp_path / "out", options=PrepareOptions(normalisation="lvmmed")),
+            "--normalisation lvmmed is not supported for isic2018")
+    _raises(lambda: mmwhs_ct.prepare(tmp_path, tmp_path / "out", options=PrepareOptions(normalisation="zscore")),
+            "unknown --normalisation 'zscore'")

@@ -12,8 +12,11 @@ public loaders do (LVM-Med maps unknown labels to background), or with `strict` 
 "las_ct"/"las_mri"); the other structures are kept for all-structure scoring.
 Split: LVM-Med's published volume ids (files_split/MMWHS_*_Heart.json, same for CT and MR) when
 the labelled ids are exactly 1001-1020; otherwise a seeded split by volume, 65/15/20.
-Intensities: one percentile window (0.5-99.5) per volume (LVM-Med clips to the same), one
-sample per axial slice.
+Intensities (options.normalisation, recorded in dataset.json `normalisation`): "window" (default),
+one percentile window (0.5-99.5) per volume mapped to 0-255; "lvmmed", LVM-Med's preprocessing
+(datasets_split/MMWHS_{CT,MR}_Heart_split.py `__itensity_normalize_one_volume__`, per volume: clip
+to the 0.5-99.5 percentiles, z-score with the clipped volume's mean and std, /10, clip to [0, 1],
+then `(x * 255).astype(uint8)`, i.e. truncated). One sample per axial slice.
 """
 from __future__ import annotations
 
@@ -46,6 +49,12 @@ PUBLISHED_SPLIT = {  # LVM-Med's volume ids (identical for CT and MR)
     "test": (1002, 1010, 1012, 1019),
 }
 SEEDED_FRACTIONS = (0.65, 0.15, 0.2)
+NORMALISATIONS = {
+    "window": "0.5-99.5 percentile window per volume, mapped linearly to 0-255 (bench's default)",
+    "lvmmed": ("LVM-Med's MMWHS preprocessing (datasets_split/MMWHS_*_Heart_split.py), per volume: clip to the "
+               "0.5-99.5 percentiles, z-score (mean, std of the clipped volume), /10, clip to [0, 1], x255 truncated "
+               "to uint8"),
+}
 DEFAULT_N = 8
 DEFAULT_SIZE = 64
 SYNTH_TEST_VOLUMES = 2
@@ -122,8 +131,21 @@ def _split(ids: list[int], seed: int) -> tuple[dict[int, str], str]:
             "train/val/test (volume ids are not exactly the published 1001-1020)")
 
 
+def lvmmed_uint8(volume: np.ndarray) -> np.ndarray:
+    """LVM-Med's `__itensity_normalize_one_volume__` then `(x * 255).astype('uint8')`, on one whole
+    volume, in float64 as its `get_fdata()`; a volume constant after clipping becomes zeros."""
+    image = np.asarray(volume, dtype=np.float64)
+    bot, top = np.percentile(image, 0.5), np.percentile(image, 99.5)
+    image = np.clip(image, bot, top)
+    std = float(np.std(image))
+    if std == 0.0:
+        return np.zeros(image.shape, np.uint8)
+    image = np.clip((image - np.mean(image)) / std / 10.0, 0.0, 1.0)
+    return (image * 255).astype(np.uint8)
+
+
 def _slices(pairs, split, modality: str, warnings: list[str], strict: bool = True,
-            unknown: UnknownCodes | None = None):
+            unknown: UnknownCodes | None = None, normalisation: str = "window"):
     """SegItems, one per axial slice, volume by volume; every bad volume raises a UserError."""
     for vid in sorted(pairs):
         img_path, lab_path = pairs[vid]["image"], pairs[vid]["label"]
@@ -142,7 +164,7 @@ def _slices(pairs, split, modality: str, warnings: list[str], strict: bool = Tru
         mask = map_codes(label, CODEBOOK, lab_path, strict=strict, unknown=unknown)
         if not np.any(mask == TARGET_CLASSES[0]):
             warnings.append(f"{lab_path.name}: no left-atrium (420) voxels")
-        pixels = volume_to_uint8(image)
+        pixels = lvmmed_uint8(image) if normalisation == "lvmmed" else volume_to_uint8(image)
         case = f"{modality}_train_{vid}"
         for z in range(pixels.shape[2]):
             yield SegItem(f"{case}_{z:03d}", pixels[:, :, z], mask[:, :, z], split[vid], case, z, "", img_path)
@@ -153,7 +175,7 @@ def _slices(pairs, split, modality: str, warnings: list[str], strict: bool = Tru
 def prepare(src: Path, out_root: Path, *, modality: str, name: str, seed: int = 42, progress=None,
             options: PrepareOptions | None = None) -> Path:
     """Read the <modality>_train volumes of an MM-WHS 2017 download and write `out_root/<name>/`."""
-    options = supported(options, name)
+    options = supported(options, name, normalisation=tuple(NORMALISATIONS))
     src, p = Path(src), _check_modality(modality)
     train, test = find_folders(src, p)
     pairs, ignored = _pairs(train, p)
@@ -171,13 +193,16 @@ def prepare(src: Path, out_root: Path, *, modality: str, name: str, seed: int = 
                      + ", ".join(f.name for f in ignored[:3]))
     codes = {index: code for code, index in CODEBOOK.items()}
     return write_segmentation_dataset(
-        out_root, name, KIND, CLASSES, _slices(pairs, split, p, warnings, options.strict, unknown),
+        out_root, name, KIND, CLASSES, _slices(pairs, split, p, warnings, options.strict, unknown,
+                                                    options.normalisation),
         source={"layout": layout(p), "src": str(src.resolve()), "modality": p, "synthetic_marker": marker},
         split_method=method, seed=seed, synthetic=marker is not None,
         label_codes={cls: [codes[i]] + ([STRAY_CODE] if i == 0 else []) for i, cls in enumerate(CLASSES)},
         target_classes=TARGET_CLASSES, total=total,
         extra={"n_volumes": len(pairs), "unlabelled_test_volumes": len(test_images), "ignored_files": len(ignored),
                "unknown_label_codes": unknown.record,
+               "normalisation": {"name": options.normalisation,
+                                 "description": NORMALISATIONS[options.normalisation]},
                "volume_ids": {s: [v for v in sorted(pairs) if split[v] == s] for s in ("train", "val", "test")}},
         notes=notes, warnings=warnings, progress=progress)
 

@@ -1,5 +1,6 @@
 """What `bench data prepare` may ask of an adapter beyond the raw folder: how strictly to read label
-codes, a published split to reproduce, and lists of images to keep out of the test split.
+codes, a published split to reproduce, lists of images to keep out of the test split, and a named
+intensity normalisation.
 
 Every adapter's `prepare` takes `options=` and calls `supported(options, NAME, ...)` first, so an
 option an adapter cannot honour is refused in one line instead of being ignored.
@@ -23,10 +24,17 @@ class PrepareOptions:
     #: lists of image ids or paths (LVM-Med's lvm-med-training-data/*/file_list.txt format) that must
     #: not be in the test split: a pretraining set's images
     exclude_from: tuple[Path, ...] = ()
+    #: intensity normalisation, by name (NORMALISATIONS): "window" = the adapter's default (MMWHS: a
+    #: 0.5-99.5 percentile window per volume), "lvmmed" = LVM-Med's MMWHS preprocessing (clip to the
+    #: 0.5-99.5 percentiles, z-score, /10, clip to [0, 1], per volume); recorded in dataset.json
+    normalisation: str = "window"
+
+
+NORMALISATIONS = ("window", "lvmmed")
 
 
 def supported(options: PrepareOptions | None, dataset: str, *, split_file: bool = False,
-              exclude_from: bool = False) -> PrepareOptions:
+              exclude_from: bool = False, normalisation: tuple[str, ...] = ("window",)) -> PrepareOptions:
     """`options` (defaults when None), after refusing what `dataset`'s adapter does not support."""
     options = options or PrepareOptions()
     if options.split_file is not None and not split_file:
@@ -34,4 +42,9 @@ def supported(options: PrepareOptions | None, dataset: str, *, split_file: bool 
                         "(docs/datasets.md)")
     if options.exclude_from and not exclude_from:
         raise UserError(f"--exclude-from is not supported for {dataset} yet")
+    if options.normalisation not in NORMALISATIONS:
+        raise UserError(f"unknown --normalisation {options.normalisation!r}; choose one of: {', '.join(NORMALISATIONS)}")
+    if options.normalisation not in normalisation:
+        raise UserError(f"--normalisation {options.normalisation} is not supported for {dataset} (it supports: "
+                        f"{', '.join(normalisation)}; docs/datasets.md)")
     return options

@@ -89,13 +89,18 @@ def prepare(task: str = typer.Argument(..., help="Task or dataset name (`bench t
             exclude_from: list[Path] = typer.Option([], "--exclude-from", help="A list of image ids or paths kept "
                                                     "out of the test split, e.g. the file_list.txt of one of "
                                                     "LVM-Med's pretraining sets; repeatable."),
+            normalisation: str = typer.Option("window", help="Intensity normalisation, recorded in dataset.json: "
+                                              "window (default: a 0.5-99.5 percentile window per volume) or "
+                                              "lvmmed (LVM-Med's MMWHS preprocessing: clip to those percentiles, "
+                                              "z-score, /10, clip to [0, 1]; mmwhs_ct and mmwhs_mri only)."),
             workspace: Path = workspace_option()):
     from medssl_bench.downstream.datasets.options import PrepareOptions
     from medssl_bench.downstream.families import get_family
 
     task_entry, adapter = _adapter(task)
     root = Workspace.resolve(workspace).data_root(out)
-    options = PrepareOptions(strict=strict, split_file=split_file, exclude_from=tuple(exclude_from))
+    options = PrepareOptions(strict=strict, split_file=split_file, exclude_from=tuple(exclude_from),
+                             normalisation=normalisation)
     with ProgressBar(console, f"checking and copying {task_entry.name}", transient=True) as bar:
         folder = adapter.prepare(src, root, seed=seed, progress=bar, options=options)
 
