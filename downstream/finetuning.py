@@ -19,16 +19,27 @@ from mmengine.runner import Runner
 from medssl_bench.harness.data import available_cpus, derived_seed
 
 
-class KeepBestHook(Hook):
-    """Keeps (in memory) the weights of the epoch with the best validation value of `key`."""
+TEST_EPOCHS = ("best_val", "last")
 
-    def __init__(self, key: str, last_tie: bool = False):
+
+class KeepBestHook(Hook):
+    """Keeps (in memory) the weights of the epoch with the best validation value of `key`, or with
+    `test_epoch="last"` those of the last validated epoch (mmdet's / LVM-Med's detection testing)."""
+
+    def __init__(self, key: str, last_tie: bool = False, test_epoch: str = "best_val"):
+        if test_epoch not in TEST_EPOCHS:
+            raise ValueError(f"test_epoch {test_epoch!r}: choose one of {', '.join(TEST_EPOCHS)}")
         self.key, self.best_value, self.best_state, self.best_epoch = key, float("-inf"), None, 0
         self.last_tie = last_tie  # True: a later epoch that ties the best replaces it (`>=`)
+        self.test_epoch = test_epoch
 
     def after_val_epoch(self, runner, metrics=None) -> None:
         value = (metrics or {}).get(self.key)
-        better = value is not None and (value >= self.best_value if self.last_tie else value > self.best_value)
+        if self.test_epoch == "last":  # every validated epoch replaces the one before: the last is kept
+            better = True
+            value = float("nan") if value is None else value
+        else:
+            better = value is not None and (value >= self.best_value if self.last_tie else value > self.best_value)
         if better:  # runner.epoch counts finished epochs: 1-based here
             self.best_value, self.best_epoch = value, runner.epoch
             self.best_state = copy.deepcopy(runner.model.state_dict())
@@ -60,8 +71,9 @@ def loader(dataset, batch_size: int, shuffle: bool, seed: int, collate: str = "d
 def fit_best_on_val(model, train_set, val_set, test_set, *, val_metric, test_metric, key: str, epochs: int,
                     lr: float, weight_decay: float, batch_size: int, seed: int, work_root: Path,
                     collate: str = "default_collate", scope: str = "mmengine", trained: dict | None = None,
-                    clip_grad: float | None = 1.0, last_tie: bool = False) -> dict:
-    """Train `model` (an mmengine BaseModel) for `epochs`, test its best-validation epoch.
+                    clip_grad: float | None = 1.0, last_tie: bool = False, test_epoch: str = "best_val") -> dict:
+    """Train `model` (an mmengine BaseModel) for `epochs`, test its best-validation epoch
+    (`test_epoch="last"`: its last epoch, validated every epoch all the same).
 
     `val_metric` / `test_metric` are mmengine metrics that keep their full result in `.last`;
     returns {"val": val_metric.last, "test": test_metric.last, "selected": {"epoch": n},
@@ -72,7 +84,7 @@ def fit_best_on_val(model, train_set, val_set, test_set, *, val_metric, test_met
     """
     from medssl_bench.harness.engine import QuietMMEngine
 
-    keep = KeepBestHook(key, last_tie)
+    keep = KeepBestHook(key, last_tie, test_epoch)
     work_root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=work_root) as work_dir:
         runner = Runner(

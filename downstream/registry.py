@@ -36,11 +36,18 @@ class Protocol:
     #: 3D segmentation: True = trained on the scored target only (target vs background, binary, as the
     #: 2D tasks; the quick profile), False = on all the dataset's classes (the paper); None = n/a
     target_only: bool | None = None
+    #: detection paper_finetune (mmdet's R50 recipe, LVM-Med's): backbone stages fixed (1: stem + layer1;
+    #: None = -1, none), BatchNorm kept in eval mode while training (None = False), and the epoch tested
+    #: ("last"; None = the best-validation epoch). None = bench's default, not recorded.
+    frozen_stages: int | None = None
+    norm_eval: bool | None = None
+    test_epoch: str | None = None
 
     def as_dict(self) -> dict:
         fields = {k: getattr(self, k) for k in self.__dataclass_fields__}
-        if fields["target_only"] is None:  # only the 3D segmentation protocols have (and record) it
-            del fields["target_only"]
+        for optional in ("target_only", "frozen_stages", "norm_eval", "test_epoch"):
+            if fields[optional] is None:  # only the protocols that set them have (and record) them
+                del fields[optional]
         return fields
 
 
@@ -60,6 +67,9 @@ class Task:
     train_domain: str | None = None   # multi-site data: the site trained (and validated) on
     test_domain: str | None = None    # ... and the site tested on
     in_paper: bool = True             # one of LVM-Med's 15 tasks (False: an extra the harness adds)
+    #: this task's own quick-profile replacements, applied after its family's (Family.quick) and
+    #: named in the quick protocol's source; empty = the family's quick profile as is
+    quick: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -79,7 +89,10 @@ class Task:
         if profile not in PROFILES:
             raise UserError(f"unknown profile '{profile}'; choose one of: {', '.join(PROFILES)}")
         paper = self.paper[name]
-        return paper if profile == "paper" else get_family(self.family).quick_protocol(paper)
+        if profile == "paper":
+            return paper
+        note = ("task quick override: " + ", ".join(f"{k} {v}" for k, v in self.quick.items())) if self.quick else ""
+        return get_family(self.family).quick_protocol(paper, self.quick, note)
 
 
 def _classifier(name, lr, wd, batch, size, epochs, source) -> Protocol:
@@ -91,6 +104,16 @@ CLS_METRICS = ("accuracy", "macro_f1", "auroc")
 SEG_2D_SOURCE = "LVM-Med Table 7 (U-Net, Adam, Dice+CE)"
 SEG_3D_SOURCE = "LVM-Med Table 8 (slice-wise U-Net, Adam)"
 DETECTION_SOURCE = "LVM-Med App. B + repo command.sh (Faster R-CNN R50-FPN, Adam, clip 1)"
+PAPER_DETECTION_SOURCE = ("LVM-Med's mmdet recipe, repo object_detection/configs/_base_/models/faster_rcnn_r50_fpn.py "
+                          "(backbone frozen_stages=1: stem + layer1 fixed; norm_eval=True: BatchNorm statistics "
+                          "fixed) + command.sh (last epoch tested); optimiser, lr, epochs, batch as bench's finetune")
+
+
+def _paper_detection(finetune: Protocol) -> Protocol:
+    """LVM-Med's own detection recipe beside bench's `finetune`: same schedule, mmdet's frozen stem +
+    layer1 and frozen BatchNorm, the last epoch tested (docs/protocols.md)."""
+    return replace(finetune, name="paper_finetune", source=PAPER_DETECTION_SOURCE, frozen_stages=1, norm_eval=True,
+                   test_epoch="last")
 PROSTATE_SOURCE = "LVM-Med Table 8 (train BMC, slice-wise, Adam)"
 PAPER_LINEAR_SOURCE = ("LVM-Med's frozen linear protocol, repo classification_R50/train_R50_classification.py + "
                        "dataloader/yaml_data/{cfg} (encoder requires_grad False, BN in train mode, 1 FC, Adam; {recipe}; "
@@ -111,6 +134,11 @@ def _seg_task(name, title, family, dataset, classes, size, lr, epochs, batch, so
                 {"finetune": reported}, note, optional=("frozen",), train_domain="BMC" if test_domain else None,
                 test_domain=test_domain)
 
+
+_VINDR_FINETUNE = Protocol("finetune", 512, 1e-4, 40, 16, 1e-4, source=DETECTION_SOURCE, rois_per_image=512,
+                           proposals=1000)
+_KVASIR_FINETUNE = Protocol("finetune", 512, 2.5e-4, 40, 8, 1e-4, source=DETECTION_SOURCE, rois_per_image=512,
+                            proposals=1000)
 
 TASKS: dict[str, Task] = {t.name: t for t in [
     _seg_task("isic2018", "Skin lesion segmentation (ISIC-2018)", "segmentation_2d", "isic2018", 2, 512, 1e-4, 35, 16,
@@ -150,11 +178,11 @@ TASKS: dict[str, Task] = {t.name: t for t in [
          }, {"paper_linear": 66.33, "finetune": 76.82}, optional=("paper_linear",)),
     Task("vindr_cxr", "Lung lesion detection (VinDr-CXR, 14 classes)", "detection", "vindr_cxr", 14, "ap50",
          ("ap50", "map"),
-         {"finetune": Protocol("finetune", 512, 1e-4, 40, 16, 1e-4, source=DETECTION_SOURCE, rois_per_image=512,
-                               proposals=1000)}),
+         {"finetune": _VINDR_FINETUNE,
+          "paper_finetune": _paper_detection(_VINDR_FINETUNE)}, optional=("paper_finetune",)),
     Task("kvasir_det", "Polyp detection (Kvasir)", "detection", "kvasir_det", 1, "ap50", ("ap50", "map"),
-         {"finetune": Protocol("finetune", 512, 2.5e-4, 40, 8, 1e-4, source=DETECTION_SOURCE, rois_per_image=512,
-                               proposals=1000)}),
+         {"finetune": _KVASIR_FINETUNE,
+          "paper_finetune": _paper_detection(_KVASIR_FINETUNE)}, optional=("paper_finetune",)),
     Task("bccd", "Blood cell detection (BCCD: WBC, RBC, platelets)", "detection", "bccd", 3, "ap50", ("ap50", "map"),
          {"finetune": Protocol("finetune", 512, 2.5e-4, 40, 8, 1e-4, rois_per_image=512, proposals=1000,
                                source="not in LVM-Med: its Kvasir detection recipe "

@@ -13,6 +13,8 @@ random init (fixed random filters), and giving pretrained weights another recipe
 would confound the comparison. Measured on synthetic data (the demo's SimCLR, quick profile, 3
 seeds, test AP50): with the mmdet recipe the SimCLR trunk scored BCCD 47.9 and Kvasir 4.6, fine-tuned
 alike 64.4 and 8.2, random init 65.3 and 19.2 (benchmarks/README.md).
+The optional `paper_finetune` protocol (docs/protocols.md) builds that mmdet recipe on purpose:
+`frozen_stages=1, norm_eval=True` for every checkpoint, random init included.
 """
 from __future__ import annotations
 
@@ -37,14 +39,17 @@ BASE_CONFIG = Path(mmdet.__file__).parent / ".mim" / "configs" / "_base_" / "mod
 
 
 def detector_config(arch: str, num_classes: int, *, ref=None, checkpoint: str | None = None,
-                    rois_per_image: int | None = None, proposals: int | None = None) -> ConfigDict:
+                    rois_per_image: int | None = None, proposals: int | None = None,
+                    frozen_stages: int | None = None, norm_eval: bool | None = None) -> ConfigDict:
     """mmdet's Faster R-CNN R50-FPN model config with `bench`'s backbone, `num_classes` classes and
     the pretraining's input normalisation (RGB uint8 in, as LoadBenchImage decodes).
     `rois_per_image` replaces the box head's 512 sampled RoIs per training image and `proposals`
-    the RPN's 1000 proposals per image (training and test): the quick profile's CPU savings."""
+    the RPN's 1000 proposals per image (training and test): the quick profile's CPU savings.
+    `frozen_stages` / `norm_eval` (None: -1 / False, all trained) are mmdet's ResNet options."""
     cfg = Config.fromfile(str(BASE_CONFIG)).model
     cfg.backbone = ConfigDict(type="BenchResNet", arch=arch, ref=ref, checkpoint=checkpoint, out_indices=(1, 2, 3, 4),
-                              frozen_stages=-1, norm_eval=False)
+                              frozen_stages=-1 if frozen_stages is None else int(frozen_stages),
+                              norm_eval=bool(norm_eval))
     cfg.neck.in_channels = list(STAGE_CHANNELS[arch][1:])
     cfg.roi_head.bbox_head.num_classes = num_classes
     if rois_per_image:
@@ -57,7 +62,8 @@ def detector_config(arch: str, num_classes: int, *, ref=None, checkpoint: str | 
 
 
 def build_detector(arch: str, num_classes: int, *, ref=None, checkpoint: str | None = None,
-                   rois_per_image: int | None = None, proposals: int | None = None):
+                   rois_per_image: int | None = None, proposals: int | None = None,
+                   frozen_stages: int | None = None, norm_eval: bool | None = None):
     """An mmdet FasterRCNN (see detector_config), built under mmdet's default scope."""
     from mmengine.registry import DefaultScope
     from mmdet.utils import register_all_modules
@@ -66,4 +72,5 @@ def build_detector(arch: str, num_classes: int, *, ref=None, checkpoint: str | N
     with DefaultScope.overwrite_default_scope("mmdet"), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*build_loss.*", category=UserWarning)
         return MODELS.build(detector_config(arch, num_classes, ref=ref, checkpoint=checkpoint,
-                                            rois_per_image=rois_per_image, proposals=proposals))
+                                            rois_per_image=rois_per_image, proposals=proposals,
+                                            frozen_stages=frozen_stages, norm_eval=norm_eval))

@@ -5,6 +5,9 @@ R50-FPN (downstream.detection.model) whose ResNet is the pretrained one, fine-tu
 gradient-norm clip 1, no warm-up; images resized to the protocol's side keeping their aspect
 (padded to a multiple of 32), random horizontal flip. Validated every epoch; the best-validation
 epoch is tested (the repo tested its last epoch; every `bench` family tests its best-val epoch).
+The optional `paper_finetune` protocol is the repo's own recipe: the same schedule, mmdet's
+`frozen_stages=1, norm_eval=True` backbone and the last epoch tested (Protocol.frozen_stages,
+.norm_eval, .test_epoch; recorded in the result's protocol config).
 Scored by AP at IoU 0.5 over the test images, mAP@[.5:.95] beside it (downstream.detection.metrics).
 Images without boxes (VinDr's "No finding") stay in every split as negatives. Label fractions
 subsample training images. Left out from the repo's pipeline: Albumentations'
@@ -56,7 +59,7 @@ def image_fraction(n: int, fraction: float, seed: int) -> list[int] | None:
 
 def run_job(task: Task, protocol: Protocol, data: DetectionDataset, ref, *, label_fraction: float, seed: int,
             device: torch.device, work_root: Path, cache=None) -> dict:
-    """One evaluation: fine-tune the detector, test its best-val epoch.
+    """One evaluation: fine-tune the detector, test its best-val epoch (paper_finetune: its last).
     Returns {"val": ..., "test": ..., "selected": ..., "n_train": ...}."""
     from medssl_bench.downstream.finetuning import fit_best_on_val
 
@@ -68,14 +71,15 @@ def run_job(task: Task, protocol: Protocol, data: DetectionDataset, ref, *, labe
     size = protocol.image_size
     torch.manual_seed(derived_seed(seed, 0x5EED))  # random init (and the heads) differ per seed
     model = build_detector(ref.backbone, len(data.classes), ref=ref, rois_per_image=protocol.rois_per_image,
-                           proposals=protocol.proposals)
+                           proposals=protocol.proposals, frozen_stages=protocol.frozen_stages,
+                           norm_eval=protocol.norm_eval)
     metric = lambda split: PaperDetMetric(str(data.annotation_file(split)), data.classes)  # noqa: E731
     out = fit_best_on_val(
         model, coco_split(data, "train", size, train=True, indices=indices),
         coco_split(data, "val", size, train=False), coco_split(data, "test", size, train=False),
         val_metric=metric("val"), test_metric=metric("test"), key=task.metric, epochs=protocol.epochs,
         lr=protocol.lr, weight_decay=protocol.weight_decay, batch_size=protocol.batch_size, seed=seed,
-        work_root=work_root, collate="pseudo_collate", scope="mmdet")
+        work_root=work_root, collate="pseudo_collate", scope="mmdet", test_epoch=protocol.test_epoch or "best_val")
     out.pop("trained")
     out["n_train"] = n_train if indices is None else len(indices)
     return out
