@@ -253,13 +253,3 @@ def test_lvmmed_normalisation_is_refused_elsewhere(tmp_path):
     _raises(lambda: mmwhs_ct.prepare(tmp_path, tmp_path / "out", options=PrepareOptions(normalisation="zscore")),
             "unknown --normalisation 'zscore'")
 
-
-def test_quick_profile_override_is_visible_in_the_protocol():
-    from medssl_bench.downstream.registry import TASKS
-
-    for name in ("mmwhs_ct", "mmwhs_mri"):
-        quick = TASKS[name].protocol("finetune", "quick")
-        assert quick.image_size == TASKS[name].quick["image_size"] > 64 and quick.target_only is True
-        assert "task quick override: image_size" in quick.source
-        assert TASKS[name].protocol("finetune", "paper").image_size == 224
-    assert TASKS["brats"].protocol("finetune", "quick").image_size == 64 and not TASKS["brats"].quick
