@@ -14,6 +14,7 @@ from medssl_bench.downstream.datasets import busi, fgadr, kvasir_det, kvasir_seg
 from medssl_bench.downstream.datasets.canonical import load_classification_dataset, safe_id
 from medssl_bench.downstream.datasets.canonical_seg import load_segmentation_dataset
 from medssl_bench.downstream.datasets.options import PrepareOptions
+from medssl_bench.harness.fsutil import sha256_file
 from tests.dataset_helpers import raises
 
 
@@ -53,7 +54,7 @@ def test_kvasir_json_reproduced_exactly(kvasir_raw, tmp_path):
     stems = lambda ns: {Path(n).stem for n in ns}  # noqa: E731
     assert by_split(ds) == {"train": stems(train), "val": stems(valid), "test": stems(test)}
     record = ds.meta["split"]["source"]
-    assert record["file"] == "Kvasir.json" and record["sha256"] == splits.sha256_of(path)
+    assert record["file"] == "Kvasir.json" and record["sha256"] == sha256_file(path)
     assert record["left_out"] == 1 and record["left_out_examples"] == [names[13]]
     assert record["members"] == {"train": 8, "val": 2, "test": 3}
     seeded = load_segmentation_dataset(kvasir_seg.prepare(kvasir_raw, tmp_path / "seeded"))
@@ -113,7 +114,7 @@ def test_fgadr_pickle_prepares(fgadr_raw, tmp_path):
     assert test_ids and all(int(i[:4]) > 1500 for i in test_ids)
     assert all(int(s.id[:4]) <= 1500 for s in ds.split("train") + ds.split("val")) and ds.split("val")
     record = ds.meta["split"]["source"]
-    assert record["format"] == "lvm-med pickle" and record["sha256"] == splits.sha256_of(path)
+    assert record["format"] == "lvm-med pickle" and record["sha256"] == sha256_file(path)
     assert record["members"]["val"] == 0 and "equals its test" in record["notes"][0]
 
 

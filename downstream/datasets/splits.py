@@ -23,7 +23,6 @@ test image is refused instead (a published split is never silently changed).
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import pickle
@@ -33,7 +32,7 @@ from pathlib import Path, PurePosixPath
 from typing import Sequence
 
 from medssl_bench.harness.errors import UserError
-from medssl_bench.harness.fsutil import write_json_atomic
+from medssl_bench.harness.fsutil import sha256_bytes, write_json_atomic
 
 SHOWN = 5  # names quoted in an error or a record, then a count
 JSON_KEYS = ("train", "valid", "test")
@@ -63,10 +62,6 @@ def stem_of(entry: str) -> str:
             return name[: -len(suffix)]
     match = re.fullmatch(r"(.+)\.[a-z][a-z0-9]{1,4}", name)
     return match.group(1) if match else name
-
-
-def sha256_of(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 # ----------------------------------------------------------------------------- published splits
@@ -122,7 +117,7 @@ def read_lvmmed_json(path: Path) -> PublishedSplit:
             if odd:
                 raise UserError(f"'{key}_labels' does not pair each image with its mask: {_few(odd)}", path)
         members[split] = list(names)
-    return _checked(PublishedSplit(path, "lvm-med json", hashlib.sha256(raw).hexdigest(), members))
+    return _checked(PublishedSplit(path, "lvm-med json", sha256_bytes(raw), members))
 
 
 class _NoClassUnpickler(pickle.Unpickler):
@@ -183,7 +178,7 @@ def read_lvmmed_fgadr(path: Path) -> PublishedSplit:
             if grade is not None and split != "val":
                 grades[basename(name).lower()] = int(grade)
         members[split] = names
-    return _checked(PublishedSplit(path, fmt, hashlib.sha256(raw).hexdigest(), members, grades))
+    return _checked(PublishedSplit(path, fmt, sha256_bytes(raw), members, grades))
 
 
 def _checked(split: PublishedSplit) -> PublishedSplit:
@@ -262,7 +257,7 @@ def read_exclude_lists(paths: Sequence[Path]) -> tuple[set[str], list[dict]]:
         listed = {stem_of(line) for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")}
         listed.discard("")
         stems |= listed
-        records.append({"file": Path(path).name, "sha256": hashlib.sha256(raw).hexdigest(), "ids": len(listed)})
+        records.append({"file": Path(path).name, "sha256": sha256_bytes(raw), "ids": len(listed)})
     return stems, records
 
 

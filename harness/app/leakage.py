@@ -17,8 +17,7 @@ import csv
 import json
 from pathlib import Path
 
-from medssl_bench.harness.corpus import load_corpus, pixel_hash
-from medssl_bench.harness.errors import UserError
+from medssl_bench.harness.corpus import decode_file, load_corpus
 from medssl_bench.harness.fsutil import write_text_atomic
 from medssl_bench.harness.workspace import Workspace
 
@@ -31,20 +30,16 @@ def hash_test_images(folder: Path, content_hash: str, cache_dir: Path) -> dict[s
     cached = cache_dir / f"{content_hash}.json"
     if cached.is_file():
         return {k: tuple(v) for k, v in json.loads(cached.read_text()).items()}
-    from medssl_bench.harness import imageio
-
     hashes = {}
     with open(folder / "samples.csv", newline="") as handle:
         for row in csv.DictReader(handle):
             if row.get("split") != "test":
                 continue
-            path = folder / (row.get("path") or row.get("image") or "")
-            try:
-                pixels = [p for _, p in imageio.iter_pixels(path)]
-            except (UserError, OSError):  # CorruptImageError is a UserError
-                continue  # a prepared image was checked at prepare; a file gone since cannot match
-            if len(pixels) == 1:
-                hashes[row["id"]] = (pixel_hash(pixels[0]), row.get("domain") or None)
+            # decoded and hashed exactly as the corpus builder does; an unreadable file (checked at
+            # prepare, gone or damaged since) has no images and cannot match
+            images = decode_file(str(folder / (row.get("path") or row.get("image") or "")))["images"]
+            if len(images) == 1:
+                hashes[row["id"]] = (images[0][1], row.get("domain") or None)
     write_text_atomic(cached, json.dumps(hashes, sort_keys=True))
     return hashes
 
