@@ -44,13 +44,9 @@ class Family:
         module, function = self.loader.split(":")
         return getattr(import_module(module), function)(folder)
 
-    def quick_protocol(self, paper: "Protocol", task_quick: dict[str, Any] | None = None,
-                       task_note: str = "") -> "Protocol":
-        """The quick profile of `paper`: the family's replacements, then the task's own (Task.quick,
-        named in the source so the setting is visible in every recorded protocol)."""
-        changes = {**self.quick, **self.quick_per_protocol.get(paper.name, {}), **(task_quick or {})}
-        notes = [n for n in (self.quick_note, task_note) if n]
-        note = "".join(f"; {n}" for n in notes)
+    def quick_protocol(self, paper: "Protocol") -> "Protocol":
+        changes = {**self.quick, **self.quick_per_protocol.get(paper.name, {})}
+        note = f"; {self.quick_note}" if self.quick_note else ""
         return replace(paper, **changes, source=f"quick (CPU) version of: {paper.source}{note}")
 
     def group(self, protocol: str) -> str:

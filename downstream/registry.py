@@ -67,9 +67,6 @@ class Task:
     train_domain: str | None = None   # multi-site data: the site trained (and validated) on
     test_domain: str | None = None    # ... and the site tested on
     in_paper: bool = True             # one of LVM-Med's 15 tasks (False: an extra the harness adds)
-    #: this task's own quick-profile replacements, applied after its family's (Family.quick) and
-    #: named in the quick protocol's source; empty = the family's quick profile as is
-    quick: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -89,10 +86,7 @@ class Task:
         if profile not in PROFILES:
             raise UserError(f"unknown profile '{profile}'; choose one of: {', '.join(PROFILES)}")
         paper = self.paper[name]
-        if profile == "paper":
-            return paper
-        note = ("task quick override: " + ", ".join(f"{k} {v}" for k, v in self.quick.items())) if self.quick else ""
-        return get_family(self.family).quick_protocol(paper, self.quick, note)
+        return paper if profile == "paper" else get_family(self.family).quick_protocol(paper)
 
 
 def _classifier(name, lr, wd, batch, size, epochs, source) -> Protocol:
@@ -120,14 +114,8 @@ PAPER_LINEAR_SOURCE = ("LVM-Med's frozen linear protocol, repo classification_R5
                        "best-val epoch tested): the protocol of the paper's reported linear number")
 
 
-#: MMWHS's left atrium is a few pixels at the 3D family's quick 64 px (test IoU x100 0.1 CT / 0.0 MRI
-#: for random init on synthetic data). 128 px was measured and did not help (0.3, 147 s on 2 CPUs;
-#: benchmarks/README.md), so no override is set yet: the hook (Task.quick) stays for the next try
-MMWHS_QUICK: dict = {}
-
-
 def _seg_task(name, title, family, dataset, classes, size, lr, epochs, batch, source, reported, note="",
-              test_domain=None, quick=None) -> Task:
+              test_domain=None) -> Task:
     """A segmentation task: fine-tuned U-Net, scored by Dice (2D, OOD) or per-volume IoU (3D), as the paper;
     `frozen` (decoder trained on a fixed encoder) runs when asked for."""
     metrics = {"segmentation_3d": ("iou_3d", "dice_3d"), "ood_segmentation": ("dice", "dice_at_size", "dice_3d", "iou")}
@@ -138,7 +126,7 @@ def _seg_task(name, title, family, dataset, classes, size, lr, epochs, batch, so
     return Task(name, title, family, dataset, classes, metric, metrics.get(family, ("dice", "dice_at_size", "iou")),
                 {"finetune": finetune, "frozen": frozen},
                 {"finetune": reported}, note, optional=("frozen",), train_domain="BMC" if test_domain else None,
-                test_domain=test_domain, quick=dict(quick or {}))
+                test_domain=test_domain)
 
 
 _VINDR_FINETUNE = Protocol("finetune", 512, 1e-4, 40, 16, 1e-4, source=DETECTION_SOURCE, rois_per_image=512,
@@ -161,10 +149,9 @@ TASKS: dict[str, Task] = {t.name: t for t in [
               SEG_3D_SOURCE, 73.58),
     _seg_task("mmwhs_ct", "Heart (left atrium) segmentation (MMWHS-CT)", "segmentation_3d", "mmwhs_ct", 8,
               224, 1e-3, 20, 64, SEG_3D_SOURCE, 84.91,
-              note="the paper's reported target is the left atrium (label 420); all structures as an option",
-              quick=MMWHS_QUICK),
+              note="the paper's reported target is the left atrium (label 420); all structures as an option"),
     _seg_task("mmwhs_mri", "Heart (left atrium) segmentation (MMWHS-MRI)", "segmentation_3d", "mmwhs_mri", 8,
-              224, 1.5e-3, 30, 64, SEG_3D_SOURCE, 78.59, quick=MMWHS_QUICK),
+              224, 1.5e-3, 30, 64, SEG_3D_SOURCE, 78.59),
     Task("fgadr", "Diabetic retinopathy grading (FGADR, 5 grades)", "classification", "fgadr", 5, "accuracy",
          CLS_METRICS, {
              "linear": _classifier("linear", 1e-3, 5e-3, 32, 512, 20, "LVM-Med Table 5 / App. B (1 FC, Adam, lr 1e-3); repo config: batch 32, wd 5e-3, 20 epochs"),
