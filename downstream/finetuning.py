@@ -16,7 +16,8 @@ from pathlib import Path
 from mmengine.hooks import Hook
 from mmengine.runner import Runner
 
-from medssl_bench.harness.data import available_cpus, derived_seed
+from medssl_bench.harness.data import derived_seed
+from medssl_bench.harness.provenance import available_cpus
 
 
 TEST_EPOCHS = ("best_val", "last")

@@ -84,7 +84,8 @@ class PaperDetMetric(CocoMetric):
                                    "bbox": [x0, y0, x1 - x0, y1 - y0], "score": score})
         scored = coco_scores(self._coco_api, detections, self.img_ids, self.cat_ids)
         positive_ids = [i for i in self.img_ids if self._coco_api.getAnnIds(imgIds=[i], catIds=self.cat_ids)]
-        positives = coco_scores(self._coco_api, [d for d in detections if d["image_id"] in set(positive_ids)],
+        positive = set(positive_ids)
+        positives = coco_scores(self._coco_api, [d for d in detections if d["image_id"] in positive],
                                 positive_ids, self.cat_ids) if positive_ids else {"ap50": 0.0, "map": 0.0}
         names = {c["id"]: c["name"] for c in self._coco_api.loadCats(self.cat_ids)}
         per_case = []

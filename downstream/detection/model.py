@@ -61,16 +61,13 @@ def detector_config(arch: str, num_classes: int, *, ref=None, checkpoint: str | 
     return cfg
 
 
-def build_detector(arch: str, num_classes: int, *, ref=None, checkpoint: str | None = None,
-                   rois_per_image: int | None = None, proposals: int | None = None,
-                   frozen_stages: int | None = None, norm_eval: bool | None = None):
-    """An mmdet FasterRCNN (see detector_config), built under mmdet's default scope."""
+def build_detector(arch: str, num_classes: int, **options):
+    """An mmdet FasterRCNN of `detector_config(arch, num_classes, **options)`, built under mmdet's
+    default scope."""
     from mmengine.registry import DefaultScope
     from mmdet.utils import register_all_modules
 
     register_all_modules(init_default_scope=False)
     with DefaultScope.overwrite_default_scope("mmdet"), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*build_loss.*", category=UserWarning)
-        return MODELS.build(detector_config(arch, num_classes, ref=ref, checkpoint=checkpoint,
-                                            rois_per_image=rois_per_image, proposals=proposals,
-                                            frozen_stages=frozen_stages, norm_eval=norm_eval))
+        return MODELS.build(detector_config(arch, num_classes, **options))

@@ -112,9 +112,9 @@ def run_unit(spec: dict) -> dict:
     device = default_device()
     cache = classification.FeatureCache(ws.cache / "features")
     counts = {"done": 0, "failed": 0}
-    data, data_error = None, None
+    data, data_error, folder = None, None, Path(spec["data_root"]) / spec["dataset"]
     try:
-        data = family.load(Path(spec["data_root"]) / spec["dataset"])
+        data = family.load(folder)
     except UserError as err:
         data_error = f"{err}; prepare it with: bench data prepare {spec['dataset']} --src DIR --out {spec['data_root']}"
     base = {"checkpoint": {k: v for k, v in ref.as_record().items() if k != "sidecar"},
@@ -125,7 +125,7 @@ def run_unit(spec: dict) -> dict:
                         "synthetic": data.meta["synthetic"], "source": data.meta.get("source"),
                         "split": data.meta.get("split")}
     base.update(transfer_status(ref.sidecar, spec["dataset"], data))
-    overlap = _overlap_check(ws, ref.sidecar, Path(spec["data_root"]) / spec["dataset"], data)
+    overlap = _overlap_check(ws, ref.sidecar, folder, data)
     for key in spec["keys"]:
         task = tasks[key.task]
         protocol = task.protocol(key.protocol, profile)
@@ -139,7 +139,7 @@ def run_unit(spec: dict) -> dict:
         try:
             if data_error:
                 raise UserError(data_error)
-            out = get_family(task.family).run_module().run_job(
+            out = family.run_module().run_job(  # a unit's tasks share one dataset, so one family
                 task, protocol, data, ref, label_fraction=key.label_fraction, seed=key.seed, cache=cache,
                 device=device, work_root=ws.cache / "work")
             config.update(selected=out.pop("selected"), n_train=out.pop("n_train"))
