@@ -189,3 +189,19 @@ def test_stem_rule():
     assert splits.stem_of("Brats18_CBICA_ANZ_1") == "brats18_cbica_anz_1"
     assert splits.stem_of("case.nii.gz") == "case" and splits.stem_of("benign (3).png") == "benign (3)"
     assert splits.stem_of("1.3.6.1.4.1.14519") == "1.3.6.1.4.1.14519"
+
+
+def test_an_option_the_adapter_cannot_honour_is_refused_in_one_line(tmp_path, capsys):
+    """--split-file and --exclude-from reach every adapter; one that has no published split (JSRT) or
+    does not apply exclusion lists (DRIVE) refuses them with one line and exit 2, writing nothing."""
+    from medssl_bench.harness.app.cli import main
+
+    listed = tmp_path / "list.txt"
+    listed.write_text("x\n")
+    for dataset, option, value in (("jsrt", "--split-file", listed), ("drive", "--exclude-from", listed)):
+        code = main(["data", "prepare", dataset, "--src", str(tmp_path), "--out", str(tmp_path / "out"),
+                     option, str(value)])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and err.count("\n") == 0, err
+        assert f"{option} is not supported for {dataset}" in err
+    assert not (tmp_path / "out").exists()
