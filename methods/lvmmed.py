@@ -11,13 +11,14 @@ for the views (crop_scale) an entry of `views`.
 from __future__ import annotations
 
 import torch
-from lightly.transforms import VICRegLTransform
+from lightly.transforms.vicregl_transform import VICRegLViewTransform
 from optuna.distributions import FloatDistribution, IntDistribution
 from torch import nn
 
 from medssl_bench.harness.backbones import feature_map
 from medssl_bench.harness.errors import UserError
 from medssl_bench.harness.method_api import SSLMethod, StepInfo, step_generator
+from medssl_bench.methods.blocks.crop_grid import CropFlipWithGrid
 from medssl_bench.methods.blocks.graph_matching import edge_indicator, solve_lap, solve_qap
 from medssl_bench.methods.blocks.imle import imle_hamming_matching
 from medssl_bench.methods.blocks.lvmmed_graph import GCN, edge_affinity, gcn_adjacency, knn_edges, local_affinity, vertex_affinity
@@ -27,20 +28,25 @@ EULER_GAMMA = 0.5772156649  # mean of Gumbel(0, 1)
 
 
 class GeometricViews:
-    """Two VICRegL-style views (lightly) plus, per view, the centre of every backbone feature cell
-    in source-image coordinates normalised to [0, 1] (so cells of different images compare)."""
+    """Two VICRegL global views plus, per view, the centre of every backbone feature cell in
+    source-image coordinates normalised to [0, 1] (so cells of different images compare). The crop,
+    flip and cell centres are ours (blocks/crop_grid.py: lightly 1.6.0 mis-spaces the centres); the
+    photometric rest is lightly's VICRegL global view (jitter, grayscale, blur, no solarisation)."""
 
     def __init__(self, image_size: int, crop_scale: tuple, n_views: int = 2):
         self.grid = max(1, image_size // FEATURE_STRIDE)
-        self.vicregl = VICRegLTransform(global_crop_size=image_size, n_global_views=n_views, n_local_views=0,
-                                        global_crop_scale=tuple(crop_scale), global_grid_size=self.grid,
-                                        normalize=None)
+        self.crop = CropFlipWithGrid(image_size, tuple(crop_scale), self.grid)
+        self.photometric = VICRegLViewTransform(normalize=None)  # the harness normalises on the device
+        self.n_views = n_views
 
     def __call__(self, image):
-        out = self.vicregl(image)
-        half = len(out) // 2
         size = torch.tensor(image.size, dtype=torch.float32)  # (width, height) = (x, y) scale
-        return out[:half] + [grid / size for grid in out[half:]]
+        views, grids = [], []
+        for _ in range(self.n_views):
+            crop, grid = self.crop(image)
+            views.append(self.photometric(crop))
+            grids.append(grid / size)
+        return views + grids
 
 
 class LVMMed(SSLMethod):
