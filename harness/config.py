@@ -35,10 +35,15 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "clip_grad": None,  # max gradient norm, or None
     "num_workers": -1,  # -1: choose from the CPU count
     "amp": False,  # mixed precision (GPU only)
+    "sync_bn": False,  # DDP on GPUs: BatchNorm statistics over all processes (torch SyncBatchNorm), not per process
     "seed": 0,
-    "init": None,  # a bench backbone checkpoint (.safetensors) to start from, e.g. imported ImageNet weights
+    # a bench backbone checkpoint (.safetensors) to start from, e.g. imported ImageNet weights; INIT_NONE: random
+    # weights by choice. A profile whose paper starts from pretrained weights sets INIT_REQUIRED: then the user
+    # must name one or the other (harness.app.pretrain.require_init), so no run silently starts from random.
+    "init": None,
     "labels_from": None,  # label-using methods (uses_labels): the labelled datasets, in order (--labels-from)
 }
+INIT_NONE, INIT_REQUIRED = "none", "required"  # the two `init` values that are not a path
 OPTIMIZERS = ("sgd", "lars", "adam", "adamw")
 PROFILES = ("quick", "paper")
 SECTIONS = ("train", "model", "views")

@@ -9,6 +9,7 @@ module adapts a method to it. Three details matter:
   SyncBuffersHook), so all ranks hold identical weights; the exported sidecar records a digest
   per rank as proof.
 - Views are seeded per (seed, epoch, index) (harness.data), so resume is exact.
+- BN statistics within a step are per process unless `sync_bn` (GPU only) makes them global.
 """
 from __future__ import annotations
 
@@ -267,11 +268,29 @@ class QuietMMEngine(logging.Filter):
         return not any(text in record.getMessage() for text in self.BENIGN)
 
 
+def check_sync_bn(cfg: dict) -> None:
+    """`sync_bn` under DDP needs GPUs: torch's SyncBatchNorm raises in its forward on CPU (gloo)."""
+    if cfg.get("sync_bn") and world_size() > 1 and not torch.cuda.is_available():
+        raise UserError("sync_bn needs CUDA GPUs: torch's SyncBatchNorm does not run on CPU processes (gloo); "
+                        "drop --set sync_bn=true")
+
+
+def sync_batchnorm(model: torch.nn.Module, cfg: dict) -> torch.nn.Module:
+    """With `sync_bn` under DDP, every BatchNorm becomes a SyncBatchNorm (batch statistics over all processes,
+    as one large batch); without DDP, or by default, BN keeps per-process statistics. Done before the DDP
+    wrap and the optimizer; parameters and buffers keep their names, so the exported backbone is unchanged."""
+    check_sync_bn(cfg)
+    if not cfg.get("sync_bn") or world_size() <= 1:
+        return model
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
 def build_runner(model: PretrainModel, dataset, cfg: dict, run_dir: Path, *, resume: bool, num_workers: int,
                  hooks: list[Hook], sampler: dict | None = None) -> BenchRunner:
     """`sampler`: an mmengine sampler config yielding (epoch, index); default a seeded shuffle of the dataset."""
     distributed = world_size() > 1
     cuda = torch.cuda.is_available()
+    model = sync_batchnorm(model, cfg)
     per_rank_batch = cfg["batch_size"] // world_size()
     wrapper = None
     if distributed:

@@ -1,10 +1,11 @@
 """LVM-Med (Nguyen et al., NeurIPS 2023): second-order graph matching between two views.
 
-Per group of `graph_size` images (a batch of B images is B/16 independent instances, never
-straddling DDP ranks): backbone maps -> avg pool -> projector -> kNN graph per view -> shared
-GCN; vertex affinities mix global cosine and the local (location- and feature-matched cell)
-similarity; edge affinities compare embedding differences along kNN edges; a QAP solve on noisy
-affinities is scored by Hamming loss against the identity matching, with IMLE gradients.
+Per group of `graph_size` images (a batch of B images per process is ceil(B/16) independent
+instances, never straddling DDP ranks; a remainder is completed from the group before it):
+backbone maps -> avg pool -> projector -> kNN graph per view -> shared GCN; vertex affinities mix
+global cosine and the local (location- and feature-matched cell) similarity; edge affinities
+compare embedding differences along kNN edges; a QAP solve on noisy affinities is scored by
+Hamming loss against the identity matching, with IMLE gradients.
 As implemented, with every open choice: docs/lvmmed.md. Every choice the paper leaves open is a setting: a constructor argument, or
 for the views (crop_scale) an entry of `views`.
 """
@@ -16,12 +17,14 @@ from optuna.distributions import FloatDistribution, IntDistribution
 from torch import nn
 
 from medssl_bench.harness.backbones import feature_map
+from medssl_bench.harness.config import INIT_REQUIRED
 from medssl_bench.harness.errors import UserError
 from medssl_bench.harness.method_api import SSLMethod, StepInfo, step_generator
 from medssl_bench.methods.blocks.crop_grid import CropFlipWithGrid
 from medssl_bench.methods.blocks.graph_matching import edge_indicator, solve_lap, solve_qap
 from medssl_bench.methods.blocks.imle import imle_hamming_matching
 from medssl_bench.methods.blocks.lvmmed_graph import GCN, edge_affinity, gcn_adjacency, knn_edges, local_affinity, vertex_affinity
+from medssl_bench.methods.blocks.matching_groups import group_index
 
 FEATURE_STRIDE = 32  # ResNet: one feature cell per 32x32 input pixels
 EULER_GAMMA = 0.5772156649  # mean of Gumbel(0, 1)
@@ -61,10 +64,12 @@ class LVMMed(SSLMethod):
     }
     views = {"crop_scale": (0.2, 1.0)}  # the paper uses "multi-crop as VICRegL" without scales: lightly's default
     profiles = {
-        # Paper: 100 epochs, batch 3200 (R50), 224 px (inferred), Adam lr 2e-3 halved four times
-        # (milestones not given: evenly spaced), lambda 80, alpha 0.8, 16-node graphs, k 5, GCN 2x128.
-        "paper": dict(epochs=100, batch_size=3200, image_size=224, optimizer="adam", base_lr=2e-3,
-                      lr_scaling="none", lr_schedule="step", weight_decay=0.0),
+        # Paper: ResNet-50 from ImageNet-1K weights (INIT_REQUIRED: a run names them, or --init none),
+        # 100 epochs, batch 3200, 224 px (inferred), Adam lr 2e-3 halved four times (milestones not
+        # given: evenly spaced), lambda 80, alpha 0.8, 16-node graphs, k 5, GCN 2x128.
+        "paper": dict(backbone="resnet50", init=INIT_REQUIRED, epochs=100, batch_size=3200, image_size=224,
+                      optimizer="adam", base_lr=2e-3, lr_scaling="none", lr_schedule="step",
+                      weight_decay=0.0),
         "quick": dict(epochs=2, batch_size=32, image_size=64, optimizer="adam", base_lr=1e-3, lr_scaling="none",
                       weight_decay=0.0),
     }
@@ -92,9 +97,9 @@ class LVMMed(SSLMethod):
     @classmethod
     def check_config(cls, cfg, world_size):
         per_rank = cfg["batch_size"] // world_size
-        if per_rank % cfg["graph_size"]:
+        if per_rank < cfg["graph_size"]:  # a remainder is completed from the previous group, so one must exist
             raise UserError(f"lvmmed matches groups of {cfg['graph_size']} images within each process: the batch "
-                            f"per process ({per_rank}) must be a multiple of graph_size")
+                            f"per process ({per_rank}) must hold at least graph_size images")
         if cfg["knn_k"] >= cfg["graph_size"]:
             raise UserError(f"knn_k ({cfg['knn_k']}) must be smaller than graph_size ({cfg['graph_size']})")
 
@@ -116,14 +121,15 @@ class LVMMed(SSLMethod):
         return gumbel * self.hp["noise_scale"]
 
     def embed(self, views: list[torch.Tensor]):
-        """Group-wise embeddings of both views: maps (2, G, N, P, D), z (2, G, N, F), grids (2, G, N, P, 2)."""
+        """Group-wise embeddings of both views: maps (2, G, N, P, D), z (2, G, N, F), grids (2, G, N, P, 2), with
+        G groups of N = graph_size images; the last group may overlap the one before (blocks/matching_groups.py)."""
         x_s, x_t, grid_s, grid_t = views
-        n = self.hp["graph_size"]
-        groups = x_s.shape[0] // n
-        maps = feature_map(self.backbone, torch.cat([x_s, x_t]))  # (2B, D, R, S)
-        z = self.projector(maps.mean((2, 3))).view(2, groups, n, -1)
-        cells = maps.flatten(2).transpose(1, 2).reshape(2, groups, n, -1, maps.shape[1])
-        grids = torch.stack([grid_s, grid_t]).reshape(2, groups, n, -1, 2)
+        batch = x_s.shape[0]
+        index = group_index(batch, self.hp["graph_size"]).to(x_s.device)
+        maps = feature_map(self.backbone, torch.cat([x_s, x_t]))  # (2B, D, R, S): BN sees every image once
+        z = self.projector(maps.mean((2, 3))).view(2, batch, -1)[:, index]
+        cells = maps.flatten(2).transpose(1, 2).reshape(2, batch, -1, maps.shape[1])[:, index]
+        grids = torch.stack([grid_s, grid_t]).reshape(2, batch, -1, 2)[:, index]
         return cells, z, grids
 
     def affinities(self, views: list[torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -13,10 +13,14 @@ from typing import Any, Callable
 
 import torch.distributed as dist
 
+from medssl_bench.harness.config import INIT_NONE, INIT_REQUIRED
 from medssl_bench.harness.errors import UserError
 from medssl_bench.harness.progress import Progress
 from medssl_bench.harness.runs import BACKBONE_FILE, find_run, latest_resumable, new_run_name, read_run, update_run
 from medssl_bench.harness.workspace import Workspace
+
+# torchvision's ImageNet-1K weights (IMAGENET1K_V1), from https://download.pytorch.org/models/<file>
+TORCHVISION_IMAGENET = {"resnet18": "resnet18-f37072fd.pth", "resnet50": "resnet50-0676ba61.pth"}
 
 
 @dataclass
@@ -102,6 +106,19 @@ def _labelled_data(req: PretrainRequest, method_cls, cfg: dict, run_dir: Path, r
     return labelled
 
 
+def require_init(cfg: dict, workspace: Workspace) -> None:
+    """A profile whose paper starts from pretrained weights (init INIT_REQUIRED) runs only once the user names
+    them (--init PATH) or chooses random weights (--init none); checked before anything is written."""
+    if cfg["init"] != INIT_REQUIRED:
+        return
+    weights = TORCHVISION_IMAGENET.get(cfg["backbone"], f"{cfg['backbone']}-*.pth")
+    name = f"imagenet-{cfg['backbone']}"
+    raise UserError(f"profile '{cfg['profile']}' of {cfg['method']} starts from ImageNet-1K weights, as its paper: "
+                    f"import torchvision's once with `bench import-checkpoint {weights} --name {name} --workspace "
+                    f"{workspace.root}` (https://download.pytorch.org/models/{weights}), then pass --init "
+                    f"{workspace.checkpoints / name / BACKBONE_FILE}; or pass --init none to train from random weights")
+
+
 def load_init(backbone, cfg: dict) -> dict:
     """Start from a bench backbone checkpoint (strictly the same architecture); returns its identity."""
     from medssl_bench.harness.checkpoint import load_backbone_state
@@ -129,8 +146,8 @@ def run_pretraining(req: PretrainRequest, progress: Progress | None = None) -> P
     from medssl_bench.harness.corpus import resolve_corpus
     from medssl_bench.harness.data import ViewsDataset, default_num_workers
     from medssl_bench.harness.engine import (MethodHook, PretrainModel, ProgressHook, RunRecordHook, build_runner,
-                                init_distributed, is_main_process, leave_distributed,
-                                world_size)
+                                             check_sync_bn, init_distributed, is_main_process, leave_distributed,
+                                             world_size)
     from medssl_bench.harness.provenance import code_version, host_info, package_versions
     from medssl_bench.methods import get_method
 
@@ -140,6 +157,7 @@ def run_pretraining(req: PretrainRequest, progress: Progress | None = None) -> P
         req.workspace.writable()
     method_cls = get_method(req.method)
     run_dir, cfg, resuming = _main_first(lambda: _resolve_run(req, method_cls))
+    require_init(cfg, req.workspace)
     labelled = _labelled_data(req, method_cls, cfg, run_dir, resuming)
     if labelled is None:
         corpus_ref = read_run(run_dir)["corpus"]["id"] if resuming else req.corpus
@@ -158,8 +176,9 @@ def run_pretraining(req: PretrainRequest, progress: Progress | None = None) -> P
     if cfg["batch_size"] % world_size():
         raise UserError(f"--batch-size {cfg['batch_size']} must divide evenly over {world_size()} processes")
     method_cls.check_config(cfg, world_size())
+    check_sync_bn(cfg)
 
-    if cfg["init"]:
+    if cfg["init"] and cfg["init"] != INIT_NONE:
         cfg["init"] = str(Path(cfg["init"]).resolve())
         if not Path(cfg["init"]).is_file():  # checked before a run folder exists
             raise UserError("--init checkpoint not found", cfg["init"])
@@ -179,7 +198,8 @@ def run_pretraining(req: PretrainRequest, progress: Progress | None = None) -> P
 
     set_random_seed(cfg["seed"])  # the same initial weights on every rank and every run
     backbone, feat_dim = build_backbone(cfg["backbone"])
-    init_info = load_init(backbone, cfg) if cfg["init"] else None  # before the method copies it (EMA teachers)
+    # before the method copies the backbone (EMA teachers); "none (chosen)": random weights by the user's choice
+    init_info = "none (chosen)" if cfg["init"] == INIT_NONE else load_init(backbone, cfg) if cfg["init"] else None
     kwargs = {**method_kwargs(method_cls, cfg), **({"labels": labelled.layout} if labelled else {})}
     model = PretrainModel(method_cls(backbone, feat_dim, **kwargs))
     make_views = labelled.views if labelled else partial(ViewsDataset, entries)

@@ -229,7 +229,7 @@ def random_init_scores(tasks: list[tuple], backbone: str, seed: int) -> dict[str
 def prepare_study(req: SweepRequest) -> dict:
     """Check the request, create (or join) the study, record its settings and the random-init
     baseline once. Joining a study with other settings is refused: its trials would not compare."""
-    from medssl_bench.harness.config import resolve_config
+    from medssl_bench.harness.config import INIT_REQUIRED, resolve_config
     from medssl_bench.harness.corpus import resolve_corpus
     from medssl_bench.methods import get_method
 
@@ -242,6 +242,9 @@ def prepare_study(req: SweepRequest) -> dict:
     if req.trials < 1 or req.workers < 1 or req.report_every < 1:
         raise UserError("--trials, --workers and --report-every must be at least 1")
     cfg = resolve_config(method, req.profile, {"epochs": req.epochs}, {})
+    if cfg["init"] == INIT_REQUIRED:  # every trial would stop at it (harness.app.pretrain.require_init)
+        raise UserError(f"profile '{req.profile}' of {req.method} starts from pretrained weights (--init), which "
+                        "sweeps do not take; sweep another profile")
     req.epochs = cfg["epochs"]
     req.corpus = resolve_corpus(req.corpus, req.workspace).id
     tasks = sealed_tasks(req)

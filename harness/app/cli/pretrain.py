@@ -37,7 +37,7 @@ def pretrain(
     image_size: Optional[int] = typer.Option(None, help="Side of the (global) crops in pixels."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Base learning rate at batch 256 (scaled linearly with the batch)."),
     seed: Optional[int] = typer.Option(None, help="Seed for weights, data order and augmentations."),
-    init: Optional[Path] = typer.Option(None, help="Start from a bench backbone checkpoint (.safetensors), e.g. imported ImageNet weights: LVM-Med and its baselines start from ImageNet-1K."),
+    init: Optional[Path] = typer.Option(None, help="Start from a bench backbone checkpoint (.safetensors), e.g. torchvision's ImageNet weights imported with `bench import-checkpoint resnet50-0676ba61.pth`: LVM-Med and its baselines start from ImageNet-1K, so lvmmed's paper profile runs only with --init PATH, or with --init none (random weights, recorded as chosen)."),
     profile: str = typer.Option("quick", help="quick (CPU smoke) | paper (published hyperparameters)."),
     amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="bf16 mixed precision (GPU only)."),
     set_: list[str] = typer.Option([], "--set", help="Override any setting: --set temperature=0.2."),
