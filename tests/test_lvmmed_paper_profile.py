@@ -3,6 +3,7 @@ ImageNet-1K weights the user names (or declines, on the record), and the paper's
 200 per process: 12 groups of 16 plus a remainder of 8) is accepted and trains."""
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -48,7 +49,14 @@ def test_a_paper_run_without_init_stops_with_the_import_command_and_writes_nothi
     source = tmp_path / "resnet18-f37072fd.pth"
     torch.save(backbone.state_dict(), source)
     assert main(["import-checkpoint", str(source), "--name", "imagenet-resnet18", "--workspace", str(workspace)]) == 0
-    assert (workspace / "checkpoints" / "imagenet-resnet18" / "backbone.safetensors").is_file()
+    weights = workspace / "checkpoints" / "imagenet-resnet18" / "backbone.safetensors"
+    # ... and a paper run given it (at a tiny size: resnet18, 32 px, 2 steps of 48) records which weights it used
+    assert pretrain(workspace, corpus_id, "--method", "lvmmed", "--profile", "paper", "--init", str(weights),
+                    "--backbone", "resnet18", "--batch-size", "48", "--epochs", "1", "--name", "paper-imagenet",
+                    "--set", "solver_restarts=1", "--set", "solver_iters=5") == 0
+    init = json.loads((workspace / "runs" / "paper-imagenet" / "backbone.json").read_text())["init"]
+    assert init["path"] == str(weights) and init["name"] == "imagenet-resnet18"
+    assert init["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
 
 
 def test_init_none_is_accepted_and_recorded_as_chosen(tiny_corpus):
@@ -98,3 +106,13 @@ def test_embed_matches_the_overlapping_group_on_the_same_images():
     torch.testing.assert_close(z[:, 1, :8], z[:, 0, 8:])
     torch.testing.assert_close(cells[:, 1, :8], cells[:, 0, 8:])
     torch.testing.assert_close(cell_grids[:, 1], grids.reshape(2, 24, 4, 2)[:, 8:])
+
+
+def test_a_sweep_refuses_a_profile_that_requires_init(tmp_path):
+    from medssl_bench.harness.app.sweep import SweepRequest, prepare_study
+    from medssl_bench.harness.workspace import Workspace
+
+    request = SweepRequest(method="lvmmed", profile="paper", trials=1, corpus="none", workspace=Workspace(tmp_path))
+    with pytest.raises(UserError, match="sweeps do not take"):
+        prepare_study(request)
+    assert not any(tmp_path.iterdir())

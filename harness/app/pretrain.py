@@ -132,8 +132,8 @@ def load_init(backbone, cfg: dict) -> dict:
     if missing or unexpected:
         raise UserError(f"--init does not fit {cfg['backbone']}: {len(missing)} missing keys "
                         f"(e.g. {missing[:1]}), {len(unexpected)} unexpected (e.g. {unexpected[:1]})", cfg["init"])
-    return {"path": str(cfg["init"]), "sha256": sha256_file(cfg["init"]), "method": meta.get("method"),
-            "run": meta.get("run")}
+    return {"path": str(cfg["init"]), "sha256": sha256_file(cfg["init"]), "name": meta.get("name"),
+            "method": meta.get("method"), "run": meta.get("run")}
 
 
 def run_pretraining(req: PretrainRequest, progress: Progress | None = None) -> Path | None:
