@@ -22,7 +22,7 @@ from medssl_bench.harness.errors import UserError
 from medssl_bench.harness.method_api import SSLMethod, StepInfo, step_generator
 from medssl_bench.methods.blocks.crop_grid import CropFlipWithGrid
 from medssl_bench.methods.blocks.graph_matching import edge_indicator, solve_lap, solve_qap
-from medssl_bench.methods.blocks.imle import imle_hamming_matching
+from medssl_bench.methods.blocks.imle import CONVENTIONS, imle_hamming_matching
 from medssl_bench.methods.blocks.lvmmed_graph import GCN, edge_affinity, gcn_adjacency, knn_edges, local_affinity, vertex_affinity
 from medssl_bench.methods.blocks.matching_groups import group_index
 
@@ -69,15 +69,16 @@ class LVMMed(SSLMethod):
         # given: evenly spaced), lambda 80, alpha 0.8, 16-node graphs, k 5, GCN 2x128.
         "paper": dict(backbone="resnet50", init=INIT_REQUIRED, epochs=100, batch_size=3200, image_size=224,
                       optimizer="adam", base_lr=2e-3, lr_scaling="none", lr_schedule="step",
-                      weight_decay=0.0),
+                      weight_decay=0.0, lambda_convention="batch_mean"),
         "quick": dict(epochs=2, batch_size=32, image_size=64, optimizer="adam", base_lr=1e-3, lr_scaling="none",
                       weight_decay=0.0),
     }
 
     def __init__(self, backbone, feat_dim, proj_dim: int = 128, projector_bn: bool = True, gcn_width: int = 128,
-                 gcn_layers: int = 2, gcn_residual: bool = True,
-                 graph_size: int = 16, knn_k: int = 5, alpha: float = 0.8, gamma_pairs: int = 20,
-                 lam: float = 80.0, noise_scale: float = 1.0, noise_centered: bool = False, margin: float = 1.0,
+                 gcn_layers: int = 2, gcn_residual: bool = True, gcn_last_activation: bool = False,
+                 graph_size: int = 16, knn_k: int = 5, alpha: float = 0.8, gamma_pairs: int = 20, local_fp32: bool = True,
+                 lam: float = 80.0, lambda_convention: str = "batch_mean", vertex_noise_scale: float = 1.0,
+                 edge_noise_scale: float = 1.0, noise_centered: bool = False, margin: float = 1.0,
                  symmetric_local: bool = True, second_order: bool = True, message_passing: bool = True,
                  gumbel_noise: bool = True, local_similarity: bool = True, solver_restarts: int = 8,
                  solver_iters: int = 50, target_solver_restarts: int = 1, target_solver_iters: int = 10, *,
@@ -87,11 +88,14 @@ class LVMMed(SSLMethod):
         # without it a fresh projector + GCN maps all images to nearly one direction (cos 0.997) and
         # the matching cannot start (benchmarks/README.md, LVM-Med notes).
         self.projector = nn.Sequential(nn.Linear(feat_dim, proj_dim), *([nn.BatchNorm1d(proj_dim)] if projector_bn else []))
-        self.gcn = GCN(proj_dim, gcn_width, gcn_layers, gcn_residual) if message_passing else None
+        self.gcn = GCN(proj_dim, gcn_width, gcn_layers, gcn_residual, gcn_last_activation) if message_passing else None
+        if lambda_convention not in CONVENTIONS:
+            raise UserError(f"lambda_convention {lambda_convention!r}: one of {', '.join(CONVENTIONS)}")
         self.hp = dict(graph_size=graph_size, knn_k=knn_k, alpha=alpha, gamma_pairs=gamma_pairs, lam=lam,
-                       noise_scale=noise_scale, noise_centered=noise_centered, margin=margin, symmetric_local=symmetric_local,
-                       second_order=second_order, gumbel_noise=gumbel_noise, local_similarity=local_similarity,
-                       solver=dict(restarts=solver_restarts, iters=solver_iters),
+                       lambda_convention=lambda_convention, local_fp32=local_fp32, noise_centered=noise_centered,
+                       noise_scale=dict(vertex=vertex_noise_scale, edge=edge_noise_scale), margin=margin,
+                       symmetric_local=symmetric_local, second_order=second_order, gumbel_noise=gumbel_noise,
+                       local_similarity=local_similarity, solver=dict(restarts=solver_restarts, iters=solver_iters),
                        target_solver=dict(restarts=target_solver_restarts, iters=target_solver_iters), seed=seed)
 
     @classmethod
@@ -111,14 +115,14 @@ class LVMMed(SSLMethod):
     def image_view_count(cls, views):
         return 2  # then the two crop grids
 
-    def _noise(self, shape, device, step: StepInfo, salt: int) -> torch.Tensor:
+    def _noise(self, shape, device, step: StepInfo, salt: int, scale: float) -> torch.Tensor:
         """Gumbel(0, 1) * scale, seeded by (seed, rank, step): exact on resume, different per rank."""
         generator = step_generator(self.hp["seed"], step, device, salt)
         uniform = torch.rand(shape, device=device, generator=generator).clamp_(1e-10, 1 - 1e-10)
         gumbel = -torch.log(-torch.log(uniform))
         if self.hp["noise_centered"]:  # zero mean: otherwise every paid edge pair earns +0.577 on average
             gumbel = gumbel - EULER_GAMMA
-        return gumbel * self.hp["noise_scale"]
+        return gumbel * scale
 
     def embed(self, views: list[torch.Tensor]):
         """Group-wise embeddings of both views: maps (2, G, N, P, D), z (2, G, N, F), grids (2, G, N, P, 2), with
@@ -139,7 +143,8 @@ class LVMMed(SSLMethod):
         if self.gcn is not None:
             z = torch.stack([self.gcn(z[0], gcn_adjacency(edges_s, z.shape[2])),
                              self.gcn(z[1], gcn_adjacency(edges_t, z.shape[2]))])
-        local = local_affinity(cells[0], cells[1], grids[0], grids[1], hp["gamma_pairs"]) if hp["local_similarity"] else None
+        local = (local_affinity(cells[0], cells[1], grids[0], grids[1], hp["gamma_pairs"], hp["local_fp32"])
+                 if hp["local_similarity"] else None)
         unary = vertex_affinity(z[0], z[1], local, hp["alpha"], hp["symmetric_local"])
         edge = edge_affinity(z[0], z[1], edges_s, edges_t) if hp["second_order"] else None
         return dict(unary=unary, edge=edge, edges_s=edges_s, edges_t=edges_t, z=z, local=local)
@@ -150,20 +155,22 @@ class LVMMed(SSLMethod):
         unary, edge, edges_s, edges_t = aff["unary"], aff["edge"], aff["edges_s"], aff["edges_t"]
         gold = torch.eye(unary.shape[-1], device=unary.device).expand_as(unary)
         if hp["gumbel_noise"]:
-            noise_u = self._noise(unary.shape, unary.device, step, 0)
-            noise_e = None if edge is None else self._noise(edge.shape, edge.device, step, 1)
+            noise_u = self._noise(unary.shape, unary.device, step, 0, hp["noise_scale"]["vertex"])
+            noise_e = None if edge is None else self._noise(edge.shape, edge.device, step, 1, hp["noise_scale"]["edge"])
         else:  # ablation: a constant margin against the gold matching instead of noise (BB-GM)
             noise_u = -hp["margin"] * gold
             noise_e = None if edge is None else -hp["margin"] * edge_indicator(gold, edges_s, edges_t)
         # Solver effort (benchmarks/README.md): 8 restarts x 50 tabu steps is within 0.1% of the best
         # known objective on noisy 16-node instances at 1/4 the cost of 16 x 100; the lambda-shifted
-        # backward problem was solved exactly by its LAP start on 200/200 instances, so 1 x 10 there.
+        # backward problem was solved exactly by its LAP start on 200/200 instances, so 1 x 10 there. Restarts
+        # are seeded by (seed, rank, step) like the noise: exact on resume, new draws each step.
+        seed, seed_target = (step_generator(hp["seed"], step, "cpu", salt).initial_seed() for salt in (2, 3))
         if hp["second_order"]:
-            solve = lambda u, e: solve_qap(u, e, edges_s, edges_t, **hp["solver"])  # noqa: E731
-            solve_target = lambda u, e: solve_qap(u, e, edges_s, edges_t, **hp["target_solver"])  # noqa: E731
+            solve = lambda u, e, es, et: solve_qap(u, e, es, et, seed=seed, **hp["solver"])  # noqa: E731
+            solve_target = lambda u, e, es, et: solve_qap(u, e, es, et, seed=seed_target, **hp["target_solver"])  # noqa: E731
         else:  # ablation: first-order matching (linear assignment on vertex affinities)
-            solve = solve_target = lambda u, e: solve_lap(u)  # noqa: E731
-        edges_of = lambda v: edge_indicator(v, edges_s, edges_t)  # noqa: E731
-        loss, matching = imle_hamming_matching(unary, edge, noise_u, noise_e, hp["lam"], solve, edges_of, solve_target)
+            solve = solve_target = lambda u, *_: solve_lap(u)  # noqa: E731
+        loss, matching = imle_hamming_matching(unary, edge, noise_u, noise_e, hp["lam"], solve, edges_s, edges_t,
+                                               solve_target, hp["lambda_convention"])
         accuracy = matching.diagonal(dim1=1, dim2=2).mean()
         return {"loss": loss.mean(), "match_acc": accuracy.detach()}

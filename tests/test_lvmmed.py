@@ -79,7 +79,7 @@ def test_vertex_affinity_mixes_global_and_both_local_directions():
 
 
 # ---------------------------------------------------------------- IMLE gradient
-def lap(u, e):
+def lap(u, *_):
     return solve_lap(u)
 
 
@@ -101,7 +101,7 @@ def test_imle_gradient_reaches_edge_costs_through_paid_edges():
     unary = torch.randn(1, n, n, requires_grad=True)
     edge = torch.randn(1, n, n, requires_grad=True)
 
-    def brute(u, e):  # exact QAP on 4 nodes
+    def brute(u, e, *_):  # exact QAP on 4 nodes
         best, best_v = None, None
         for perm in itertools.permutations(range(n)):
             v = torch.zeros(1, n, n)
@@ -112,13 +112,14 @@ def test_imle_gradient_reaches_edge_costs_through_paid_edges():
         return best_v
 
     edges_of = lambda v: edge_indicator(v, edges, edges)  # noqa: E731
-    loss, v = imle_hamming_matching(unary, edge, torch.zeros(1, n, n), torch.zeros(1, n, n), 500.0, brute, edges_of)
+    loss, v = imle_hamming_matching(unary, edge, torch.zeros(1, n, n), torch.zeros(1, n, n), 500.0, brute, edges, edges)
     loss.sum().backward()
     gold = torch.eye(n)[None]
     torch.testing.assert_close(edge.grad, (edges_of(v) - edges_of(gold)) / 500.0)
 
 
-def test_a_step_against_the_imle_gradient_lowers_the_expected_hamming_loss():
+@pytest.mark.parametrize("convention,lam", [("per_instance", 5.0), ("batch_mean", 5.0 * 400)])
+def test_a_step_against_the_imle_gradient_lowers_the_expected_hamming_loss(convention, lam):
     torch.manual_seed(2)
     n, samples = 6, 400
     unary = torch.randn(1, n, n).repeat(samples, 1, 1)
@@ -128,7 +129,7 @@ def test_a_step_against_the_imle_gradient_lowers_the_expected_hamming_loss():
         return hamming(solve_lap(u + noise), torch.eye(n).expand(samples, n, n)).mean()
 
     theta = unary[:1].clone().requires_grad_(True)
-    loss, _ = imle_hamming_matching(theta.expand(samples, n, n), None, noise, None, 5.0, lap)
+    loss, _ = imle_hamming_matching(theta.expand(samples, n, n), None, noise, None, lam, lap, convention=convention)
     loss.mean().backward()
     before = expected_loss(unary)
     after = expected_loss((theta - 2.0 * theta.grad / theta.grad.abs().max()).detach().expand(samples, n, n))
@@ -207,7 +208,7 @@ def test_gumbel_ablation_replaces_noise_by_a_margin_and_first_order_uses_lap(vie
 
 def test_noise_is_seeded_by_step_so_resume_is_exact(views):
     model, _ = build()
-    noise = lambda step, salt=0: model._noise((2, 16, 16), "cpu", StepInfo(step=step), salt)  # noqa: E731
+    noise = lambda step, salt=0: model._noise((2, 16, 16), "cpu", StepInfo(step=step), salt, 1.0)  # noqa: E731
     torch.manual_seed(123)  # the global RNG must not matter
     first = noise(5)
     torch.manual_seed(456)
@@ -225,17 +226,17 @@ def test_each_process_needs_one_whole_group():
 
 
 # ---------------------------------------------------------------- learning, on a controlled problem
-def learn_to_match(steps: int, gcn_residual: bool | None):
+def learn_to_match(steps: int, gcn_residual: bool | None, last_activation: bool = False):
     """A learnable map must find the 8 view-invariant input dimensions among 32 noisy ones, trained only
     through LVM-Med's machinery: kNN graphs per view, (optional) GCN, vertex + edge affinities, QAP solve
-    on Gumbel(0,1)-perturbed affinities, Hamming loss, IMLE gradient with lambda 80."""
+    on Gumbel(0,1)-perturbed affinities, Hamming loss, IMLE gradient with lambda 80 (batch_mean: shift 80/8)."""
     from medssl_bench.methods.blocks.graph_matching import solve_qap
     from medssl_bench.methods.blocks.lvmmed_graph import GCN
 
     torch.manual_seed(0)
     groups, n, signal, nuisance = 8, 16, 8, 32
     project = torch.nn.Linear(signal + nuisance, 16)
-    gcn = GCN(16, 16, 2, residual=gcn_residual) if gcn_residual is not None else None
+    gcn = GCN(16, 16, 2, residual=gcn_residual, last_activation=last_activation) if gcn_residual is not None else None
     params = list(project.parameters()) + (list(gcn.parameters()) if gcn else [])
     optimizer = torch.optim.Adam(params, lr=1e-2)
     losses, accuracies = [], []
@@ -250,8 +251,8 @@ def learn_to_match(steps: int, gcn_residual: bool | None):
         unary, edge = vertex_affinity(z[0], z[1], None, 1.0), edge_affinity(z[0], z[1], edges[0], edges[1])
         gumbel = lambda shape: -torch.log(-torch.log(torch.rand(shape, generator=gen).clamp(1e-10, 1 - 1e-10)))  # noqa: E731
         loss, v = imle_hamming_matching(unary, edge, gumbel(unary.shape), gumbel(edge.shape), 80.0,
-                                        lambda u, e: solve_qap(u, e, edges[0], edges[1], restarts=4, iters=30),
-                                        lambda m: edge_indicator(m, edges[0], edges[1]))
+                                        lambda u, e, es, et: solve_qap(u, e, es, et, restarts=4, iters=30),
+                                        edges[0], edges[1])
         loss.mean().backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -272,3 +273,74 @@ def test_plain_gcn_over_smooths_a_16_node_knn_graph():
     """Why `gcn_residual` defaults to True: the literal two-layer GCN leaves matching at chance."""
     _, _, _, last_acc = learn_to_match(140, gcn_residual=False)
     assert last_acc < 0.2
+
+
+# ---------------------------------------------------------------- settings of issue 19: λ convention, noise, solver seeds, σ, fp32
+def test_lambda_convention_defaults_to_bb_gms_and_the_paper_profile_names_it():
+    assert build()[0].hp["lambda_convention"] == "batch_mean"
+    assert resolve_config(LVMMed, "paper", {}, {})["lambda_convention"] == "batch_mean"
+    with pytest.raises(UserError, match="lambda_convention 'per_batch'"):
+        build(lambda_convention="per_batch")
+
+
+def test_vertex_and_edge_noise_have_their_own_scales(views, monkeypatch):
+    import medssl_bench.methods.lvmmed as lvmmed_module
+
+    seen = []
+    real_qap = lvmmed_module.solve_qap
+    monkeypatch.setattr(lvmmed_module, "solve_qap", lambda u, e, *a, **k: seen.append((u, e)) or real_qap(u, e, *a, **k))
+    model, _ = build(vertex_noise_scale=0.5, edge_noise_scale=0.0)
+    step = StepInfo(step=2)
+    with torch.no_grad():
+        aff = model.affinities(views)
+        model.training_loss(views, step)
+    gumbel = model._noise(aff["unary"].shape, "cpu", step, 0, 1.0)
+    torch.testing.assert_close(seen[0][0], aff["unary"] + 0.5 * gumbel)
+    torch.testing.assert_close(seen[0][1], aff["edge"])  # edge scale 0: the edge affinities unperturbed
+
+
+def test_solver_restarts_are_seeded_by_step(views, monkeypatch):
+    import medssl_bench.methods.lvmmed as lvmmed_module
+
+    seeds, solutions = [], []
+    real_qap = lvmmed_module.solve_qap
+
+    def spy(*a, **k):
+        seeds.append(k["seed"])
+        solutions.append(real_qap(*a, **k))
+        return solutions[-1]
+
+    monkeypatch.setattr(lvmmed_module, "solve_qap", spy)
+    model, _ = build(lam=0.5)  # batch_mean over 2 groups: shift 0.25, so the target problem is solved too
+    for step in (5, 5, 6):
+        model.training_loss(views, StepInfo(step=step))["loss"].backward()
+    assert len(seeds) == 6 and seeds[0] != seeds[1]  # forward and target solves draw apart
+    assert seeds[:2] == seeds[2:4] and all(torch.equal(a, b) for a, b in zip(solutions[:2], solutions[2:4]))
+    assert seeds[4] != seeds[0] and seeds[5] != seeds[1]  # another step, other restarts
+
+
+def test_gcn_last_activation_puts_relu_on_the_output():
+    from medssl_bench.methods.blocks.lvmmed_graph import GCN
+
+    torch.manual_seed(0)
+    z = torch.randn(1, 16, 8)
+    adjacency = gcn_adjacency(knn_edges(z, 5), 16)
+    plain, last = GCN(8, 8, 2, residual=False), GCN(8, 8, 2, residual=False, last_activation=True)
+    last.load_state_dict(plain.state_dict())
+    h_plain, h_last = plain(z, adjacency), last(z, adjacency)
+    assert (h_plain < 0).any()
+    torch.testing.assert_close(h_last, F.relu(h_plain))
+    assert build(gcn_last_activation=True)[0].gcn.last_activation and not build()[0].gcn.last_activation
+
+
+def test_local_term_stays_float32_under_bf16_autocast():
+    gen = torch.Generator().manual_seed(0)
+    maps = [F.relu(torch.randn(1, 4, 9, 512, generator=gen)) for _ in range(2)]
+    grid = torch.rand(1, 4, 9, 2, generator=gen)
+    ref = local_affinity(maps[0], maps[1], grid, grid.flip(2), 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        kept = local_affinity(maps[0], maps[1], grid, grid.flip(2), 4)
+        low = local_affinity(maps[0], maps[1], grid, grid.flip(2), 4, fp32=False)
+    for a, b, c in zip(kept, low, ref):
+        assert a.dtype == torch.float32 and torch.equal(a, c)
+        assert not torch.equal(b.float(), c)  # what the option prevents

@@ -27,8 +27,8 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 __all__ = [
-    "affinity_matrix", "edge_indicator", "qap_objective", "solve_lap", "solve_qap", "hungarian",
-    "local_search_2swap", "tabu_search",
+    "affinity_matrix", "edge_indicator", "identity_is_optimal", "qap_objective", "solve_lap", "solve_qap",
+    "hungarian", "local_search_2swap", "tabu_search",
 ]
 
 
@@ -44,6 +44,35 @@ def qap_objective(v: Tensor, unary: Tensor, edge_affinity: Tensor, edges_s: Tens
     """[B] objective sum(unary * v) + sum(edge_affinity * edge_indicator(v)); v may be fractional."""
     v = v.to(unary.dtype)
     return (unary * v).sum((1, 2)) + (edge_affinity * edge_indicator(v, edges_s, edges_t)).sum((1, 2))
+
+
+@torch.no_grad()
+def identity_is_optimal(unary: Tensor, edge_affinity: Tensor | None, edges_s: Tensor | None,
+                        edges_t: Tensor | None) -> Tensor:
+    """[B] bool: True where the identity is provably the only maximiser (a sufficient test, no solve).
+
+    A permutation v that moves the node set S changes the unary term by sum_{i in S} (u[i, v(i)] - u[i, i])
+    <= sum_{i in S} d_i, d_i = max_{a != i} u[i, a] - u[i, i]. Only source edges r = (i, j) touching S can pay
+    differently; r pays the target edges equal to (v(i), v(j)), at most m * max(0, max_t c^e[r, t]) with m
+    the largest multiplicity of a target edge, against p_r = what the identity pays on r. So the edge term
+    gains at most sum_{i in S} D_i, D_i = sum over source edges r touching i of (m max(0, max_t c^e[r, t]) - p_r).
+    If d_i + D_i < 0 for every i, every v != I scores below I.
+    """
+    u = unary.double()
+    B, N, _ = u.shape
+    off = u.masked_fill(torch.eye(N, dtype=torch.bool, device=u.device), -float("inf"))
+    bound = off.amax(-1) - u.diagonal(dim1=1, dim2=2)  # d_i, [B, N]
+    if edge_affinity is not None:
+        ce = edge_affinity.double()
+        eye = torch.eye(N, dtype=ce.dtype, device=ce.device).expand(B, N, N)
+        paid = (ce * edge_indicator(eye, edges_s, edges_t)).sum(-1)  # p_r, [B, Es]
+        keys = edges_t[..., 0] * N + edges_t[..., 1]
+        mult = (keys[:, :, None] == keys[:, None, :]).sum(-1).amax(-1)  # m, [B]
+        slack = mult[:, None] * ce.amax(-1).clamp_min(0) - paid  # >= 0 per source edge
+        touch = torch.zeros(B, N, dtype=ce.dtype, device=ce.device)
+        touch.scatter_add_(1, edges_s[..., 0], slack).scatter_add_(1, edges_s[..., 1], slack)
+        bound = bound + touch
+    return (bound < 0).all(-1)
 
 
 def affinity_matrix(unary: Tensor, edge_affinity: Tensor, edges_s: Tensor, edges_t: Tensor,
