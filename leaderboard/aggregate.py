@@ -128,6 +128,17 @@ class Table:
     def failed_jobs(self) -> int:
         return sum(len(r.failed_all) for r in self.rows)
 
+    @property
+    def degenerate_columns(self) -> list[Column]:
+        """Columns where every checkpoint scores 0.0 as shown (cells hold x 100 values; one decimal):
+        nothing was learnt (e.g. only background), so the column ranks nothing and looks like a bug."""
+        out = []
+        for column in self.columns:
+            means = _column_means(self, column)
+            if means and max(abs(m) for m in means.values()) < 0.05:
+                out.append(column)
+        return out
+
 
 @functools.lru_cache(maxsize=None)
 def t_quantile(df: int) -> float:

@@ -21,6 +21,7 @@ table.leaderboard td a:hover { text-decoration: underline; }
 td.best { font-weight: 700; } .best-mark { color: #9a6700; }
 td.missing { color: #8c959f; text-align: center; } td.failed { color: #9a6700; }
 .failed-mark, td.has-failed { color: #9a6700; cursor: help; }
+.degenerate-mark { color: #9a6700; cursor: help; }
 .ns, .sig { font-size: .75em; font-weight: 700; border-radius: 3px; padding: 0 .25em; cursor: help; }
 .ns { color: #fff; background: #cf222e; } .sig { color: #fff; background: #1a7f37; }
 td.ns, td.sig { font-size: .9em; }

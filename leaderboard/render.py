@@ -16,8 +16,8 @@ from medssl_bench.leaderboard.aggregate import GROUP_TITLES, MAIN_LABEL_FRACTION
 from medssl_bench.leaderboard.assets import CSS, JS
 from medssl_bench.leaderboard.charts import esc
 from medssl_bench.leaderboard.reference import column_records, reference
-from medssl_bench.leaderboard.sections import (BEST_MARK, MISSING, charts_section, code_versions, how_to_read, provenance_section,
-                                  significance_section)
+from medssl_bench.leaderboard.sections import (BEST_MARK, DEGENERATE_MARK, DEGENERATE_NOTE, MISSING, charts_section,
+                                               code_versions, how_to_read, provenance_section, significance_section)
 
 WARN = "\u26a0"
 TRAILING = 6  # body cells after the task columns
@@ -90,7 +90,8 @@ def _table_html(table: Table, prefix: str, *, reference: bool) -> str:
         f"scope=\"colgroup\">{esc(GROUP_TITLES.get(g, g))}</th>"
         for g, idx in ((g, [i for i, _ in cols]) for g, cols in groupby(enumerate(table.columns, start=1),
                                                                      key=lambda ic: ic[1].group)))
-    head_columns = "".join(_column_header(c, i + 1) for i, c in enumerate(table.columns))
+    degenerate = {c.key for c in table.degenerate_columns}
+    head_columns = "".join(_column_header(c, i + 1, c.key in degenerate) for i, c in enumerate(table.columns))
     sortable = lambda i, first_dir, title, text: (  # noqa: E731
         f"<th scope=\"col\" data-sort-col=\"{i}\" data-sort-first=\"{first_dir}\" title=\"{title}\">{text}</th>")
     head = (
@@ -118,11 +119,15 @@ def _table_html(table: Table, prefix: str, *, reference: bool) -> str:
             f"{head}<tbody>{body}</tbody>{foot}</table></div>")
 
 
-def _column_header(column: Column, index: int) -> str:
+def _column_header(column: Column, index: int, degenerate: bool = False) -> str:
     task = TASKS.get(column.task)
     title = f"{task.title if task else column.task} \u2014 {column.protocol}, {column.metric}"
+    mark = ""
+    if degenerate:
+        title += f"; {DEGENERATE_NOTE}"
+        mark = f" <span class=\"degenerate-mark\" title=\"{esc(DEGENERATE_NOTE)}\">{DEGENERATE_MARK}</span>"
     return (f"<th scope=\"col\" data-sort-col=\"{index}\" data-sort-first=\"desc\" data-task=\"{esc(column.task)}\" "
-            f"data-protocol=\"{esc(column.protocol)}\" title=\"{esc(title)}\">{esc(column.task)}"
+            f"data-protocol=\"{esc(column.protocol)}\" title=\"{esc(title)}\">{esc(column.task)}{mark}"
             f"<br><small>{esc(column.protocol)} \u00b7 {esc(column.metric)}</small></th>")
 
 

@@ -11,6 +11,9 @@ from medssl_bench.leaderboard.stats import ALPHA, CASE_TEST, MIN_CASES, SEED_TES
 
 MISSING = "\u2014"  # an em dash: never a zero
 BEST_MARK = "\u2605"
+DEGENERATE_MARK = "\u2205"  # empty set: the column holds no signal
+DEGENERATE_NOTE = ("every checkpoint scores 0.0 here: the models learnt nothing of the scored target "
+                   "(e.g. background only), so this column ranks nothing")
 
 
 def code_versions(cell: Cell) -> set[str]:
@@ -143,7 +146,8 @@ real is tested (see <i>Is the lead real?</i> under each table): the leader's cel
 untested.</li>
 <li><b>Missing</b>: {MISSING} means no result was recorded for that checkpoint and task. It is never
 counted as zero. \u26a0 failed means the job was run and failed; \u26a0n on a cell counts failed seeds beside
-the results. Hover for the reasons.</li>
+the results. Hover for the reasons. {DEGENERATE_MARK} on a column header: every checkpoint scores 0.0 in that
+column, so it ranks nothing (usually a schedule too short for a small target to be learnt).</li>
 <li><b>Mean rank</b>: in each task column the checkpoints with a result are ranked (1 = best, ties share the
 average rank); a row's mean rank is the mean over the shown columns it has. <b>Mean norm. score</b>: in each column,
 (score \u2212 column min) / (column max \u2212 column min) over the rows of that table (1 when all are equal),

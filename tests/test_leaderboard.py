@@ -14,7 +14,7 @@ from medssl_bench.harness.store import ResultsStore
 from medssl_bench.harness.workspace import Workspace
 from medssl_bench.leaderboard import build_leaderboard
 from tests.leaderboard_helpers import (EVIL, EVIL_CONFIG, NOW, T_975_DF2, WALL_S, Node, body_rows, column_index,
-                                       fill_store, parse, table, trailing)
+                                       fill_store, parse, record, table, trailing)
 
 @pytest.fixture(scope="module")
 def store_dir(tmp_path_factory) -> Path:
@@ -273,3 +273,30 @@ def test_rows_say_their_tuning_budget_and_use_of_labels(page):
     assert "tuned with" not in rows["bbb"][0].text()
     fgadr = column_index(table(parse(page), "real"), "fgadr")
     assert "in-domain" in rows["bbb"][fgadr].text() and "in-domain" not in rows["aaa"][fgadr].text()
+
+
+def test_a_column_where_every_checkpoint_scores_zero_is_marked_warned_and_can_fail_the_build(tmp_path, capsys):
+    """A column that shows 0.0 for every checkpoint ranks nothing (the demo's 3D tasks once did):
+    its header is marked, the CLI warns, and --fail-on-degenerate exits 1 after writing the page."""
+    from medssl_bench.harness.app.cli import main
+    from medssl_bench.leaderboard.sections import DEGENERATE_MARK
+
+    url = f"sqlite:///{tmp_path}/r.db"
+    with ResultsStore.open(url, Workspace(tmp_path)) as opened:
+        for ckpt in ("aaa", "bbb"):
+            opened.upsert_checkpoint({"id": ckpt, "name": ckpt, "method": "simclr", "synthetic": True})
+        record(opened, "aaa", "mmwhs_ct", "finetune", [0.0, 0.0], metric="iou_3d", synthetic=True)
+        record(opened, "bbb", "mmwhs_ct", "finetune", [0.0004], metric="iou_3d", synthetic=True)  # shows 0.0
+        record(opened, "aaa", "brats", "finetune", [0.0, 0.0], metric="iou_3d", synthetic=True)
+        record(opened, "bbb", "brats", "finetune", [0.0006], metric="iou_3d", synthetic=True)  # shows 0.1
+    out = tmp_path / "site"
+    assert main(["leaderboard", "--db", url, "--out", str(out), "--workspace", str(tmp_path)]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "mmwhs_ct (finetune, synthetic data): every checkpoint scores 0.0" in printed and "brats (" not in printed
+    headers = {th.attrs["data-task"]: th for th in parse((out / "index.html").read_text()).find_all("th")
+               if "data-task" in th.attrs}
+    assert DEGENERATE_MARK in headers["mmwhs_ct"].text() and DEGENERATE_MARK not in headers["brats"].text()
+    (out / "index.html").unlink()
+    assert main(["leaderboard", "--db", url, "--out", str(out), "--workspace", str(tmp_path),
+                 "--fail-on-degenerate"]) == 1
+    assert (out / "index.html").exists()  # written before the failure

@@ -27,12 +27,23 @@ leaderboard_app = typer.Typer()
 def leaderboard(out: Optional[Path] = typer.Option(None, help="Output folder (default WORKSPACE/leaderboard)."),
                 db: Optional[str] = typer.Option(None, help="Results store URL (default: the workspace's "
                                                  "SQLite file)."),
+                fail_on_degenerate: bool = typer.Option(
+                    False, "--fail-on-degenerate", help="Exit 1 (after writing the page) when a task column has "
+                    "every checkpoint at 0.0, a column that ranks nothing; the demo uses it."),
                 workspace: Path = workspace_option()):
     # Imported here: the store (SQLAlchemy) and the statistics (SciPy) are most of this command's start-up.
     from medssl_bench.harness.store import ResultsStore
     from medssl_bench.leaderboard import build_leaderboard
 
     ws = Workspace.resolve(workspace)
+    degenerate: list[str] = []
+
+    def warn(line: str) -> None:
+        degenerate.append(line)
+        console.print(f"[yellow]warning:[/] {line}", soft_wrap=True)
+
     with ResultsStore.open(db, ws) as store:
-        page = build_leaderboard(store, out or ws.leaderboard)
+        page = build_leaderboard(store, out or ws.leaderboard, warn=warn)
     console.print(f"leaderboard written to: {page}", soft_wrap=True)
+    if fail_on_degenerate and degenerate:
+        raise typer.Exit(1)
