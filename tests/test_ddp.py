@@ -26,7 +26,7 @@ def _all_cpus() -> None:
 def test_torchrun_two_processes_end_with_identical_weights(tiny_corpus, method, batch):
     workspace, corpus_id = tiny_corpus
     torchrun = Path(sys.executable).parent / "torchrun"
-    name = f"ddp-{method}"
+    name = f"ddp-{method}-{batch}"
     cmd = [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "medssl_bench.harness", "pretrain",
            "--method", method, "--workspace", str(workspace), "--corpus", corpus_id, "--image-size", "32",
            "--batch-size", str(batch), "--epochs", "2", "--num-workers", "0", "--name", name]
