@@ -1,5 +1,5 @@
 """The dataset-adapter contract (downstream.datasets.Adapter), checked for every registered adapter
-(ADAPTERS): synthesize the raw layout -> prepare -> the task family's loader reads it, with
+(ADAPTERS, and the pretraining-only LABELLED_ADAPTERS): synthesize the raw layout -> prepare -> the task family's loader reads it, with
 train/val/test and the registry's classes; the same seed gives the same bytes and the same content
 hash, another seed other data; a truncated or corrupt input file is refused with one line naming
 it, and the data root keeps its earlier copy untouched (nothing half-written); synthesize refuses
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from medssl_bench.downstream.datasets import ADAPTERS, Adapter
+from medssl_bench.downstream.datasets import ADAPTERS, LABELLED_ADAPTERS, Adapter
 from medssl_bench.downstream.datasets.canonical import SPLITS, SYNTHETIC_MARKER
 from medssl_bench.downstream.families import get_family
 from medssl_bench.downstream.registry import TASKS
@@ -22,7 +22,8 @@ from tests.dataset_helpers import file_digests, raises
 #: (speed only; an adapter missing here runs at its defaults).
 SMALL = {"fgadr": (20, 32), "brain_tumor": (16, 32), "isic2018": (8, 32), "jsrt": (8, 32), "kvasir_seg": (8, 32),
          "drive": (8, 32), "busi": (16, 32), "brats": (3, 32), "mmwhs_ct": (3, 32), "mmwhs_mri": (3, 32),
-         "prostate": (8, 32), "vindr_cxr": (24, 64), "kvasir_det": (8, 32), "bccd": (12, 64)}
+         "prostate": (8, 32), "vindr_cxr": (24, 64), "kvasir_det": (8, 32), "bccd": (12, 64),
+         "cxr_findings": (28, 48)}
 #: per adapter, a raw file its prepare must read (the first match in sorted order): images, masks,
 #: label volumes and raw formats alike. A new adapter must add one here.
 READ = {"fgadr": "Seg-set/Original_Images/*.png", "brain_tumor": "Training/*/*.jpg",
@@ -31,13 +32,15 @@ READ = {"fgadr": "Seg-set/Original_Images/*.png", "brain_tumor": "Training/*/*.j
         "busi": "Dataset_BUSI_with_GT/benign/*_mask.png", "brats": "*/*/*_seg.nii.gz",
         "mmwhs_ct": "ct_train/*_image.nii.gz", "mmwhs_mri": "mr_train/*_label.nii.gz",
         "prostate": "BMC/*_segmentation.nii.gz", "vindr_cxr": "train/*.dicom",
-        "kvasir_det": "Kvasir-SEG/images/*.jpg", "bccd": "BCCD/JPEGImages/*.jpg"}
-NAMES = sorted(ADAPTERS)
+        "kvasir_det": "Kvasir-SEG/images/*.jpg", "bccd": "BCCD/JPEGImages/*.jpg",
+        "cxr_findings": "CheXpert-v1.0-small/train/*/*/*.jpg"}
+ALL = {**ADAPTERS, **LABELLED_ADAPTERS}
+NAMES = sorted(ALL)
 SEED = 3
 
 
 def _options(name: str) -> dict:
-    n, size = SMALL.get(name, (ADAPTERS[name].DEFAULT_N, None))
+    n, size = SMALL.get(name, (ALL[name].DEFAULT_N, None))
     return {"n": n, **({"size": size} if size else {})}
 
 
@@ -46,7 +49,7 @@ def _tasks(name: str) -> list:
 
 
 def _load(name: str, folder: Path):
-    return get_family(_tasks(name)[0].family).load(folder)
+    return get_family(_tasks(name)[0].family if _tasks(name) else "classification").load(folder)
 
 
 def _n_samples(data) -> int:
@@ -61,7 +64,7 @@ def built(tmp_path_factory):
 
     def build(name: str) -> tuple[Path, Path, list]:
         if name not in made:
-            root, adapter, calls = tmp_path_factory.mktemp(name), ADAPTERS[name], []
+            root, adapter, calls = tmp_path_factory.mktemp(name), ALL[name], []
             raw = adapter.synthesize(root / "raw", seed=SEED, **_options(name))
             folder = adapter.prepare(raw, root / "data", progress=lambda done, total: calls.append((done, total)))
             made[name] = raw, folder, calls
@@ -72,12 +75,12 @@ def built(tmp_path_factory):
 
 def test_every_registered_dataset_has_an_adapter():
     assert set(ADAPTERS) == {t.dataset for t in TASKS.values()}
-    assert set(SMALL) == set(READ) == set(ADAPTERS)
+    assert set(SMALL) == set(READ) == set(ALL) and not set(ADAPTERS) & set(LABELLED_ADAPTERS)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_follows_the_protocol(name):
-    adapter = ADAPTERS[name]
+    adapter = ALL[name]
     assert isinstance(adapter, Adapter) and adapter.NAME == name
     assert isinstance(adapter.LAYOUT, str) and adapter.LAYOUT and "\n" not in adapter.LAYOUT
     assert isinstance(adapter.DEFAULT_N, int) and adapter.DEFAULT_N > 0
@@ -94,7 +97,7 @@ def test_synthesize_prepare_load(built, name):
     assert folder == raw.parent / "data" / name and folder.is_dir()
     assert sorted(p.name for p in folder.parent.iterdir()) == [name]  # no temporary folder left
     data = _load(name, folder)
-    assert data.classes == ADAPTERS[name].CLASSES and data.meta["synthetic"] is True
+    assert data.classes == ALL[name].CLASSES and data.meta["synthetic"] is True
     assert len(data.meta["content_hash"]) == 64
     assert all(len(data.split(split)) > 0 for split in SPLITS), {s: len(data.split(s)) for s in SPLITS}
     total = _n_samples(data)
@@ -104,7 +107,7 @@ def test_synthesize_prepare_load(built, name):
 @pytest.mark.parametrize("name", NAMES)
 def test_same_seed_same_data_other_seed_other_data(built, name, tmp_path):
     raw, folder, _ = built(name)
-    adapter = ADAPTERS[name]
+    adapter = ALL[name]
     again = adapter.synthesize(tmp_path / "again", seed=SEED, **_options(name))
     assert file_digests(again) == file_digests(raw)
     twice = adapter.prepare(again, tmp_path / "data")
@@ -122,7 +125,7 @@ def test_same_seed_same_data_other_seed_other_data(built, name, tmp_path):
 @pytest.mark.parametrize("name", NAMES)
 def test_damaged_file_is_refused_and_nothing_is_written(built, name, damage, tmp_path):
     raw, _, _ = built(name)
-    adapter = ADAPTERS[name]
+    adapter = ALL[name]
     data = tmp_path / "data"
     earlier = file_digests(adapter.prepare(raw, data))
     src = Path(shutil.copytree(raw, tmp_path / "src"))
@@ -136,7 +139,7 @@ def test_damaged_file_is_refused_and_nothing_is_written(built, name, damage, tmp
 
 @pytest.mark.parametrize("name", NAMES)
 def test_synthesize_refuses_what_it_cannot_write(name, tmp_path):
-    adapter = ADAPTERS[name]
+    adapter = ALL[name]
     raises(lambda: adapter.synthesize(tmp_path / "tiny", n=1), "n=1")
     real = tmp_path / "real"
     real.mkdir()

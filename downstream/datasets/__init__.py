@@ -2,8 +2,9 @@
 
 Each adapter (a module; MMWHS: one object per modality) follows the `Adapter` protocol below: NAME,
 LAYOUT, CLASSES, DEFAULT_N, `prepare(src, out_root, *, seed, progress, options)` and `synthesize(out, *, n,
-seed, size)`. `ADAPTERS` maps the dataset name (the registry's `Task.dataset`) to its adapter; every
-registered adapter is checked against the protocol by tests/test_dataset_contract.py. A prepared
+seed, size)`. `ADAPTERS` maps the dataset name (the registry's `Task.dataset`) to its adapter;
+`LABELLED_ADAPTERS` the labelled sets that only pretraining reads (`bench pretrain --labels-from`, no task
+evaluates on them). Every adapter of both is checked against the protocol by tests/test_dataset_contract.py. A prepared
 dataset is read by its task family's loader (`downstream.families.FAMILIES[family].load(folder)`).
 Finding folders in a raw download (case, wrappers, zip residue) is done once, in `_paths`.
 """
@@ -13,8 +14,8 @@ from pathlib import Path
 from typing import Callable, Protocol, runtime_checkable
 
 from medssl_bench.downstream.datasets.options import PrepareOptions
-from medssl_bench.downstream.datasets import (bccd, brain_tumor, brats, busi, drive, fgadr, isic2018, jsrt, kvasir_det, kvasir_seg,
-                                mmwhs, prostate, vindr_cxr)
+from medssl_bench.downstream.datasets import (bccd, brain_tumor, brats, busi, cxr_findings, drive, fgadr, isic2018, jsrt,
+                                kvasir_det, kvasir_seg, mmwhs, prostate, vindr_cxr)
 
 
 @runtime_checkable
@@ -61,6 +62,8 @@ class Adapter(Protocol):
 ADAPTERS: dict[str, Adapter] = {adapter.NAME: adapter for adapter in (
     fgadr, brain_tumor, isic2018, jsrt, kvasir_seg, drive, busi, brats, mmwhs.CT, mmwhs.MRI, prostate, vindr_cxr,
     kvasir_det, bccd)}
+#: pretraining-only labelled sets (classification family, multi-label canonical form)
+LABELLED_ADAPTERS: dict[str, Adapter] = {adapter.NAME: adapter for adapter in (cxr_findings,)}
 
 
-__all__ = ["ADAPTERS", "Adapter"]
+__all__ = ["ADAPTERS", "Adapter", "LABELLED_ADAPTERS"]

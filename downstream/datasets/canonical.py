@@ -4,6 +4,7 @@
                                      content hash, source, synthetic flag, notes
     <out_root>/<name>/samples.csv    id,path,label,split  (path relative to the folder)
     <out_root>/<name>/images/...     the images (hard links where possible, else copies)
+    <out_root>/<name>/targets.csv    multi-label / binary only: the target matrix (canonical_multilabel.py)
 
 Adapters (fgadr.py, brain_tumor.py) read a raw download, decide labels and splits and hand the
 list to `write_classification_dataset`, which decodes every image once (a corrupt file fails
@@ -64,6 +65,8 @@ class ClassificationDataset:
     samples: list[Sample]
     meta: dict
     root: Path | None = field(default=None, compare=False)
+    task: str = "multiclass"  # or multilabel | binary: then `targets` holds the labels, Sample.label is -1
+    targets: np.ndarray | None = field(default=None, compare=False)  # (n, K) raw: 1, 0, -1 uncertain, NaN blank
 
     def split(self, name: str) -> list[Sample]:
         if name not in SPLITS:
@@ -71,7 +74,13 @@ class ClassificationDataset:
         return [s for s in self.samples if s.split == name]
 
     def labels(self, split: str) -> np.ndarray:
+        if self.task != "multiclass":  # single-label evaluation must not read -1 as a class
+            raise UserError(f"a {self.task} dataset has no single class per image (a target matrix)", self.root)
         return np.array([s.label for s in self.split(split)], dtype=np.int64)
+
+    def target_matrix(self, split: str) -> np.ndarray:
+        """The raw (n, K) targets of `split` (multilabel / binary datasets)."""
+        return self.targets[[s.split == split for s in self.samples]]
 
     def paths(self, split: str) -> list[Path]:
         return [s.path for s in self.split(split)]
@@ -354,7 +363,7 @@ def load_classification_dataset(folder: Path) -> ClassificationDataset:
     """Read and validate a prepared dataset folder; every problem is a UserError naming a file."""
     folder = Path(folder)
     meta, csv_path = read_dataset_meta(folder, "classification")
-    classes = meta["classes"]
+    classes, matrix = meta["classes"], "targets" in meta  # a target matrix: the label cells stay empty
     samples, ids = [], set()
     with open(csv_path, newline="") as handle:
         reader = csv.reader(handle)
@@ -366,7 +375,10 @@ def load_classification_dataset(folder: Path) -> ClassificationDataset:
             if len(row) != 4:
                 raise UserError(f"{where}: expected 4 columns, got {len(row)}", csv_path)
             sid, rel, label, split = row
-            if not re.fullmatch(r"\d+", label) or int(label) >= len(classes):
+            if matrix and label:
+                raise UserError(f"{where}: label {label!r} in a dataset with a target matrix (leave it empty)",
+                                csv_path)
+            if not matrix and (not re.fullmatch(r"\d+", label) or int(label) >= len(classes)):
                 raise UserError(f"{where}: label {label!r} is not an index into the "
                                 f"{len(classes)} classes", csv_path)
             if split not in SPLITS:
@@ -377,5 +389,11 @@ def load_classification_dataset(folder: Path) -> ClassificationDataset:
             if not path.is_file():
                 raise UserError(f"{where}: image file {rel} is missing", csv_path)
             ids.add(sid)
-            samples.append(Sample(sid, path, int(label), split))
-    return ClassificationDataset(str(meta.get("dataset", folder.name)), classes, samples, meta, folder)
+            samples.append(Sample(sid, path, int(label) if label else -1, split))
+    name = str(meta.get("dataset", folder.name))
+    if not matrix:
+        return ClassificationDataset(name, classes, samples, meta, folder)
+    from medssl_bench.downstream.datasets.canonical_multilabel import read_targets
+
+    task, targets = read_targets(folder, meta, [s.id for s in samples], folder / "dataset.json")
+    return ClassificationDataset(name, classes, samples, meta, folder, task, targets)

@@ -19,13 +19,16 @@ data_app = typer.Typer(help="Downstream datasets: read the layouts users downloa
 
 
 def _adapter(name: str):
-    """The (first) task using dataset `name`, or task `name`, and its dataset adapter: several tasks
-    share one dataset (prostate_runmc/bidmc/hk all read `prostate`)."""
-    from medssl_bench.downstream.datasets import ADAPTERS
+    """(the first task using dataset `name`, or task `name`; its family; its dataset adapter): several tasks
+    share one dataset (prostate_runmc/bidmc/hk all read `prostate`). A pretraining-only labelled set
+    (LABELLED_ADAPTERS, e.g. cxr_findings for Ark) has no task: (None, "classification", adapter)."""
+    from medssl_bench.downstream.datasets import ADAPTERS, LABELLED_ADAPTERS
     from medssl_bench.downstream.registry import TASKS, get_task
 
+    if name in LABELLED_ADAPTERS:
+        return None, "classification", LABELLED_ADAPTERS[name]
     task = next((t for t in TASKS.values() if t.dataset == name), None) or get_task(name)
-    return task, ADAPTERS[task.dataset]
+    return task, task.family, ADAPTERS[task.dataset]
 
 
 @tasks_app.command(help="List the 15 downstream tasks of LVM-Med (and the extras): family, metric, protocols and the "
@@ -76,7 +79,7 @@ def tasks_table(tasks) -> Table:
     Brain Tumor Training/Testing, ISIC's folders, DRIVE 20/20, MMWHS's volume ids), else a seeded
     split recorded in dataset.json (3D data by volume, never by slice). `bench tasks` lists the tasks."""))
 def prepare(task: str = typer.Argument(..., help="Task or dataset name (`bench tasks`; e.g. prostate for the three "
-                                       "prostate tasks)."),
+                                       "prostate tasks; cxr_findings: a multi-label set for Ark's --labels-from)."),
             src: Path = typer.Option(..., help="The dataset folder as downloaded."),
             out: Optional[Path] = typer.Option(None, help="Data root (default WORKSPACE/data)."),
             seed: int = typer.Option(42, help="Seed of the validation carve-out (LVM-Med: 42)."),
@@ -97,18 +100,20 @@ def prepare(task: str = typer.Argument(..., help="Task or dataset name (`bench t
     from medssl_bench.downstream.datasets.options import PrepareOptions
     from medssl_bench.downstream.families import get_family
 
-    task_entry, adapter = _adapter(task)
+    task_entry, family, adapter = _adapter(task)
+    dataset = task_entry.dataset if task_entry else adapter.NAME
     root = Workspace.resolve(workspace).data_root(out)
     options = PrepareOptions(strict=strict, split_file=split_file, exclude_from=tuple(exclude_from),
                              normalisation=normalisation)
-    with ProgressBar(console, f"checking and copying {task_entry.name}", transient=True) as bar:
+    with ProgressBar(console, f"checking and copying {task_entry.name if task_entry else dataset}",
+                     transient=True) as bar:
         folder = adapter.prepare(src, root, seed=seed, progress=bar, options=options)
 
-    data = get_family(task_entry.family).load(folder)
+    data = get_family(family).load(folder)
     counts = {s: len(data.split(s)) for s in ("train", "val", "test")}
     kind = "synthetic" if data.meta["synthetic"] else "real"
     unit = "slices" if getattr(data, "kind", "") == "3d" else "images"
-    console.print(f"prepared {task_entry.dataset} ({kind}, content {data.meta['content_hash'][:12]}), {unit}: "
+    console.print(f"prepared {dataset} ({kind}, content {data.meta['content_hash'][:12]}), {unit}: "
                   + "  ".join(f"{s} {n}" for s, n in counts.items()))
     for warning in data.meta.get("warnings", []):  # e.g. box rows clipped or dropped, with where
         console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True, highlight=False)
@@ -119,12 +124,13 @@ def prepare(task: str = typer.Argument(..., help="Task or dataset name (`bench t
     Write synthetic data for TASK in the exact layout users download (so `prepare` reads it as it
     reads the real thing). Labels live in lesion counts, shapes and locations, not in brightness.
     Everything evaluated on it is labelled synthetic."""))
-def synth(task: str = typer.Argument(..., help="Task or dataset name (`bench tasks`)."),
+def synth(task: str = typer.Argument(..., help="Task or dataset name (`bench tasks`; cxr_findings: a multi-label "
+                                     "set for Ark's --labels-from)."),
           out: Path = typer.Option(..., help="Folder to write the raw layout into."),
           n: Optional[int] = typer.Option(None, help="Number of images (3D tasks: volumes); default per dataset."),
           seed: int = typer.Option(0, help="Generator seed (same seed, same bytes)."),
           size: Optional[int] = typer.Option(None, help="Image side in pixels (3D: in-plane); default per dataset.")):
-    _, adapter = _adapter(task)
+    _, _, adapter = _adapter(task)
     options = {k: v for k, v in (("n", n), ("size", size)) if v is not None}
     folder = adapter.synthesize(out, seed=seed, **options)
     console.print(f"synthetic {task} ({adapter.LAYOUT}) written to: {folder}", soft_wrap=True)
