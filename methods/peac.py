@@ -7,28 +7,39 @@ receptive fields make the correspondence approximate). Per sample, view 1 gets t
 distortions (methods.blocks.distortions) or its cells permuted in pixel space. Views arrive normalised (harness.data,
 on the device): the distortions run on view 1 mapped back to [0, 1], then normalised again; the restoration
 target is the clean, normalised view 1 (2.1 b). The exported backbone is the student's, as the lab's
-fine-tuning loader used. The teacher runs in BN train mode (like BYOL's target here): its BN state is its own.
+fine-tuning loader used. The expanders are the official MLP (Linear-LN-ReLU twice, a bias-free last Linear).
+BN safety (docs/methods.md, "PEAC"): the teacher runs in eval mode by default, as the official teacher does from its
+first validation on, normalising with the student's running statistics; check_config warns below 16 images per BN
+process. `normalisation` "cxr" re-normalises the views with the official ChestX-ray14 mean/std.
 """
 from __future__ import annotations
 
 import copy
+import warnings
 
 import torch
 import torch.nn.functional as F
-from lightly.models.modules.heads import ProjectionHead
 from lightly.models.utils import deactivate_requires_grad, update_momentum
 from lightly.utils.scheduler import cosine_schedule
 from optuna.distributions import FloatDistribution
 from torch import nn
 
 from medssl_bench.harness.backbones import feature_map
-from medssl_bench.harness.data import IMAGE_MEAN, IMAGE_STD
+from medssl_bench.harness.errors import UserError
 from medssl_bench.methods.blocks.distortions import bezier_intensity, local_pixel_shuffle, paint
 from medssl_bench.harness.method_api import SSLMethod, StepInfo, step_generator
-from medssl_bench.methods.blocks.peac_views import GridViews, grid_cells, permute_cells
+from medssl_bench.methods.blocks.peac_views import (NORMALISATIONS, GridViews, Normalisation, grid_cells,
+                                                     mlp_expander, permute_cells)
 
 CELL = 32  # ResNet stride: one feature-map location per 32x32-px cell, as Swin-B's tokens in PEAC
 PAPER_GLOBAL_DIM = 8192  # the dimension the paper's global weight 1e5 was set for
+BN_MIN_PER_PROCESS = 16  # views per rank: v1 and v2 share one BN pass, so 32 images per BN forward
+TEACHER_BN = ("eval", "train")
+
+
+def tokens(maps: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) -> (B, h*w, C): one token per cell, row-major, as the Swin's."""
+    return maps.flatten(2).transpose(1, 2)
 
 
 def local_loss(l1_s, l2_s, l1_t, l2_t, m1, m2) -> torch.Tensor:
@@ -66,33 +77,44 @@ class PEAC(SSLMethod):
 
     def __init__(self, backbone, feat_dim, global_dim: int = 8192, local_dim: int = 512, global_weight: float = 1e5,
                  local_weight: float = 1.0, order_weight: float = 1.0, restore_weight: float = 1.0,
-                 shuffle_p: float = 0.5, shuffle_windows: int = 40, momentum_base: float = 0.999, *,
-                 image_size: int, seed: int):
+                 shuffle_p: float = 0.5, shuffle_windows: int = 40, momentum_base: float = 0.999,
+                 teacher_bn: str = "eval", normalisation: str = "imagenet", *, image_size: int, seed: int):
         super().__init__(backbone, feat_dim)
         self.grid = grid_cells(image_size, CELL, 0)  # cells per side: image_size's alone (offsets: check_config)
         self.order_head = nn.Conv2d(feat_dim, self.grid ** 2, 1)  # per location: which cell of the clean view it shows
         self.restore_head = nn.Sequential(nn.Conv2d(feat_dim, CELL * CELL * 3, 1), nn.PixelShuffle(CELL))
-        self.global_expander = ProjectionHead([(feat_dim, global_dim, nn.LayerNorm(global_dim), nn.ReLU(), True),
-                                               (global_dim, global_dim, nn.LayerNorm(global_dim), nn.ReLU(), True),
-                                               (global_dim, global_dim, None, None, False)])
-        self.local_expander = nn.Sequential(nn.Conv2d(feat_dim, local_dim, 1), nn.ReLU(),
-                                            nn.Conv2d(local_dim, local_dim, 1), nn.ReLU(),
-                                            nn.Conv2d(local_dim, local_dim, 1))
+        self.global_expander = mlp_expander(feat_dim, global_dim)  # on the pooled map
+        self.local_expander = mlp_expander(feat_dim, local_dim)  # on each location's token
         # The teacher's order/restore outputs are never used, so it copies only what the losses read.
         self.teacher = copy.deepcopy(nn.ModuleDict(dict(backbone=backbone, global_expander=self.global_expander,
                                                         local_expander=self.local_expander)))
         deactivate_requires_grad(self.teacher)
+        self.teacher.train(teacher_bn == "train")
         # 1e5 compensates the mean over 8192 dims (1e5 * MSE ~ 12 (2 - 2 cos)); keep that for any dim.
         self.global_scale = global_weight * global_dim / PAPER_GLOBAL_DIM
         self.weights = dict(local=local_weight, order=order_weight, restore=restore_weight)
         self.shuffle_p, self.shuffle_windows = shuffle_p, shuffle_windows
-        self.momentum_base, self.seed = momentum_base, seed
-        self.register_buffer("mean", torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGE_STD).view(1, 3, 1, 1), persistent=False)
+        self.momentum_base, self.seed, self.teacher_bn = momentum_base, seed, teacher_bn
+        self.norm = Normalisation(normalisation)  # the network input's mean/std
 
     @classmethod
     def check_config(cls, cfg, world_size):
         grid_cells(cfg["image_size"], CELL, cfg["max_cell_offset"])
+        for key, allowed in (("teacher_bn", TEACHER_BN), ("normalisation", tuple(NORMALISATIONS))):
+            if cfg[key] not in allowed:
+                raise UserError(f"peac setting {key}={cfg[key]!r}: choose one of {', '.join(allowed)}")
+        per_process = cfg["batch_size"] // world_size
+        if per_process < BN_MIN_PER_PROCESS and not (cfg.get("sync_bn") and world_size > 1):
+            warnings.warn(f"peac: {per_process} images per process is below {BN_MIN_PER_PROCESS}: the ResNet's BatchNorm "
+                          "statistics come from few images (the official batch 8 suits a LayerNorm Swin). Use "
+                          "--batch-size >= 16 per process (lr rule: docs/methods.md, \"PEAC\") or --set sync_bn=true "
+                          "under DDP", UserWarning, stacklevel=2)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.teacher_bn == "eval":  # the harness sets train mode every epoch: keep the teacher out of it
+            self.teacher.eval()
+        return self
 
     @classmethod
     def transform(cls, image_size, views):
@@ -111,14 +133,15 @@ class PEAC(SSLMethod):
         perm = torch.where(shuffled[:, None], perm, torch.arange(cells, device=device))
         out, plain = permute_cells(view1, perm, CELL), ~shuffled
         if plain.any():
-            x = (view1[plain] * self.std + self.mean).clamp(0, 1)
+            x = self.norm.to_unit(view1[plain]).clamp(0, 1)
             x = local_pixel_shuffle(x, generator, windows=self.shuffle_windows, p=1.0)
             x = paint(bezier_intensity(x, generator, p=0.9), generator, p=0.9, outpaint_p=0.8)
-            out[plain] = (x - self.mean) / self.std
+            out[plain] = self.norm.from_unit(x)
         return out, perm, shuffled
 
     def training_loss(self, views: list[torch.Tensor], step: StepInfo) -> dict[str, torch.Tensor]:
         view1, view2, m1, m2 = views
+        view1, view2 = self.norm(view1), self.norm(view2)
         b = view1.shape[0]
         distorted, perm, shuffled = self.distort(view1, step_generator(self.seed, step, view1.device))
         both = torch.cat([distorted, view2])  # one pass each for student and teacher: BN sees both views
@@ -126,9 +149,9 @@ class PEAC(SSLMethod):
         with torch.no_grad():
             maps_t = feature_map(self.teacher["backbone"], both)
             g1_t, g2_t = F.normalize(self.teacher["global_expander"](maps_t.mean((2, 3))), dim=1).chunk(2)
-            l1_t, l2_t = self.teacher["local_expander"](maps_t).flatten(2).transpose(1, 2).chunk(2)
+            l1_t, l2_t = self.teacher["local_expander"](tokens(maps_t)).chunk(2)
         g1_s, g2_s = F.normalize(self.global_expander(maps.mean((2, 3))), dim=1).chunk(2)
-        l1_s, l2_s = self.local_expander(maps).flatten(2).transpose(1, 2).chunk(2)
+        l1_s, l2_s = self.local_expander(tokens(maps)).chunk(2)
         order_logits = self.order_head(maps[:b])
         keep = ~shuffled[:, None]  # the local loss compares cells only where view 1 keeps its order
         return {
@@ -145,3 +168,6 @@ class PEAC(SSLMethod):
         momentum = cosine_schedule(step.step, step.max_steps, self.momentum_base, 1.0)
         for name in ("backbone", "global_expander", "local_expander"):
             update_momentum(getattr(self, name), self.teacher[name], m=momentum)
+        if self.teacher_bn == "eval":  # update_momentum moves parameters only; an eval-mode BN reads these
+            for mine, its in zip(self.backbone.buffers(), self.teacher["backbone"].buffers()):
+                its.copy_(mine)

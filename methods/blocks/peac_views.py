@@ -1,4 +1,5 @@
-"""PEAC's grid-aligned views and cell geometry (docs/methods.md, "PEAC"; github.com/jlianglab/PEAC).
+"""PEAC's grid-aligned views, cell geometry, normalisations and expander MLP (docs/methods.md, "PEAC";
+github.com/jlianglab/PEAC).
 
 An image becomes a square canvas of `cell`-px cells; after a random pixel offset (0..cell-1) two views of
 n x n cells are cut at independent random *cell* offsets (0..max_cell_offset), so their overlap is an exact
@@ -8,9 +9,45 @@ set of cells. With cell = the ResNet stride (32), feature-map location (i, j) se
 from __future__ import annotations
 
 import torch
+from lightly.models.modules.heads import ProjectionHead
+from torch import nn
 from torchvision.transforms import v2 as T
 
+from medssl_bench.harness.data import IMAGE_MEAN, IMAGE_STD
 from medssl_bench.harness.errors import UserError
+
+# the network input's mean/std per `normalisation`: cxr = the official ChestX-ray14 values (datasets.py)
+NORMALISATIONS = {"imagenet": (tuple(IMAGE_MEAN), tuple(IMAGE_STD)), "cxr": ((0.5056,) * 3, (0.252,) * 3)}
+
+
+class Normalisation(nn.Module):
+    """Views arrive normalised with ImageNet's mean/std (harness.data); `normalisation` names the mean/std the
+    network sees instead. forward: shipped -> network (exact, an affine map); to_unit/from_unit: network <-> [0, 1]."""
+
+    def __init__(self, name: str = "imagenet"):
+        super().__init__()
+        pairs = dict(mean=NORMALISATIONS[name][0], std=NORMALISATIONS[name][1], shipped_mean=IMAGE_MEAN,
+                     shipped_std=IMAGE_STD)
+        for key, values in pairs.items():
+            self.register_buffer(key, torch.tensor(values).view(1, 3, 1, 1), persistent=False)
+        self.identity = name == "imagenet"
+
+    def forward(self, view: torch.Tensor) -> torch.Tensor:
+        return view if self.identity else self.from_unit(view * self.shipped_std + self.shipped_mean)
+
+    def to_unit(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.std + self.mean
+
+    def from_unit(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def mlp_expander(in_dim: int, dim: int) -> ProjectionHead:
+    """The official PEAC expander MLP (PEC_Model.MLP): Linear-LayerNorm-ReLU twice, then a Linear without bias;
+    acts on the last axis, so it takes pooled vectors (global) or tokens (local) alike."""
+    return ProjectionHead([(in_dim, dim, nn.LayerNorm(dim), nn.ReLU(), True),
+                           (dim, dim, nn.LayerNorm(dim), nn.ReLU(), True),
+                           (dim, dim, None, None, False)])
 
 
 def overlap_masks(offset1: tuple[int, int], offset2: tuple[int, int], n: int) -> tuple[torch.Tensor, torch.Tensor]:
