@@ -4,7 +4,9 @@ github.com/jlianglab/Ark; what bench takes from it: docs/methods.md, "Ark".
 
 Data come from `--labels-from` (harness.app.labelled): each epoch is a pass over dataset 1, then dataset 2, ...; a batch
 of dataset k trains head k only: L = (1-c) BCE(head_k(proj(student(x''))), y) + c MSE(proj(student(x'')),
-proj(teacher(x'))), BCE for every task (one-hot for multi-class, as the original). Pass p of P = epochs x datasets
+proj(teacher(x'))), BCE for every task (one-hot for multi-class, as the original), averaged over the labels that
+enter it: a target below 0 (an uncertain or blank label under the `ignore` policy, `uncertain_label` and
+`missing_label`, applied by the loader when it reads the labels) is left out. Pass p of P = epochs x datasets
 sets c (cosine 0 -> 0.5) and the teacher momentum m (cosine 0.9 -> 1); the teacher (backbone, projector, heads) gets
 its EMA after each pass (`ema_mode="epoch"`) or each step ("iteration"). The teacher is exported (the paper
 fine-tunes it, 3.7); it runs in BN train mode, like BYOL's target here.
@@ -29,8 +31,12 @@ from medssl_bench.harness.method_api import LabelLayout, SSLMethod, StepInfo
 
 
 def ark_terms(logits, target, z_student, z_teacher) -> tuple[torch.Tensor, torch.Tensor]:
-    """(BCE-with-logits of the dataset's head, MSE of student and teacher projections); L = (1-c) BCE + c MSE."""
-    return F.binary_cross_entropy_with_logits(logits, target), F.mse_loss(z_student, z_teacher)
+    """(BCE-with-logits of the dataset's head over its annotated labels, MSE of student and teacher projections);
+    L = (1-c) BCE + c MSE. A target < 0 is not annotated for the loss (harness.app.labelled.IGNORE): the BCE is
+    the mean over the others, so with none masked it is the official mean over all (trainer.py:27)."""
+    kept = (target >= 0).to(logits.dtype)
+    bce = F.binary_cross_entropy_with_logits(logits, target.clamp(min=0), weight=kept, reduction="sum")
+    return bce / kept.sum().clamp(min=1), F.mse_loss(z_student, z_teacher)
 
 
 class RandomGamma:  # albumentations' RandomGamma(gamma_limit=(80, 120)) on a PIL image
@@ -80,7 +86,11 @@ class Ark(SSLMethod):
     }
 
     def __init__(self, backbone, feat_dim, labels: LabelLayout, proj_dim: int = 1376, projector: str = "linear",
-                 momentum_teacher: float = 0.9, consistency_max: float = 0.5, ema_mode: str = "epoch"):
+                 momentum_teacher: float = 0.9, consistency_max: float = 0.5, ema_mode: str = "epoch",
+                 uncertain_label: str = "lsr_ones", missing_label: str = "zeros"):
+        # uncertain_label / missing_label are applied by the loader (harness.app.labelled.apply_label_policy)
+        # when it reads a stored target matrix; they are arguments here so the config records them. Defaults:
+        # Ark's for CheXpert (dataloader.py:158, LSR-Ones; blank = unknown_label 0).
         super().__init__(backbone, feat_dim)
         blocks = [(feat_dim, proj_dim, None, None)] if projector == "linear" else \
             [(feat_dim, proj_dim, None, nn.ReLU()), (proj_dim, proj_dim, None, None)]
@@ -91,12 +101,15 @@ class Ark(SSLMethod):
         self.backbone = self.teacher["backbone"]  # the exported network
         self.pass_ends = np.cumsum(labels.pass_steps)  # step within the epoch at which each pass ends
         self.momentum_teacher, self.consistency_max, self.ema_mode = momentum_teacher, consistency_max, ema_mode
+        self.uncertain_label, self.missing_label = uncertain_label, missing_label
         self.head = 0  # the head of the current batch
 
     @classmethod
     def check_config(cls, cfg, world_size):
         for key, allowed in (("projector", ("linear", "mlp")), ("ema_mode", ("epoch", "iteration")),
-                             ("teacher_view", ("crop", "whole"))):
+                             ("teacher_view", ("crop", "whole")),
+                             ("uncertain_label", ("ones", "zeros", "lsr_ones", "lsr_zeros", "ignore")),
+                             ("missing_label", ("zeros", "ignore"))):
             if cfg[key] not in allowed:
                 raise UserError(f"--set {key}={cfg[key]}: choose one of {', '.join(allowed)}")
 

@@ -2,14 +2,17 @@
 
 `bench pretrain --labels-from NAME` (repeatable) names the labelled datasets, each with its own label space:
 - a prepared classification dataset in the data root (`--data-root`, default WORKSPACE/data): its TRAIN split
-  only; val and test never enter pretraining (docs/methods.md, Ark). Multi-class: one-hot targets.
+  only; val and test never enter pretraining (docs/methods.md, Ark). Multi-class: one-hot targets. Multi-label
+  and binary (a target matrix, e.g. cxr_findings): the labels as stored (1, 0, -1 uncertain, blank) go through
+  the label policy (`apply_label_policy`: uncertain_label, missing_label) once, when they are read.
 - one of the synthetic phantom sets below (no downstream data needed, e.g. in CI): images drawn in memory by
   downstream.phantoms with labels read from what the generator drew (its visible-structure masks).
 
 Datasets are read in whole passes, in the order given: `CyclicPassSampler` yields all batches of dataset 1,
 then of dataset 2, ...; a batch never mixes datasets (each pass is cut to whole batches). Each sample is the
-method's views followed by the dataset index and the target vector. Runs record what they consumed
-(`LabelledData.consumed`: dataset, split, n_images, content_hash, classes) so evaluation can flag leakage.
+method's views followed by the dataset index and the target vector; a target below 0 (IGNORE) is left out of
+the loss. Runs record what they consumed (`LabelledData.consumed`: dataset, split, n_images, content_hash,
+classes, and for a target matrix the policy applied) so evaluation can flag leakage.
 """
 from __future__ import annotations
 
@@ -37,6 +40,32 @@ PHANTOM_SETS = {
     "phantom_mr": ("binary", ["tumour"], "brain MR slices: a tumour or its oedema visible"),
     "phantom_modality": ("multiclass", list(PHANTOM_FAMILIES), "which of 8 phantom families"),
 }
+# What becomes of an uncertain (-1) or blank label. Ark's code (jlianglab/Ark, Ark_MICCAI2023/dataloader.py:
+# 155-191, CheXpert; 438-473, MIMIC): uncertain -> Ones | Zeros | LSR-Ones U(0.55, 0.85) | LSR-Zeros U(0, 0.3),
+# drawn once per label when the list is read; blank -> unknown_label 0. "ignore" (bench's) leaves the label out
+# of the loss instead: no official value, a choice for sets where blank does not mean negative.
+UNCERTAIN_POLICIES = ("ones", "zeros", "lsr_ones", "lsr_zeros", "ignore")
+MISSING_POLICIES = ("zeros", "ignore")
+LSR_RANGES = {"lsr_ones": (0.55, 0.85), "lsr_zeros": (0.0, 0.3)}  # dataloader.py:187, :189
+DEFAULT_POLICY = {"uncertain_label": "lsr_ones", "missing_label": "zeros"}  # CheXpert's in Ark (dataloader.py:158)
+IGNORE = -1.0  # a training target below 0: left out of the loss (methods/ark.py ark_terms)
+
+
+def apply_label_policy(raw: np.ndarray, uncertain_label: str, missing_label: str,
+                       rng: np.random.Generator) -> np.ndarray:
+    """Training targets (float32, values in [0, 1] or IGNORE) from a raw (n, K) matrix: 1, 0, -1 uncertain,
+    NaN blank. LSR values are drawn once per label (as Ark draws them when it reads the csv), from `rng`."""
+    if uncertain_label not in UNCERTAIN_POLICIES or missing_label not in MISSING_POLICIES:
+        raise UserError(f"label policy uncertain_label={uncertain_label}, missing_label={missing_label}: choose "
+                        f"from {', '.join(UNCERTAIN_POLICIES)} and {', '.join(MISSING_POLICIES)}")
+    out = np.asarray(raw, dtype=np.float32).copy()
+    uncertain, blank = out == -1.0, np.isnan(out)
+    if uncertain_label in LSR_RANGES:
+        out[uncertain] = rng.uniform(*LSR_RANGES[uncertain_label], int(uncertain.sum()))
+    else:
+        out[uncertain] = {"ones": 1.0, "zeros": 0.0, "ignore": IGNORE}[uncertain_label]
+    out[blank] = 0.0 if missing_label == "zeros" else IGNORE
+    return out
 
 
 @dataclass
@@ -52,6 +81,7 @@ class LabelledSet:
     synthetic: bool
     paths: list[str] | None = None  # prepared datasets: image files
     images: list[np.ndarray] | None = None  # phantom sets: uint8 images in memory
+    label_policy: dict | None = None  # a stored target matrix: the policy applied and what it changed
 
     def image(self, row: int) -> Image.Image:
         if self.images is not None:
@@ -63,11 +93,13 @@ class LabelledSet:
     def record(self) -> dict:
         """What a run consumed; `content_hash` names the dataset (all splits, as `bench eval` records it)."""
         return {"dataset": self.name, "split": "train", "n_images": len(self.ids), "content_hash": self.content_hash,
-                "classes": self.classes, "task": self.task, "synthetic": self.synthetic}
+                "classes": self.classes, "task": self.task, "synthetic": self.synthetic,
+                **({"label_policy": self.label_policy} if self.label_policy else {})}
 
 
-def prepared_set(name: str, data_root: Path) -> LabelledSet:
-    """The train split of the prepared classification dataset `data_root/name`."""
+def prepared_set(name: str, data_root: Path, policy: dict | None = None, seed: int = 0) -> LabelledSet:
+    """The train split of the prepared classification dataset `data_root/name`; a target matrix goes through
+    the label policy (DEFAULT_POLICY <- `policy`), LSR draws seeded by (`seed`, `name`)."""
     from medssl_bench.downstream.families import get_family
 
     try:
@@ -76,9 +108,18 @@ def prepared_set(name: str, data_root: Path) -> LabelledSet:
         raise UserError(f"--labels-from {name}: {err} (a prepared classification dataset in --data-root, "
                         f"or one of {', '.join(PHANTOM_SETS)})") from None
     train = data.split("train")
-    return LabelledSet(name, "multiclass", list(data.classes), [s.id for s in train],
-                       np.eye(len(data.classes), dtype=np.float32)[[s.label for s in train]],
-                       data.meta["content_hash"], bool(data.meta.get("synthetic")), paths=[str(s.path) for s in train])
+    common = dict(content_hash=data.meta["content_hash"], synthetic=bool(data.meta.get("synthetic")),
+                  paths=[str(s.path) for s in train])
+    if data.task == "multiclass":
+        return LabelledSet(name, "multiclass", list(data.classes), [s.id for s in train],
+                           np.eye(len(data.classes), dtype=np.float32)[[s.label for s in train]], **common)
+    raw, chosen = data.target_matrix("train"), {**DEFAULT_POLICY, **(policy or {})}
+    rng = np.random.default_rng([seed, int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big")])
+    targets = apply_label_policy(raw, chosen["uncertain_label"], chosen["missing_label"], rng)
+    record = {**chosen, "uncertain": int((raw == -1).sum()), "blank": int(np.isnan(raw).sum()),
+              "ignored": int((targets < 0).sum())}
+    return LabelledSet(name, data.task, list(data.classes), [s.id for s in train], targets, label_policy=record,
+                       **common)
 
 
 def _phantom(family: str, index: int, size: int) -> tuple[np.ndarray, dict]:
@@ -194,14 +235,16 @@ class LabelledData:
 
 
 def load_labelled(names: list[str] | None, data_root: Path, image_size: int, batch_size: int,
-                  method: str) -> LabelledData:
-    """The datasets named by --labels-from, in order; every one must fill at least one global batch."""
+                  method: str, policy: dict | None = None, seed: int = 0) -> LabelledData:
+    """The datasets named by --labels-from, in order; every one must fill at least one global batch. `policy`:
+    the uncertain_label / missing_label of the run's config (DEFAULT_POLICY where absent)."""
     if not names:
         raise UserError(f"method '{method}' pretrains on labelled datasets: pass --labels-from NAME (repeatable): "
                         f"a prepared classification dataset in --data-root, or one of {', '.join(PHANTOM_SETS)}")
     if len(set(names)) != len(names):
         raise UserError(f"--labels-from names a dataset twice: {', '.join(names)}")
-    sets = [phantom_set(n, image_size) if n in PHANTOM_SETS else prepared_set(n, data_root) for n in names]
+    sets = [phantom_set(n, image_size) if n in PHANTOM_SETS else prepared_set(n, data_root, policy, seed)
+            for n in names]
     for s in sets:
         if len(s.ids) < batch_size:
             raise UserError(f"--labels-from {s.name}: {len(s.ids)} training images, fewer than --batch-size "
