@@ -101,9 +101,9 @@ def test_each_policy_reaches_the_training_targets(prepared, policy):
     assert record["uncertain"] == int((raw == -1).sum()) and record["blank"] == int(np.isnan(raw).sum())
     assert np.array_equal(targets[raw == 1], np.ones((raw == 1).sum())) and not targets[np.isnan(raw)].any()
     uncertain = targets[raw == -1]
-    expected = {"ones": lambda u: (u == 1).all(), "zeros": lambda u: (u == 0).all(), "ignore": lambda u: (u == IGNORE).all(),
-                "lsr_ones": lambda u: ((u >= 0.55) & (u <= 0.85)).all()}[policy]
-    assert expected(uncertain), uncertain
+    expected = {"ones": (uncertain == 1), "zeros": (uncertain == 0), "ignore": (uncertain == IGNORE),
+                "lsr_ones": (uncertain >= 0.55) & (uncertain <= 0.85)}[policy]
+    assert len(uncertain) and expected.all(), uncertain
 
 
 def _damaged(prepared, tmp_path, edit):
@@ -166,3 +166,37 @@ def test_a_bad_policy_is_one_clear_line(prepared, tmp_path, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "uncertain_label=maybe" in err and "lsr_ones" in err and "Traceback" not in err, err
+
+
+def test_binary_targets_are_one_column_and_single_label_folders_stay_as_they_were(tmp_path):
+    from PIL import Image
+
+    from medssl_bench.downstream.datasets.canonical import SourceItem, write_classification_dataset
+    from medssl_bench.downstream.datasets.canonical_multilabel import MultiLabelItem, write_multilabel_dataset
+
+    paths = []
+    for i in range(12):
+        paths.append(tmp_path / f"img{i}.png")
+        Image.fromarray(np.full((8, 8), 20 * i, dtype=np.uint8)).save(paths[-1])
+    splits = ["train"] * 8 + ["val"] * 2 + ["test"] * 2
+    codes = [1.0, 0.0, -1.0, NAN] * 3
+    items = [MultiLabelItem(f"img{i}", p, (c,), s) for i, (p, c, s) in enumerate(zip(paths, codes, splits))]
+    common = dict(source={"src": str(tmp_path)}, split_method="fixed", seed=0, synthetic=True)
+    folder = write_multilabel_dataset(tmp_path / "data", "tb", ["TB"], items, task="binary", **common)
+    data = load_classification_dataset(folder)
+    assert data.task == "binary" and data.targets.shape == (12, 1) and [s.label for s in data.samples] == [-1] * 12
+    labelled = load_labelled(["tb"], tmp_path / "data", 32, 4, "ark", {"uncertain_label": "ones"})
+    assert labelled.layout.n_classes == (1,)  # one logit
+    assert labelled.sets[0].targets[:, 0].tolist() == [1, 0, 1, 0, 1, 0, 1, 0]
+    with pytest.raises(ValueError):  # two columns cannot be binary: an adapter bug
+        write_multilabel_dataset(tmp_path / "data", "bad", ["a", "b"], items, task="binary", **common)
+    meta = json.loads((folder / "dataset.json").read_text())
+    (folder / "dataset.json").write_text(json.dumps({**meta, "classes": ["TB", "other"]}))
+    raises(lambda: load_classification_dataset(folder), str(folder / "dataset.json"), "binary", "one class")
+
+    single = write_classification_dataset(tmp_path / "data", "single", ["a", "b"],
+                                          [SourceItem(f"img{i}", p, i % 2, s) for i, (p, s) in
+                                           enumerate(zip(paths, splits))], **common)
+    old = load_classification_dataset(single)
+    assert old.task == "multiclass" and old.targets is None and "targets" not in old.meta
+    assert not (single / "targets.csv").exists() and old.labels("train").tolist() == [0, 1] * 4
