@@ -45,7 +45,24 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 }
 INIT_NONE, INIT_REQUIRED = "none", "required"  # the two `init` values that are not a path
 OPTIMIZERS = ("sgd", "lars", "adam", "adamw")
-PROFILES = ("quick", "paper")
+PROFILES = ("quick", "paper", "benchmark")
+BENCHMARK = "benchmark"
+# `--profile benchmark`: the one budget every method trains with, so a ranking compares methods, not recipes
+# (docs/methods.md, "Profiles"). As LVM-Med's comparison (its Tables 1-4: every baseline retrained on one corpus,
+# ResNet-50 from ImageNet-1K weights, 100 epochs): one backbone, one initialisation (the run names the weights;
+# the sidecar records their sha256), one image size, and one epochs x global batch, so on one corpus every
+# method sees the same images the same number of times in the same number of optimiser steps. Batch 256 is
+# the base of the linear lr-scaling rule most papers state. A method's own `benchmark` entry holds only what
+# the budget forces it to change (e.g. PEAC's cell offsets at 224 px); everything else is its `paper` recipe.
+BENCHMARK_BUDGET: dict[str, Any] = {"backbone": "resnet50", "init": INIT_REQUIRED, "image_size": 224,
+                                    "epochs": 100, "batch_size": 256}
+# What a `paper` profile must set itself (tests/test_method_profiles.py): a harness default here would be a
+# recipe nobody published. Conditional keys: momentum for SGD/LARS, min_lr_ratio for cosine, milestones for step.
+PAPER_RECIPE_KEYS = ("backbone", "init", "image_size", "batch_size", "epochs", "optimizer", "base_lr", "lr_scaling",
+                     "lr_schedule", "warmup_epochs", "weight_decay", "clip_grad")
+# Keys that do not change what is learnt (workers, seed, precision, BN sync) or name the data (labels_from):
+# overriding them keeps a run on its profile. `init` is judged apart (_profile_changes).
+NOT_RECIPE = ("num_workers", "seed", "amp", "sync_bn", "labels_from", "init")
 SECTIONS = ("train", "model", "views")
 # constructor arguments the harness passes itself, not settings
 _BUILT_BY_HARNESS = ("self", "backbone", "feat_dim", "labels")
@@ -109,8 +126,6 @@ def resolve_config(method_cls, profile: str, overrides: dict[str, Any], sets: di
     """Merge the section defaults (train, model, views), the method's profile, typed overrides (CLI
     options, a sweep's sampled values) and `--set` strings into one flat dict, plus `method`, `profile`
     and `sections` (section -> its sorted keys)."""
-    if profile not in method_cls.profiles:
-        raise UserError(f"unknown profile '{profile}'; choose one of: {', '.join(method_cls.profiles)}")
     sections = section_defaults(method_cls)
     cfg: dict[str, Any] = {key: value for keys in sections.values() for key, value in keys.items()}
     settings = sorted(cfg)  # every key of the three sections; nothing else may be set
@@ -120,17 +135,62 @@ def resolve_config(method_cls, profile: str, overrides: dict[str, Any], sets: di
             raise UserError(f"{how} {key}: not a setting of method '{method_cls.name}'; known: {', '.join(settings)}")
         return key
 
-    for key, value in method_cls.profiles[profile].items():
+    for key, value in profile_settings(method_cls, profile).items():
         cfg[known(key, f"profile '{profile}':")] = value
+    pinned = json.loads(json.dumps(cfg))
     cfg.update({known(k, "option"): v for k, v in overrides.items() if v is not None})
     for key, text in sets.items():
         cfg[key] = _coerce(key, text, cfg[known(key, "--set")])
     cfg["method"] = method_cls.name
     cfg["profile"] = profile
+    cfg["profile_changes"] = _profile_changes(profile, pinned, json.loads(json.dumps(cfg)))
     cfg["sections"] = {section: sorted(keys) for section, keys in sections.items()}
     _validate(cfg)
     # as JSON records it (tuples become lists), so a resolved config equals the one its run recorded
     return json.loads(json.dumps(cfg))
+
+
+def profile_settings(method_cls, profile: str) -> dict[str, Any]:
+    """A profile's settings. `benchmark` = the method's `paper` recipe without its budget keys, then the
+    method's own `benchmark` entry (what the budget forces it to change), then BENCHMARK_BUDGET."""
+    if profile not in method_cls.profiles:
+        raise UserError(f"unknown profile '{profile}'; choose one of: {', '.join(method_cls.profiles)}")
+    own = dict(method_cls.profiles[profile])
+    if profile != BENCHMARK:
+        return own
+    clash = sorted(set(own) & set(BENCHMARK_BUDGET))
+    if clash:  # the budget is shared: one method setting it would leave the comparison
+        raise TypeError(f"{method_cls.__name__}.profiles['benchmark'] sets budget keys {', '.join(clash)}; "
+                        "those come from harness.config.BENCHMARK_BUDGET alone")
+    paper = {k: v for k, v in method_cls.profiles["paper"].items() if k not in BENCHMARK_BUDGET}
+    return {**paper, **own, **BENCHMARK_BUDGET}
+
+
+def paper_recipe_gaps(profile: dict[str, Any]) -> list[str]:
+    """The PAPER_RECIPE_KEYS (and the keys its optimiser and schedule read) that a `paper` profile leaves to the
+    harness defaults: each would be a recipe nobody published."""
+    need = list(PAPER_RECIPE_KEYS)
+    need += ["momentum"] if profile.get("optimizer") in ("sgd", "lars") else []
+    need += ["min_lr_ratio"] if profile.get("lr_schedule") == "cosine" else []
+    need += ["lr_milestones", "lr_gamma"] if profile.get("lr_schedule") == "step" else []
+    return [key for key in need if key not in profile]
+
+
+def _profile_changes(profile: str, pinned: dict, cfg: dict) -> list[str]:
+    """The keys a run changed that its profile pins, so a changed run is never ranked as its profile:
+    `benchmark`: the budget keys (its per-method settings may be tuned); other profiles: every recipe key.
+    `init`: naming weights where the profile requires them keeps the profile; --init none there, or
+    weights where the profile starts from random, is a change."""
+    changed = {k for k in pinned if pinned[k] != cfg[k]}
+    init_changed = "init" in changed and not (pinned["init"] == INIT_REQUIRED and cfg["init"] != INIT_NONE)
+    keep = set(BENCHMARK_BUDGET) if profile == BENCHMARK else set(pinned) - set(NOT_RECIPE)
+    return sorted((changed & keep) - {"init"} | ({"init"} if init_changed else set()))
+
+
+def profile_label(cfg: dict) -> str:
+    """The profile a run's results are ranked under: its name, or "NAME (modified: KEYS)"."""
+    changes = cfg.get("profile_changes")
+    return f"{cfg['profile']} (modified: {', '.join(changes)})" if changes else cfg["profile"]
 
 
 def config_sections(cfg: dict) -> dict[str, dict[str, Any]]:

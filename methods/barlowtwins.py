@@ -12,6 +12,7 @@ from lightly.models.modules import BarlowTwinsProjectionHead
 from lightly.transforms import BYOLTransform, BYOLView1Transform, BYOLView2Transform
 from optuna.distributions import FloatDistribution
 
+from medssl_bench.harness.config import INIT_NONE
 from medssl_bench.harness.method_api import SSLMethod, StepInfo
 
 
@@ -28,9 +29,13 @@ class BarlowTwins(SSLMethod):
         # LARS, lr 0.2 x B/256 for weights (0.0048 for biases and BN parameters: the harness uses one lr,
         # so those get 0.2 too), 10 warm-up epochs, cosine decay by a factor 1000, wd 1.5e-6 (biases and
         # BN excluded from LARS adaptation and decay), projector 3 x 8192 with BN + ReLU, lambda 5e-3,
-        # BYOL's augmentations.
-        "paper": dict(epochs=1000, batch_size=2048, image_size=224, optimizer="lars", base_lr=0.2,
-                      weight_decay=1.5e-6, warmup_epochs=10, min_lr_ratio=1e-3, lambda_param=5e-3),
+        # BYOL's augmentations; ResNet-50 from random weights, 224 px, LARS momentum 0.9 (facebookresearch/
+        # barlowtwins main.py:225), no clipping. The code's defaults differ slightly from the text: wd 1e-6
+        # (main.py:37) and lambda 0.0051 (main.py:39); the profile keeps the paper's 1.5e-6 and 5e-3.
+        "paper": dict(backbone="resnet50", init=INIT_NONE, epochs=1000, batch_size=2048, image_size=224,
+                      optimizer="lars", base_lr=0.2, lr_scaling="linear", lr_schedule="cosine", warmup_epochs=10,
+                      min_lr_ratio=1e-3, momentum=0.9, weight_decay=1.5e-6, clip_grad=None, lambda_param=5e-3),
+        "benchmark": {},  # the paper's settings at the shared budget (harness.config.BENCHMARK_BUDGET)
         # CPU smoke: a 512-d projector; lambda ~ 1/d as in the paper's 5e-3 for 8192-d.
         "quick": dict(epochs=2, batch_size=32, image_size=64, optimizer="lars", base_lr=0.2,
                       weight_decay=1e-5, proj_hidden_dim=512, proj_out_dim=512, lambda_param=5e-3),

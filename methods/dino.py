@@ -17,6 +17,7 @@ from lightly.transforms import DINOTransform
 from lightly.utils.scheduler import cosine_schedule
 from optuna.distributions import FloatDistribution
 
+from medssl_bench.harness.config import INIT_NONE
 from medssl_bench.harness.method_api import SSLMethod, StepInfo
 
 
@@ -33,13 +34,18 @@ class DINO(SSLMethod):
     views = {"n_local_views": 6, "local_crop_size": 96, "global_crop_scale": (0.14, 1.0),
              "local_crop_scale": (0.05, 0.14)}
     profiles = {
-        # DINO repository, ResNet-50 command (8 GPUs x 64 = batch 512, 100 epochs): SGD lr 0.03 x B/256,
-        # wd 1e-4, global crops (0.14, 1), local crops (0.05, 0.14); other flags at main_dino.py's
-        # defaults: 10 warm-up epochs, min lr 1e-6 (ratio 1.7e-5 at lr 0.06), 8 local crops of 96 px,
-        # out_dim 65536, teacher temp 0.04, momentum 0.996, clip grad 3.0, last layer frozen 1 epoch.
-        "paper": dict(epochs=100, batch_size=512, image_size=224, optimizer="sgd", base_lr=0.03,
-                      weight_decay=1e-4, warmup_epochs=10, min_lr_ratio=1.7e-5, clip_grad=3.0,
-                      n_local_views=8, local_crop_size=96),
+        # DINO's ResNet-50 command (facebookresearch/dino README.md:207; 8 GPUs x 64 = batch 512): ResNet-50 from
+        # random weights, SGD (momentum 0.9) lr 0.03 x B/256 (main_dino.py scales linearly), wd 1e-4 constant
+        # (--weight_decay_end 1e-4), global crops (0.14, 1), local crops (0.05, 0.14); the rest at main_dino.py's
+        # defaults (:55-:112): 100 epochs, 10 warm-up epochs, cosine to min lr 1e-6 (ratio 1.7e-5 at lr 0.06),
+        # 8 local crops of 96 px, out_dim 65536, teacher temp 0.04 without warm-up, momentum 0.996, clip 3.0,
+        # last layer frozen 1 epoch.
+        "paper": dict(backbone="resnet50", init=INIT_NONE, epochs=100, batch_size=512, image_size=224,
+                      optimizer="sgd", base_lr=0.03, lr_scaling="linear", lr_schedule="cosine", warmup_epochs=10,
+                      min_lr_ratio=1.7e-5, momentum=0.9, weight_decay=1e-4, clip_grad=3.0, n_local_views=8,
+                      local_crop_size=96, teacher_temp=0.04, warmup_teacher_temp_epochs=0, momentum_base=0.996,
+                      freeze_last_layer=1),
+        "benchmark": {},  # the paper's settings at the shared budget (harness.config.BENCHMARK_BUDGET)
         # CPU smoke. center_momentum 0.99: at batch 16 the centre must average over ~100 batches to
         # be as stable as DINO's 0.9 at batch 1024; with 0.9 the teacher drifts to uniform outputs.
         "quick": dict(epochs=2, batch_size=32, image_size=64, optimizer="sgd", base_lr=0.5,

@@ -21,6 +21,7 @@ from optuna.distributions import FloatDistribution, IntDistribution
 
 from medssl_bench.harness.data import derived_seed
 from medssl_bench.harness.errors import UserError
+from medssl_bench.harness.config import INIT_NONE
 from medssl_bench.harness.method_api import SSLMethod, StepInfo
 
 
@@ -50,8 +51,14 @@ class MoCo(SSLMethod):
         # MoCo v2 paper (Sec. 3 and Table 1, 200-epoch row; 800 epochs gives their best 71.1%): SGD lr 0.03 at
         # batch 256, momentum 0.9, wd 1e-4, cosine schedule, no warm-up, MLP head 2048 -> 128, tau 0.2,
         # blur augmentation; queue K 65536 and key momentum 0.999 carried over from MoCo v1 (Sec. 4).
-        "paper": dict(epochs=200, batch_size=256, image_size=224, optimizer="sgd", base_lr=0.03,
-                      weight_decay=1e-4, warmup_epochs=0, temperature=0.2, queue_length=65536, key_momentum=0.999),
+        # The repo's v2 command (facebookresearch/moco README: main_moco.py -a resnet50 --lr 0.03 --batch-size 256
+        # --mlp --moco-t 0.2 --aug-plus --cos, the rest at main_moco.py's defaults): ResNet-50 from random weights,
+        # 224 px, no clipping; lr 0.03 is at batch 256, so linear scaling reproduces it.
+        "paper": dict(backbone="resnet50", init=INIT_NONE, epochs=200, batch_size=256, image_size=224,
+                      optimizer="sgd", base_lr=0.03, lr_scaling="linear", lr_schedule="cosine", warmup_epochs=0,
+                      min_lr_ratio=0.0, momentum=0.9, weight_decay=1e-4, clip_grad=None, temperature=0.2,
+                      queue_length=65536, key_momentum=0.999),
+        "benchmark": {},  # the paper's settings at the shared budget (harness.config.BENCHMARK_BUDGET)
         # CPU smoke: a queue of one or two batches (holds only real keys after a step or two) and a faster key
         # encoder; Adam, because SGD at lr 0.03-0.13 either barely moved the loss in 60 steps or collapsed it.
         "quick": dict(epochs=2, batch_size=32, image_size=64, optimizer="adam", base_lr=1e-3, lr_scaling="none",

@@ -25,6 +25,7 @@ from optuna.distributions import FloatDistribution
 from torch import nn
 
 from medssl_bench.harness.backbones import feature_map
+from medssl_bench.harness.config import INIT_NONE
 from medssl_bench.harness.errors import UserError
 from medssl_bench.methods.blocks.distortions import bezier_intensity, local_pixel_shuffle, paint
 from medssl_bench.harness.method_api import SSLMethod, StepInfo, step_generator
@@ -65,10 +66,16 @@ class PEAC(SSLMethod):
         # PEAC single-node script (github.com/jlianglab/PEAC): SGD lr 0.1 momentum 0.9 wd 0, 5 warm-up epochs + cosine, 400 epochs,
         # batch 8, EMA 0.999 -> 1. ResNet-50 at 448 px: its 14x14 map is the exact analogue of Swin-B's 14x14
         # tokens of 32-px cells (196 order classes, cell offsets 0..4, a 19-cell canvas), so the task is
-        # unchanged. 224 px (7x7) is cheaper: --image-size 224 --set max_cell_offset=3.
-        "paper": dict(backbone="resnet50", epochs=400, batch_size=8, image_size=448, optimizer="sgd", base_lr=0.1,
-                      lr_scaling="none", weight_decay=0.0, momentum=0.9, warmup_epochs=5, momentum_base=0.999,
-                      max_cell_offset=4),
+        # unchanged. 224 px (7x7) is cheaper: --image-size 224 --set max_cell_offset=3. Sources, in
+        # global_local_popar_swin.py: batch 8, lr 0.1, 400 epochs (:28-:31); SGD momentum 0.9, wd 0 (:234); random
+        # init, no weights loaded (:212-:213); cosine to 0 after 5 warm-up epochs (step_decay, :54-:62); no clipping;
+        # loss L_order + L_restore + 1e5 L_global + L_local (:305-:309).
+        "paper": dict(backbone="resnet50", init=INIT_NONE, epochs=400, batch_size=8, image_size=448, optimizer="sgd",
+                      base_lr=0.1, lr_scaling="none", lr_schedule="cosine", warmup_epochs=5, min_lr_ratio=0.0,
+                      momentum=0.9, weight_decay=0.0, clip_grad=None, momentum_base=0.999, max_cell_offset=4,
+                      global_weight=1e5, local_weight=1.0, order_weight=1.0, restore_weight=1.0),
+        # The budget's 224 px is a 7x7 map: offsets 0..3 keep the views overlapping (check_config).
+        "benchmark": dict(max_cell_offset=3),
         # CPU smoke: 64-px views of 2x2 cells, the smallest grid where order prediction (4 classes) and cell
         # matching mean something; offsets 0..1 keep >= 1 shared cell. Smaller expanders, faster teacher.
         "quick": dict(epochs=2, batch_size=32, image_size=64, optimizer="sgd", base_lr=0.05, lr_scaling="none",

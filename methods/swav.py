@@ -17,6 +17,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from torch import nn
 from torch.nn import functional as F
 
+from medssl_bench.harness.config import INIT_NONE
 from medssl_bench.harness.method_api import SSLMethod, StepInfo
 from medssl_bench.methods.moco import persistent_queue
 
@@ -36,13 +37,19 @@ class SwAV(SSLMethod):
     views = {"n_local_views": 6, "local_crop_size": 96, "global_crop_scale": (0.14, 1.0),
              "local_crop_scale": (0.05, 0.14)}
     profiles = {
-        # SwAV paper (Sec. 4.1, appendix A) and its repo's 800-epoch command, ResNet-50: LARS, lr 4.8 at batch
-        # 4096 (= 0.3 x B/256), cosine to 0.0048 (ratio 1e-3), wd 1e-6, 10 warm-up epochs (memory), 800 epochs,
-        # 2 x 224 crops (0.14, 1) + 6 x 96 crops (0.05, 0.14), projector 2048 -> 128, 3000 prototypes,
-        # tau 0.1, epsilon 0.05, 3 Sinkhorn iterations, prototypes frozen the first epoch (313 iterations),
-        # no queue at batch 4096 (the queue of 3840 features is for batch 256).
-        "paper": dict(epochs=800, batch_size=4096, image_size=224, optimizer="lars", base_lr=0.3,
-                      weight_decay=1e-6, warmup_epochs=10, min_lr_ratio=1e-3, n_local_views=6, local_crop_size=96),
+        # SwAV's 800-epoch command (facebookresearch/swav scripts/swav_800ep_pretrain.sh: 64 GPUs x 64), ResNet-50
+        # from random weights: SGD momentum 0.9 + LARC (main_swav.py:171-177), lr 4.8 at batch 4096 (= 0.3 x B/256),
+        # cosine to 0.0048 (ratio 1e-3), wd 1e-6, 10 warm-up epochs (from 0.3; the harness warms up from 0), 800
+        # epochs, 2 x 224 crops (0.14, 1) + 6 x 96 crops (0.05, 0.14), projector 2048 -> 128, 3000 prototypes,
+        # tau 0.1, epsilon 0.05, 3 Sinkhorn iterations, prototypes frozen 313 iterations (the first epoch),
+        # no queue at batch 4096. No clipping.
+        "paper": dict(backbone="resnet50", init=INIT_NONE, epochs=800, batch_size=4096, image_size=224,
+                      optimizer="lars", base_lr=0.3, lr_scaling="linear", lr_schedule="cosine", warmup_epochs=10,
+                      min_lr_ratio=1e-3, momentum=0.9, weight_decay=1e-6, clip_grad=None, n_local_views=6,
+                      local_crop_size=96, temperature=0.1, sinkhorn_epsilon=0.05, n_prototypes=3000, queue_length=0),
+        # At the budget's batch 256: the repo's batch-256 command (scripts/swav_400ep_bs256_pretrain.sh:38-46): lr 0.6,
+        # no warm-up, a queue of 3840 features from epoch 15 (prototypes frozen 5005 iterations, one epoch).
+        "benchmark": dict(base_lr=0.6, warmup_epochs=0, queue_length=3840, queue_start_epoch=15),
         # CPU smoke: small heads, 32 prototypes, 2 local crops, no queue. With tau 0.1 / epsilon 0.05 at batch 16
         # the embeddings collapsed within 20 steps (cos 0.94 between images) and the loss settled at log(32),
         # the uniform prediction; tau 0.2, epsilon 0.03 and Adam learn (loss below log(32), cos ~0.7).

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import torch.distributed as dist
 
-from medssl_bench.harness.config import INIT_NONE, INIT_REQUIRED
+from medssl_bench.harness.config import BENCHMARK, INIT_NONE, INIT_REQUIRED, profile_label
 from medssl_bench.harness.errors import UserError
 from medssl_bench.harness.progress import Progress
 from medssl_bench.harness.runs import BACKBONE_FILE, find_run, latest_resumable, new_run_name, read_run, update_run
@@ -108,16 +108,29 @@ def _labelled_data(req: PretrainRequest, method_cls, cfg: dict, run_dir: Path, r
 
 
 def require_init(cfg: dict, workspace: Workspace) -> None:
-    """A profile whose paper starts from pretrained weights (init INIT_REQUIRED) runs only once the user names
-    them (--init PATH) or chooses random weights (--init none); checked before anything is written."""
+    """A profile that starts from pretrained weights (init INIT_REQUIRED: a paper that did, or the benchmark
+    budget) runs only once the user names them (--init PATH) or chooses random weights (--init none, which
+    the run records as a change of its profile); checked before anything is written."""
     if cfg["init"] != INIT_REQUIRED:
         return
     weights = TORCHVISION_IMAGENET.get(cfg["backbone"], f"{cfg['backbone']}-*.pth")
     name = f"imagenet-{cfg['backbone']}"
-    raise UserError(f"profile '{cfg['profile']}' of {cfg['method']} starts from ImageNet-1K weights, as its paper: "
+    why = "as every method of the benchmark budget" if cfg["profile"] == BENCHMARK else "as its paper"
+    raise UserError(f"profile '{cfg['profile']}' of {cfg['method']} starts from ImageNet-1K weights, {why}: "
                     f"import torchvision's once with `bench import-checkpoint {weights} --name {name} --workspace "
                     f"{workspace.root}` (https://download.pytorch.org/models/{weights}), then pass --init "
                     f"{workspace.checkpoints / name / BACKBONE_FILE}; or pass --init none to train from random weights")
+
+
+def budget(cfg: dict, sizes: list[int], init_info) -> dict:
+    """What the run is given to learn from, comparable across methods: images seen = epochs x whole batches
+    per epoch x batch (a partial last batch is dropped; labelled sets: per set), at what size, from which
+    weights (their sha256)."""
+    per_epoch = sum(n // cfg["batch_size"] * cfg["batch_size"] for n in sizes)
+    init = init_info.get("sha256") if isinstance(init_info, dict) else init_info
+    return {"backbone": cfg["backbone"], "image_size": cfg["image_size"], "init": init or "none",
+            "epochs": cfg["epochs"], "batch_size": cfg["batch_size"], "images_per_epoch": per_epoch,
+            "images_seen": cfg["epochs"] * per_epoch}
 
 
 def load_init(backbone, cfg: dict) -> dict:
@@ -206,7 +219,9 @@ def run_pretraining(req: PretrainRequest, progress: Progress | None = None) -> P
     make_views = labelled.views if labelled else partial(ViewsDataset, entries)
     transform, n_image_views = build_transform(method_cls, cfg)
     dataset = make_views(transform, seed=cfg["seed"], n_image_views=n_image_views)
-    sidecar = {"method": req.method, "backbone": cfg["backbone"], "config": cfg, "seed": cfg["seed"],
+    # profile: what the leaderboard ranks the row under (harness.config.profile_label); budget: what it was given
+    sidecar = {"method": req.method, "backbone": cfg["backbone"], "profile": profile_label(cfg), "config": cfg,
+               "budget": budget(cfg, getattr(dataset, "sizes", [len(dataset)]), init_info), "seed": cfg["seed"],
                "corpus": corpus_info, "init": init_info, "run": run_dir.name, "git_sha": provenance["git_sha"],
                "dirty": provenance["dirty"], "versions": provenance["versions"], "host": provenance["host"],
                **labels_info}
