@@ -117,16 +117,19 @@ PAPER_LINEAR_SOURCE = ("LVM-Med's frozen linear protocol, repo classification_R5
 def _seg_task(name, title, family, dataset, classes, size, lr, epochs, batch, source, reported, note="",
               test_domain=None) -> Task:
     """A segmentation task: fine-tuned U-Net, scored by Dice (2D, OOD) or per-volume IoU (3D), as the paper;
-    `frozen` (decoder trained on a fixed encoder) runs when asked for."""
+    `frozen` (decoder trained on a fixed encoder) and `genesis_unet` (the checkpoint's pretrained Models Genesis
+    decoder, downstream.segmentation.genesis_head) run when asked for."""
     metrics = {"segmentation_3d": ("iou_3d", "dice_3d"), "ood_segmentation": ("dice", "dice_at_size", "dice_3d", "iou")}
     metric, *_ = metrics.get(family, ("dice", "dice_at_size", "iou"))
     finetune = Protocol("finetune", size, lr, epochs, batch, source=source,
                         target_only=False if family == "segmentation_3d" else None)
     frozen = replace(finetune, name="frozen", source=f"{source}; encoder frozen, decoder trained (not in the paper)")
+    genesis = replace(finetune, name="genesis_unet", source=f"{source}; decoder: the checkpoint's pretrained Models "
+                      "Genesis decoder, fine-tuned with the encoder (Genesis' transfer; needs a checkpoint that exports one)")
     return Task(name, title, family, dataset, classes, metric, metrics.get(family, ("dice", "dice_at_size", "iou")),
-                {"finetune": finetune, "frozen": frozen},
-                {"finetune": reported}, note, optional=("frozen",), train_domain="BMC" if test_domain else None,
-                test_domain=test_domain)
+                {"finetune": finetune, "frozen": frozen, "genesis_unet": genesis},
+                {"finetune": reported}, note, optional=("frozen", "genesis_unet"),
+                train_domain="BMC" if test_domain else None, test_domain=test_domain)
 
 
 _VINDR_FINETUNE = Protocol("finetune", 512, 1e-4, 40, 16, 1e-4, source=DETECTION_SOURCE, rois_per_image=512,

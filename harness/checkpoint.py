@@ -17,6 +17,7 @@ from medssl_bench.harness.errors import UserError
 from medssl_bench.harness.fsutil import atomic_path, sha256_file, write_json_atomic
 
 FORMAT = "bench-backbone/1"
+EXPORT_FORMAT = "bench-export/1"  # a further named module beside the backbone (the sidecar's `exports`)
 
 
 def sidecar_path(weights: Path) -> Path:
@@ -31,6 +32,14 @@ def save_backbone(backbone: torch.nn.Module, weights: Path, sidecar: dict) -> Pa
     meta = {"format": FORMAT, **sidecar, "sha256": sha256_file(weights), "n_tensors": len(state)}
     write_json_atomic(sidecar_path(weights), meta)
     return weights
+
+
+def save_export(module: torch.nn.Module, weights: Path) -> dict:
+    """Write a method's further export (SSLMethod.export) as safetensors; return its sidecar entry."""
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    with atomic_path(weights) as tmp:
+        save_file(state, str(tmp), metadata={"format": EXPORT_FORMAT})
+    return {"file": weights.name, "format": EXPORT_FORMAT, "sha256": sha256_file(weights), "n_tensors": len(state)}
 
 
 def load_backbone_state(weights: str | Path) -> tuple[dict[str, torch.Tensor], dict]:

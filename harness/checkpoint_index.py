@@ -145,6 +145,29 @@ def load_checkpoint_into(ref: CheckpointRef, model: nn.Module) -> None:
     strict_load(model, state, ref.backbone, ref.path)
 
 
+def load_export(ref: CheckpointRef, name: str) -> dict[str, torch.Tensor]:
+    """The state dict of `ref`'s further export `name` (a `<name>.safetensors` beside the backbone, listed in
+    its sidecar's `exports`: harness.method_api.SSLMethod.export), its recorded sha256 checked; a UserError
+    naming what is missing otherwise."""
+    entry = (ref.sidecar.get("exports") or {}).get(name) if ref.path is not None else None
+    if not entry:
+        listed = ", ".join(ref.sidecar.get("exports") or {}) or "none"
+        raise UserError(f"checkpoint '{ref.name}' ({ref.method}) has no exported {name} (its sidecar lists: {listed}); "
+                        f"only a run of a method that exports a {name} has one", ref.path)
+    path = Path(ref.path).parent / entry["file"]
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise UserError(f"exported {name} not readable ({err.strerror or type(err).__name__})", path) from None
+    if (actual := sha256_bytes(data)) != entry.get("sha256"):
+        raise UserError(f"exported {name} changed since it was recorded (sha256 {actual[:12]}, expected "
+                        f"{str(entry.get('sha256'))[:12]}); re-export it", path)
+    try:
+        return load_safetensors_bytes(data)
+    except SafetensorError as err:
+        raise UserError(f"not a readable safetensors file ({err})", path) from None
+
+
 def strict_load(model: nn.Module, state: dict, arch: str, path: Path) -> None:
     """load_state_dict(strict=True), mismatches in one line (num_batches_tracked, absent in old files, is filled in)."""
     expected = model.state_dict()

@@ -30,7 +30,7 @@ from mmengine.optim import AmpOptimWrapper, OptimWrapper
 from mmengine.registry import MODEL_WRAPPERS
 from mmengine.runner import Runner
 
-from medssl_bench.harness.checkpoint import save_backbone, state_digest
+from medssl_bench.harness.checkpoint import save_backbone, save_export, state_digest
 from medssl_bench.harness.config import scaled_lr
 from medssl_bench.harness.data import EpochIndexSampler, ViewsPreprocessor, collate_views
 from medssl_bench.harness.errors import CorruptImageError, UserError
@@ -129,8 +129,18 @@ class MethodHook(Hook):
         model.method.after_step(model.step_info)
 
 
+def training_batches(runner, model: PretrainModel):
+    """A fresh pass over this process's training batches, preprocessed as `training_loss` gets them (the
+    sampler's current epoch: the same batches in a resumed run)."""
+    for data in runner.train_dataloader:
+        if "error" in data:
+            raise CorruptImageError(data["error"])
+        yield model.data_preprocessor(data, False)["inputs"]
+
+
 class RunRecordHook(Hook):
-    """Writes metrics.jsonl every step and exports the backbone + sidecar every epoch.
+    """Writes metrics.jsonl every step and exports the backbone (+ the method's further exports) + sidecar
+    every epoch.
 
     Also stops training after `stop_after_epoch` epochs (a full checkpoint is still saved),
     which is how a run is split into resumable pieces on preemptible machines.
@@ -177,13 +187,18 @@ class RunRecordHook(Hook):
             gathered: list[Any] = [None] * world_size()
             dist.all_gather_object(gathered, digests[0])
             digests = gathered
+        exported = model.method.export(lambda: training_batches(runner, model))  # every rank: it may sync BN
         if is_main_process():
             seconds = self._earlier_seconds + time.perf_counter() - self._started
             sidecar = {**self.sidecar, "epoch": epochs_done, "step": runner.iter + 1, "wall_seconds": round(seconds, 2),
                        "world_size": world_size(),
                        "ddp": {"world_size": world_size(), "rank_digests": digests,
                                "in_sync": len(set(digests)) == 1}}
-            save_backbone(model.method.backbone, self.run_dir / "backbone.safetensors", sidecar)
+            extra = {name: save_export(module, self.run_dir / f"{name}.safetensors")
+                     for name, module in exported.items() if name != "backbone"}
+            if extra:  # written first, so the sidecar names only files that exist
+                sidecar["exports"] = extra
+            save_backbone(exported["backbone"], self.run_dir / "backbone.safetensors", sidecar)
         if self.stop_after_epoch is not None and epochs_done >= self.stop_after_epoch:
             runner.train_loop.stop_training = True
 

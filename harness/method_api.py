@@ -16,7 +16,7 @@ default of its own. The method's name is its module's name in methods/, which is
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator
 
 import torch
 import torch.distributed as dist
@@ -115,3 +115,12 @@ class SSLMethod(nn.Module):
 
     def after_step(self, step: StepInfo) -> None:
         """Hook after the optimizer step (e.g. EMA teacher update)."""
+
+    def export(self, batches: Callable[[], Iterator[list[torch.Tensor]]]) -> dict[str, nn.Module]:
+        """What the harness writes after every epoch: {"backbone": the module saved as backbone.safetensors, and
+        any further name: a module saved beside it as <name>.safetensors, listed in the sidecar's `exports`}
+        (docs/architecture.md, "Contracts"). Called on every DDP rank (the main one writes). `batches()` starts
+        a pass over the training data: each item is a batch's views as `training_loss` gets them, to
+        re-estimate statistics on (Models Genesis). Return copies if you change anything: the training
+        state must stay as it is, or a resumed run would differ."""
+        return {"backbone": self.backbone}

@@ -4,9 +4,14 @@
 U-Net whose light decoder (upsample, concatenate the skip at stride 16/8/4/2, one conv) ends in a 1x1 conv
 and a sigmoid; the loss is the MSE to the clean [0,1] image (as the official code, github.com/MrGiovanni/ModelsGenesis). The distortions (methods.blocks.distortions,
 the official pipeline) run batched on the device inside `training_loss`, on the un-normalised image; only the network
-input is normalised. Only the encoder (`self.backbone`) is exported; the decoder is pretraining-only.
+input is normalised. The encoder is exported as the backbone and the decoder beside it (`decoder.safetensors`,
+harness.unet_decoder's layout) for the `genesis_unet` segmentation protocol. BatchNorm statistics gathered on
+distorted inputs are re-estimated on clean crops before export (`bn_recalibrate_batches`; docs/methods.md).
 """
 from __future__ import annotations
+
+import copy
+from itertools import islice
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +24,8 @@ from medssl_bench.harness.data import IMAGE_MEAN, IMAGE_STD
 from medssl_bench.methods.blocks.distortions import GENESIS_3D_COVERAGE, genesis_distort, shuffle_windows_for_coverage
 from medssl_bench.harness.errors import UserError
 from medssl_bench.harness.method_api import SSLMethod, StepInfo, step_generator
+from medssl_bench.harness.unet_decoder import UNetDecoder, decode, decoder_blocks
+from medssl_bench.methods.blocks.precise_bn import recalibrate_batchnorm
 
 
 class CleanView:
@@ -44,19 +51,6 @@ def _widths(resnet: nn.Module) -> list[int]:
     """Channels of `encoder_features`: the last BatchNorm of each stage says its output width."""
     last_bn = lambda stage: [m for m in stage.modules() if isinstance(m, nn.BatchNorm2d)][-1].num_features  # noqa: E731
     return [resnet.bn1.num_features] + [last_bn(getattr(resnet, f"layer{i}")) for i in range(1, 5)]
-
-
-class UpBlock(nn.Module):
-    """Upsample to the skip's size (or x2 without one), concatenate the skip, conv-BN-ReLU."""
-
-    def __init__(self, in_channels: int, skip_channels: int, out_channels: int):
-        super().__init__()
-        self.conv = nn.Sequential(nn.Conv2d(in_channels + skip_channels, out_channels, 3, padding=1, bias=False),
-                                  nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
-
-    def forward(self, x: torch.Tensor, size, skip: torch.Tensor | None = None) -> torch.Tensor:
-        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-        return self.conv(x if skip is None else torch.cat([x, skip], 1))
 
 
 class ModelsGenesis(SSLMethod):
@@ -90,25 +84,25 @@ class ModelsGenesis(SSLMethod):
 
     def __init__(self, backbone, feat_dim, decoder_widths: tuple = (256, 128, 64, 32, 16), flip_p: float = 0.4,
                  local_p: float = 0.5, local_coverage: float = GENESIS_3D_COVERAGE, nonlinear_p: float = 0.9,
-                 paint_p: float = 0.9, outpaint_p: float = 0.8, *, seed: int):
+                 paint_p: float = 0.9, outpaint_p: float = 0.8, bn_recalibrate_batches: int = 100, *, seed: int):
         super().__init__(backbone, feat_dim)
-        skips = _widths(backbone)  # strides 2..32
-        ins = [skips[-1], *decoder_widths[:-1]]
-        skip_channels = [*reversed(skips[:-1]), 0]  # stride 16, 8, 4, 2, then full size without a skip
-        self.decoder = nn.ModuleList(UpBlock(i, s, o) for i, s, o in zip(ins, skip_channels, decoder_widths))
+        self.decoder = decoder_blocks(_widths(backbone), decoder_widths)  # strides 16, 8, 4, 2, then 1
         self.head = nn.Conv2d(decoder_widths[-1], 3, 1)
         self.register_buffer("mean", torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGE_STD).view(1, 3, 1, 1), persistent=False)
         self.distortion = dict(flip_p=flip_p, local_p=local_p, nonlinear_p=nonlinear_p, paint_p=paint_p,
                                outpaint_p=outpaint_p)
         self.local_coverage = local_coverage
-        self.seed = seed
+        self.seed, self.bn_recalibrate_batches = seed, bn_recalibrate_batches
 
     @classmethod
     def check_config(cls, cfg, world_size):
         for key in ("flip_p", "local_p", "nonlinear_p", "paint_p", "outpaint_p"):
             if not 0 <= cfg[key] <= 1:
                 raise UserError(f"models_genesis setting {key}={cfg[key]!r}: a probability must lie in [0, 1]")
+        if cfg["bn_recalibrate_batches"] < 0:
+            raise UserError(f"models_genesis setting bn_recalibrate_batches={cfg['bn_recalibrate_batches']!r}: "
+                            "a number of batches, >= 0 (0: export the statistics gathered on distorted inputs)")
         if cfg["local_coverage"] <= 0 or len(cfg["decoder_widths"]) != 5:
             raise UserError("models_genesis: local_coverage must be > 0 and decoder_widths must name 5 widths "
                             f"(strides 16, 8, 4, 2, 1); got {cfg['local_coverage']!r}, {cfg['decoder_widths']!r}")
@@ -119,11 +113,7 @@ class ModelsGenesis(SSLMethod):
 
     def restore(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised images -> reconstruction in [0,1] (sigmoid), same size."""
-        features = encoder_features(self.backbone, images)
-        x = features[-1]
-        for block, skip in zip(self.decoder, [*reversed(features[:-1]), None]):
-            x = block(x, images.shape[-2:] if skip is None else skip.shape[-2:], skip)
-        return torch.sigmoid(self.head(x))
+        return reconstruct(self.backbone, self.decoder, self.head, images)
 
     def distort(self, clean: torch.Tensor, step: StepInfo) -> tuple[torch.Tensor, torch.Tensor]:
         """(distorted input, target) from clean [0,1] images, seeded by (seed, rank, step): exact on resume."""
@@ -141,3 +131,18 @@ class ModelsGenesis(SSLMethod):
         restored = self.restore((distorted - self.mean) / self.std)
         return {"loss": F.mse_loss(restored.float(), target),
                 "copy_mse": F.mse_loss(distorted, target).detach()}  # the loss of returning the input as is
+
+    def export(self, batches):
+        """Encoder and decoder, copied (training state stays as it is, so resume is exact); their BatchNorm
+        statistics re-estimated on the clean, undistorted crops of `bn_recalibrate_batches` training batches."""
+        net = copy.deepcopy(nn.ModuleDict(dict(backbone=self.backbone, decoder=self.decoder, head=self.head)))
+        if self.bn_recalibrate_batches > 0:
+            clean = ((self.clean_images(views[0]) - self.mean) / self.std
+                     for views in islice(batches(), self.bn_recalibrate_batches))
+            recalibrate_batchnorm(net, lambda x: reconstruct(net["backbone"], net["decoder"], net["head"], x), clean)
+        return {"backbone": net["backbone"], "decoder": UNetDecoder(net["decoder"], net["head"])}
+
+
+def reconstruct(backbone: nn.Module, decoder: nn.ModuleList, head: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Normalised images -> reconstruction in [0,1] (sigmoid), same size."""
+    return torch.sigmoid(head(decode(decoder, encoder_features(backbone, images), images.shape[-2:])))

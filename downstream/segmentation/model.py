@@ -31,10 +31,12 @@ from mmseg.models.segmentors import EncoderDecoder  # noqa: E402
 from mmseg.registry import MODELS, TRANSFORMS  # noqa: E402
 
 from medssl_bench.downstream.bench_backbone import STAGE_CHANNELS, BenchResNet, LoadBenchImage  # noqa: E402
+from medssl_bench.downstream.segmentation.genesis_head import GenesisUNetHead  # noqa: E402
 from medssl_bench.harness.data import IMAGE_MEAN, IMAGE_STD  # noqa: E402
 
 MODELS.register_module(module=BenchResNet)
 TRANSFORMS.register_module(module=LoadBenchImage)
+MODELS.register_module(module=GenesisUNetHead)
 DECODER_CHANNELS = (256, 128, 64, 32, 16)
 
 
@@ -92,9 +94,12 @@ class BenchEncoderDecoder(EncoderDecoder):
         return self.postprocess_result(seg_logits, data_samples)
 
 
-def build_segmentor(arch: str, num_classes: int, *, ref=None, checkpoint: str | None = None, frozen: bool = False):
+def build_segmentor(arch: str, num_classes: int, *, ref=None, checkpoint: str | None = None, frozen: bool = False,
+                    decoder: str = "unet"):
     """An mmseg EncoderDecoder: BenchResNet + UNetHead, CE + Dice loss, ImageNet-style normalisation
-    of RGB uint8 inputs (the statistics pretraining used), whole-image inference."""
+    of RGB uint8 inputs (the statistics pretraining used), whole-image inference. `decoder` "genesis_unet":
+    GenesisUNetHead, whose levels are `ref`'s exported Models Genesis decoder, instead of a fresh UNetHead."""
+    head = dict(type="UNetHead") if decoder == "unet" else dict(type="GenesisUNetHead", ref=ref)
     cfg = dict(
         type="BenchEncoderDecoder",
         data_preprocessor=dict(type="SegDataPreProcessor", mean=[m * 255 for m in IMAGE_MEAN],
@@ -102,7 +107,7 @@ def build_segmentor(arch: str, num_classes: int, *, ref=None, checkpoint: str | 
                                pad_val=0, seg_pad_val=255),
         backbone=dict(type="BenchResNet", arch=arch, ref=ref, checkpoint=checkpoint,
                       frozen_stages=4 if frozen else -1, norm_eval=frozen),
-        decode_head=dict(type="UNetHead", in_channels=STAGE_CHANNELS[arch], num_classes=num_classes,
+        decode_head=dict(**head, in_channels=STAGE_CHANNELS[arch], num_classes=num_classes,
                          dropout_ratio=0.0, align_corners=False,
                          loss_decode=[dict(type="CrossEntropyLoss", loss_weight=1.0, avg_non_ignore=True),
                                       dict(type="DiceLoss", use_sigmoid=False, naive_dice=True, loss_weight=1.0,

@@ -4,7 +4,9 @@ Protocol (LVM-Med App. B, Tables 7 and 8; repo: segmentation_2d/3d): a U-Net on 
 ResNet encoder (downstream.segmentation.model: mmseg EncoderDecoder), fine-tuned end to end with Adam,
 cross-entropy + Dice loss and gradient-norm clip 1, no augmentation; images resized to the
 protocol's side; validated every epoch and the best-validation epoch tested. `frozen` keeps the
-encoder fixed and trains the decoder only (an option; not in the paper's tables).
+encoder fixed and trains the decoder only (an option; not in the paper's tables). `genesis_unet` starts the
+decoder from the checkpoint's pretrained Models Genesis decoder (downstream.segmentation.genesis_head), so
+Genesis' encoder-decoder transfer is measured beside the encoder-only `finetune`.
 3D volumes are segmented slice by slice and trained on balanced slices: every slice showing the
 scored target plus as many drawn from the others (the repo's have_label / non_label sampling).
 Prostate: trained on the BMC site; val on BMC; test on the task's site.
@@ -116,7 +118,8 @@ def run_job(task: Task, protocol: Protocol, data: SegmentationDataset, ref, *, l
             raise UserError(f"the {name} split of {data.name} is empty; re-prepare it with more images", data.root)
     classes, label_map, predicted_as = target_labels(data) if protocol.target_only else (data.classes, None, None)
     torch.manual_seed(derived_seed(seed, 0x5EED))  # random init (and the decoder) differ per seed
-    model = build_segmentor(ref.backbone, len(classes), ref=ref, frozen=protocol.name == "frozen")
+    model = build_segmentor(ref.backbone, len(classes), ref=ref, frozen=protocol.name == "frozen",
+                            decoder="genesis_unet" if protocol.name == "genesis_unet" else "unet")
     metric = lambda: PaperSegMetric(task.metric, data.classes, data.target_classes, predicted_as)  # noqa: E731
     # The prostate sites train the same model (BMC, same protocol and seed) and test elsewhere:
     # train once. evaluate.plan puts such jobs back to back, so remembering the last one suffices.
