@@ -18,9 +18,15 @@ pretrain_app = typer.Typer()
 @pretrain_app.command(help=paragraphs("""
     Pretrain a backbone with a self-supervised method on a corpus.
 
-    The method's 'paper' profile holds the hyperparameters of its original publication (batch,
-    optimiser, lr, temperature, momentum, crops); 'quick' is a CPU smoke setting. Options given
-    here override the profile; --set KEY=VALUE overrides any method setting.
+    The method's 'paper' profile is its published recipe, every value sourced in methods/NAME.py
+    (backbone, initial weights, size, batch, epochs, optimiser, the lr the official code realised,
+    loss weights). 'benchmark' trains every method on one budget (ResNet-50 from ImageNet-1K
+    weights, 224 px, 100 epochs at batch 256: the same images seen on one corpus, as LVM-Med's
+    comparison of its baselines) with the method's own views, loss and paper settings; the
+    leaderboard ranks benchmark rows only among themselves (docs/methods.md, "Profiles"). 'quick'
+    is a CPU smoke setting. Options given here override the profile; --set KEY=VALUE overrides any
+    method setting. A run that changes a key its profile pins is recorded as "PROFILE (modified:
+    KEYS)" and ranked apart.
 
     Grayscale medical images are replicated to three channels (so ImageNet-style stems and RGB
     downstream tasks share one backbone); colour jitter then only changes brightness/contrast.
@@ -37,8 +43,8 @@ def pretrain(
     image_size: Optional[int] = typer.Option(None, help="Side of the (global) crops in pixels."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Base learning rate at batch 256 (scaled linearly with the batch)."),
     seed: Optional[int] = typer.Option(None, help="Seed for weights, data order and augmentations."),
-    init: Optional[Path] = typer.Option(None, help="Start from a bench backbone checkpoint (.safetensors), e.g. torchvision's ImageNet weights imported with `bench import-checkpoint resnet50-0676ba61.pth`: LVM-Med and its baselines start from ImageNet-1K, so lvmmed's paper profile runs only with --init PATH, or with --init none (random weights, recorded as chosen)."),
-    profile: str = typer.Option("quick", help="quick (CPU smoke) | paper (published hyperparameters)."),
+    init: Optional[Path] = typer.Option(None, help="Start from a bench backbone checkpoint (.safetensors), e.g. torchvision's ImageNet weights imported with `bench import-checkpoint resnet50-0676ba61.pth`: LVM-Med and its baselines start from ImageNet-1K, so the paper profiles of lvmmed and ark, and every benchmark run, start only with --init PATH, or with --init none (random weights, recorded as a change of the profile)."),
+    profile: str = typer.Option("quick", help="quick (CPU smoke) | paper (the published recipe) | benchmark (one budget for every method: ResNet-50, ImageNet init, 224 px, 100 epochs x batch 256)."),
     amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="bf16 mixed precision (GPU only)."),
     set_: list[str] = typer.Option([], "--set", help="Override any setting: --set temperature=0.2."),
     name: Optional[str] = typer.Option(None, help="Run name (default METHOD-BACKBONE-TIMESTAMP)."),
