@@ -1,5 +1,6 @@
 """Models Genesis (methods/models_genesis.py): restoration learning through the real CLI and the [0,1] target /
-normalised input split (the 2D port, docs/methods.md). That only the encoder is exported is tests/test_methods_contract.py's check."""
+normalised input split (the 2D port, docs/methods.md). Its exports (decoder, BatchNorm statistics) are
+tests/test_models_genesis_export.py's check."""
 from __future__ import annotations
 
 import json
