@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from statistics import mean
@@ -16,6 +17,7 @@ from scipy import stats
 
 from medssl_bench.downstream.families import FAMILIES
 from medssl_bench.downstream.registry import TASKS
+from medssl_bench.leaderboard.profiles import FLOOR, UNRECORDED, group_order, ranking_group
 
 MAIN_LABEL_FRACTION = 1.0
 CI_LEVEL = 0.95
@@ -123,6 +125,17 @@ class Table:
     efficiency: dict[tuple[str, str], dict[str, dict[float, Cell]]] = field(default_factory=dict)
     tests: dict = field(default_factory=dict)  # column key -> leaderboard.stats.PairedTest
     critical_difference: object | None = None  # leaderboard.stats.CriticalDifference
+    profile: str = UNRECORDED  # ranking_profile of its rows (random rows join every table)
+    corpus: str | None = None  # a benchmark table's corpus
+
+    @property
+    def prefix(self) -> str:
+        """Its ids on the page: "real" / "synthetic" for unrecorded profiles (as before profiles were
+        recorded), else e.g. "real-paper", "real-benchmark-<corpus>"."""
+        kind = "synthetic" if self.synthetic else "real"
+        if self.profile == UNRECORDED:
+            return kind
+        return re.sub(r"[^A-Za-z0-9_-]+", "-", "-".join(p for p in (kind, self.profile, self.corpus) if p))
 
     @property
     def failed_jobs(self) -> int:
@@ -177,23 +190,35 @@ def is_synthetic(row: dict, checkpoint: dict | None) -> bool:
 
 
 def build_tables(results: list[dict], checkpoints: list[dict], failed: list[dict] = ()) -> list[Table]:
-    """The real-data table, then the synthetic-data one (omitted when empty), from test-split rows of
-    done jobs (`results`) and failed evaluations (`failed`)."""
+    """The real-data tables, then the synthetic-data ones, one per pretraining profile (ranking_group, in
+    PROFILE_ORDER), from test-split rows of done jobs (`results`) and failed evaluations (`failed`). Random-init
+    rows join every table of their kind. There is always a real-data table (empty: no results yet); synthetic
+    tables only when there are synthetic rows."""
     by_id = {c["id"]: c for c in checkpoints}
-    done: dict[bool, list[dict]] = {False: [], True: []}
-    failures: dict[bool, list[dict]] = {False: [], True: []}
+    done: dict[tuple, list[dict]] = defaultdict(list)  # (synthetic, group) -> rows
+    failures: dict[tuple, list[dict]] = defaultdict(list)
     for row in results:
         if row["split"] == "test" and row["status"] == "done":
-            done[is_synthetic(row, by_id.get(row["checkpoint_id"]))].append(row)
+            ckpt = by_id.get(row["checkpoint_id"])
+            done[(is_synthetic(row, ckpt), ranking_group(ckpt))].append(row)
     for row in failed:
-        failures[is_synthetic(row, by_id.get(row["checkpoint_id"]))].append(row)
-    tables = [_table(done[False], failures[False], by_id, synthetic=False)]
-    if done[True] or failures[True]:
-        tables.append(_table(done[True], failures[True], by_id, synthetic=True))
+        ckpt = by_id.get(row["checkpoint_id"])
+        failures[(is_synthetic(row, ckpt), ranking_group(ckpt))].append(row)
+    tables = []
+    for synthetic in (False, True):
+        keys = {g for s, g in [*done, *failures] if s == synthetic}
+        # random rows alone make one table; no rows at all: one empty real-data table
+        groups = sorted(keys - {FLOOR}, key=group_order) or list(keys) or ([] if synthetic else [(UNRECORDED, None)])
+        for group in groups:
+            parts = [(synthetic, group)] + ([(synthetic, FLOOR)] if group != FLOOR else [])
+            tables.append(_table([r for k in parts for r in done.get(k, [])],
+                                 [r for k in parts for r in failures.get(k, [])], by_id, synthetic=synthetic,
+                                 group=group))
     return tables
 
 
-def _table(results: list[dict], failed: list[dict], by_id: dict[str, dict], *, synthetic: bool) -> Table:
+def _table(results: list[dict], failed: list[dict], by_id: dict[str, dict], *, synthetic: bool,
+           group: tuple[str, str | None] = (UNRECORDED, None)) -> Table:
     columns: dict[tuple[str, str], Column] = {}
     rows: dict[str, Row] = {}
     by_fraction: dict[tuple[str, str], dict[str, dict[float, Cell]]] = defaultdict(lambda: defaultdict(dict))
@@ -228,7 +253,7 @@ def _table(results: list[dict], failed: list[dict], by_id: dict[str, dict], *, s
     efficiency = {key: {ck: dict(sorted(cells.items())) for ck, cells in per_ckpt.items()}
                   for key, per_ckpt in by_fraction.items()
                   if len({f for cells in per_ckpt.values() for f in cells}) >= 2}
-    table = Table(synthetic, ordered, list(rows.values()), efficiency)
+    table = Table(synthetic, ordered, list(rows.values()), efficiency, profile=group[0], corpus=group[1])
     _mark_columns(table)
     _score_rows(table)
     table.rows.sort(key=lambda r: (-(r.mean_normalised if r.mean_normalised is not None else -1), r.name))
@@ -247,6 +272,9 @@ def _new_row(rec: dict, by_id: dict[str, dict]) -> Row:
 def checkpoint_badges(sidecar: dict) -> list[str]:
     """What a reader must know to compare the row: its tuning budget, and whether it used labels."""
     badges = []
+    label = sidecar.get("profile")
+    if isinstance(label, str) and "(modified" in label:  # which pinned keys the run changed
+        badges.append(f"profile {label}")
     if sidecar.get("sweep"):
         sweep = sidecar["sweep"]
         badges.append(f"tuned with {sweep.get('trials', '?')} trials (study {sweep.get('study', '?')})")

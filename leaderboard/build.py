@@ -8,6 +8,7 @@ from typing import Callable
 from medssl_bench.harness.fsutil import ensure_writable_dir, write_text_atomic
 from medssl_bench.harness.store import ResultsStore
 from medssl_bench.leaderboard.aggregate import MAIN_LABEL_FRACTION, build_tables
+from medssl_bench.leaderboard.profiles import UNRECORDED
 from medssl_bench.leaderboard.render import render_page
 from medssl_bench.leaderboard.stats import annotate
 
@@ -29,7 +30,8 @@ def build_leaderboard(store: ResultsStore, out_dir: Path, *, now: datetime | Non
     for table in tables:
         annotate(table, load_cases)
         for column in table.degenerate_columns if warn else ():
-            data = "synthetic" if table.synthetic else "real"
+            data = ("synthetic" if table.synthetic else "real") + (
+                "" if table.profile == UNRECORDED else f", profile {table.profile}")
             warn(f"{column.task} ({column.protocol}, {data} data): every checkpoint scores 0.0 ({column.metric}); "
                  f"the column ranks nothing")
     page = render_page(tables, store_url=store.url, now=now or datetime.now(timezone.utc))

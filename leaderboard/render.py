@@ -15,6 +15,7 @@ from medssl_bench.downstream.registry import TASKS
 from medssl_bench.leaderboard.aggregate import GROUP_TITLES, MAIN_LABEL_FRACTION, Cell, Column, Cost, Row, Table
 from medssl_bench.leaderboard.assets import CSS, JS
 from medssl_bench.leaderboard.charts import esc
+from medssl_bench.leaderboard.profiles import FLOOR, note
 from medssl_bench.leaderboard.reference import column_records, reference
 from medssl_bench.leaderboard.sections import (BEST_MARK, DEGENERATE_MARK, DEGENERATE_NOTE, MISSING, charts_section,
                                                code_versions, how_to_read, provenance_section, significance_section)
@@ -29,8 +30,8 @@ def fmt(value: float | None, digits: int = 1) -> str:
 
 
 def render_page(tables: list[Table], *, store_url: str, now: datetime) -> str:
-    real = next(t for t in tables if not t.synthetic)
-    synthetic = next((t for t in tables if t.synthetic), None)
+    real = [t for t in tables if not t.synthetic]
+    synthetic = [t for t in tables if t.synthetic]
     failed = sum(t.failed_jobs for t in tables)
     parts = [
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
@@ -46,21 +47,35 @@ def render_page(tables: list[Table], *, store_url: str, now: datetime) -> str:
         "Failed column and the marks in the cells (hover for the reasons).</p>" if failed else "",
         "</header>",
         "<section id=\"real\"><h2>Real-data results</h2>",
-        *_table_parts(real, "real", reference=True),
+        *[part for table in real for part in _profile_parts(table, reference=True)],
         "</section>",
     ]
-    if synthetic is not None:
+    if synthetic:
         parts += [
             "<section id=\"synthetic\" class=\"synthetic\">",
             "<div class=\"banner\" role=\"note\">SYNTHETIC DATA \u2014 these results come from synthetic "
             "images (evaluation data or pretraining corpus). They say nothing about medical performance "
             "and are ranked only among themselves, never with the real-data results above.</div>",
             "<h2>Synthetic-data results (not comparable with real-data results)</h2>",
-            *_table_parts(synthetic, "synthetic", reference=False),
+            *[part for table in synthetic for part in _profile_parts(table, reference=False)],
             "</section>",
         ]
     parts += [how_to_read(), provenance_section(tables), f"<script>{JS}</script></body></html>\n"]
     return "\n".join(p for p in parts if p)
+
+
+def _profile_parts(table: Table, *, reference: bool) -> list[str]:
+    """One profile's table under its heading: which pretraining profile its rows share, and that they are
+    ranked only among themselves (leaderboard.profiles)."""
+    if not table.rows:
+        return _table_parts(table, table.prefix, reference=reference)
+    corpus = f" <small>on corpus <code>{esc(table.corpus)}</code></small>" if table.corpus else ""
+    floor = "" if (table.profile, table.corpus) == FLOOR else \
+        " Random initialisation (no pretraining) is shown in every table as its floor."
+    return [f"<section class=\"profile\" id=\"profile-{esc(table.prefix)}\" data-profile=\"{esc(table.profile)}\">"
+            f"<h3>Profile: {esc(table.profile)}{corpus}</h3><p class=\"profile-note\">{esc(note(table.profile))} "
+            f"Ranked only among themselves: no rank, best mark or test compares them with another table.{floor}</p>",
+            *_table_parts(table, table.prefix, reference=reference), "</section>"]
 
 
 def _table_parts(table: Table, prefix: str, *, reference: bool) -> list[str]:

@@ -164,6 +164,12 @@ checkpoint whose pretraining corpus held some of the task's test images (the sam
 many). Neither score is a clean transfer.</li>
 <li><b>Synthetic data</b>: results evaluated on synthetic images, or from checkpoints pretrained on a
 synthetic corpus, are in their own table with its own ranking, tests and charts.</li>
+<li><b>Profiles</b>: each table holds the checkpoints of one pretraining profile, ranked only among themselves
+(best marks, ranks, scores, tests): <i>benchmark</i> (every method on one budget: the ranking of methods; one table
+per corpus), <i>paper</i> (each method's published recipe), <i>imported</i>, <i>modified</i> (a run that changed a
+setting its profile pins; the row says which), <i>quick</i> (smoke runs) and <i>unrecorded</i>. Random
+initialisation has no pretraining and appears in every table as its floor. A row's profile is what its checkpoint
+records (docs/methods.md, "Profiles").</li>
 <li><b>Reported in paper</b>: the LVM-Med paper's published numbers (ResNet-50) for reference, not ranked
 and not part of the colour scale or the overall scores; a dashed line in the per-task charts. A number is shown
 only under a column computed with the paper's protocol, metric and split (hover it: an unpublished split is said);
@@ -177,12 +183,12 @@ fraction of labelled training data where several fractions are recorded. Hover a
 def provenance_section(tables: list[Table]) -> str:
     parts = ["<section id=\"provenance\"><h2>Provenance of every cell</h2>"]
     for table in tables:
-        prefix = "synthetic" if table.synthetic else "real"
+        prefix = table.prefix
         for r, row in enumerate(table.rows):
             for i, column in enumerate(table.columns):
                 cell = row.cells.get(column.key)
                 if cell is not None:
-                    parts.append(_provenance_entry(cell, row, column, f"prov-{prefix}-{r}-{i}", prefix))
+                    parts.append(_provenance_entry(cell, row, column, f"prov-{prefix}-{r}-{i}", table))
     parts.append("</section>")
     return "\n".join(parts)
 
@@ -195,7 +201,7 @@ def _distinct_json(values) -> str:
     return "".join(f"<pre>{esc(json.dumps(v, indent=1, sort_keys=True, default=str))}</pre>" for v in distinct.values())
 
 
-def _provenance_entry(cell: Cell, row: Row, column: Column, anchor: str, prefix: str) -> str:
+def _provenance_entry(cell: Cell, row: Row, column: Column, anchor: str, table: Table) -> str:
     provs = [rec.get("provenance") or {} for rec in cell.records]
     datasets = {f"{(p.get('data') or {}).get('dataset', '?')} (content hash {rec.get('data_hash') or '?'})"
                 for p, rec in zip(provs, cell.records)}
@@ -213,6 +219,6 @@ def _provenance_entry(cell: Cell, row: Row, column: Column, anchor: str, prefix:
         ("Pretraining config", _distinct_json(p.get("pretrain_config") for p in provs)),
     ]
     body = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in fields)
-    label = "synthetic data" if prefix == "synthetic" else "real data"
+    label = f"{'synthetic' if table.synthetic else 'real'} data, profile {table.profile}"
     return (f"<div class=\"prov\" id=\"{anchor}\"><b>{esc(row.name)} \u2014 {esc(column.task)} "
             f"({esc(column.protocol)})</b> <small>{label}</small><dl>{body}</dl></div>")

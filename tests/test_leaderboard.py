@@ -300,3 +300,64 @@ def test_a_column_where_every_checkpoint_scores_zero_is_marked_warned_and_can_fa
     assert main(["leaderboard", "--db", url, "--out", str(out), "--workspace", str(tmp_path),
                  "--fail-on-degenerate"]) == 1
     assert (out / "index.html").exists()  # written before the failure
+
+
+# ---- one table per pretraining profile (issue 20) ------------------------------------------------------------
+
+def profile_checkpoint(store, ckpt: str, label: str | None, *, method: str = "simclr", corpus: str = "corpus-1"):
+    sidecar = {"profile": label, "config": {"batch_size": 256}} if label else {}
+    store.upsert_checkpoint({"id": ckpt, "name": f"run {ckpt}", "method": method, "corpus_id": corpus,
+                             "synthetic": False, "sidecar": sidecar})
+
+
+@pytest.fixture(scope="module")
+def profiles_page(tmp_path_factory) -> str:
+    """fgadr: paper P 90 > benchmark B 70 > benchmark C 65 > random R 50; M (a modified paper run) 95; B2 a
+    benchmark run on another corpus 99."""
+    folder = tmp_path_factory.mktemp("profiles")
+    with ResultsStore.open(f"sqlite:///{folder}/r.db", Workspace(folder)) as opened:
+        for ckpt, label, corpus in (("P", "paper", "corpus-1"), ("B", "benchmark", "corpus-1"),
+                                    ("C", "benchmark", "corpus-1"), ("B2", "benchmark", "corpus-2"),
+                                    ("M", "paper (modified: epochs)", "corpus-1")):
+            profile_checkpoint(opened, ckpt, label, corpus=corpus)
+        opened.upsert_checkpoint({"id": "R", "name": "Random init", "method": "random", "synthetic": False})
+        for ckpt, value in (("P", 0.90), ("B", 0.70), ("C", 0.65), ("R", 0.50), ("M", 0.95), ("B2", 0.99)):
+            record(opened, ckpt, "fgadr", "linear", [value - 0.01, value, value + 0.01], metric="accuracy")
+        return build_leaderboard(opened, folder / "site", now=NOW).read_text(encoding="utf-8")
+
+
+def test_a_paper_row_and_a_benchmark_row_never_share_a_table_rank_or_best_mark(profiles_page):
+    root = parse(profiles_page)
+    benchmark, paper = table(root, "real-benchmark-corpus-1"), table(root, "real-paper")
+    bench_rows, paper_rows = body_rows(benchmark), body_rows(paper)
+    assert set(bench_rows) == {"B", "C", "R"} and set(paper_rows) == {"P", "R"}  # random: the floor of both
+    fgadr_b, fgadr_p = column_index(benchmark, "fgadr"), column_index(paper, "fgadr")
+    # B is best among benchmark rows although P scores higher: P is ranked in its own table only
+    assert "best" in bench_rows["B"][fgadr_b].classes() and bench_rows["B"][fgadr_b].attrs["data-rank"] == "1"
+    assert "best" in paper_rows["P"][fgadr_p].classes() and paper_rows["P"][fgadr_p].attrs["data-rank"] == "1"
+    assert "P" not in bench_rows and "B" not in paper_rows and "M" not in paper_rows
+    assert paper_rows["R"][fgadr_p].attrs["data-rank"] == "2" and bench_rows["R"][fgadr_b].attrs["data-rank"] == "3"
+    # the benchmark's budget holds on one corpus: another corpus is another table
+    assert set(body_rows(table(root, "real-benchmark-corpus-2"))) == {"B2", "R"}
+    # a run that left its profile is ranked with the modified ones and says what it changed
+    modified = body_rows(table(root, "real-modified"))
+    assert set(modified) == {"M", "R"} and "profile paper (modified: epochs)" in modified["M"][0].text()
+    # the fair ranking comes first, each table under a heading that names its profile
+    assert profiles_page.index('data-table="real-benchmark-corpus-1"') < profiles_page.index('data-table="real-paper"')
+    headings = [s.find_all("h3")[0].text() for s in root.find_all("section") if "profile" in s.classes()]
+    assert headings[:2] == ["Profile: benchmark on corpus corpus-1", "Profile: benchmark on corpus corpus-2"]
+    assert "Profile: paper" in headings and "Profile: modified" in headings
+
+
+def test_the_ranking_profile_comes_from_the_sidecar_a_run_writes():
+    from medssl_bench.harness.config import profile_label, resolve_config
+    from medssl_bench.leaderboard.profiles import ranking_group, ranking_profile
+    from medssl_bench.methods import get_method
+
+    cfg = resolve_config(get_method("simclr"), "benchmark", {"image_size": 128}, {})
+    assert ranking_profile({"method": "simclr", "sidecar": {"profile": profile_label(cfg)}}) == "modified"
+    assert ranking_group({"method": "byol", "corpus_id": "c9", "sidecar": {"profile": "benchmark"}}) == \
+        ("benchmark", "c9")
+    assert ranking_group({"method": "byol", "corpus_id": "c9", "sidecar": {"profile": "paper"}}) == ("paper", None)
+    assert ranking_profile({"method": "imported", "sidecar": {"profile": "paper"}}) == "imported"
+    assert ranking_profile({"method": "simclr", "sidecar": {}}) == "unrecorded"

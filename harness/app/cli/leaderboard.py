@@ -21,7 +21,10 @@ leaderboard_app = typer.Typer()
     recomputed live when tasks are switched off; a paired test of the top two per task and a Friedman /
     Nemenyi critical-difference summary across tasks; inline SVG charts (scores with intervals, profiles,
     label-efficiency curves); evaluation and pretraining compute; failed jobs with their reasons;
-    synthetic-data results in their own table, never ranked with real data; LVM-Med's reported numbers
+    synthetic-data results in their own table, never ranked with real data; one table per pretraining
+    profile the checkpoint records (benchmark, one per corpus, first: every method on one budget; paper;
+    imported; modified; quick), each ranked only among itself, random init in every table as its
+    floor (docs/methods.md, "Profiles"); LVM-Med's reported numbers
     as an unranked reference row; every cell linked to its provenance (config, seeds, corpus, protocol,
     code version)."""))
 def leaderboard(out: Optional[Path] = typer.Option(None, help="Output folder (default WORKSPACE/leaderboard)."),
