@@ -124,8 +124,9 @@ def _seg_task(name, title, family, dataset, classes, size, lr, epochs, batch, so
     finetune = Protocol("finetune", size, lr, epochs, batch, source=source,
                         target_only=False if family == "segmentation_3d" else None)
     frozen = replace(finetune, name="frozen", source=f"{source}; encoder frozen, decoder trained (not in the paper)")
-    genesis = replace(finetune, name="genesis_unet", source=f"{source}; decoder: the checkpoint's pretrained Models "
-                      "Genesis decoder, fine-tuned with the encoder (Genesis' transfer; needs a checkpoint that exports one)")
+    genesis = replace(finetune, name="genesis_unet", source=f"{source}; decoder: the checkpoint's pretrained "
+                      "Models Genesis decoder, fine-tuned with the encoder (Genesis' transfer; needs a checkpoint "
+                      "that exports one)")
     return Task(name, title, family, dataset, classes, metric, metrics.get(family, ("dice", "dice_at_size", "iou")),
                 {"finetune": finetune, "frozen": frozen, "genesis_unet": genesis},
                 {"finetune": reported}, note, optional=("frozen", "genesis_unet"),

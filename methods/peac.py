@@ -112,8 +112,8 @@ class PEAC(SSLMethod):
                 raise UserError(f"peac setting {key}={cfg[key]!r}: choose one of {', '.join(allowed)}")
         per_process = cfg["batch_size"] // world_size
         if per_process < BN_MIN_PER_PROCESS and not (cfg.get("sync_bn") and world_size > 1):
-            warnings.warn(f"peac: {per_process} images per process is below {BN_MIN_PER_PROCESS}: the ResNet's BatchNorm "
-                          "statistics come from few images (the official batch 8 suits a LayerNorm Swin). Use "
+            warnings.warn(f"peac: {per_process} images per process is below {BN_MIN_PER_PROCESS}: the ResNet's "
+                          "BatchNorm statistics come from few images (the official batch 8 suits a LayerNorm Swin). Use "
                           "--batch-size >= 16 per process (lr rule: docs/methods.md, \"PEAC\") or --set sync_bn=true "
                           "under DDP", UserWarning, stacklevel=2)
 
