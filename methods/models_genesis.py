@@ -100,7 +100,7 @@ class ModelsGenesis(SSLMethod):
         for key in ("flip_p", "local_p", "nonlinear_p", "paint_p", "outpaint_p"):
             if not 0 <= cfg[key] <= 1:
                 raise UserError(f"models_genesis setting {key}={cfg[key]!r}: a probability must lie in [0, 1]")
-        if cfg["bn_recalibrate_batches"] < 0:
+        if cfg.get("bn_recalibrate_batches", 0) < 0:  # absent: a run recorded before the setting existed
             raise UserError(f"models_genesis setting bn_recalibrate_batches={cfg['bn_recalibrate_batches']!r}: "
                             "a number of batches, >= 0 (0: export the statistics gathered on distorted inputs)")
         if cfg["local_coverage"] <= 0 or len(cfg["decoder_widths"]) != 5:

@@ -108,7 +108,7 @@ class PEAC(SSLMethod):
     def check_config(cls, cfg, world_size):
         grid_cells(cfg["image_size"], CELL, cfg["max_cell_offset"])
         for key, allowed in (("teacher_bn", TEACHER_BN), ("normalisation", tuple(NORMALISATIONS))):
-            if cfg[key] not in allowed:
+            if cfg.get(key, allowed[0]) not in allowed:  # absent: a run recorded before the setting existed
                 raise UserError(f"peac setting {key}={cfg[key]!r}: choose one of {', '.join(allowed)}")
         per_process = cfg["batch_size"] // world_size
         if per_process < BN_MIN_PER_PROCESS and not (cfg.get("sync_bn") and world_size > 1):
