@@ -125,3 +125,34 @@ def test_the_genesis_unet_head_holds_the_exported_decoder_and_refuses_a_checkpoi
     assert model.decode_head.conv_seg.out_channels == 2  # the classifier is new: Genesis' head restores RGB
     with pytest.raises(UserError, match="no exported decoder"):
         build_segmentor("resnet18", 2, ref=random_checkpoint("resnet18"), decoder="genesis_unet")
+
+
+def test_recalibration_averages_the_batches_statistics_and_no_batch_changes_nothing():
+    from medssl_bench.methods.blocks.precise_bn import recalibrate_batchnorm
+
+    bn = nn.BatchNorm1d(1, momentum=0.1)
+    before = (bn.running_mean.clone(), bn.running_var.clone())
+    assert recalibrate_batchnorm(bn, bn, iter([])) == 0
+    assert torch.equal(bn.running_mean, before[0]) and torch.equal(bn.running_var, before[1])
+    # batches [1, 3] (mean 2, unbiased var 2) and [2, 6, 10] (mean 6, var 16): the plain averages 4 and 9
+    batches = [torch.tensor([[1.0], [3.0]]), torch.tensor([[2.0], [6.0], [10.0]])]
+    bn.eval()
+    assert recalibrate_batchnorm(bn, bn, iter(batches)) == 2
+    torch.testing.assert_close(bn.running_mean, torch.tensor([4.0]))
+    torch.testing.assert_close(bn.running_var, torch.tensor([9.0]))
+    assert bn.momentum == 0.1 and not bn.training  # put back as it was
+
+
+def test_a_decoder_file_changed_after_export_is_refused(tmp_path):
+    from medssl_bench.harness.checkpoint import save_backbone, save_export
+    from medssl_bench.harness.checkpoint_index import checkpoint_ref, load_export
+
+    exported = genesis(bn_recalibrate_batches=0).export(lambda: iter([]))
+    entry = save_export(exported["decoder"], tmp_path / "decoder.safetensors")
+    weights = save_backbone(exported["backbone"], tmp_path / "backbone.safetensors",
+                            {"method": "models_genesis", "backbone": "resnet18", "exports": {"decoder": entry}})
+    ref = checkpoint_ref(weights, Workspace(tmp_path / "ws"))
+    assert set(load_export(ref, "decoder")) == set(exported["decoder"].state_dict())
+    save_export(genesis(bn_recalibrate_batches=0).head, tmp_path / "decoder.safetensors")  # overwritten
+    with pytest.raises(UserError, match="changed since it was recorded"):
+        load_export(ref, "decoder")
