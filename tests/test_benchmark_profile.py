@@ -67,7 +67,7 @@ def tiny_budget(monkeypatch):
     return tiny
 
 
-def test_two_methods_on_the_benchmark_record_the_same_budget(tiny_corpus, tiny_budget):
+def test_two_methods_on_the_benchmark_record_the_same_budget(tiny_corpus, tiny_budget, capsys, monkeypatch):
     workspace, corpus_id = tiny_corpus
     torch.manual_seed(2026)  # weights of their own, so the import is not a duplicate of another test's
     backbone, _ = build_backbone("resnet18")
@@ -94,6 +94,14 @@ def test_two_methods_on_the_benchmark_record_the_same_budget(tiny_corpus, tiny_b
                     "--image-size", "48", "--name", "bench-simclr-48") == 0
     moved = json.loads((workspace / "runs" / "bench-simclr-48" / "backbone.json").read_text())
     assert moved["profile"] == "benchmark (modified: image_size)" and moved["budget"]["image_size"] == 48
+    from medssl_bench.harness.app.cli.common import console
+
+    monkeypatch.setattr(console, "width", 200)  # `bench runs` says so too
+    capsys.readouterr()
+    assert main(["runs", "--workspace", str(workspace)]) == 0
+    listed = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
+    assert "benchmark (modified: image_size)" in listed["bench-simclr-48"]
+    assert "benchmark" in listed["bench-byol"] and "modified" not in listed["bench-byol"]
 
 
 def test_a_benchmark_run_without_weights_stops_with_one_line(tiny_corpus, tiny_budget, capsys):

@@ -79,6 +79,7 @@ def pretrain(
 
 @pretrain_app.command(help="List pretraining runs in the workspace: status, progress, loss, corpus, checkpoint.")
 def runs(workspace: Path = workspace_option()):
+    from medssl_bench.harness.config import profile_label
     from medssl_bench.harness.runs import list_runs
 
     ws = Workspace.resolve(workspace)
@@ -94,7 +95,9 @@ def runs(workspace: Path = workspace_option()):
     table.add_column("corpus", no_wrap=True, min_width=12)
     for r in records:
         loss = r.get("last_loss")
-        table.add_row(r.get("name", "?"), f"{r.get('method', '?')} {r.get('backbone', '?')} {r.get('profile', '?')}",
+        # "benchmark (modified: image_size)" where the run changed a key its profile pins
+        shown = profile_label(r["config"]) if "profile" in r.get("config", {}) else r.get("profile", "?")
+        table.add_row(r.get("name", "?"), f"{r.get('method', '?')} {r.get('backbone', '?')} {shown}",
                       r.get("status", "?"), f"{r.get('epochs_done', 0)}/{r.get('config', {}).get('epochs', '?')}",
                       f"{loss:.4f}" if isinstance(loss, float) else "-", r.get("corpus", {}).get("id", "?"))
     console.print(table)
