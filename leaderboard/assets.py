@@ -35,6 +35,8 @@ tfoot tr.reference th, tfoot tr.reference td { background: #fff8c5; font-style: 
 section.synthetic { border: 3px dashed #cf222e; padding: 0 1rem 1rem; margin-top: 2rem; background: #fff5f5; }
 .banner { background: #cf222e; color: #fff; font-weight: 700; padding: .5rem .75rem; margin: 0 -1rem 1rem; }
 .empty { color: #57606a; font-style: italic; }
+section.profile { border-top: 2px solid #d0d7de; margin-top: 1.5rem; }
+section.profile > h3 { margin-bottom: .25rem; } .profile-note { color: #57606a; margin-top: 0; }
 fieldset.toggles { border: 1px solid #d0d7de; margin: .5rem 0; padding: .25rem .75rem .5rem; }
 fieldset.toggles legend { color: #57606a; }
 .toggle-group { display: inline-block; margin: .15rem 1.25rem .15rem 0; }

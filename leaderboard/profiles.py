@@ -13,17 +13,17 @@ RANDOM, UNRECORDED, MODIFIED, BENCHMARK = "random", "unrecorded", "modified", "b
 FLOOR = (RANDOM, None)  # the group of random-init rows
 PROFILE_ORDER = (BENCHMARK, "paper", "imported", MODIFIED, "quick", UNRECORDED, RANDOM)  # page order: fair first
 NOTES = {
-    BENCHMARK: "every method on one budget (ResNet-50 from ImageNet-1K weights, 224 px, 100 epochs at batch 256, "
+    BENCHMARK: "Every method on one budget (ResNet-50 from ImageNet-1K weights, 224 px, 100 epochs at batch 256, "
                "on this corpus: the same images seen) with its own views, loss and paper settings. This is the "
                "ranking of methods.",
-    "paper": "each method's published recipe: its own batch, epochs, image size, learning rate and initial "
+    "paper": "Each method's published recipe: its own batch, epochs, image size, learning rate and initial "
              "weights. A ranking of recipes as published, not of methods at equal cost.",
-    "imported": "weights trained elsewhere and imported (e.g. a paper's release): the releaser's recipe and data.",
-    MODIFIED: "runs that changed a setting their profile pins (each row says which): custom recipes, comparable "
+    "imported": "Weights trained elsewhere and imported (e.g. a paper's release): the releaser's recipe and data.",
+    MODIFIED: "Runs that changed a setting their profile pins (each row says which): custom recipes, comparable "
               "neither with their profile nor with each other in general.",
-    "quick": "the CPU smoke setting: it shows the pipeline works and says nothing about the methods.",
-    UNRECORDED: "checkpoints whose record names no pretraining profile (made before profiles were recorded).",
-    RANDOM: "random initialisation only, no pretraining.",
+    "quick": "The CPU smoke setting: it shows the pipeline works and says nothing about the methods.",
+    UNRECORDED: "Checkpoints whose record names no pretraining profile (made before profiles were recorded).",
+    RANDOM: "Random initialisation only, no pretraining.",
 }
 
 
@@ -53,4 +53,4 @@ def group_order(group: tuple[str, str | None]) -> tuple:
 
 
 def note(profile: str) -> str:
-    return NOTES.get(profile, f"runs recorded under the profile '{profile}'.")
+    return NOTES.get(profile, f"Runs recorded under the profile '{profile}'.")
