@@ -124,8 +124,9 @@ def parse_set_options(pairs: list[str]) -> dict[str, str]:
 
 def resolve_config(method_cls, profile: str, overrides: dict[str, Any], sets: dict[str, str]) -> dict:
     """Merge the section defaults (train, model, views), the method's profile, typed overrides (CLI
-    options, a sweep's sampled values) and `--set` strings into one flat dict, plus `method`, `profile`
-    and `sections` (section -> its sorted keys)."""
+    options, a sweep's sampled values) and `--set` strings into one flat dict, plus `method`, `profile`,
+    `profile_changes` (the pinned keys the overrides changed: _profile_changes) and `sections` (section ->
+    its sorted keys)."""
     sections = section_defaults(method_cls)
     cfg: dict[str, Any] = {key: value for keys in sections.values() for key, value in keys.items()}
     settings = sorted(cfg)  # every key of the three sections; nothing else may be set
