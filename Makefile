@@ -70,7 +70,7 @@ demo: setup
 	$(BENCH) runs --workspace $(DEMO)
 	$(BENCH) eval --task brain_tumor --task fgadr --profile quick --seeds 2 --workspace $(DEMO)
 	$(BENCH) eval --all-tasks --profile quick --seeds 1 --workspace $(DEMO)
-	$(BENCH) leaderboard --workspace $(DEMO)
+	$(BENCH) leaderboard --workspace $(DEMO) --fail-on-degenerate
 
 bench-speed: setup
 	$(VENV)/bin/python benchmarks/pretrain_step.py

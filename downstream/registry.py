@@ -42,10 +42,18 @@ class Protocol:
     frozen_stages: int | None = None
     norm_eval: bool | None = None
     test_epoch: str | None = None
+    #: segmentation: the Dice term beside cross-entropy, "batch" (LVM-Med's: per class over the whole
+    #: batch, background included) or "per_image_foreground" (mmseg's per-image Dice without background,
+    #: bench before 2026-12-07); None = n/a
+    dice_loss: str | None = None
+    #: 3D quick profile (target_only): cross-entropy weight of the target class against background's 1.
+    #: The synthetic MM-WHS left atrium (~0.5 % of the training pixels) stayed below 0.5 probability for
+    #: 8 epochs unweighted, so nothing was predicted (benchmarks/README.md); None = unweighted, the paper
+    target_weight: float | None = None
 
     def as_dict(self) -> dict:
         fields = {k: getattr(self, k) for k in self.__dataclass_fields__}
-        for optional in ("target_only", "frozen_stages", "norm_eval", "test_epoch"):
+        for optional in ("target_only", "frozen_stages", "norm_eval", "test_epoch", "dice_loss", "target_weight"):
             if fields[optional] is None:  # only the protocols that set them have (and record) them
                 del fields[optional]
         return fields
@@ -122,7 +130,7 @@ def _seg_task(name, title, family, dataset, classes, size, lr, epochs, batch, so
     metrics = {"segmentation_3d": ("iou_3d", "dice_3d"), "ood_segmentation": ("dice", "dice_at_size", "dice_3d", "iou")}
     metric, *_ = metrics.get(family, ("dice", "dice_at_size", "iou"))
     finetune = Protocol("finetune", size, lr, epochs, batch, source=source,
-                        target_only=False if family == "segmentation_3d" else None)
+                        target_only=False if family == "segmentation_3d" else None, dice_loss="batch")
     frozen = replace(finetune, name="frozen", source=f"{source}; encoder frozen, decoder trained (not in the paper)")
     genesis = replace(finetune, name="genesis_unet", source=f"{source}; decoder: the checkpoint's pretrained "
                       "Models Genesis decoder, fine-tuned with the encoder (Genesis' transfer; needs a checkpoint "

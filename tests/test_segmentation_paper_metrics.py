@@ -78,6 +78,53 @@ def test_3d_quick_profile_trains_the_scored_target_only_and_records_it():
         assert "target_only" not in get_task(name).protocol(get_task(name).protocols[0], "quick").as_dict()
 
 
+def test_the_dice_term_and_target_weight_are_recorded_per_profile():
+    """Paper: LVM-Med's batch Dice, unweighted; 2D quick: the per-image foreground Dice; 3D quick: batch
+    Dice with the target weighted x10 in the cross-entropy. Every choice is in the recorded protocol."""
+    for name in ("kvasir_seg", "brats", "prostate_hk"):
+        paper = get_task(name).protocol("finetune", "paper").as_dict()
+        assert paper["dice_loss"] == "batch" and "target_weight" not in paper
+    assert get_task("kvasir_seg").protocol("finetune", "quick").as_dict()["dice_loss"] == "per_image_foreground"
+    quick_3d = get_task("mmwhs_ct").protocol("finetune", "quick")
+    assert quick_3d.as_dict()["dice_loss"] == "batch" and quick_3d.as_dict()["target_weight"] == 10.0
+    assert "weighted x10.0" in quick_3d.source
+    assert "dice_loss" not in get_task("fgadr").protocol("linear", "quick").as_dict()
+
+
+def test_batch_dice_loss_equals_lvmmed_dice_by_hand():
+    """Two 1x2 images, 2 classes, logits giving p(class 1) = 0.8 / 0.2 / 0.6 / 0.5 (softmax of
+    [0, log 4], [0, log 1/4], [0, log 1.5], [0, 0]); labels [1, 0] and [0, 255] (255 ignored).
+    Class 1 over the batch: inter 0.8, sum p 0.8 + 0.2 + 0.6 = 1.6, sum t 1 -> dice 1.6 / 2.6.
+    Class 0: p = 0.2 / 0.8 / 0.4; inter 0.8 + 0.4 = 1.2, sum p 1.4, sum t 2 -> dice 2.4 / 3.4.
+    A per-image Dice would differ: the second image has no class 1 and 0.6 predicted, a Dice of ~0."""
+    from medssl_bench.downstream.segmentation.losses import BatchDiceLoss, batch_dice_loss
+
+    log = np.log
+    logits = torch.tensor([[[[0.0, 0.0]], [[log(4), log(0.25)]]], [[[0.0, 0.0]], [[log(1.5), 0.0]]]],
+                          dtype=torch.float32)  # (N=2, C=2, H=1, W=2)
+    target = torch.tensor([[[1, 0]], [[0, 255]]])
+    eps = 1e-6
+    dice1, dice0 = (1.6 + eps) / (2.6 + eps), (2.4 + eps) / (3.4 + eps)
+    expected = 1 - (dice0 + dice1) / 2
+    assert batch_dice_loss(logits, target).item() == pytest.approx(expected, abs=1e-6)
+    assert batch_dice_loss(logits, target, include_background=False).item() == pytest.approx(1 - dice1, abs=1e-6)
+    assert BatchDiceLoss(loss_weight=2.0)(logits, target, ignore_index=255).item() == pytest.approx(2 * expected,
+                                                                                                    abs=1e-6)
+
+
+def test_target_weight_reaches_the_cross_entropy_of_the_binary_model():
+    from medssl_bench.downstream.segmentation.model import build_segmentor
+
+    weighted = build_segmentor("resnet18", 2, class_weight=[1.0, 10.0])
+    ce, dice = weighted.decode_head.loss_decode
+    assert list(ce.class_weight) == [1.0, 10.0] and type(dice).__name__ == "BatchDiceLoss"
+    plain = build_segmentor("resnet18", 2, dice_loss="per_image_foreground")
+    assert plain.decode_head.loss_decode[0].class_weight is None
+    assert type(plain.decode_head.loss_decode[1]).__name__ == "DiceLoss"
+    with pytest.raises(ValueError, match="dice_loss"):
+        build_segmentor("resnet18", 2, dice_loss="pooled")
+
+
 def test_binary_model_is_scored_as_the_target_class_of_the_full_class_truth():
     from types import SimpleNamespace
 

@@ -5,12 +5,14 @@ App. B / repo: segmentation_models_pytorch's Unet, decoder widths 256-128-64-32-
 Registered in mmseg's MODELS registry, so an mmseg config can use them directly:
     backbone=dict(type="BenchResNet", arch="resnet50", checkpoint="runs/<run>/backbone.safetensors")
     decode_head=dict(type="UNetHead", in_channels=[64, 256, 512, 1024, 2048], ...)
-Loss: cross-entropy + soft Dice (mmseg's CrossEntropyLoss + DiceLoss), as the paper. The Dice term
-leaves the background channel out (`ignore_index=0`): mmseg's DiceLoss pools all channels into one
-Dice, and with background in it that Dice is dominated by background and small targets are not
-learnt (measured on synthetic Kvasir: test Dice 0.0); the paper averages a per-class Dice instead.
-That per-class mean (mmseg's TverskyLoss with alpha = beta = 0.5) learnt more slowly here: synthetic
-Kvasir, 10 % labels, quick schedule, random init: test Dice 13.7 vs 33 with the foreground Dice.
+Loss: cross-entropy + soft Dice, as the paper. `dice_loss="batch"` (the paper profile) is LVM-Med's
+Dice term: per class over the whole batch, averaged over the classes, background included
+(downstream.segmentation.losses). `"per_image_foreground"` (the 2D quick profile) is mmseg's DiceLoss
+per image without the background channel (`ignore_index=0`; with background in it mmseg pools all
+channels into one Dice dominated by background, and small targets were not learnt: synthetic Kvasir,
+test Dice 0.0); a per-image per-class mean (mmseg's TverskyLoss, alpha = beta = 0.5) learnt more
+slowly on CPU schedules: synthetic Kvasir, 10 % labels, quick schedule, random init: test Dice 13.7
+vs 33 with the foreground Dice.
 """
 from __future__ import annotations
 
@@ -32,12 +34,17 @@ from mmseg.registry import MODELS, TRANSFORMS  # noqa: E402
 
 from medssl_bench.downstream.bench_backbone import STAGE_CHANNELS, BenchResNet, LoadBenchImage  # noqa: E402
 from medssl_bench.downstream.segmentation.genesis_head import GenesisUNetHead  # noqa: E402
+from medssl_bench.downstream.segmentation import losses  # noqa: E402, F401  (registers BatchDiceLoss)
 from medssl_bench.harness.data import IMAGE_MEAN, IMAGE_STD  # noqa: E402
 
 MODELS.register_module(module=BenchResNet)
 TRANSFORMS.register_module(module=LoadBenchImage)
 MODELS.register_module(module=GenesisUNetHead)
 DECODER_CHANNELS = (256, 128, 64, 32, 16)
+DICE_LOSSES = {  # the Dice term beside cross-entropy (module docstring)
+    "batch": dict(type="BatchDiceLoss", loss_weight=1.0),
+    "per_image_foreground": dict(type="DiceLoss", use_sigmoid=False, naive_dice=True, loss_weight=1.0, ignore_index=0),
+}
 
 
 class UpBlock(nn.Module):
@@ -95,11 +102,16 @@ class BenchEncoderDecoder(EncoderDecoder):
 
 
 def build_segmentor(arch: str, num_classes: int, *, ref=None, checkpoint: str | None = None, frozen: bool = False,
-                    decoder: str = "unet"):
+                    dice_loss: str = "batch", decoder: str = "unet", class_weight: list[float] | None = None):
     """An mmseg EncoderDecoder: BenchResNet + UNetHead, CE + Dice loss, ImageNet-style normalisation
-    of RGB uint8 inputs (the statistics pretraining used), whole-image inference. `decoder` "genesis_unet":
-    GenesisUNetHead, whose levels are `ref`'s exported Models Genesis decoder, instead of a fresh UNetHead."""
+    of RGB uint8 inputs (the statistics pretraining used), whole-image inference. `dice_loss`: "batch"
+    (LVM-Med's: per class over the batch, downstream.segmentation.losses) or "per_image_foreground"
+    (mmseg's DiceLoss per image without the background channel). `decoder` "genesis_unet": GenesisUNetHead,
+    whose levels are `ref`'s exported Models Genesis decoder, instead of a fresh UNetHead. `class_weight`:
+    cross-entropy weight per class (None: unweighted, as the paper)."""
     head = dict(type="UNetHead") if decoder == "unet" else dict(type="GenesisUNetHead", ref=ref)
+    if dice_loss not in DICE_LOSSES:
+        raise ValueError(f"dice_loss must be one of {', '.join(DICE_LOSSES)}, got {dice_loss!r}")
     cfg = dict(
         type="BenchEncoderDecoder",
         data_preprocessor=dict(type="SegDataPreProcessor", mean=[m * 255 for m in IMAGE_MEAN],
@@ -109,9 +121,9 @@ def build_segmentor(arch: str, num_classes: int, *, ref=None, checkpoint: str | 
                       frozen_stages=4 if frozen else -1, norm_eval=frozen),
         decode_head=dict(**head, in_channels=STAGE_CHANNELS[arch], num_classes=num_classes,
                          dropout_ratio=0.0, align_corners=False,
-                         loss_decode=[dict(type="CrossEntropyLoss", loss_weight=1.0, avg_non_ignore=True),
-                                      dict(type="DiceLoss", use_sigmoid=False, naive_dice=True, loss_weight=1.0,
-                                           ignore_index=0)]),
+                         loss_decode=[dict(type="CrossEntropyLoss", loss_weight=1.0, avg_non_ignore=True,
+                                           class_weight=class_weight),
+                                      DICE_LOSSES[dice_loss]]),
         train_cfg=dict(), test_cfg=dict(mode="whole"))
     from mmengine.registry import DefaultScope
     from mmseg.utils import register_all_modules

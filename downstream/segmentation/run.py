@@ -118,7 +118,9 @@ def run_job(task: Task, protocol: Protocol, data: SegmentationDataset, ref, *, l
             raise UserError(f"the {name} split of {data.name} is empty; re-prepare it with more images", data.root)
     classes, label_map, predicted_as = target_labels(data) if protocol.target_only else (data.classes, None, None)
     torch.manual_seed(derived_seed(seed, 0x5EED))  # random init (and the decoder) differ per seed
+    weights = [1.0, protocol.target_weight] if protocol.target_only and protocol.target_weight else None
     model = build_segmentor(ref.backbone, len(classes), ref=ref, frozen=protocol.name == "frozen",
+                            dice_loss=protocol.dice_loss or "batch", class_weight=weights,
                             decoder="genesis_unet" if protocol.name == "genesis_unet" else "unet")
     metric = lambda: PaperSegMetric(task.metric, data.classes, data.target_classes, predicted_as)  # noqa: E731
     # The prostate sites train the same model (BMC, same protocol and seed) and test elsewhere:
