@@ -87,6 +87,7 @@ def test_a_genesis_checkpoint_is_evaluated_with_both_segmentation_protocols(tiny
     entry = sidecar["exports"]["decoder"]
     assert entry["file"] == "decoder.safetensors" and entry["sha256"] == sha256_file(run / "decoder.safetensors")
     assert sidecar["config"]["bn_recalibrate_batches"] == 2
+    assert f"also exported: {run / 'decoder.safetensors'}" in " ".join(capsys.readouterr().out.split())
 
     data, raw = tmp_path / "data", tmp_path / "raw"
     assert main(["data", "synth", "busi", "--out", str(raw), "--n", "24", "--size", "64"]) == 0

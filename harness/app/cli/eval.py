@@ -36,7 +36,7 @@ eval_app = typer.Typer()
 def eval_(checkpoint: Optional[str] = typer.Option(None, help="PATH (.safetensors) | RUN name | imported name | id prefix | random | all. Default: every checkpoint plus random; done jobs are skipped."),
           task: list[str] = typer.Option([], "--task", help="Task name (repeatable); `bench tasks` lists them."),
           all_tasks: bool = typer.Option(False, "--all-tasks", help="The paper's 15 tasks (extras such as bccd run when named with --task)."),
-          protocol: Optional[str] = typer.Option(None, help="linear | knn | finetune | frozen, comma-separated (default: each task's standard protocols; `bench tasks` lists them)."),
+          protocol: Optional[str] = typer.Option(None, help="linear | knn | finetune | frozen | paper_linear | paper_finetune | genesis_unet, comma-separated (default: each task's standard protocols; `bench tasks` lists which each task has)."),
           label_fraction: str = typer.Option("1.0", help="Fractions of the training labels, e.g. 0.01,0.1,1.0 (stratified, seeded)."),
           seeds: int = typer.Option(3, help="Number of seeds (0..N-1); the paper reports 3 runs."),
           profile: str = typer.Option("quick", help="quick (CPU smoke: ResNet-18 random baseline, 64 px) | paper (the published protocol)."),

@@ -1,6 +1,7 @@
 """`bench pretrain` and `bench runs`."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -51,7 +52,7 @@ def pretrain(
     resume: bool = typer.Option(False, "--resume", help="Continue the run named by --name (or the newest unfinished run with this configuration) from its last epoch."),
     stop_after_epoch: Optional[int] = typer.Option(None, help="Stop after this many epochs (checkpointed; continue with --resume)."),
     num_workers: Optional[int] = typer.Option(None, help="Data-loading processes (default: half the CPUs)."),
-    labels_from: list[str] = typer.Option([], "--labels-from", help="Label-using methods (ark): a labelled dataset, repeatable, read in this order: a prepared classification dataset in --data-root (its train split only) or a synthetic set (phantom_ct, phantom_mr, phantom_modality)."),
+    labels_from: list[str] = typer.Option([], "--labels-from", help="Label-using methods (ark): a labelled dataset, repeatable, read in this order: a prepared classification dataset in --data-root (its train split only; a multi-label one such as cxr_findings with its uncertain-label policy, --set uncertain_label=...) or a synthetic set (phantom_ct, phantom_mr, phantom_modality)."),
     data_root: Optional[Path] = typer.Option(None, help="Prepared datasets for --labels-from (default WORKSPACE/data)."),
     workspace: Path = workspace_option(),
 ):
@@ -75,6 +76,10 @@ def pretrain(
                       f"{record['images_per_second']:.1f} img/s")
         console.print(f"run folder:  {run_dir}", soft_wrap=True)
         console.print(f"checkpoint:  {record['backbone_path']}  (+ backbone.json sidecar)", soft_wrap=True)
+        exports = json.loads((run_dir / "backbone.json").read_text()).get("exports") or {}
+        if exports:  # e.g. Models Genesis' decoder, for the genesis_unet protocol
+            console.print(f"also exported: {', '.join(str(run_dir / e['file']) for e in exports.values())}",
+                          soft_wrap=True)
 
 
 @pretrain_app.command(help="List pretraining runs in the workspace: status, progress, loss, corpus, checkpoint.")
