@@ -30,7 +30,7 @@ from mmengine.optim import AmpOptimWrapper, OptimWrapper
 from mmengine.registry import MODEL_WRAPPERS
 from mmengine.runner import Runner
 
-from medssl_bench.harness.checkpoint import save_backbone, save_export, state_digest
+from medssl_bench.harness.checkpoint import new_export_id, save_backbone, save_export, state_digest
 from medssl_bench.harness.config import scaled_lr
 from medssl_bench.harness.data import EpochIndexSampler, ViewsPreprocessor, collate_views
 from medssl_bench.harness.errors import CorruptImageError, UserError
@@ -194,11 +194,12 @@ class RunRecordHook(Hook):
                        "world_size": world_size(),
                        "ddp": {"world_size": world_size(), "rank_digests": digests,
                                "in_sync": len(set(digests)) == 1}}
-            extra = {name: save_export(module, self.run_dir / f"{name}.safetensors")
+            export_id = new_export_id()  # one per epoch's files: a crash between them leaves a visible mismatch
+            extra = {name: save_export(module, self.run_dir / f"{name}.safetensors", export_id)
                      for name, module in exported.items() if name != "backbone"}
             if extra:  # written first, so the sidecar names only files that exist
                 sidecar["exports"] = extra
-            save_backbone(exported["backbone"], self.run_dir / "backbone.safetensors", sidecar)
+            save_backbone(exported["backbone"], self.run_dir / "backbone.safetensors", sidecar, export_id)
         if self.stop_after_epoch is not None and epochs_done >= self.stop_after_epoch:
             runner.train_loop.stop_training = True
 

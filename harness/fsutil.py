@@ -1,7 +1,8 @@
-"""Files written atomically (temporary file + rename) and content hashing."""
+"""Files written atomically (temporary file + fsync + rename + directory fsync) and content hashing."""
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -13,23 +14,55 @@ from medssl_bench.harness.errors import UserError
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | Path, *, clear_stale: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
 
-    A crash leaves the old file (or no file) in place, never a half-written one.
+    A crash leaves the old file (or no file) in place, never a half-written one: the data is fsynced
+    before the rename and the folder after it, else a power loss may keep the new name with no data
+    (ext4/xfs delayed allocation). `clear_stale` first removes this target's temporary files left by a
+    killed process (only for targets one process writes at a time: a run's exports, under its lock).
     """
     path = Path(path)
     ensure_writable_dir(path.parent)
+    if clear_stale:
+        for stale in stale_temp_files(path):
+            stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
+        fsync_file(tmp_path)
         os.replace(tmp_path, path)
+        fsync_dir(path.parent)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def stale_temp_files(path: Path) -> list[Path]:
+    """The temporary files `atomic_path` makes for `path` (".<name>.<random>.tmp") that are still there."""
+    return sorted(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
+
+
+def fsync_file(path: Path) -> None:
+    with open(path, "rb+") as handle:
+        os.fsync(handle.fileno())
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename in `path` durable; a file system that cannot fsync folders is left as it is."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # EINVAL on some network and FUSE file systems: nothing more can be done
+        pass
+    finally:
+        os.close(fd)
 
 
 def _umask() -> int:
