@@ -19,16 +19,16 @@ from safetensors.torch import load as load_safetensors_bytes, load_file
 from torch import nn
 
 from medssl_bench.harness.backbones import BACKBONES, build_backbone
-from medssl_bench.harness.checkpoint import save_backbone, sidecar_path
+from medssl_bench.harness.checkpoint import check_pair, read_header, save_backbone, sidecar_path
 from medssl_bench.harness.errors import UserError
 from medssl_bench.harness.fsutil import sha256_bytes, sha256_file
+from medssl_bench.harness.names import MAX_NAME, RESERVED_NAMES, check_name
 from medssl_bench.harness.provenance import code_version, package_versions
 from medssl_bench.harness.runs import BACKBONE_FILE, RUN_FILE, read_run
 from medssl_bench.harness.workspace import Workspace
 
 CONTAINER_KEYS = ("state_dict", "model", "teacher", "student", "backbone")  # teacher first: DINO evaluates it
 STRIP_PREFIXES = ("module.", "backbone.", "encoder.", "model.")
-RESERVED_NAMES = {"random", "all"}
 RESNET_LAYOUTS = {"resnet18": (False, (2, 2, 2, 2)), "resnet50": (True, (3, 4, 6, 3))}  # (bottleneck?, blocks)
 
 
@@ -63,6 +63,8 @@ def checkpoint_ref(weights: Path, workspace: Workspace, name: str | None = None)
     if not weights.is_file():
         raise UserError("checkpoint not found", weights)
     meta = _read_sidecar(weights)
+    read_header(weights)  # a damaged file is refused here, from its header, before anything reads it whole
+    check_pair(weights, meta, _reexport_hint(weights))
     sha = meta.get("sha256") or sha256_file(weights)
     method = meta.get("method") or "unknown"
     corpus = meta.get("corpus")
@@ -72,6 +74,14 @@ def checkpoint_ref(weights: Path, workspace: Workspace, name: str | None = None)
     synthetic = False if method == "imported" else _synthetic(workspace, corpus_id, corpus)
     backbone = meta.get("backbone") or infer_backbone(_safetensors_shapes(weights), weights)  # no sidecar
     return CheckpointRef(sha[:12], name, method, backbone, weights, meta, corpus_id, synthetic, sha)
+
+
+def _reexport_hint(weights: Path) -> str:
+    """What rewrites these weights: a run re-exports them when resumed, an import when imported again."""
+    if weights.name == BACKBONE_FILE and (weights.parent / RUN_FILE).is_file():
+        return (f"`bench pretrain --resume --name {weights.parent.name}` re-exports them (or retrain the run's last "
+                "epoch)")
+    return "import the original weights again (`bench import-checkpoint`)"
 
 
 def list_checkpoints(workspace: Workspace) -> list[CheckpointRef]:
@@ -131,13 +141,14 @@ def load_checkpoint_into(ref: CheckpointRef, model: nn.Module) -> None:
     """Load `ref`'s weights strictly into `model` (nothing for random init), refusing changed files."""
     if ref.path is None:
         return
+    read_header(Path(ref.path))  # sizes checked before the whole file is read
     try:
         data = Path(ref.path).read_bytes()  # hash and parse the same bytes: no race with a re-export
     except OSError as err:
         raise UserError(f"checkpoint not readable ({err.strerror or type(err).__name__})", ref.path) from None
     if ref.sha256 and (actual := sha256_bytes(data)) != ref.sha256:
         raise UserError(f"weights changed since they were recorded (sha256 {actual[:12]}, expected "
-                        f"{ref.sha256[:12]}); re-export or re-import them", ref.path)
+                        f"{ref.sha256[:12]}); {_reexport_hint(Path(ref.path))}", ref.path)
     try:
         state = load_safetensors_bytes(data)
     except SafetensorError as err:
@@ -155,13 +166,14 @@ def load_export(ref: CheckpointRef, name: str) -> dict[str, torch.Tensor]:
         raise UserError(f"checkpoint '{ref.name}' ({ref.method}) has no exported {name} (its sidecar lists: {listed}); "
                         f"only a run of a method that exports a {name} has one", ref.path)
     path = Path(ref.path).parent / entry["file"]
+    read_header(path)
     try:
         data = path.read_bytes()
     except OSError as err:
         raise UserError(f"exported {name} not readable ({err.strerror or type(err).__name__})", path) from None
     if (actual := sha256_bytes(data)) != entry.get("sha256"):
         raise UserError(f"exported {name} changed since it was recorded (sha256 {actual[:12]}, expected "
-                        f"{str(entry.get('sha256'))[:12]}); re-export it", path)
+                        f"{str(entry.get('sha256'))[:12]}); {_reexport_hint(Path(ref.path))}", path)
     try:
         return load_safetensors_bytes(data)
     except SafetensorError as err:
@@ -188,6 +200,8 @@ def import_checkpoint(src: Path, workspace: Workspace, *, name: str | None = Non
     src, log = Path(src).expanduser().resolve(), log or (lambda line: None)
     if not src.is_file():
         raise UserError("checkpoint not found", src)
+    if src.suffix == ".safetensors":
+        read_header(src)  # before hashing: a damaged or sparse file is refused without reading it
     name, source_sha = _import_name(name, src), sha256_file(src)
     weights = workspace.checkpoints / name / BACKBONE_FILE
     if weights.is_file():
@@ -206,6 +220,7 @@ def import_checkpoint(src: Path, workspace: Workspace, *, name: str | None = Non
     arch = backbone or infer_backbone({k: tuple(v.shape) for k, v in state.items()}, src)
     model, _ = build_backbone(arch)
     strict_load(model, state, arch, src)
+    refuse_non_finite(state, src)
     workspace.writable()
     return save_backbone(model, weights, {
         "method": "imported", "name": name, "backbone": arch, "imported": datetime.now(timezone.utc).isoformat(
@@ -244,6 +259,14 @@ def _harmless_globals() -> list:
     scalar = np._core.multiarray.scalar
     dtypes = [type(np.dtype(n)) for n in ("float64", "float32", "float16", "int64", "int32", "uint8", "bool")]
     return [argparse.Namespace, np.dtype, *dtypes, scalar, (scalar, "numpy.core.multiarray.scalar")]
+
+
+def refuse_non_finite(state: dict[str, torch.Tensor], src: Path) -> None:
+    """NaN or inf weights (a diverged run) would evaluate as chance everywhere: refuse them at the door."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise UserError(f"{len(bad)} of {len(state)} tensors hold NaN or inf (first: {bad[0]}): the weights are "
+                        "broken (a diverged run?); export them from an earlier, healthy epoch", src)
 
 
 def extract_resnet_state(raw: object, src: Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -319,10 +342,10 @@ def _synthetic(workspace: Workspace, corpus_id: str | None, recorded) -> bool | 
 
 def _import_name(name: str | None, src: Path) -> str:
     """--name checked, or the source file's stem made safe ("model.pth.tar" -> "model")."""
-    if name is not None and (not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) or name in RESERVED_NAMES):
-        raise UserError(f"--name '{name}' must be letters, digits, '.', '_' or '-' (and not random/all)")
+    if name is not None:
+        check_name(name)
     stem = src.name
     while Path(stem).suffix in (".pth", ".pt", ".torch", ".tar", ".ckpt", ".safetensors", ".bin"):
         stem = Path(stem).stem
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip(".-_") or "imported"
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip(".-_")[:MAX_NAME - len("-imported")] or "imported"
     return name or (f"{stem}-imported" if stem in RESERVED_NAMES else stem)

@@ -77,6 +77,9 @@ class BenchRunner(Runner):
     """mmengine's Runner; resuming reads the run's own checkpoint under a scoped allow-list."""
 
     def resume(self, filename, *args, **kwargs):
+        from medssl_bench.harness.run_files import check_resume_checkpoint
+
+        filename = str(check_resume_checkpoint(filename, Path(self.work_dir)))  # damage: one line, not a traceback
         with trusted_mmengine_checkpoint():
             return super().resume(filename, *args, **kwargs)
 
@@ -163,9 +166,10 @@ class RunRecordHook(Hook):
         record = self.run_dir / "run.json"
         self._earlier_seconds = json.loads(record.read_text()).get("wall_seconds", 0.0) if record.is_file() else 0.0
         if is_main_process() and self.metrics_path.exists():
-            # A resumed run restarts after its last full checkpoint: drop steps past it.
-            kept = [ln for ln in self.metrics_path.read_text().splitlines() if json.loads(ln)["step"] <= runner.iter]
-            self.metrics_path.write_text("".join(line + "\n" for line in kept))
+            from medssl_bench.harness.run_files import keep_metrics_until
+
+            # A resumed run restarts after its last full checkpoint: drop steps past it (and a line cut by a kill).
+            keep_metrics_until(self.metrics_path, runner.iter, note=runner.logger.warning)
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
         now = time.perf_counter()
