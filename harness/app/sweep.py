@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from medssl_bench.harness.errors import UserError
+from medssl_bench.harness.names import MAX_NAME, check_name
 from medssl_bench.harness.workspace import Workspace
 
 SCORING = ("knn", "linear")
@@ -233,6 +234,8 @@ def prepare_study(req: SweepRequest) -> dict:
     from medssl_bench.harness.corpus import resolve_corpus
     from medssl_bench.methods import get_method
 
+    # a trial's run is named sweep-STUDY-tNNNN: leave room for the prefix and the trial number
+    check_name(req.study_name, "--study", max_len=MAX_NAME - len("sweep--t00000"))
     method = get_method(req.method)
     if method.uses_labels:
         raise UserError(f"method '{req.method}' pretrains on labelled datasets (--labels-from); sweeps tune "
