@@ -16,6 +16,7 @@ single pixel changes it. Every pretraining run records it.
 from __future__ import annotations
 
 import concurrent.futures
+import errno
 import hashlib
 import json
 import multiprocessing
@@ -32,6 +33,7 @@ import numpy as np
 from medssl_bench.harness import imageio
 from medssl_bench.harness.errors import CorruptImageError, UserError
 from medssl_bench.harness.fsutil import atomic_path, write_json_atomic
+from medssl_bench.harness.modality import guess_modality, normalize_modality  # noqa: F401  (re-exported)
 from medssl_bench.harness.workspace import Workspace
 
 MANIFEST = "manifest.jsonl"
@@ -44,22 +46,6 @@ PARALLEL_MIN_BYTES = 32 * 2**20
 
 Progress = Callable[[int, int], None]  # progress(files_done, files_total)
 
-# One modality vocabulary for dataset.json values, DICOM Modality codes and folder-name guesses:
-# ct mr xray us fundus dermoscopy endoscopy histology (and mammo nm pet micro oct...). Other
-# values pass through lower-cased. OT ("other") tells nothing: fall through to the next source.
-DICOM_MODALITIES = {
-    "CT": "ct", "MR": "mr", "CR": "xray", "DX": "xray", "DR": "xray", "RG": "xray", "PX": "xray",
-    "IO": "xray", "XA": "xray", "RF": "xray", "MG": "mammo", "US": "us", "IVUS": "us", "NM": "nm",
-    "PT": "pet", "OP": "fundus", "XC": "dermoscopy", "ES": "endoscopy", "SM": "histology",
-    "GM": "micro", "OCT": "oct",
-}
-# Folder-name guesses: whole tokens for short, ambiguous keywords ("us", "ct"); substrings for
-# long ones ("dermoscopy" -> derm). "mri" only as a token: "primary" contains it.
-TOKEN_MODALITIES = {"ct": "ct", "mr": "mr", "mri": "mr", "us": "us", "xray": "xray", "cxr": "xray"}
-SUBSTRING_MODALITIES = {
-    "ultrasound": "us", "xray": "xray", "x-ray": "xray", "cxr": "xray", "fundus": "fundus",
-    "derm": "dermoscopy", "endo": "endoscopy", "histo": "histology",
-}
 FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".tif": "tiff", ".tiff": "tiff",
            ".bmp": "bmp", ".gif": "gif", ".nii": "nifti", ".gz": "nifti"}
 
@@ -92,9 +78,9 @@ def build_corpus(roots: list[Path], workspace: Workspace, progress: Progress | N
     module docstring. Unreadable files are listed in `info["unreadable"]`, never fatal."""
     if not roots:
         raise UserError("no root folder given; pass --root DIR")
-    candidates, ignored, dataset_meta = [], 0, {}
+    candidates, ignored, dataset_meta, unreadable = [], 0, {}, []
     for root in [Path(r).expanduser().resolve() for r in roots]:
-        found, skipped = _scan_root(root, dataset_meta, skip=workspace.root)
+        found, skipped = _scan_root(root, dataset_meta, skip=workspace.root, unreadable=unreadable)
         if not found:
             raise UserError(
                 f"no image files found ({skipped} other files ignored; supported: "
@@ -104,7 +90,7 @@ def build_corpus(roots: list[Path], workspace: Workspace, progress: Progress | N
 
     results = _decode_all([c["path"] for c in candidates], sum(c["bytes"] for c in candidates),
                           progress)
-    entries, unreadable, readable_roots = [], [], set()
+    entries, readable_roots = [], set()
     for cand, result in zip(candidates, results):
         if result["error"]:
             unreadable.append({"path": cand["path"], "reason": result["error"]})
@@ -126,8 +112,7 @@ def build_corpus(roots: list[Path], workspace: Workspace, progress: Progress | N
             raise UserError(f"none of its image files could be read; first: {first['path']}: "
                             f"{first['reason']}", cand["root"])
 
-    # Order by (dataset, path relative to its root, slice): the surviving copy of a duplicate and
-    # the manifest order do not depend on where the folder lives.
+    # By (dataset, path relative to its root, slice): which copy of a duplicate survives does not depend on the root
     entries.sort(key=lambda e: (e["dataset"], e["_order"]))
     kept, duplicates, first_by_hash = [], [], {}
     for entry in entries:
@@ -200,10 +185,11 @@ def _tri_state(values: set[bool]) -> bool | str:
     return "mixed" if len(values) > 1 else (values.pop() if values else False)
 
 
-def _scan_root(root: Path, dataset_meta: dict, skip: Path) -> tuple[list[dict], int]:
+def _scan_root(root: Path, dataset_meta: dict, skip: Path, unreadable: list) -> tuple[list[dict], int]:
     """Image candidates under `root` (hidden files and folders, and the folder `skip` - the
     workspace, when it lives inside the root - left out) and the count of ignored files. Fills
-    `dataset_meta[dataset_dir]` with dataset.json contents and a modality guess."""
+    `dataset_meta[dataset_dir]` with dataset.json contents and a modality guess; files that cannot be
+    reached (dangling links, link loops, vanished) go to `unreadable`, and the scan goes on."""
     if not root.exists():
         raise UserError("root folder does not exist", root)
     if not root.is_dir():
@@ -220,7 +206,13 @@ def _scan_root(root: Path, dataset_meta: dict, skip: Path) -> tuple[list[dict], 
         dataset_dir = root / rel_folder.parts[0] if rel_folder.parts else root
         for name in sorted(files):
             path = Path(folder) / name
-            if name.startswith(".") or name == DATASET_INFO or imageio.image_kind(path) is None:
+            if name.startswith(".") or name == DATASET_INFO:
+                ignored += 1
+                continue
+            if (reason := _unreachable(path)) is not None:
+                unreadable.append({"path": str(path), "reason": reason})
+                continue
+            if imageio.image_kind(path) is None:
                 ignored += 1
                 continue
             if dataset_dir not in dataset_meta:
@@ -230,6 +222,20 @@ def _scan_root(root: Path, dataset_meta: dict, skip: Path) -> tuple[list[dict], 
                           "dataset": dataset_dir.name, "dataset_dir": dataset_dir,
                           "format": FORMATS.get(suffix, "dicom"), "bytes": path.stat().st_size})
     return found, ignored
+
+
+def _unreachable(path: Path) -> str | None:
+    """Why `path` cannot be read as a file (a dangling link, a link loop, gone since listed), or None."""
+    try:
+        path.stat()
+    except OSError as err:
+        target = os.readlink(path) if path.is_symlink() else None
+        if target is not None and err.errno == errno.ELOOP:
+            return f"symbolic link loop (-> {target}); remove the link"
+        if target is not None:
+            return f"dangling symbolic link (-> {target}: {err.strerror}); remove the link or restore its target"
+        return f"cannot read ({err.strerror or type(err).__name__})"
+    return None
 
 
 def _dataset_meta(dataset_dir: Path) -> dict:
@@ -246,26 +252,6 @@ def _dataset_meta(dataset_dir: Path) -> dict:
         meta["modality"] = normalize_modality(meta.get("modality"))
     meta["guess"] = guess_modality(dataset_dir.name)
     return meta
-
-
-def guess_modality(folder_name: str) -> str:
-    """A modality from a folder name ('chest_xray' -> xray, 'brain-MRI' -> mr), else 'unknown'."""
-    name = folder_name.lower()
-    for token in re.split(r"[^a-z0-9]+", name):
-        if token in TOKEN_MODALITIES:
-            return TOKEN_MODALITIES[token]
-    for keyword, modality in SUBSTRING_MODALITIES.items():
-        if keyword in name:
-            return modality
-    return "unknown"
-
-
-def normalize_modality(value: str | None) -> str | None:
-    """'DX' -> 'xray', 'US' -> 'us', 'Fundus' -> 'fundus'; None for missing or 'OT'."""
-    code = str(value or "").strip()
-    if not code or code.upper() == "OT":
-        return None
-    return DICOM_MODALITIES.get(code.upper(), code.lower())
 
 
 # ----------------------------------------------------------------------------------- decode
@@ -314,10 +300,9 @@ def _decode_all(paths: list[str], total_bytes: int, progress: Progress | None) -
 
 
 def _decode_pool(workers: int) -> concurrent.futures.Executor:
-    """Processes forked on Linux: decoding is CPU-bound (pydicom parses in Python) and "fork",
-    unlike "spawn"/"forkserver", does not re-import the caller's __main__ (which breaks scripts
-    without a main guard and `python -m medssl_bench.harness`). Elsewhere threads: Pillow, zlib and hashlib
-    release the GIL for most of the work."""
+    """Processes forked on Linux: decoding is CPU-bound (pydicom parses in Python) and "fork", unlike
+    "spawn"/"forkserver", does not re-import the caller's __main__ (which breaks scripts without a main guard
+    and `python -m medssl_bench.harness`). Elsewhere threads: Pillow, zlib and hashlib release the GIL."""
     if sys.platform == "linux":
         return concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
     return concurrent.futures.ThreadPoolExecutor(workers)
@@ -382,22 +367,21 @@ def resolve_corpus(id_or_path: str, workspace: Workspace, *, check_files: bool =
 
 
 def _find_by_prefix(prefix: str, workspace: Workspace) -> Path:
-    matches = sorted(p for p in workspace.corpora.glob(f"{prefix}*") if (p / MANIFEST).is_file()) \
-        if workspace.corpora.is_dir() else []
+    matches = sorted(p for p in workspace.corpora.glob(f"{prefix}*") if (p / MANIFEST).is_file())
     if not matches:
         raise UserError(f"no corpus '{prefix}' in {workspace.corpora}; "
                         "run `bench corpus build --root DIR`")
     if len(matches) > 1:
-        names = ", ".join(p.name for p in matches[:5])
-        raise UserError(f"corpus id prefix '{prefix}' is ambiguous ({names}); give more digits")
+        raise UserError(f"corpus id prefix '{prefix}' is ambiguous ({', '.join(p.name for p in matches[:5])}); "
+                        "give more digits")
     return matches[0]
 
 
 def _check_files_exist(corpus: Corpus) -> None:
     missing = sorted({e["path"] for e in corpus.entries if not os.path.exists(e["path"])})
     if missing:
-        raise UserError(f"corpus {corpus.id}: {len(missing)} listed file(s) no longer exist, first "
-                        f"{missing[0]}; rebuild it with `bench corpus build --root DIR`")
+        raise UserError(f"corpus {corpus.id}: {len(missing)} listed file(s) no longer exist, first {missing[0]}; "
+                        "rebuild it with `bench corpus build --root DIR`")
 
 
 def list_corpora(workspace: Workspace) -> list[dict]:

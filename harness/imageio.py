@@ -19,6 +19,8 @@ The output of `read_pixels` is what the corpus hashes and what the training load
   lower resolutions).
 
 Every decode failure raises `CorruptImageError(reason, path)`.
+
+Images over the pixel budget (harness.pixel_budget) are refused from their header, before decoding.
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from medssl_bench.harness.errors import CorruptImageError
+from medssl_bench.harness.pixel_budget import MAX_IMAGE_PIXELS, check_pixel_budget, check_volume_budget
 from medssl_bench.harness.suffixes import DICOM_SUFFIXES, NIFTI_SUFFIXES, PIL_SUFFIXES, SUPPORTED_SUFFIXES  # noqa: F401
 
 
@@ -222,7 +225,12 @@ def _as_display(pixels: np.ndarray) -> np.ndarray:
 
 
 def _read_pil(path: str | Path) -> np.ndarray:
-    with Image.open(path) as img:
+    try:
+        opened = Image.open(path)
+    except Image.DecompressionBombError as err:  # over twice Pillow's limit: refused by Pillow itself
+        raise CorruptImageError(f"over the pixel budget of {MAX_IMAGE_PIXELS:,} ({err}); downsample it", path) from None
+    with opened as img:
+        check_pixel_budget(img.size, path)  # from the header: before a single row is decoded
         img.load()  # decode now: truncated files fail here, inside _decoding
         img = ImageOps.exif_transpose(img)  # phone/camera photos (derm, fundus) store rotation
         mode = img.mode
@@ -287,6 +295,7 @@ def _dicom_frame_count(ds, path: str | Path) -> int:
 def _dicom_frame(ds, index: int, path: str | Path) -> np.ndarray:
     from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, pixel_array
 
+    check_pixel_budget((int(ds.get("Columns") or 0), int(ds.get("Rows") or 0)), path, "DICOM frame")
     try:
         raw = pixel_array(ds, index=index)  # one frame; YBR is converted to RGB here
     except RuntimeError:
@@ -354,6 +363,7 @@ def _nifti_axial_count(path: str | Path) -> int:
 
     img = nib.load(str(path))
     shape = img.shape
+    check_volume_budget(shape, path)
     if len(shape) < 3:
         return 1
     ornt = nib.orientations.io_orientation(img.affine[:4, :4] if img.affine is not None else np.eye(4))
@@ -367,6 +377,7 @@ def _load_nifti_volume(path: str, mtime_ns: int, size: int) -> np.ndarray:
     import nibabel as nib
 
     img = nib.load(path)
+    check_volume_budget(img.shape, path)
     if len(img.shape) < 2:
         raise CorruptImageError(f"NIfTI has {len(img.shape)} dimension(s), need 2 or more", path)
     if len(img.shape) > 3:

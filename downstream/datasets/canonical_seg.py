@@ -36,6 +36,7 @@ from medssl_bench.downstream.datasets.canonical import FORMAT, SPLITS, read_data
 from medssl_bench.harness.errors import UserError
 from medssl_bench.harness.fsutil import ensure_writable_dir, sha256_bytes, sha256_file, write_json_atomic
 from medssl_bench.harness.imageio import PIL_SUFFIXES, read_pixels
+from medssl_bench.harness.pixel_budget import check_pixel_budget
 
 CSV_HEADER = ["id", "image", "mask", "split", "case", "slice", "domain"]
 KINDS = ("2d", "3d")
@@ -165,6 +166,7 @@ def read_mask_gray(path: Path) -> np.ndarray:
     by its EXIF orientation as images are, so a mask stays aligned with its image."""
     try:
         with Image.open(path) as im:
+            check_pixel_budget(im.size, path, "mask")  # the budget images have (harness.pixel_budget)
             im.load()
             # oriented like its image (harness.imageio reads images EXIF-transposed)
             return np.asarray(ImageOps.exif_transpose(im).convert("L"))
