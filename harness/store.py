@@ -14,19 +14,18 @@ from __future__ import annotations
 import math
 import numbers
 import re
-import sqlite3
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, NamedTuple
 
 import sqlalchemy as sa
-from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, make_url
 
 from medssl_bench.harness.errors import UserError
 from medssl_bench.harness.fsutil import ensure_writable_dir
+from medssl_bench.harness.store_engines import (SQLITE_BUSY_TIMEOUT_S, _enable_wal, _postgresql_engine,  # noqa: F401
+                                                _sqlite_engine, is_in_memory, read_only_engine)
 
 if TYPE_CHECKING:
     from medssl_bench.harness.workspace import Workspace
@@ -34,7 +33,6 @@ if TYPE_CHECKING:
 SCHEMA_VERSION = 1
 SPLITS = ("val", "test")
 PPM = 1_000_000  # label fractions are stored as integer parts per million, so equality is exact
-SQLITE_BUSY_TIMEOUT_S = 60.0
 # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; psycopg2 is the driver we ship.
 DRIVERS = {"sqlite": "sqlite", "sqlite+pysqlite": "sqlite",
            "postgresql": "postgresql+psycopg2", "postgresql+psycopg2": "postgresql+psycopg2"}
@@ -187,18 +185,31 @@ class ResultsStore:
         self.storage_url = storage_url  # full SQLAlchemy URL (driver explicit): give this to Optuna
 
     @classmethod
-    def open(cls, url: str | None, workspace: "Workspace") -> "ResultsStore":
-        """Open (creating tables if needed) the store at `url`; None -> `<workspace>/results.db`."""
+    def open(cls, url: str | None, workspace: "Workspace", *, read_only: bool = False) -> "ResultsStore":
+        """Open (creating tables if needed) the store at `url`; None -> `<workspace>/results.db`. `read_only`
+        (the leaderboard) writes nothing, works on a read-only file or folder, and reads a missing SQLite
+        file as an empty store. An in-memory SQLite URL is refused: its results would vanish."""
         if url is None:
-            ensure_writable_dir(workspace.root)
+            if not read_only:
+                ensure_writable_dir(workspace.root)
             url = f"sqlite:///{workspace.results_db}"
         parsed = _parse_url(url)
         display = make_url(url).render_as_string(hide_password=True)
+        if is_in_memory(parsed):
+            raise UserError(f"--db {display} is an in-memory SQLite database: what is recorded there vanishes when "
+                            "the command ends; give a file (sqlite:///PATH) or leave --db out (WORKSPACE/results.db)")
         is_sqlite = parsed.get_backend_name() == "sqlite"
-        engine = _sqlite_engine(parsed) if is_sqlite else _postgresql_engine(parsed)
+        found = True
+        if read_only:
+            engine, found = read_only_engine(parsed)
+        else:
+            engine = _sqlite_engine(parsed) if is_sqlite else _postgresql_engine(parsed)
         store = cls(engine, display, parsed.render_as_string(hide_password=False))
         try:
-            store._create_schema()
+            if read_only and found:
+                store._check_schema()
+            else:
+                store._create_schema()  # a missing file read-only: an empty in-memory store, nothing written
         except sa.exc.DBAPIError as err:  # the first connection: a server or a file we cannot use
             engine.dispose()
             unreachable, reason = isinstance(err, sa.exc.OperationalError), _db_reason(err)
@@ -225,6 +236,17 @@ class ResultsStore:
             metadata.create_all(conn)
             conn.execute(_insert(conn, meta_table).values(key="schema_version", value=str(SCHEMA_VERSION))
                          .on_conflict_do_nothing(index_elements=["key"]))
+
+    def _check_schema(self) -> None:
+        """For a read-only store: it must be one (bench tables), of a schema version this bench reads."""
+        with self._engine.connect() as conn:
+            if not sa.inspect(conn).has_table("bench_evaluations"):
+                raise UserError(f"{self.url} holds no bench results tables (not a results store?); `bench eval` "
+                                "creates them")
+            found = conn.scalar(sa.select(meta_table.c.value).where(meta_table.c.key == "schema_version"))
+        if found is not None and int(found) > SCHEMA_VERSION:
+            raise UserError(f"results store {self.url} has schema version {found}, newer than this bench "
+                            f"understands ({SCHEMA_VERSION}): upgrade bench")
 
     def close(self) -> None:
         self._engine.dispose()
@@ -355,49 +377,3 @@ def _insert(bind, table: sa.Table):
     """The dialect's INSERT, which has ON CONFLICT on both SQLite and PostgreSQL."""
     dialect = bind.dialect.name
     return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
-
-
-def _postgresql_engine(url: URL) -> sa.Engine:
-    try:
-        # pre_ping: a sweep holds its store for hours, across server restarts and idle disconnects
-        return sa.create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 10})
-    except ImportError:
-        raise UserError("a PostgreSQL store needs psycopg2: pip install psycopg2-binary") from None
-
-
-def _enable_wal(cursor) -> None:
-    """Switch the file to WAL. Two connections converting a fresh file at once can deadlock, and
-    SQLite then answers "database is locked" at once instead of calling the busy handler (measured:
-    4% of simultaneous first opens): retry until the busy timeout, as the handler would have."""
-    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
-    while True:
-        try:
-            cursor.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as err:
-            if "locked" not in str(err) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.01)
-
-
-def _sqlite_engine(url: URL) -> sa.Engine:
-    if url.database and url.database != ":memory:":
-        ensure_writable_dir(Path(url.database).expanduser().resolve().parent)
-    engine = sa.create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
-
-    # SQLAlchemy's documented recipe for real SQLite transactions: the driver emits no BEGIN of
-    # its own, and we emit BEGIN IMMEDIATE for writes, so concurrent writers queue on the busy
-    # timeout at BEGIN instead of failing with "database is locked" when a read lock is upgraded.
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection, _record):
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        _enable_wal(cursor)  # readers and one writer at once
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn):
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("bench_write") else "BEGIN")
-
-    return engine

@@ -15,7 +15,8 @@ from medssl_bench.leaderboard.stats import annotate
 
 def build_leaderboard(store: ResultsStore, out_dir: Path, *, now: datetime | None = None,
                       warn: Callable[[str], None] | None = None) -> Path:
-    """Write the static leaderboard of `store` to `out_dir/index.html` (through a temporary file:
+    """Write the static leaderboard of `store` (opened with `ResultsStore.open(..., read_only=True)` by the
+    CLI: it only reads) to `out_dir/index.html` (through a temporary file:
     a web server never serves half a page) and return that path. `warn` receives one line per
     column where every checkpoint scores 0.0 (marked on the page too)."""
     # Only the test split is shown; per-case values (most of a store's bytes) are read afterwards,

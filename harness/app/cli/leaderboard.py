@@ -45,7 +45,7 @@ def leaderboard(out: Optional[Path] = typer.Option(None, help="Output folder (de
         degenerate.append(line)
         console.print(f"[yellow]warning:[/] {line}", soft_wrap=True)
 
-    with ResultsStore.open(db, ws) as store:
+    with ResultsStore.open(db, ws, read_only=True) as store:  # it only reads: a read-only store will do
         page = build_leaderboard(store, out or ws.leaderboard, warn=warn)
     console.print(f"leaderboard written to: {page}", soft_wrap=True)
     if fail_on_degenerate and degenerate:
