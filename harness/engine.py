@@ -84,6 +84,23 @@ class BenchRunner(Runner):
             return super().resume(filename, *args, **kwargs)
 
 
+class RunIdentityHook(Hook):
+    """Stamps every full checkpoint with its run's id (run.json `run_id`); a resumed run refuses a
+    checkpoint stamped by another run (one copied in by hand), instead of continuing it as its own."""
+
+    def __init__(self, run_name: str, run_id: str | None, resume_from: Path | None = None):
+        self.run_name, self.run_id, self.resume_from = run_name, run_id, resume_from
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        checkpoint["meta"]["bench_run"] = {"name": self.run_name, "id": self.run_id}
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        # checked before anything is written (runs.check_owner); again here, on what is actually loaded
+        from medssl_bench.harness.runs import refuse_foreign
+
+        refuse_foreign(checkpoint.get("meta"), self.run_id, self.run_name, self.resume_from)
+
+
 def unwrap(model) -> PretrainModel:
     return model.module if is_model_wrapper(model) else model
 
@@ -305,9 +322,11 @@ def sync_batchnorm(model: torch.nn.Module, cfg: dict) -> torch.nn.Module:
     return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
-def build_runner(model: PretrainModel, dataset, cfg: dict, run_dir: Path, *, resume: bool, num_workers: int,
-                 hooks: list[Hook], sampler: dict | None = None) -> BenchRunner:
-    """`sampler`: an mmengine sampler config yielding (epoch, index); default a seeded shuffle of the dataset."""
+def build_runner(model: PretrainModel, dataset, cfg: dict, run_dir: Path, *, resume: Path | bool | None,
+                 num_workers: int, hooks: list[Hook], sampler: dict | None = None) -> BenchRunner:
+    """`resume`: the run's own full checkpoint to continue from, named explicitly (mmengine's auto-resume
+    would follow train/last_checkpoint's absolute path, possibly into another run's folder); None/False:
+    a fresh start. `sampler`: an mmengine sampler config yielding (epoch, index); default a seeded shuffle."""
     distributed = world_size() > 1
     cuda = torch.cuda.is_available()
     model = sync_batchnorm(model, cfg)
@@ -347,7 +366,8 @@ def build_runner(model: PretrainModel, dataset, cfg: dict, run_dir: Path, *, res
         cfg=dict(model_wrapper_cfg=wrapper),  # mmengine reads the DDP wrapper from its config
         env_cfg=dict(cudnn_benchmark=cuda, dist_cfg=dict(backend="nccl" if cuda else "gloo")),
         randomness=dict(seed=cfg["seed"]),
-        resume=resume,
+        load_from=str(resume) if resume else None,
+        resume=bool(resume),
         log_level=os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
         default_scope="mmengine",
     )

@@ -5,7 +5,12 @@ records, every rank trains.
 """
 from __future__ import annotations
 
+import os
+import signal
+import threading
 import time
+import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -16,7 +21,10 @@ import torch.distributed as dist
 from medssl_bench.harness.config import BENCHMARK, INIT_NONE, INIT_REQUIRED, profile_label
 from medssl_bench.harness.errors import UserError
 from medssl_bench.harness.progress import Progress
-from medssl_bench.harness.runs import BACKBONE_FILE, find_run, latest_resumable, new_run_name, read_run, update_run
+from medssl_bench.harness.names import check_name
+from medssl_bench.harness.runlock import RunLock
+from medssl_bench.harness.runs import (BACKBONE_FILE, check_owner, find_run, latest_resumable, new_run_name,
+                                       own_checkpoint, read_run, update_run)
 from medssl_bench.harness.workspace import Workspace
 
 # torchvision's ImageNet-1K weights (IMAGENET1K_V1), from https://download.pytorch.org/models/<file>
@@ -38,6 +46,7 @@ class PretrainRequest:
     hooks: list = field(default_factory=list)  # extra mmengine hooks (a sweep's scoring/pruning hook)
     run_fields: dict[str, Any] = field(default_factory=dict)  # extra run.json fields (a sweep's trial)
     data_root: Path | None = None  # where --labels-from finds prepared datasets (default WORKSPACE/data)
+    say: Callable[[str], None] = print  # notices on the main process (a stale lock taken over)
 
 
 def _main_first(fn: Callable[[], Any]) -> Any:
@@ -58,18 +67,20 @@ def _main_first(fn: Callable[[], Any]) -> Any:
     return box[0]
 
 
-def _resolve_run(req: PretrainRequest, method_cls) -> tuple[Path, dict, bool]:
-    """(run dir, resolved config, resuming?) — the stored config when resuming."""
+def _resolve_run(req: PretrainRequest, method_cls) -> tuple[Path, dict, Path | None]:
+    """(run dir, resolved config, the run's own checkpoint when resuming) — the stored config when resuming."""
     from medssl_bench.harness.config import resolve_config
 
     asked = resolve_config(method_cls, req.profile, req.overrides, req.sets)
+    if req.name is not None:
+        check_name(req.name)  # a folder inside runs/, never a path
     if not req.resume:
         name = req.name or new_run_name(req.method, asked["backbone"])
         run_dir = req.workspace.runs / name
         if run_dir.exists():
             raise UserError(f"run '{name}' already exists in {req.workspace.runs}; "
                             "choose another --name, or pass --resume to continue it")
-        return run_dir, asked, False
+        return run_dir, asked, None
     run_dir = find_run(req.workspace, req.name) if req.name else latest_resumable(req.workspace, asked)
     if run_dir is None:
         raise UserError("--resume: no unfinished run with this configuration; name one with --name "
@@ -77,15 +88,15 @@ def _resolve_run(req: PretrainRequest, method_cls) -> tuple[Path, dict, bool]:
     record = read_run(run_dir)
     if record.get("status") == "done":
         raise UserError(f"run '{run_dir.name}' already finished all {record['config']['epochs']} epochs")
-    if not (run_dir / "train" / "last_checkpoint").is_file():
-        raise UserError(f"run '{run_dir.name}' has no checkpoint to resume from (it stopped before its first epoch)")
+    own = own_checkpoint(run_dir)
+    check_owner(own, record)
     stored = record["config"]
     given = {k for k, v in req.overrides.items() if v is not None} | set(req.sets)
     changed = sorted(k for k in given if k in stored and asked.get(k) != stored[k])
     if record.get("method") != req.method or changed:
         what = ", ".join(f"{k}={stored[k]!r}" for k in changed) or f"method={record.get('method')}"
         raise UserError(f"run '{run_dir.name}' was started with {what}; a resumed run keeps its configuration")
-    return run_dir, stored, True
+    return run_dir, stored, own
 
 
 def _labelled_data(req: PretrainRequest, method_cls, cfg: dict, run_dir: Path, resuming: bool):
@@ -152,16 +163,10 @@ def load_init(backbone, cfg: dict) -> dict:
 
 def run_pretraining(req: PretrainRequest, progress: Progress | None = None) -> Path | None:
     """Train; return the run folder on the main process (None on other DDP ranks). The main process
-    reports every step to `progress(steps_done, steps_total, description=, stats=)`."""
-    from mmengine.runner import set_random_seed
-
-    from medssl_bench.harness.backbones import build_backbone
-    from medssl_bench.harness.config import build_transform, method_kwargs
+    reports every step to `progress(steps_done, steps_total, description=, stats=)`. Only the main process
+    locks the run (harness.runlock) and writes its records."""
     from medssl_bench.harness.corpus import resolve_corpus
-    from medssl_bench.harness.data import ViewsDataset, default_num_workers
-    from medssl_bench.harness.engine import (MethodHook, PretrainModel, ProgressHook, RunRecordHook, build_runner,
-                                             check_sync_bn, init_distributed, is_main_process, leave_distributed,
-                                             world_size)
+    from medssl_bench.harness.engine import check_sync_bn, init_distributed, is_main_process, world_size
     from medssl_bench.harness.provenance import code_version, host_info, package_versions
     from medssl_bench.methods import get_method
 
@@ -173,6 +178,7 @@ def run_pretraining(req: PretrainRequest, progress: Progress | None = None) -> P
     run_dir, cfg, resuming = _main_first(lambda: _resolve_run(req, method_cls))
     require_init(cfg, req.workspace)
     labelled = _labelled_data(req, method_cls, cfg, run_dir, resuming)
+    entries = None
     if labelled is None:
         corpus_ref = read_run(run_dir)["corpus"]["id"] if resuming else req.corpus
         if not corpus_ref:
@@ -198,18 +204,79 @@ def run_pretraining(req: PretrainRequest, progress: Progress | None = None) -> P
             raise UserError("--init checkpoint not found", cfg["init"])
     provenance = {**code_version(), "versions": package_versions(), "host": host_info()}
     labels_info = {"category": "supervised", "labels_consumed": labelled.consumed} if labelled else {}
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        fields = dict(status="running", method=req.method, backbone=cfg["backbone"], profile=cfg["profile"],
-                      config=cfg, corpus=corpus_info, provenance=provenance, world_size=world_size(),
-                      backbone_path=str(run_dir / BACKBONE_FILE), **labels_info, **req.run_fields)
+    fields = dict(status="running", method=req.method, backbone=cfg["backbone"], profile=cfg["profile"],
+                  config=cfg, corpus=corpus_info, provenance=provenance, world_size=world_size(),
+                  backbone_path=str(run_dir / BACKBONE_FILE), **labels_info, **req.run_fields)
+    lock, run_id = _main_first(lambda: _claim_run(req, run_dir, resuming, fields))
+    try:
+        with _terminate_as_interrupt():
+            return _train(req, progress, method_cls, cfg, run_dir, resuming, run_id, labelled, entries,
+                          corpus_info, provenance, labels_info)
+    finally:
+        if main:
+            lock.release()
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's or `kill`'s stop), recorded as `interrupted` as Ctrl-C is."""
+
+
+@contextmanager
+def _terminate_as_interrupt():
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    owner = os.getpid()
+
+    def stop(signum, frame):
+        if os.getpid() != owner:  # a forked loader worker: die as SIGTERM would have it
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _claim_run(req: PretrainRequest, run_dir: Path, resuming: Path | None, fields: dict) -> tuple[RunLock, str]:
+    """Create (a new run: exclusively) and lock the run folder, then record the run as running; returns the
+    lock and the run's id, which stamps its checkpoints."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=bool(resuming))
+    except FileExistsError:  # another process started a run of this name since _resolve_run
+        raise UserError(f"run '{run_dir.name}' already exists in {req.workspace.runs}; choose another --name, "
+                        "or pass --resume to continue it") from None
+    lock = RunLock.acquire(run_dir, req.say)
+    try:
+        record = read_run(run_dir) if resuming else {}
+        run_id = record.get("run_id") or uuid.uuid4().hex
         if not resuming:
             fields.update(name=run_dir.name, created=time.strftime("%Y-%m-%dT%H:%M:%S"), epochs_done=0,
                           wall_seconds=0.0)
-        update_run(run_dir, **fields)
-    if world_size() > 1:
-        dist.barrier()
+        elif record.get("name") != run_dir.name:  # a copied or renamed run folder continues under its own name
+            fields.update(name=run_dir.name, earlier_names=[*record.get("earlier_names", []), record.get("name")])
+        update_run(run_dir, run_id=run_id, **fields)
+    except BaseException:
+        lock.release()
+        raise
+    return lock, run_id
 
+
+def _train(req, progress, method_cls, cfg, run_dir, resuming, run_id, labelled, entries, corpus_info, provenance,
+           labels_info) -> Path | None:
+    from mmengine.runner import set_random_seed
+
+    from medssl_bench.harness.backbones import build_backbone
+    from medssl_bench.harness.config import build_transform, method_kwargs
+    from medssl_bench.harness.data import ViewsDataset, default_num_workers
+    from medssl_bench.harness.engine import (MethodHook, PretrainModel, ProgressHook, RunIdentityHook, RunRecordHook,
+                                             build_runner, is_main_process, leave_distributed, world_size)
+
+    main = is_main_process()
     set_random_seed(cfg["seed"])  # the same initial weights on every rank and every run
     backbone, feat_dim = build_backbone(cfg["backbone"])
     # before the method copies the backbone (EMA teachers); "none (chosen)": random weights by the user's choice
@@ -226,7 +293,7 @@ def run_pretraining(req: PretrainRequest, progress: Progress | None = None) -> P
                "dirty": provenance["dirty"], "versions": provenance["versions"], "host": provenance["host"],
                **labels_info}
     record_hook = RunRecordHook(run_dir, sidecar, req.stop_after_epoch)
-    hooks = [MethodHook(), record_hook, *req.hooks]
+    hooks = [MethodHook(), record_hook, RunIdentityHook(run_dir.name, run_id, resuming), *req.hooks]
     if main and progress:
         hooks.append(ProgressHook(progress, f"{req.method} {cfg['backbone']}", cfg["batch_size"]))
     workers = req.num_workers if req.num_workers is not None else (
@@ -243,8 +310,9 @@ def run_pretraining(req: PretrainRequest, progress: Progress | None = None) -> P
     except UserError as err:
         error = str(err)
         raise
-    except KeyboardInterrupt:
-        status, error = "interrupted", "interrupted by the user"
+    except KeyboardInterrupt as err:
+        status = "interrupted"
+        error = "stopped by SIGTERM" if isinstance(err, Terminated) else "interrupted by the user"
         raise
     except Exception as err:
         error = f"{type(err).__name__}: {err}"

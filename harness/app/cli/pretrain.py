@@ -48,8 +48,8 @@ def pretrain(
     profile: str = typer.Option("quick", help="quick (CPU smoke) | paper (the published recipe) | benchmark (one budget for every method: ResNet-50, ImageNet init, 224 px, 100 epochs x batch 256)."),
     amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="bf16 mixed precision (GPU only)."),
     set_: list[str] = typer.Option([], "--set", help="Override any setting: --set temperature=0.2."),
-    name: Optional[str] = typer.Option(None, help="Run name (default METHOD-BACKBONE-TIMESTAMP)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run named by --name (or the newest unfinished run with this configuration) from its last epoch."),
+    name: Optional[str] = typer.Option(None, help="Run name, a folder in WORKSPACE/runs: letters, digits, '.', '_', '-' (default METHOD-BACKBONE-TIMESTAMP)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run named by --name (or the newest unfinished run with this configuration) from its last epoch, from the checkpoints in its own folder (a moved workspace or a copied run folder resumes from its own files). A run being trained is locked: a second --resume is refused."),
     stop_after_epoch: Optional[int] = typer.Option(None, help="Stop after this many epochs (checkpointed; continue with --resume)."),
     num_workers: Optional[int] = typer.Option(None, help="Data-loading processes (default: half the CPUs)."),
     labels_from: list[str] = typer.Option([], "--labels-from", help="Label-using methods (ark): a labelled dataset, repeatable, read in this order: a prepared classification dataset in --data-root (its train split only; a multi-label one such as cxr_findings with its uncertain-label policy, --set uncertain_label=...) or a synthetic set (phantom_ct, phantom_mr, phantom_modality)."),
@@ -66,7 +66,7 @@ def pretrain(
     request = PretrainRequest(method=method, profile=profile, corpus=corpus, overrides=overrides,
                               sets=parse_set_options(set_), workspace=Workspace.resolve(workspace), name=name,
                               resume=resume, stop_after_epoch=stop_after_epoch, num_workers=num_workers,
-                              data_root=data_root)
+                              data_root=data_root, say=lambda line: console.print(line, markup=False, highlight=False))
     with ProgressBar(console) as bar:  # drawn only where steps are reported: the main process
         run_dir = run_pretraining(request, progress=bar)
     if run_dir is not None:  # the main process reports
@@ -82,7 +82,9 @@ def pretrain(
                           soft_wrap=True)
 
 
-@pretrain_app.command(help="List pretraining runs in the workspace: status, progress, loss, corpus, checkpoint.")
+@pretrain_app.command(help="List pretraining runs in the workspace: status, progress, loss, corpus, checkpoint. "
+                       "A run recorded as running whose process is gone (killed, or its machine rebooted) shows "
+                       "as died; continue it with --resume.")
 def runs(workspace: Path = workspace_option()):
     from medssl_bench.harness.config import profile_label
     from medssl_bench.harness.runs import list_runs
