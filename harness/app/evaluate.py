@@ -5,12 +5,15 @@ A *unit* is one checkpoint on one dataset (the tasks that share it: the three pr
 it loads the data once, computes the frozen features once (cached on disk too) and runs its jobs
 one after another, writing each to the store as it finishes. Units run in a local process pool
 (default) or through submitit (Slurm, or its local executor); a job that fails is recorded as
-failed with its reason and the rest go on.
+failed with its reason and the rest go on. A pool worker that dies (the OOM killer, a segfault in
+native code) costs the job it was running, recorded with the signal; its unit's other jobs go on in a
+fresh worker. Pool workers die with the process that started them.
 """
 from __future__ import annotations
 
-import concurrent.futures
-import multiprocessing
+import fnmatch
+import os
+import signal
 import time
 import traceback
 from dataclasses import dataclass, field, replace
@@ -23,6 +26,10 @@ from medssl_bench.harness.provenance import available_cpus
 from medssl_bench.harness.workspace import Workspace
 
 LAUNCHERS = ("pool", "slurm", "submitit-local")
+# Fault injection for tests (tests/test_faults_eval.py), not a user setting: a job whose
+# "checkpoint_id/task/protocol/label_fraction/seed" matches this glob kills its own worker with SIGKILL
+# as it starts, as the OOM killer would.
+FAULT_KILL_JOB = "BENCH_FAULT_KILL_JOB"
 
 
 @dataclass
@@ -92,13 +99,13 @@ def plan(req: EvalRequest, store) -> tuple[list[Unit], int]:
     return units, skipped
 
 
-def run_unit(spec: dict) -> dict:
-    """Run one unit's jobs (in a worker process or a Slurm job); every job is recorded."""
+def run_unit(spec: dict, report=None) -> dict:
+    """Run one unit's jobs (in a worker process or a Slurm job); every job is recorded.
+    `report(event, index[, status])` hears ("start", i) and ("end", i, "done" | "failed") per job."""
     import torch
 
     from medssl_bench.downstream import classification
     from medssl_bench.downstream.families import get_family
-    from medssl_bench.downstream.registry import get_task
     from medssl_bench.harness.provenance import code_version, host_info, package_versions
     from medssl_bench.harness.store import ResultsStore
 
@@ -107,8 +114,8 @@ def run_unit(spec: dict) -> dict:
     ws = Workspace(Path(spec["workspace"]))
     store = ResultsStore.open(spec["db"], ws)
     ref, profile = spec["checkpoint"], spec["profile"]
-    tasks = {k.task: get_task(k.task) for k in spec["keys"]}
-    family = get_family(next(iter(tasks.values())).family)
+    report = report or (lambda *event: None)
+    family = get_family(_job_config(spec, spec["keys"][0])[0].family)
     device = default_device()
     cache = classification.FeatureCache(ws.cache / "features")
     counts = {"done": 0, "failed": 0}
@@ -126,13 +133,12 @@ def run_unit(spec: dict) -> dict:
                         "split": data.meta.get("split")}
     base.update(transfer_status(ref.sidecar, spec["dataset"], data))
     overlap = _overlap_check(ws, ref.sidecar, folder, data)
-    for key in spec["keys"]:
-        task = tasks[key.task]
-        protocol = task.protocol(key.protocol, profile)
-        if spec.get("image_size"):
-            protocol = replace(protocol, image_size=spec["image_size"])
-        config = {**protocol.as_dict(), "profile": profile, "label_fraction": key.label_fraction}
+    for index, key in enumerate(spec["keys"]):
+        task, protocol, config = _job_config(spec, key)
         provenance = {**base, "seed": key.seed, "protocol": config}
+        report("start", index)
+        if fnmatch.fnmatchcase(_job_label(key), os.environ.get(FAULT_KILL_JOB) or "\0"):
+            os.kill(os.getpid(), signal.SIGKILL)
         if overlap is not None:
             provenance["test_overlap"] = overlap(task.test_domain)
         start = time.perf_counter()
@@ -145,16 +151,33 @@ def run_unit(spec: dict) -> dict:
             config.update(selected=out.pop("selected"), n_train=out.pop("n_train"))
             store.record_done(key, splits=out, protocol=config, provenance=provenance,
                               wall_time_s=time.perf_counter() - start, force=spec["force"])
-            counts["done"] += 1
+            status = "done"
         except Exception as err:  # a failed job is recorded and the others go on
             reason = str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
             if not isinstance(err, UserError):
                 provenance["traceback"] = traceback.format_exc()[-4000:]
             store.record_failed(key, reason=reason, protocol=config, provenance=provenance,
                                 wall_time_s=time.perf_counter() - start)
-            counts["failed"] += 1
+            status = "failed"
+        counts[status] += 1
+        report("end", index, status)
     store.close()
     return {**counts, "features_computed": cache.computed}
+
+
+def _job_config(spec: dict, key) -> tuple:
+    """(task, protocol, protocol record) of one job of a unit."""
+    from medssl_bench.downstream.registry import get_task
+
+    task = get_task(key.task)
+    protocol = task.protocol(key.protocol, spec["profile"])
+    if spec.get("image_size"):
+        protocol = replace(protocol, image_size=spec["image_size"])
+    return task, protocol, {**protocol.as_dict(), "profile": spec["profile"], "label_fraction": key.label_fraction}
+
+
+def _job_label(key) -> str:
+    return f"{key.checkpoint_id}/{key.task}/{key.protocol}/{key.label_fraction:g}/{key.seed}"
 
 
 def _overlap_check(ws: Workspace, sidecar: dict, folder: Path, data):
@@ -245,35 +268,37 @@ def launch(req: EvalRequest, units: list[Unit], store, progress=None) -> dict:
     def finished() -> int:
         return sum(1 for key, stamp in stamps().items() if before.get(key) != stamp)
 
-    if req.launcher == "pool":
-        context = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
-        executor = concurrent.futures.ProcessPoolExecutor(max_workers=min(jobs, len(specs)), mp_context=context)
-        futures = [executor.submit(run_unit, spec) for spec in specs]
-        wait = lambda: concurrent.futures.wait(futures, timeout=1.0)[1] == set()  # noqa: E731
-        results = lambda: [f.result() for f in futures]  # noqa: E731
-    else:
-        import submitit
+    tick = lambda: progress and progress(finished())  # noqa: E731
+    if req.launcher == "pool":  # harness.app.eval_pool: what survives a dead worker or a killed parent
+        from medssl_bench.harness.app.eval_pool import run_pool
 
-        folder = req.workspace.submitit / time.strftime("%Y%m%d-%H%M%S")
-        executor = submitit.AutoExecutor(folder=folder, cluster="slurm" if req.launcher == "slurm" else "local")
-        executor.update_parameters(timeout_min=req.slurm.get("timeout_min", 24 * 60), **_slurm_params(req))
-        futures = [executor.submit(run_unit, spec) for spec in specs]
-        wait = lambda: (time.sleep(1.0), all(j.done() for j in futures))[1]  # noqa: E731
-        results = lambda: [j.result() for j in futures]  # noqa: E731
-    try:
-        while not wait():
-            if progress:
-                progress(finished())
-    finally:
-        if req.launcher == "pool":
-            executor.shutdown(wait=True, cancel_futures=True)
-    if progress:
-        progress(finished())
+        totals = run_pool(specs, jobs, record_dead=lambda *dead: _record_dead(store, *dead), tick=tick)
+        tick()
+        return totals
+    import submitit
+
+    folder = req.workspace.submitit / time.strftime("%Y%m%d-%H%M%S")
+    executor = submitit.AutoExecutor(folder=folder, cluster="slurm" if req.launcher == "slurm" else "local")
+    executor.update_parameters(timeout_min=req.slurm.get("timeout_min", 24 * 60), **_slurm_params(req))
+    futures = [executor.submit(run_unit, spec) for spec in specs]
+    while not all(j.done() for j in futures):
+        time.sleep(1.0)
+        tick()
+    tick()
     totals = {"done": 0, "failed": 0, "features_computed": 0}
-    for outcome in results():
+    for outcome in (j.result() for j in futures):
         for k in totals:
             totals[k] += outcome[k]
     return totals
+
+
+def _record_dead(store, spec: dict, index: int, reason: str, seconds: float, worker: dict) -> None:
+    """The pool's report of a worker that died running job `index` of unit `spec`: record it failed."""
+    key, ref = spec["keys"][index], spec["checkpoint"]
+    _, _, config = _job_config(spec, key)
+    provenance = {"checkpoint": {k: v for k, v in ref.as_record().items() if k != "sidecar"}, "method": ref.method,
+                  "profile": spec["profile"], "seed": key.seed, "protocol": config, "worker": worker}
+    store.record_failed(key, reason=reason, protocol=config, provenance=provenance, wall_time_s=seconds)
 
 
 def _slurm_params(req: EvalRequest) -> dict:

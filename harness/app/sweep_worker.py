@@ -125,7 +125,10 @@ def worker_loop(req: SweepRequest, log: Log | None = None, progress: Progress | 
                             "see `bench sweep show` for their errors")
 
 
-def _worker_process(req: SweepRequest, index: int, threads: int) -> None:
+def _worker_process(req: SweepRequest, index: int, threads: int, parent_pid: int) -> None:
+    from medssl_bench.harness.process import die_with_parent
+
+    die_with_parent(parent_pid)  # a killed `bench sweep` leaves no worker training on
     import torch
 
     torch.set_num_threads(threads)
@@ -134,6 +137,8 @@ def _worker_process(req: SweepRequest, index: int, threads: int) -> None:
     except UserError as err:
         print(f"error: sweep worker {index}: {err}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C reaches the process group: the parent says so; the trial is retried later
+        sys.exit(130)
 
 
 def run_workers(req: SweepRequest, progress: Progress | None = None) -> None:
@@ -142,19 +147,39 @@ def run_workers(req: SweepRequest, progress: Progress | None = None) -> None:
 
     context = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
     threads = max(1, available_cpus() // req.workers)
-    procs = [context.Process(target=_worker_process, args=(req, i, threads)) for i in range(req.workers)]
-    for proc in procs:
-        proc.start()
-    study = open_study(req.storage_url, req.study_name, heartbeat=req.heartbeat)
-    report = progress or (lambda done, total=None, **fields: None)
-    while any(p.is_alive() for p in procs):
+    procs = [context.Process(target=_worker_process, args=(req, i, threads, os.getpid())) for i in range(req.workers)]
+    try:
+        for proc in procs:
+            proc.start()
+        study = open_study(req.storage_url, req.study_name, heartbeat=req.heartbeat)
+        report = progress or (lambda done, total=None, **fields: None)
+        while any(p.is_alive() for p in procs):
+            report(len(finished_trials(study)), req.trials)
+            time.sleep(1.0)
         report(len(finished_trials(study)), req.trials)
-        time.sleep(1.0)
-    report(len(finished_trials(study)), req.trials)
+    finally:  # Ctrl-C or an error here: no worker outlives this call (their running trials are retried)
+        _stop(procs)
     failed = [i for i, p in enumerate(procs) if p.exitcode != 0]
     if failed:
         raise UserError(f"sweep workers {failed} stopped with an error (see above); the study keeps "
                         "their finished trials: re-run the command to continue it")
+
+
+def _stop(procs: list) -> None:
+    """End the worker processes still running: 5 s to end on their own (Ctrl-C reached them too),
+    then SIGTERM, then SIGKILL."""
+    started = [p for p in procs if p.pid is not None]
+    deadline = time.monotonic() + 5
+    for proc in started:
+        proc.join(max(0.0, deadline - time.monotonic()))
+    for proc in started:
+        if proc.is_alive():
+            proc.terminate()
+    for proc in started:
+        proc.join(5)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
 
 
 def finished_trials(study) -> list:
