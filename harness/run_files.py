@@ -112,8 +112,9 @@ def _load_trusted(path: Path, train_dir: Path) -> object:
         with trusted_mmengine_checkpoint():
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch reports damage and refused globals with many exception types
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-        what = (f"not a checkpoint this run wrote: it needs {found.group(1)}, which mmengine's never do "
-                "(nothing in it was run); delete it") if found else \
+        found = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) (\S+)", str(err))
+        needs = f"it needs {found.group(1)}" if found else "it holds objects"
+        what = (f"not a checkpoint this run wrote: {needs}, which mmengine's never do (nothing in it was run); "
+                "delete it") if "Weights only load failed" in str(err) else \
             f"damaged checkpoint ({type(err).__name__}: {(str(err).splitlines() or [''])[0][:120]})"
         raise UserError(f"{what}; {_previous(train_dir, path)}", path) from None
