@@ -164,16 +164,18 @@ def test_crash_between_weights_and_sidecar_is_a_mismatched_pair(tmp_path, monkey
     run = tmp_path / "ws" / "runs" / "r"
     run.mkdir(parents=True)
     (run / "run.json").write_text("{}")
-    weights = checkpoint.save_backbone(tiny_module(), run / "backbone.safetensors", {"method": "simclr"})
+    sidecar = {"method": "simclr", "backbone": "resnet18"}
+    weights = checkpoint.save_backbone(tiny_module(), run / "backbone.safetensors", sidecar)
     checkpoint.load_backbone_state(weights)  # a sound pair loads
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt("killed between the weights and the sidecar")
     monkeypatch.setattr(checkpoint, "write_json_atomic", killed)
     with pytest.raises(KeyboardInterrupt):
-        checkpoint.save_backbone(torch.nn.Linear(3, 2), weights, {"method": "simclr"})
+        checkpoint.save_backbone(torch.nn.Linear(3, 2), weights, sidecar)
     monkeypatch.undo()
-    for read in (lambda: checkpoint_ref(weights, Workspace(tmp_path / "ws")), lambda: checkpoint.load_backbone_state(weights)):
+    ws = Workspace(tmp_path / "ws")
+    for read in (lambda: checkpoint_ref(weights, ws), lambda: checkpoint.load_backbone_state(weights)):
         with pytest.raises(UserError, match="different exports") as err:
             read()
         assert str(weights) in str(err.value) and "--resume" in str(err.value)
