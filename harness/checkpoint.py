@@ -71,13 +71,14 @@ def read_header(path: Path) -> dict:
             prefix = handle.read(8)
             length = struct.unpack("<Q", prefix)[0] if len(prefix) == 8 else -1
             if not 2 <= length <= min(size - 8, MAX_HEADER_BYTES):
-                raise UserError(f"not a safetensors file: its header length {length} does not fit its {size} bytes "
-                                "(truncated, or not safetensors); re-export or re-download it", path)
+                raise UserError(f"not a readable safetensors file: its header length {length} does not fit its "
+                                f"{size} bytes (truncated, or not safetensors); re-export or re-download it", path)
             header = json.loads(handle.read(length))
     except OSError as err:
         raise UserError(f"checkpoint not readable ({err.strerror or type(err).__name__})", path) from None
     except (ValueError, UnicodeDecodeError):
-        raise UserError("not a safetensors file: its header is not JSON; re-export or re-download it", path) from None
+        raise UserError("not a readable safetensors file: its header is not JSON; re-export or re-download it",
+                        path) from None
     data_bytes, spans = size - 8 - length, []
     for name, info in (header.items() if isinstance(header, dict) else [(None, None)]):
         if name == "__metadata__":
@@ -91,14 +92,14 @@ def read_header(path: Path) -> dict:
         except (TypeError, KeyError, ValueError):
             ok = False
         if not ok:
-            raise UserError(f"not a valid safetensors file: tensor {name!r} is declared inconsistently; "
+            raise UserError(f"not a readable safetensors file: tensor {name!r} is declared inconsistently; "
                             "re-export or re-download it", path)
         spans.append((begin, end))
     spans.sort()
     if any(a[1] != b[0] for a, b in zip(spans, spans[1:])) or (spans[-1][1] if spans else 0) != data_bytes \
             or (spans and spans[0][0] != 0):
         declared = spans[-1][1] if spans else 0
-        raise UserError(f"damaged safetensors file: its header declares {declared} bytes of tensors, the file "
+        raise UserError(f"not a readable safetensors file: its header declares {declared} bytes of tensors, the file "
                         f"holds {data_bytes} (truncated or padded); re-export or re-download it", path)
     return header
 

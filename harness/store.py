@@ -15,7 +15,6 @@ import math
 import numbers
 import re
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, NamedTuple
 
 import sqlalchemy as sa
