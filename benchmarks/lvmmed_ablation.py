@@ -1,0 +1,168 @@
+"""LVM-Med ablation through the harness itself (issue 19, item 6): LVM-Med with its defaults, each
+Table-6 switch of the paper, each open choice bench added, SimCLR and random init, all pretrained
+at one budget on the synthetic Brain-Tumor corpus (generator version 2) and scored by `bench
+eval`'s linear and kNN probes over 3 seeds.
+
+    .venv/bin/python benchmarks/lvmmed_ablation.py [--out /tmp/lvmmed-ablation] [--epochs 12]
+
+Resumable: a row whose run finished is not pretrained again, and `bench eval` skips the jobs its
+store already holds, so a stopped table continues where it stopped. Writes
+benchmarks/results/lvmmed_ablation_cpu.json after every row (pretrained, then probed) and prints the
+markdown table.
+Budget (CPU): N images at 64 px, batch 64, AdamW lr 2e-3 x 64/256, wd 0.05 for every method (the
+recipe SimCLR is known to beat random init with, benchmarks/README.md), E epochs.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = str(ROOT / ".venv" / "bin" / "bench")
+RESULT = ROOT / "benchmarks" / "results" / "lvmmed_ablation_cpu.json"
+TASK = "brain_tumor"
+COMMON = ["--set", "optimizer=adamw", "--set", "weight_decay=0.05", "--lr", "0.002"]
+LVMMED_VIEWS = ["--set", "crop_scale=(0.4, 1.0)"]  # the same crop floor as SimCLR's row
+# (row name, method, --set options): the paper's Table 6 switches, then bench's open choices.
+ROWS = [
+    ("lvmmed", "lvmmed", []),
+    ("no second-order (LAP)", "lvmmed", ["second_order=false"]),
+    ("no message passing (GCN)", "lvmmed", ["message_passing=false"]),
+    ("no Gumbel noise (margin)", "lvmmed", ["gumbel_noise=false"]),
+    ("no local similarity", "lvmmed", ["local_similarity=false"]),
+    ("lambda per instance", "lvmmed", ["lambda_convention=per_instance"]),
+    ("edge noise 0", "lvmmed", ["edge_noise_scale=0.0"]),
+    ("edge noise 0.2 (1/k)", "lvmmed", ["edge_noise_scale=0.2"]),
+    ("sigma on last GCN layer", "lvmmed", ["gcn_last_activation=true"]),
+    ("simclr", "simclr", ["min_scale=0.4"]),
+]
+
+
+def bench(*args: str) -> None:
+    print("+ bench", " ".join(args), flush=True)
+    subprocess.run([BENCH, *args], check=True)
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
+
+
+def prepare(out: Path, n: int) -> Path:
+    data = out / "data" / TASK
+    if not (data / "dataset.json").exists():
+        bench("data", "synth", TASK, "--out", str(out / "raw"), "--n", str(n), "--seed", "0", "--size", "64")
+        bench("data", "prepare", TASK, "--src", str(out / "raw"), "--out", str(out / "data"))
+    corpus = out / "corpus" / f"{TASK}-train"
+    if not corpus.exists():  # in-domain: the task's train + val images, never its test images
+        corpus.mkdir(parents=True)
+        for row in csv.DictReader(open(data / "samples.csv")):
+            if row["split"] != "test":
+                image = row.get("path") or row["image"]
+                os.symlink(data / image, corpus / Path(image).name)
+        (corpus / "dataset.json").write_text('{"synthetic": true}\n')
+    return corpus
+
+
+def finished(ws: Path, name: str) -> bool:
+    run = ws / "runs" / name / "run.json"
+    return run.exists() and json.loads(run.read_text()).get("status") == "done"
+
+
+def pretrain(ws: Path, corpus: Path, name: str, method: str, sets: list[str], epochs: int) -> dict:
+    run_dir = ws / "runs" / name
+    if not finished(ws, name):
+        options = [x for s in sets for x in ("--set", s)]
+        views = LVMMED_VIEWS if method == "lvmmed" else []
+        resume = ["--resume"] if run_dir.exists() else []
+        bench("pretrain", "--method", method, "--profile", "quick", "--corpus", str(corpus), "--workspace", str(ws),
+              "--image-size", "64", "--epochs", str(epochs), "--batch-size", "64", "--seed", "0", "--name", name,
+              *COMMON, *views, *options, *resume)
+    record = json.loads((run_dir / "run.json").read_text())
+    steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    last = steps[-20:]
+    return {"status": record.get("status"), "steps": len(steps),
+            "wall_s": round(sum(s.get("seconds", 0.0) for s in steps), 1),
+            "final_loss": round(statistics.fmean(s["loss"] for s in last), 4) if last else None,
+            "final_match_acc": round(statistics.fmean(s["match_acc"] for s in last), 4)
+            if last and "match_acc" in last[0] else None}
+
+
+def probe_scores(ws: Path, names: dict[str, str]) -> dict[str, dict]:
+    """{row: {protocol: {"test": [per seed], "val": [...]}}} from the results store."""
+    sys.path.insert(0, str(ROOT))
+    from medssl_bench.harness.store import ResultsStore
+    from medssl_bench.harness.workspace import Workspace
+
+    store = ResultsStore.open(None, Workspace(ws))
+    out: dict[str, dict] = {}
+    for row in store.results(task=TASK, details=False):
+        by_name = {n: r for r, n in names.items()}
+        label = by_name.get(row["provenance"]["checkpoint"].get("name"))
+        if label is None:
+            continue
+        cell = out.setdefault(label, {}).setdefault(row["protocol"], {"test": {}, "val": {}})
+        cell[row["split"]][row["seed"]] = row["value"]
+    store.close()
+    return out
+
+
+def summary(values: dict) -> dict:
+    xs = [values[k] * 100 for k in sorted(values)]
+    return {"per_seed": [round(x, 1) for x in xs], "mean": round(statistics.fmean(xs), 1) if xs else None,
+            "std": round(statistics.stdev(xs), 1) if len(xs) > 1 else None}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("/tmp/lvmmed-ablation"))
+    parser.add_argument("--n", type=int, default=3000, help="synthetic brain_tumor images (before the split)")
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--rows", default="", help="comma-separated row names to run (default: all)")
+    args = parser.parse_args()
+    ws, started = args.out / "ws", time.time()
+    corpus = prepare(args.out, args.n)
+    chosen = [r for r in ROWS if not args.rows or r[0] in args.rows.split(",")]
+    result = {"task": TASK, "device": f"CPU ({os.cpu_count()} cores, {platform.machine()})",
+              "code": subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                     text=True).stdout.strip(),
+              "budget": {"images": args.n, "image_size": 64, "epochs": args.epochs, "batch_size": 64,
+                         "optimizer": "adamw lr 2e-3 x 64/256, wd 0.05", "seed": 0},
+              "protocols": "bench eval linear + knn, 3 seeds, --image-size 64", "rows": {}}
+    names = {"random": "random"}
+    result["rows"]["random"] = {"method": "random init", "set": [], "run": None}
+
+    def evaluate(checkpoint: str) -> None:  # after every row, so a stopped table keeps its scores
+        bench("eval", "--checkpoint", checkpoint, "--task", TASK, "--protocol", "linear,knn", "--seeds", "3",
+              "--image-size", "64", "--workspace", str(ws), "--data-root", str(args.out / "data"))
+        scores = probe_scores(ws, names)
+        for label, row in result["rows"].items():
+            row["scores"] = {p: {split: summary(v) for split, v in cell.items()}
+                             for p, cell in scores.get(label, {}).items()}
+        result["wall_s"] = round(time.time() - started, 1)
+        RESULT.write_text(json.dumps(result, indent=2) + "\n")
+
+    evaluate("random")
+    for label, method, sets in chosen:
+        name = f"abl-{slug(label)}"
+        names[label] = name
+        result["rows"][label] = {"method": method, "set": sets, "run": name,
+                                 "pretrain": pretrain(ws, corpus, name, method, sets, args.epochs)}
+        evaluate(name)
+    print("| row | linear test | kNN test | final loss | match acc |\n|---|---|---|---|---|")
+    for label, row in result["rows"].items():
+        cell = lambda p: "{mean} ± {std}".format(**row["scores"].get(p, {}).get("test", {"mean": "-", "std": "-"}))  # noqa: E731
+        pre = row.get("pretrain", {})
+        print(f"| {label} | {cell('linear')} | {cell('knn')} | {pre.get('final_loss', '-')} | {pre.get('final_match_acc', '-')} |")
+    print(f"written to: {RESULT}")
+
+
+if __name__ == "__main__":
+    main()
