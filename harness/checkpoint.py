@@ -43,7 +43,7 @@ def save_backbone(backbone: torch.nn.Module, weights: Path, sidecar: dict, expor
         save_file(state, str(tmp), metadata={"format": FORMAT, "export_id": export_id})
     meta = {"format": FORMAT, **sidecar, "sha256": sha256_file(weights), "n_tensors": len(state),
             "export_id": export_id}
-    write_json_atomic(sidecar_path(weights), meta)
+    write_json_atomic(sidecar_path(weights), meta, clear_stale=True)
     return weights
 
 

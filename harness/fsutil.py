@@ -71,13 +71,13 @@ def _umask() -> int:
     return mask
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
-    with atomic_path(path) as tmp:
+def write_text_atomic(path: str | Path, text: str, *, clear_stale: bool = False) -> None:
+    with atomic_path(path, clear_stale=clear_stale) as tmp:
         tmp.write_text(text, encoding="utf-8")
 
 
-def write_json_atomic(path: str | Path, obj: Any) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+def write_json_atomic(path: str | Path, obj: Any, *, clear_stale: bool = False) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", clear_stale=clear_stale)
 
 
 def ensure_writable_dir(path: str | Path) -> Path:

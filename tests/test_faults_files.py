@@ -187,6 +187,7 @@ def test_export_leaves_no_temp_files_and_clears_a_killed_ones(tmp_path, monkeypa
     weights = tmp_path / "backbone.safetensors"
     stale = tmp_path / ".backbone.safetensors.k1ll3d.tmp"  # what a kill -9 mid-export leaves
     stale.write_bytes(b"half")
+    (tmp_path / ".backbone.json.k1ll3d.tmp").write_text("{")
     checkpoint.save_backbone(tiny_module(), weights, {})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["backbone.json", "backbone.safetensors"]
 
