@@ -146,7 +146,7 @@ def _bury(worker: _Worker, record_dead, totals: dict) -> list[dict]:
     culprit = worker.running if worker.running is not None else unfinished[0]
     reason = describe_exit(process.exitcode)
     if worker.running is None and not worker.finished:
-        reason += " before its first job started (while loading the data)"
+        reason += " before its first job started (loading the data?)"
     seconds = time.perf_counter() - worker.since if worker.running is not None else 0.0
     record_dead(worker.spec, culprit, reason, seconds, {"pid": process.pid, "exitcode": process.exitcode})
     totals["failed"] += 1

@@ -106,6 +106,7 @@ def run_unit(spec: dict, report=None) -> dict:
 
     from medssl_bench.downstream import classification
     from medssl_bench.downstream.families import get_family
+    from medssl_bench.downstream.registry import get_task
     from medssl_bench.harness.provenance import code_version, host_info, package_versions
     from medssl_bench.harness.store import ResultsStore
 
@@ -115,7 +116,7 @@ def run_unit(spec: dict, report=None) -> dict:
     store = ResultsStore.open(spec["db"], ws)
     ref, profile = spec["checkpoint"], spec["profile"]
     report = report or (lambda *event: None)
-    family = get_family(_job_config(spec, spec["keys"][0])[0].family)
+    family = get_family(get_task(spec["keys"][0].task).family)  # a unit's tasks share one dataset
     device = default_device()
     cache = classification.FeatureCache(ws.cache / "features")
     counts = {"done": 0, "failed": 0}
@@ -145,7 +146,7 @@ def run_unit(spec: dict, report=None) -> dict:
         try:
             if data_error:
                 raise UserError(data_error)
-            out = family.run_module().run_job(  # a unit's tasks share one dataset, so one family
+            out = family.run_module().run_job(
                 task, protocol, data, ref, label_fraction=key.label_fraction, seed=key.seed, cache=cache,
                 device=device, work_root=ws.cache / "work")
             config.update(selected=out.pop("selected"), n_train=out.pop("n_train"))
