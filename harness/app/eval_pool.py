@@ -91,10 +91,11 @@ def run_pool(specs: list[dict], jobs: int, record_dead, tick=None) -> dict:
 
 def _worker_main(conn, parent_pid: int) -> None:
     """A worker process: run the units the parent sends until it closes the pipe."""
-    from medssl_bench.harness.app.evaluate import run_unit
     from medssl_bench.harness.process import die_with_parent
 
-    die_with_parent(parent_pid)
+    die_with_parent(parent_pid)  # first: a parent that died meanwhile is noticed here
+    from medssl_bench.harness.app.evaluate import run_unit
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent decides
     while True:
         try:
