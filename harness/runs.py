@@ -88,6 +88,8 @@ def own_checkpoint(run_dir: Path) -> Path:
         raise UserError(f"does not name a checkpoint ({named[:60]!r}); write the path of the newest "
                         "train/epoch_N.pth into it, or start the run again under a new --name", pointer)
     own = run_dir / "train" / Path(named).name
+    if not own.is_file() and Path(named).parent == pointer.parent:
+        check_resume_checkpoint(own, pointer.parent)  # raises: deleted here; it names the epoch before
     if not own.is_file():
         raise UserError(f"names {named}, which is not in this run's folder ({own.parent}): its checkpoints "
                         "were not copied or moved with it; resume the run where they are", pointer)
