@@ -111,6 +111,22 @@ def brain_tumor_root(tmp_path_factory):
     return make
 
 
+@pytest.fixture
+def imported_tv18(tmp_path) -> Workspace:
+    """A workspace holding one imported checkpoint `tv18` (torchvision ResNet-18 weights, seed 0)."""
+    import torch
+    import torchvision
+
+    from medssl_bench.harness.app.cli import main
+
+    ws = Workspace(tmp_path / "ws")
+    torch.manual_seed(0)
+    weights = tmp_path / "resnet18-weights.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    assert main(["import-checkpoint", str(weights), "--name", "tv18", "--workspace", str(ws.root)]) == 0
+    return ws
+
+
 @pytest.fixture(scope="module")
 def raw(request, tmp_path_factory):
     """A dataset test module's synthetic raw download, as its DOWNLOAD declares

@@ -1,4 +1,4 @@
-"""Helpers for the pretraining tests: the CLI at a tiny setting, a run's metrics, and a method built the way
+"""Helpers for the pretraining tests: the CLI at a tiny setting, its one-line errors, a run's metrics, and a method built the way
 the harness builds it (resolved config, constructor arguments, views, optimiser) for single steps."""
 from __future__ import annotations
 
@@ -11,6 +11,22 @@ from PIL import Image
 from medssl_bench.harness.app.cli import main
 
 TINY = ["--image-size", "32", "--batch-size", "16", "--num-workers", "0"]
+
+
+def one_line_error(capsys, code: int, *expected: str) -> str:
+    """The CLI's promise for a problem the user can fix: exit 2 and one line naming it, no traceback."""
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert "Traceback" not in err and err.count("\n") == 0, err
+    for text in expected:
+        assert text in err, (text, err)
+    return err
+
+
+def fails_cleanly(capsys, args: list[str], *expected: str) -> str:
+    """Run the CLI with `args` and check `one_line_error`."""
+    capsys.readouterr()
+    return one_line_error(capsys, main(args), *expected)
 
 
 def pretrain(workspace, corpus_id, *args) -> int:

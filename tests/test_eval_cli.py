@@ -9,8 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
-import torchvision
 
 from medssl_bench.harness.app.cli import main
 from medssl_bench.harness.store import ResultsStore
@@ -27,13 +25,9 @@ def brain_root(brain_tumor_root) -> Path:
 
 
 @pytest.fixture
-def eval_ws(tmp_path, brain_root) -> tuple[Workspace, list[str]]:
+def eval_ws(imported_tv18, brain_root) -> tuple[Workspace, list[str]]:
     """A workspace with one imported checkpoint (a torchvision weights file), and the common args."""
-    ws = Workspace(tmp_path / "ws")
-    torch.manual_seed(0)
-    weights = tmp_path / "resnet18-weights.pth"
-    torch.save(torchvision.models.resnet18().state_dict(), weights)
-    assert main(["import-checkpoint", str(weights), "--name", "tv18", "--workspace", str(ws.root)]) == 0
+    ws = imported_tv18
     return ws, ["--workspace", str(ws.root), "--data-root", str(brain_root), "--jobs", "1"]
 
 

@@ -11,8 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
-import torchvision
 
 from medssl_bench.harness.app.cli import main
 from medssl_bench.harness.app.evaluate import FAULT_KILL_JOB
@@ -24,13 +22,9 @@ pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="re
 
 
 @pytest.fixture
-def eval_ws(tmp_path, brain_tumor_root) -> tuple[Workspace, list[str]]:
+def eval_ws(imported_tv18, brain_tumor_root) -> tuple[Workspace, list[str]]:
     """A workspace with one imported checkpoint (torchvision ResNet-18 weights) and the common args."""
-    ws = Workspace(tmp_path / "ws")
-    torch.manual_seed(0)
-    weights = tmp_path / "resnet18-weights.pth"
-    torch.save(torchvision.models.resnet18().state_dict(), weights)
-    assert main(["import-checkpoint", str(weights), "--name", "tv18", "--workspace", str(ws.root)]) == 0
+    ws = imported_tv18
     return ws, ["--workspace", str(ws.root), "--data-root", str(brain_tumor_root(96, 64))]
 
 

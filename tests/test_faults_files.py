@@ -20,17 +20,7 @@ from safetensors.torch import save_file
 from medssl_bench.harness.app.cli import main
 from medssl_bench.harness.errors import CorruptImageError, UserError
 from medssl_bench.harness.workspace import Workspace
-
-
-def fails_cleanly(capsys, args, *expected) -> str:
-    capsys.readouterr()
-    code = main(args)
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert "Traceback" not in err and err.count("\n") == 0, err
-    for text in expected:
-        assert text in err, (text, err)
-    return err
+from tests.pretrain_helpers import fails_cleanly
 
 
 def png_folder(path: Path, n: int = 8) -> Path:

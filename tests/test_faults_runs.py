@@ -17,7 +17,7 @@ from medssl_bench.harness.errors import UserError
 from medssl_bench.harness.runlock import LOCK_FILE, this_process
 from medssl_bench.harness.runs import list_runs, read_run
 from medssl_bench.harness.workspace import Workspace
-from tests.pretrain_helpers import TINY
+from tests.pretrain_helpers import TINY, one_line_error
 
 
 @pytest.fixture
@@ -38,15 +38,6 @@ def started(root, corpus_id, name) -> Path:
     """A run stopped after epoch 1 of 2: resumable."""
     assert pretrain(root, "--corpus", corpus_id, "--epochs", "2", "--stop-after-epoch", "1", "--name", name) == 0
     return root / "runs" / name
-
-
-def one_line_error(capsys, code, *expected) -> str:
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert "Traceback" not in err and err.count("\n") == 0, err
-    for text in expected:
-        assert text in err, (text, err)
-    return err
 
 
 def tree(folder: Path) -> set:

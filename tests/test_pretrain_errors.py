@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from medssl_bench.harness.app.cli import main
+from tests.pretrain_helpers import fails_cleanly
 
 
 def snapshot(folder):
@@ -32,17 +33,6 @@ def png_folder(path, n=6):
     for i in range(n):
         Image.fromarray((rng.random((40, 40)) * 255).astype(np.uint8)).save(path / f"img_{i}.png")
     return path
-
-
-def fails_cleanly(capsys, args, *expected):
-    capsys.readouterr()
-    code = main(args)
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert "Traceback" not in err and err.count("\n") == 0, err
-    for text in expected:
-        assert text in err, (text, err)
-    return err
 
 
 def test_bad_inputs_fail_cleanly_and_leave_earlier_runs_untouched(tiny_corpus, earlier_run, tmp_path, capsys):
