@@ -125,11 +125,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("/tmp/lvmmed-ablation"))
     parser.add_argument("--n", type=int, default=3000, help="synthetic brain_tumor images (before the split)")
     parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--rows", default="", help="comma-separated row names to run (default: all)")
+    parser.add_argument("--rows", default="", help="comma-separated row names to run (default: all); rows "
+                        "finished earlier are reported either way")
     args = parser.parse_args()
     ws, started = args.out / "ws", time.time()
     corpus = prepare(args.out, args.n)
-    chosen = [r for r in ROWS if not args.rows or r[0] in args.rows.split(",")]
+    wanted = set(args.rows.split(",")) if args.rows else {r[0] for r in ROWS}
+    # rows not asked for are still reported when an earlier invocation finished them
+    chosen = [r for r in ROWS if r[0] in wanted or finished(ws, f"abl-{slug(r[0])}")]
     result = {"task": TASK, "device": f"CPU ({os.cpu_count()} cores, {platform.machine()})",
               "code": subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
                                      text=True).stdout.strip(),
