@@ -228,10 +228,7 @@ class ResultsStore:
                 # Concurrent CREATE TABLEs of the same name collide in PostgreSQL's catalog: queue them.
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(4240571)"))
             if sa.inspect(conn).has_table("bench_meta"):
-                found = conn.scalar(sa.select(meta_table.c.value).where(meta_table.c.key == "schema_version"))
-                if found is not None and int(found) > SCHEMA_VERSION:
-                    raise UserError(f"results store {self.url} has schema version {found}, newer than this "
-                                    f"bench understands ({SCHEMA_VERSION}): upgrade bench")
+                self._refuse_newer_schema(conn)
             metadata.create_all(conn)
             conn.execute(_insert(conn, meta_table).values(key="schema_version", value=str(SCHEMA_VERSION))
                          .on_conflict_do_nothing(index_elements=["key"]))
@@ -242,7 +239,10 @@ class ResultsStore:
             if not sa.inspect(conn).has_table("bench_evaluations"):
                 raise UserError(f"{self.url} holds no bench results tables (not a results store?); `bench eval` "
                                 "creates them")
-            found = conn.scalar(sa.select(meta_table.c.value).where(meta_table.c.key == "schema_version"))
+            self._refuse_newer_schema(conn)
+
+    def _refuse_newer_schema(self, conn) -> None:
+        found = conn.scalar(sa.select(meta_table.c.value).where(meta_table.c.key == "schema_version"))
         if found is not None and int(found) > SCHEMA_VERSION:
             raise UserError(f"results store {self.url} has schema version {found}, newer than this bench "
                             f"understands ({SCHEMA_VERSION}): upgrade bench")

@@ -78,8 +78,7 @@ def _resolve_run(req: PretrainRequest, method_cls) -> tuple[Path, dict, Path | N
         name = req.name or new_run_name(req.method, asked["backbone"])
         run_dir = req.workspace.runs / name
         if run_dir.exists():
-            raise UserError(f"run '{name}' already exists in {req.workspace.runs}; "
-                            "choose another --name, or pass --resume to continue it")
+            raise _name_taken(req, name)
         return run_dir, asked, None
     run_dir = find_run(req.workspace, req.name) if req.name else latest_resumable(req.workspace, asked)
     if run_dir is None:
@@ -97,6 +96,11 @@ def _resolve_run(req: PretrainRequest, method_cls) -> tuple[Path, dict, Path | N
         what = ", ".join(f"{k}={stored[k]!r}" for k in changed) or f"method={record.get('method')}"
         raise UserError(f"run '{run_dir.name}' was started with {what}; a resumed run keeps its configuration")
     return run_dir, stored, own
+
+
+def _name_taken(req: PretrainRequest, name: str) -> UserError:
+    return UserError(f"run '{name}' already exists in {req.workspace.runs}; choose another --name, "
+                     "or pass --resume to continue it")
 
 
 def _labelled_data(req: PretrainRequest, method_cls, cfg: dict, run_dir: Path, resuming: bool):
@@ -248,8 +252,7 @@ def _claim_run(req: PretrainRequest, run_dir: Path, resuming: Path | None, field
     try:
         run_dir.mkdir(parents=True, exist_ok=bool(resuming))
     except FileExistsError:  # another process started a run of this name since _resolve_run
-        raise UserError(f"run '{run_dir.name}' already exists in {req.workspace.runs}; choose another --name, "
-                        "or pass --resume to continue it") from None
+        raise _name_taken(req, run_dir.name) from None
     lock = RunLock.acquire(run_dir, req.say)
     try:
         record = read_run(run_dir) if resuming else {}
