@@ -114,7 +114,7 @@ def run_unit(spec: dict, report=None) -> dict:
         torch.set_num_threads(spec["threads"])
     ws = Workspace(Path(spec["workspace"]))
     store = ResultsStore.open(spec["db"], ws)
-    ref, profile = spec["checkpoint"], spec["profile"]
+    ref = spec["checkpoint"]
     report = report or (lambda *event: None)
     family = get_family(get_task(spec["keys"][0].task).family)  # a unit's tasks share one dataset
     device = default_device()
@@ -125,8 +125,7 @@ def run_unit(spec: dict, report=None) -> dict:
         data = family.load(folder)
     except UserError as err:
         data_error = f"{err}; prepare it with: bench data prepare {spec['dataset']} --src DIR --out {spec['data_root']}"
-    base = {"checkpoint": {k: v for k, v in ref.as_record().items() if k != "sidecar"},
-            "method": ref.method, "pretrain_config": ref.sidecar.get("config"), "profile": profile,
+    base = {**_job_identity(spec), "pretrain_config": ref.sidecar.get("config"),
             "code": code_version(), "packages": package_versions(), "host": host_info()}
     if data is not None:
         base["data"] = {"dataset": data.name, "content_hash": data.meta["content_hash"],
@@ -175,6 +174,13 @@ def _job_config(spec: dict, key) -> tuple:
     if spec.get("image_size"):
         protocol = replace(protocol, image_size=spec["image_size"])
     return task, protocol, {**protocol.as_dict(), "profile": spec["profile"], "label_fraction": key.label_fraction}
+
+
+def _job_identity(spec: dict) -> dict:
+    """The provenance every job of a unit shares: its checkpoint (without the sidecar), method, profile."""
+    ref = spec["checkpoint"]
+    return {"checkpoint": {k: v for k, v in ref.as_record().items() if k != "sidecar"}, "method": ref.method,
+            "profile": spec["profile"]}
 
 
 def _job_label(key) -> str:
@@ -295,10 +301,9 @@ def launch(req: EvalRequest, units: list[Unit], store, progress=None) -> dict:
 
 def _record_dead(store, spec: dict, index: int, reason: str, seconds: float, worker: dict) -> None:
     """The pool's report of a worker that died running job `index` of unit `spec`: record it failed."""
-    key, ref = spec["keys"][index], spec["checkpoint"]
+    key = spec["keys"][index]
     _, _, config = _job_config(spec, key)
-    provenance = {"checkpoint": {k: v for k, v in ref.as_record().items() if k != "sidecar"}, "method": ref.method,
-                  "profile": spec["profile"], "seed": key.seed, "protocol": config, "worker": worker}
+    provenance = {**_job_identity(spec), "seed": key.seed, "protocol": config, "worker": worker}
     store.record_failed(key, reason=reason, protocol=config, provenance=provenance, wall_time_s=seconds)
 
 
