@@ -9,13 +9,17 @@ profile: it joins every table as its floor.
 """
 from __future__ import annotations
 
-RANDOM, UNRECORDED, MODIFIED, BENCHMARK = "random", "unrecorded", "modified", "benchmark"
+from medssl_bench.harness.config import BENCHMARK, BENCHMARK_BUDGET
+
+RANDOM, UNRECORDED, MODIFIED = "random", "unrecorded", "modified"
 FLOOR = (RANDOM, None)  # the group of random-init rows
 PROFILE_ORDER = (BENCHMARK, "paper", "imported", MODIFIED, "quick", UNRECORDED, RANDOM)  # page order: fair first
 NOTES = {
-    BENCHMARK: "Every method on one budget (ResNet-50 from ImageNet-1K weights, 224 px, 100 epochs at batch 256, "
-               "on this corpus: the same images seen) with its own views, loss and paper settings. This is the "
-               "ranking of methods.",
+    # built from harness.config's one definition of the budget
+    BENCHMARK: "Every method on one budget ({arch} from ImageNet-1K weights, {image_size} px, {epochs} epochs at batch "
+               "{batch_size}, on this corpus: the same images seen) with its own views, loss and paper settings. This "
+               "is the ranking of methods.".format(arch=BENCHMARK_BUDGET["backbone"].replace("resnet", "ResNet-"),
+                                                   **BENCHMARK_BUDGET),
     "paper": "Each method's published recipe: its own batch, epochs, image size, learning rate and initial "
              "weights. A ranking of recipes as published, not of methods at equal cost.",
     "imported": "Weights trained elsewhere and imported (e.g. a paper's release): the releaser's recipe and data.",
