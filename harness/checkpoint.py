@@ -104,12 +104,13 @@ def read_header(path: Path) -> dict:
     return header
 
 
-def check_pair(weights: Path, meta: dict, hint: str) -> None:
+def check_pair(weights: Path, header: dict, meta: dict, hint: str) -> None:
     """Refuse weights whose sidecar belongs to another export (a crash between writing the two), from the
-    export ids in both (files written before export ids existed are checked by sha256 when loaded)."""
+    export ids in both: the weights' `header` (read_header) and the sidecar's `meta` (files written before
+    export ids existed are checked by sha256 when loaded)."""
     if not meta.get("export_id"):
         return
-    found = (read_header(weights).get("__metadata__") or {}).get("export_id")
+    found = (header.get("__metadata__") or {}).get("export_id")
     if found != meta["export_id"]:
         raise UserError(f"weights and their sidecar {sidecar_path(weights).name} are from different exports "
                         f"(a crash between writing them); {hint}", weights)
@@ -120,13 +121,13 @@ def load_backbone_state(weights: str | Path) -> tuple[dict[str, torch.Tensor], d
     weights = Path(weights)
     if not weights.is_file():
         raise UserError("checkpoint not found", weights)
-    read_header(weights)
+    header = read_header(weights)
     side = sidecar_path(weights)
     try:
         meta = json.loads(side.read_text()) if side.is_file() else {}
     except (OSError, ValueError) as err:
         raise UserError(f"not a readable checkpoint sidecar ({type(err).__name__}); re-export it", side) from None
-    check_pair(weights, meta, "re-export it (`bench pretrain --resume`) or re-import it")
+    check_pair(weights, header, meta, "re-export it (`bench pretrain --resume`) or re-import it")
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError) as err:

@@ -63,8 +63,8 @@ def checkpoint_ref(weights: Path, workspace: Workspace, name: str | None = None)
     if not weights.is_file():
         raise UserError("checkpoint not found", weights)
     meta = _read_sidecar(weights)
-    read_header(weights)  # a damaged file is refused here, from its header, before anything reads it whole
-    check_pair(weights, meta, _reexport_hint(weights))
+    header = read_header(weights)  # a damaged file is refused here, from its header, before anything reads it whole
+    check_pair(weights, header, meta, _reexport_hint(weights))
     sha = meta.get("sha256") or sha256_file(weights)
     method = meta.get("method") or "unknown"
     corpus = meta.get("corpus")
