@@ -6,6 +6,10 @@ axial slices) with `harness.imageio`, hashes the decoded pixels, drops exact dup
     <workspace>/corpora/<id>/manifest.jsonl   one JSON object per image, sorted
     <workspace>/corpora/<id>/corpus.json      counts, duplicates, unreadable files, roots
 
+DICOM objects that are not images (SEG masks, RT structures and doses, presentation states,
+reports, PDFs: harness.dicom_objects) are left out undecoded and counted in corpus.json's
+"non_image" ({"SEG": 2}) with the files in "non_image_files"; never "unreadable", never fatal.
+
 Manifest entry: dataset, modality, path (absolute), slice (int for volume slices / frames, else
 null), hash (sha256 of the decoded pixels), height, width, channels, format, synthetic.
 
@@ -16,7 +20,6 @@ single pixel changes it. Every pretraining run records it.
 from __future__ import annotations
 
 import concurrent.futures
-import errno
 import hashlib
 import json
 import multiprocessing
@@ -31,6 +34,9 @@ from typing import Callable, Iterable
 import numpy as np
 
 from medssl_bench.harness import imageio
+from medssl_bench.harness.corpus_scan import DATASET_INFO, FORMATS  # noqa: F401  (re-exported)
+from medssl_bench.harness.corpus_scan import read_json as _read_json, scan_root as _scan_root
+from medssl_bench.harness.dicom_objects import NonImageObject
 from medssl_bench.harness.errors import CorruptImageError, UserError
 from medssl_bench.harness.fsutil import atomic_path, write_json_atomic
 from medssl_bench.harness.modality import guess_modality, normalize_modality  # noqa: F401  (re-exported)
@@ -38,16 +44,12 @@ from medssl_bench.harness.workspace import Workspace
 
 MANIFEST = "manifest.jsonl"
 INFO = "corpus.json"
-DATASET_INFO = "dataset.json"
 ID_LENGTH = 12
 # Decode in worker processes only when there is real work: 500 small PNGs (2 MB) decode at
 # ~2,500/s in one process, faster than forking and shipping results back.
 PARALLEL_MIN_BYTES = 32 * 2**20
 
 Progress = Callable[[int, int], None]  # progress(files_done, files_total)
-
-FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".tif": "tiff", ".tiff": "tiff",
-           ".bmp": "bmp", ".gif": "gif", ".nii": "nifti", ".gz": "nifti"}
 
 
 @dataclass
@@ -78,7 +80,7 @@ def build_corpus(roots: list[Path], workspace: Workspace, progress: Progress | N
     module docstring. Unreadable files are listed in `info["unreadable"]`, never fatal."""
     if not roots:
         raise UserError("no root folder given; pass --root DIR")
-    candidates, ignored, dataset_meta, unreadable = [], 0, {}, []
+    candidates, ignored, dataset_meta, unreadable, non_image = [], 0, {}, [], []
     for root in [Path(r).expanduser().resolve() for r in roots]:
         found, skipped = _scan_root(root, dataset_meta, skip=workspace.root, unreadable=unreadable)
         if not found:
@@ -92,6 +94,9 @@ def build_corpus(roots: list[Path], workspace: Workspace, progress: Progress | N
                           progress)
     entries, readable_roots = [], set()
     for cand, result in zip(candidates, results):
+        if result.get("non_image"):
+            non_image.append({"path": cand["path"], "dataset": cand["dataset"], "object": result["non_image"]})
+            continue
         if result["error"]:
             unreadable.append({"path": cand["path"], "reason": result["error"]})
             continue
@@ -108,9 +113,7 @@ def build_corpus(roots: list[Path], workspace: Workspace, progress: Progress | N
             })
     for cand in candidates:
         if cand["root"] not in readable_roots:
-            first = next(u for u in unreadable if u["path"] == cand["path"])
-            raise UserError(f"none of its image files could be read; first: {first['path']}: "
-                            f"{first['reason']}", cand["root"])
+            raise UserError(_no_images_reason(cand["root"], candidates, unreadable, non_image), cand["root"])
 
     # By (dataset, path relative to its root, slice): which copy of a duplicate survives does not depend on the root
     entries.sort(key=lambda e: (e["dataset"], e["_order"]))
@@ -127,7 +130,7 @@ def build_corpus(roots: list[Path], workspace: Workspace, progress: Progress | N
     corpus_id = corpus_id_of(kept)
     out_dir = workspace.corpora / corpus_id
     info = summarize(kept, corpus_id, duplicates=duplicates, unreadable=unreadable, ignored=ignored,
-                     roots=sorted({c["root"] for c in candidates}),
+                     roots=sorted({c["root"] for c in candidates}), non_image=non_image,
                      created=_previous_created(out_dir))
     with atomic_path(out_dir / MANIFEST) as tmp:
         with open(tmp, "w") as handle:  # streamed: a million-image manifest is ~300 MB of JSON
@@ -145,13 +148,37 @@ def _previous_created(corpus_dir: Path) -> str | None:
         return None
 
 
+def _no_images_reason(root: str, candidates: list[dict], unreadable: list[dict], non_image: list[dict]) -> str:
+    """Why a root gave no image: its first unreadable file, and the non-image objects left out."""
+    paths = {c["path"] for c in candidates if c["root"] == root}
+    counts = count_non_image(n for n in non_image if n["path"] in paths)
+    left = f"{sum(counts.values())} non-image DICOM object(s) left out ({format_counts(counts)})"
+    first = next((u for u in unreadable if u["path"] in paths), None)
+    if first is None:
+        return f"no images to index: its DICOM files are all objects that are not images; {left}"
+    return (f"none of its image files could be read; first: {first['path']}: {first['reason']}"
+            + (f"; {left}" if counts else ""))
+
+
+def count_non_image(items: Iterable[dict]) -> dict[str, int]:
+    """{label: files} of non-image DICOM objects, labels sorted."""
+    counts: dict[str, int] = {}
+    for item in items:
+        counts[item["object"]] = counts.get(item["object"], 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def format_counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{label} {count}" for label, count in counts.items())
+
+
 def corpus_id_of(entries: Iterable[dict]) -> str:
     pairs = sorted(f"{e['dataset']}\t{e['hash']}" for e in entries)
     return hashlib.sha256("\n".join(pairs).encode()).hexdigest()[:ID_LENGTH]
 
 
 def summarize(entries: list[dict], corpus_id: str, *, duplicates=(), unreadable=(), ignored=0,
-              roots=(), created=None) -> dict:
+              roots=(), created=None, non_image=()) -> dict:
     """The corpus.json dict: counts per dataset and modality, and what was left out and why."""
     datasets: dict[str, dict] = {}
     for entry in entries:
@@ -177,6 +204,7 @@ def summarize(entries: list[dict], corpus_id: str, *, duplicates=(), unreadable=
         "datasets": dict(sorted(datasets.items())), "modalities": dict(sorted(modalities.items())),
         "n_images": len(entries), "n_duplicates": len(duplicates), "duplicates": list(duplicates),
         "unreadable": sorted(unreadable, key=lambda u: u["path"]), "ignored": ignored,
+        "non_image": count_non_image(non_image), "non_image_files": sorted(non_image, key=lambda n: n["path"]),
         "synthetic": _tri_state({bool(e["synthetic"]) for e in entries}),
     }
 
@@ -185,90 +213,30 @@ def _tri_state(values: set[bool]) -> bool | str:
     return "mixed" if len(values) > 1 else (values.pop() if values else False)
 
 
-def _scan_root(root: Path, dataset_meta: dict, skip: Path, unreadable: list) -> tuple[list[dict], int]:
-    """Image candidates under `root` (hidden files and folders, and the folder `skip` - the
-    workspace, when it lives inside the root - left out) and the count of ignored files. Fills
-    `dataset_meta[dataset_dir]` with dataset.json contents and a modality guess; files that cannot be
-    reached (dangling links, link loops, vanished) go to `unreadable`, and the scan goes on."""
-    if not root.exists():
-        raise UserError("root folder does not exist", root)
-    if not root.is_dir():
-        raise UserError("root is not a folder (pass the folder that holds the images)", root)
-    found, ignored, seen_dirs = [], 0, {os.path.realpath(skip)}
-    for folder, dirs, files in os.walk(root, followlinks=True):
-        real = os.path.realpath(folder)
-        if real in seen_dirs:  # a symlink loop or a folder linked twice
-            dirs[:] = []
-            continue
-        seen_dirs.add(real)
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        rel_folder = Path(folder).relative_to(root)
-        dataset_dir = root / rel_folder.parts[0] if rel_folder.parts else root
-        for name in sorted(files):
-            path = Path(folder) / name
-            if name.startswith(".") or name == DATASET_INFO:
-                ignored += 1
-                continue
-            if (reason := _unreachable(path)) is not None:
-                unreadable.append({"path": str(path), "reason": reason})
-                continue
-            if imageio.image_kind(path) is None:
-                ignored += 1
-                continue
-            if dataset_dir not in dataset_meta:
-                dataset_meta[dataset_dir] = _dataset_meta(dataset_dir)
-            suffix = path.suffix.lower()
-            found.append({"path": str(path), "root": str(root), "rel": str(path.relative_to(root)),
-                          "dataset": dataset_dir.name, "dataset_dir": dataset_dir,
-                          "format": FORMATS.get(suffix, "dicom"), "bytes": path.stat().st_size})
-    return found, ignored
-
-
-def _unreachable(path: Path) -> str | None:
-    """Why `path` cannot be read as a file (a dangling link, a link loop, gone since listed), or None."""
-    try:
-        path.stat()
-    except OSError as err:
-        target = os.readlink(path) if path.is_symlink() else None
-        if target is not None and err.errno == errno.ELOOP:
-            return f"symbolic link loop (-> {target}); remove the link"
-        if target is not None:
-            return f"dangling symbolic link (-> {target}: {err.strerror}); remove the link or restore its target"
-        return f"cannot read ({err.strerror or type(err).__name__})"
-    return None
-
-
-def _dataset_meta(dataset_dir: Path) -> dict:
-    meta: dict = {}
-    meta_file = dataset_dir / DATASET_INFO
-    if meta_file.is_file():
-        meta = _read_json(meta_file)
-        example = 'expected a JSON object like {"modality": "ct", "synthetic": false}'
-        if not isinstance(meta, dict):
-            raise UserError(example, meta_file)
-        if not isinstance(meta.get("synthetic", False), bool):
-            raise UserError(f'"synthetic" must be true or false, not {meta["synthetic"]!r}; {example}',
-                            meta_file)
-        meta["modality"] = normalize_modality(meta.get("modality"))
-    meta["guess"] = guess_modality(dataset_dir.name)
-    return meta
-
-
 # ----------------------------------------------------------------------------------- decode
 
 
 def decode_file(path: str) -> dict:
-    """Decode one file: {"images": [(slice, pixel hash, shape)], "modality", "error"}. Runs in
-    worker processes, so it returns plain data and never raises for a bad image."""
+    """Decode one file: {"images": [(slice, pixel hash, shape)], "modality", "error", "non_image"}.
+    "non_image" is the label (SEG, SR...) of a DICOM object that is not an image: its header says
+    so and its pixels (a mask, a dose grid) are never decoded. Runs in worker processes, so it
+    returns plain data and never raises for a bad image."""
+    dicom = imageio.image_kind(path) == "dicom"
+    label = imageio.dicom_non_image(path) if dicom else None
     try:
-        images = [(index, pixel_hash(pixels), pixels.shape) for index, pixels in imageio.iter_pixels(path)]
+        images = [] if label else [(index, pixel_hash(pixels), pixels.shape)
+                                   for index, pixels in imageio.iter_pixels(path)]
+    except NonImageObject as err:  # no pixel data, and a SOP class that is no image (e.g. a waveform)
+        label = err.label
     except CorruptImageError as err:
         reason = str(err)
         prefix = f"{err.path}: "
-        return {"images": [], "modality": None,
+        return {"images": [], "modality": None, "non_image": None,
                 "error": reason[len(prefix):] if reason.startswith(prefix) else reason}
-    modality = imageio.dicom_modality(path) if imageio.image_kind(path) == "dicom" else None
-    return {"images": images, "modality": modality, "error": None}
+    if label:
+        return {"images": [], "modality": None, "error": None, "non_image": label}
+    modality = imageio.dicom_modality(path) if dicom else None
+    return {"images": images, "modality": modality, "error": None, "non_image": None}
 
 
 def pixel_hash(pixels: np.ndarray) -> str:
@@ -390,10 +358,3 @@ def list_corpora(workspace: Workspace) -> list[dict]:
         return []
     infos = [_read_json(d / INFO) for d in sorted(workspace.corpora.iterdir()) if (d / INFO).is_file()]
     return sorted(infos, key=lambda info: (info.get("created") or "", info.get("id") or ""))
-
-
-def _read_json(path: Path):
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError) as err:
-        raise UserError(f"cannot read JSON ({type(err).__name__}: {err})", path) from None

@@ -18,7 +18,7 @@ The output of `read_pixels` is what the corpus hashes and what the training load
 - Multi-page TIFF and animated GIF: the first page only (pyramidal TIFFs repeat one image at
   lower resolutions).
 
-Every decode failure raises `CorruptImageError(reason, path)`.
+Every decode failure raises `CorruptImageError(reason, path)`. Non-image DICOM: harness.dicom_objects.
 
 Images over the pixel budget (harness.pixel_budget) are refused from their header, before decoding.
 """
@@ -34,6 +34,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image, ImageOps
 
+from medssl_bench.harness.dicom_objects import NonImageObject, dicom_non_image, pixel_less_label, sop_class_name  # noqa: F401
 from medssl_bench.harness.errors import CorruptImageError
 from medssl_bench.harness.pixel_budget import MAX_IMAGE_PIXELS, check_pixel_budget, check_volume_budget
 from medssl_bench.harness.suffixes import DICOM_SUFFIXES, NIFTI_SUFFIXES, PIL_SUFFIXES, SUPPORTED_SUFFIXES  # noqa: F401
@@ -279,9 +280,11 @@ def _load_dicom_cached(key: tuple[str, int, int]):
 def _load_dicom(path: str | Path):
     ds = _load_dicom_cached(_cache_key(path))
     if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        sop = ds.get("SOPClassUID")
-        what = f" ({sop.name})" if sop is not None and hasattr(sop, "name") else ""
-        raise CorruptImageError(f"DICOM file has no pixel data{what}", path)
+        name = sop_class_name(ds.get("SOPClassUID"))
+        message = f"DICOM file has no pixel data{f' ({name})' if name else ''}"
+        if (label := pixel_less_label(ds)) is not None:
+            raise NonImageObject(label, message, path)
+        raise CorruptImageError(message, path)
     return ds
 
 
@@ -302,12 +305,9 @@ def _dicom_frame(ds, index: int, path: str | Path) -> np.ndarray:
         syntax = ds.file_meta.get("TransferSyntaxUID")
         if syntax is None or not syntax.is_compressed:
             raise
-        # JPEG-LS, JPEG lossless and 12-bit JPEG need optional decoders (not installed by default).
-        raise CorruptImageError(
-            f"no installed decoder could read its '{syntax.name}' pixel data "
-            "(pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg, or python-gdcm)",
-            path,
-        ) from None
+        # JPEG-LS, JPEG Lossless and 12-bit JPEG decode through pylibjpeg (requirements.txt).
+        raise CorruptImageError(f"no installed decoder could read its '{syntax.name}' pixel data "
+                                "(pip install -r requirements.txt: pylibjpeg-libjpeg, -openjpeg)", path) from None
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if photometric == "PALETTE COLOR":
         rgb = apply_color_lut(raw, ds)
