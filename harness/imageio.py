@@ -280,8 +280,8 @@ def _load_dicom_cached(key: tuple[str, int, int]):
 def _load_dicom(path: str | Path):
     ds = _load_dicom_cached(_cache_key(path))
     if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        name = sop_class_name(ds.get("SOPClassUID"))
-        message = f"DICOM file has no pixel data{f' ({name})' if name else ''}"
+        name = sop_class_name(ds.get("SOPClassUID")) or "none: truncated or damaged?"
+        message = f"DICOM file has no pixel data (SOP class {name})"
         if (label := pixel_less_label(ds)) is not None:
             raise NonImageObject(label, message, path)
         raise CorruptImageError(message, path)

@@ -35,7 +35,8 @@ MAX_UNREADABLE_SHOWN = 50
     "DICM preamble; a multi-frame file gives one image per frame) and NIfTI (.nii/.nii.gz; one "
     "image per axial slice, a 4D volume contributes its first volume). Identical pixels are kept "
     "once, however they are encoded. A file that fails to decode is listed with the reason and "
-    "the build goes on. The manifest goes to WORKSPACE/corpora/ID/manifest.jsonl; pass the id to "
+    "the build goes on; DICOM objects that are not images (SEG, RTSTRUCT, SR, PDF...) are left out "
+    "and counted. The manifest goes to WORKSPACE/corpora/ID/manifest.jsonl; pass the id to "
     "`bench pretrain --corpus ID`. Rebuilding the same images gives the same id, wherever the "
     "folder lives.",
 )
@@ -50,10 +51,11 @@ def build(
     info = corpus.info
     _print_datasets(info)
     _print_unreadable(info)
+    _print_non_image(info)
     console.print(
         f"corpus [bold green]{corpus.id}[/]: {info['n_images']} images, "
         f"{info['n_duplicates']} duplicates dropped, {len(info['unreadable'])} unreadable, "
-        f"{info['ignored']} non-image files ignored", highlight=False, soft_wrap=True)
+        f"{info['ignored']} other files ignored", highlight=False, soft_wrap=True)
     console.print(f"manifest: {corpus.manifest_path}", highlight=False, soft_wrap=True)
     console.print(f"next: bench pretrain --method simclr --corpus {corpus.id}", highlight=False)
 
@@ -85,6 +87,7 @@ def show(
         console.print(f"  root: {root}", highlight=False, soft_wrap=True)
     _print_datasets(info)
     _print_unreadable(info)
+    _print_non_image(info)
     modalities = ", ".join(f"{name} {count}" for name, count in info.get("modalities", {}).items())
     console.print(f"{info.get('n_images', len(corpus.entries))} images ({modalities}); "
                   f"manifest: {corpus.manifest_path}", highlight=False, soft_wrap=True)
@@ -164,6 +167,16 @@ def _print_unreadable(info: dict) -> None:
     if len(unreadable) > MAX_UNREADABLE_SHOWN:
         console.print(f"  ... and {len(unreadable) - MAX_UNREADABLE_SHOWN} more "
                       "(all listed in corpus.json)")
+
+
+def _print_non_image(info: dict) -> None:
+    """One line: the DICOM objects that are not images (SEG, SR...), left out undecoded. Older
+    corpus.json files have no such field: nothing to say."""
+    counts = info.get("non_image") or {}
+    if counts:
+        kinds = ", ".join(f"{label} {count}" for label, count in counts.items())
+        console.print(f"{sum(counts.values())} non-image DICOM object(s) left out ({kinds}); "
+                      "listed in corpus.json", highlight=False, soft_wrap=True)
 
 
 def _print_corpus_list(infos: list[dict], ws: Workspace) -> None:
