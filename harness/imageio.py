@@ -301,13 +301,13 @@ def _dicom_frame(ds, index: int, path: str | Path) -> np.ndarray:
     check_pixel_budget((int(ds.get("Columns") or 0), int(ds.get("Rows") or 0)), path, "DICOM frame")
     try:
         raw = pixel_array(ds, index=index)  # one frame; YBR is converted to RGB here
-    except RuntimeError:
+    except RuntimeError as err:
         syntax = ds.file_meta.get("TransferSyntaxUID")
         if syntax is None or not syntax.is_compressed:
             raise
-        # JPEG-LS, JPEG Lossless and 12-bit JPEG decode through pylibjpeg (requirements.txt).
-        raise CorruptImageError(f"no installed decoder could read its '{syntax.name}' pixel data "
-                                "(pip install -r requirements.txt: pylibjpeg-libjpeg, -openjpeg)", path) from None
+        # pydicom tried every decoder it has (pylibjpeg, requirements.txt; Pillow); its reasons per decoder follow
+        raise CorruptImageError(f"no installed decoder could read its '{syntax.name}' pixel data: "
+                                + " ".join(str(err).split())[:400], path) from None
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if photometric == "PALETTE COLOR":
         rgb = apply_color_lut(raw, ds)
