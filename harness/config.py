@@ -35,6 +35,10 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "clip_grad": None,  # max gradient norm, or None
     "num_workers": -1,  # -1: choose from the CPU count
     "amp": False,  # mixed precision (GPU only)
+    # where views are made: "cpu" (loader workers run the method's lightly transform) or "device" (workers decode and
+    # draw the same parameters, the model's device makes the pixels: harness.device_views, for hosts whose CPUs
+    # cannot feed the GPU)
+    "augment": "cpu",
     "sync_bn": False,  # DDP on GPUs: BatchNorm statistics over all processes (torch SyncBatchNorm), not per process
     "seed": 0,
     # a bench backbone checkpoint (.safetensors) to start from, e.g. imported ImageNet weights; INIT_NONE: random
@@ -62,7 +66,8 @@ PAPER_RECIPE_KEYS = ("backbone", "init", "image_size", "batch_size", "epochs", "
                      "lr_schedule", "warmup_epochs", "weight_decay", "clip_grad")
 # Keys that do not change what is learnt (workers, seed, precision, BN sync) or name the data (labels_from):
 # overriding them keeps a run on its profile. `init` is judged apart (_profile_changes).
-NOT_RECIPE = ("num_workers", "seed", "amp", "sync_bn", "labels_from", "init")
+NOT_RECIPE = ("num_workers", "seed", "amp", "sync_bn", "labels_from", "init",
+              "augment")  # the same views by the same parameters; only resampling arithmetic differs, as with amp
 SECTIONS = ("train", "model", "views")
 # constructor arguments the harness passes itself, not settings
 _BUILT_BY_HARNESS = ("self", "backbone", "feat_dim", "labels")
@@ -147,6 +152,10 @@ def resolve_config(method_cls, profile: str, overrides: dict[str, Any], sets: di
     cfg["profile_changes"] = _profile_changes(profile, pinned, json.loads(json.dumps(cfg)))
     cfg["sections"] = {section: sorted(keys) for section, keys in sections.items()}
     _validate(cfg)
+    if cfg["augment"] == "device":  # a method whose views have no device path: one line before a run folder exists
+        from medssl_bench.harness.device_views import check_device_views
+
+        check_device_views(method_cls, cfg)
     # as JSON records it (tuples become lists), so a resolved config equals the one its run recorded
     return json.loads(json.dumps(cfg))
 
@@ -224,6 +233,9 @@ def _validate(cfg: dict) -> None:
     for key in ("epochs", "batch_size", "image_size"):
         if not isinstance(cfg[key], int) or cfg[key] < 1:
             raise UserError(f"--{key.replace('_', '-')} must be a positive integer, got {cfg[key]!r}")
+    if cfg["augment"] not in ("cpu", "device"):
+        raise UserError(f"augment must be 'cpu' (views made by loader workers) or 'device' (made on the model's "
+                        f"device), got {cfg['augment']!r}")
     if cfg["optimizer"] not in OPTIMIZERS:
         raise UserError(f"unknown optimizer '{cfg['optimizer']}'; choose one of: {', '.join(OPTIMIZERS)}")
     if cfg["lr_scaling"] not in ("linear", "none"):

@@ -39,10 +39,17 @@ from medssl_bench.harness.torch_compat import trusted_mmengine_checkpoint
 
 
 class PretrainModel(BaseModel):
-    """mmengine model around a method: forward returns the method's losses."""
+    """mmengine model around a method: forward returns the method's losses. `views_plan` (harness.device_views,
+    `augment: device`): the batch holds decoded images and view parameters, and the views are made on the device."""
 
-    def __init__(self, method: SSLMethod):
-        super().__init__(data_preprocessor=ViewsPreprocessor())
+    def __init__(self, method: SSLMethod, views_plan: list | None = None):
+        if views_plan:
+            from medssl_bench.harness.device_views import DeviceViewsPreprocessor
+
+            preprocessor = DeviceViewsPreprocessor(views_plan)
+        else:
+            preprocessor = ViewsPreprocessor()
+        super().__init__(data_preprocessor=preprocessor)
         self.method = method
         self.step_info = StepInfo()
 
@@ -330,6 +337,9 @@ def build_runner(model: PretrainModel, dataset, cfg: dict, run_dir: Path, *, res
     distributed = world_size() > 1
     cuda = torch.cuda.is_available()
     model = sync_batchnorm(model, cfg)
+    collate = collate_views
+    if cfg.get("augment") == "device":  # decoded images of any size + parameters (harness.device_views)
+        from medssl_bench.harness.device_views import collate_device_views as collate
     per_rank_batch = cfg["batch_size"] // world_size()
     wrapper = None
     if distributed:
@@ -344,7 +354,7 @@ def build_runner(model: PretrainModel, dataset, cfg: dict, run_dir: Path, *, res
         train_dataloader=dict(
             dataset=dataset,
             sampler=sampler or dict(type=EpochIndexSampler, shuffle=True, seed=cfg["seed"]),
-            collate_fn=collate_views,
+            collate_fn=collate,
             batch_size=per_rank_batch,
             num_workers=num_workers,
             persistent_workers=num_workers > 0,

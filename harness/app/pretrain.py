@@ -275,6 +275,7 @@ def _train(req, progress, method_cls, cfg, run_dir, resuming, run_id, labelled, 
 
     from medssl_bench.harness.backbones import build_backbone
     from medssl_bench.harness.config import build_transform, method_kwargs
+    from medssl_bench.harness.device_views import DeviceViewsTransform, check_device_views
     from medssl_bench.harness.data import ViewsDataset, default_num_workers
     from medssl_bench.harness.engine import (MethodHook, PretrainModel, ProgressHook, RunIdentityHook, RunRecordHook,
                                              build_runner, is_main_process, leave_distributed, world_size)
@@ -285,9 +286,10 @@ def _train(req, progress, method_cls, cfg, run_dir, resuming, run_id, labelled, 
     # before the method copies the backbone (EMA teachers); "none (chosen)": random weights by the user's choice
     init_info = "none (chosen)" if cfg["init"] == INIT_NONE else load_init(backbone, cfg) if cfg["init"] else None
     kwargs = {**method_kwargs(method_cls, cfg), **({"labels": labelled.layout} if labelled else {})}
-    model = PretrainModel(method_cls(backbone, feat_dim, **kwargs))
+    plan = check_device_views(method_cls, cfg)  # augment "device": workers decode and draw, the device makes views
+    model = PretrainModel(method_cls(backbone, feat_dim, **kwargs), plan)
     make_views = labelled.views if labelled else partial(ViewsDataset, entries)
-    transform, n_image_views = build_transform(method_cls, cfg)
+    transform, n_image_views = (DeviceViewsTransform(plan), 0) if plan else build_transform(method_cls, cfg)
     dataset = make_views(transform, seed=cfg["seed"], n_image_views=n_image_views)
     # profile: what the leaderboard ranks the row under (harness.config.profile_label); budget: what it was given
     sidecar = {"method": req.method, "backbone": cfg["backbone"], "profile": profile_label(cfg), "config": cfg,
