@@ -89,7 +89,8 @@ def _download(folder: Path) -> dict[str, Path]:
     missing = [f"{name}=={version}" for name, version in WHEELS.items() if _wheel_file(folder, name, version) is None]
     if missing:
         command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                   "--disable-pip-version-check", "-q", "-d", str(folder), *missing]
+                   "--disable-pip-version-check", "-q", "--retries", "2", "--timeout", "30",
+                   "-d", str(folder), *missing]  # offline: fail in seconds, not pip's minutes of retries
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=DOWNLOAD_TIMEOUT_S)
         except subprocess.TimeoutExpired:
