@@ -46,6 +46,11 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     # must name one or the other (harness.app.pretrain.require_init), so no run silently starts from random.
     "init": None,
     "labels_from": None,  # label-using methods (uses_labels): the labelled datasets, in order (--labels-from)
+    # Each dataset's share of an epoch, w_d * n_d**dataset_balance (harness.data.BalancedSampler): 1 with no
+    # weights = every image once per epoch; 0 = an equal share per dataset (minority datasets over-sampled, as
+    # LVM-Med balances its 55 sources; the paper gives no rule for how much). dataset_weights: {name: w}.
+    "dataset_balance": 1.0,
+    "dataset_weights": None,
 }
 INIT_NONE, INIT_REQUIRED = "none", "required"  # the two `init` values that are not a path
 OPTIMIZERS = ("sgd", "lars", "adam", "adamw")
@@ -233,6 +238,14 @@ def _validate(cfg: dict) -> None:
     for key in ("epochs", "batch_size", "image_size"):
         if not isinstance(cfg[key], int) or cfg[key] < 1:
             raise UserError(f"--{key.replace('_', '-')} must be a positive integer, got {cfg[key]!r}")
+    if not (isinstance(cfg["dataset_balance"], (int, float)) and 0 <= cfg["dataset_balance"] <= 1):
+        raise UserError(f"dataset_balance must lie in [0, 1] (1: every image once per epoch, 0: an equal share "
+                        f"per dataset), got {cfg['dataset_balance']!r}")
+    weights = cfg["dataset_weights"]
+    if weights is not None and not (isinstance(weights, dict) and all(
+            isinstance(w, (int, float)) and not isinstance(w, bool) and w > 0 for w in weights.values())):
+        raise UserError(f"dataset_weights must be a mapping of dataset name to a positive number, e.g. "
+                        f"\"{{'busi': 2.0}}\", got {weights!r}")
     if cfg["augment"] not in ("cpu", "device"):
         raise UserError(f"augment must be 'cpu' (views made by loader workers) or 'device' (made on the model's "
                         f"device), got {cfg['augment']!r}")

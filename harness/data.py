@@ -14,11 +14,11 @@ import numpy as np
 import torch
 from mmengine.dataset import DefaultSampler
 from mmengine.model import BaseDataPreprocessor
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from lightly.transforms.utils import IMAGENET_NORMALIZE
 
-from medssl_bench.harness.errors import CorruptImageError
+from medssl_bench.harness.errors import CorruptImageError, UserError
 from medssl_bench.harness.provenance import available_cpus
 
 # Views travel as uint8 (4x less memory through loader workers, pinning and host->device copies)
@@ -34,6 +34,94 @@ class EpochIndexSampler(DefaultSampler):
         epoch = self.epoch
         for index in super().__iter__():
             yield (epoch, index)
+
+
+class BalancedSampler(Sampler):
+    """(epoch, index) pairs with a per-dataset share of every epoch (`dataset_balance`, `dataset_weights`).
+
+    An epoch keeps the corpus size N; dataset d gets q_d = N * w_d * n_d**alpha / sum(w * n**alpha) of it
+    (largest-remainder rounding, so the quotas sum to N): alpha 1 with equal weights gives every image
+    once (the natural epoch), alpha 0 an equal share per dataset. A dataset whose quota exceeds its size
+    is over-sampled by whole shuffled passes, then a shuffled part-pass (every image once before any
+    image twice, LVM-Med's "duplicating images" of minority datasets); one below is under-sampled by a
+    shuffled subset, a new one every epoch. The epoch's list is shuffled, padded to a multiple of the
+    world size with its own start, and dealt to ranks by stride, as mmengine's DefaultSampler; all of
+    it a function of (seed, epoch), so a resumed run, on any rank, draws what an uninterrupted one does."""
+
+    def __init__(self, dataset, groups: list[str], seed: int = 0, alpha: float = 1.0,
+                 weights: dict[str, float] | None = None, rank: int | None = None, world_size: int | None = None):
+        from mmengine.dist import get_dist_info
+
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+        self.rank, self.world_size = get_dist_info() if world_size is None else (rank, world_size)
+        names, codes = np.unique(np.asarray(groups), return_inverse=True)
+        self.members = {str(name): np.flatnonzero(codes == k) for k, name in enumerate(names)}
+        self.quotas = dataset_quotas({n: len(m) for n, m in self.members.items()}, alpha, weights or {})
+        self.total = -(-len(groups) // self.world_size) * self.world_size
+
+    def epoch_indices(self, epoch: int) -> np.ndarray:
+        """Every rank's indices of `epoch`, before dealing (shuffled, padded)."""
+        rng = np.random.default_rng(derived_seed(self.seed, epoch))
+        parts = []
+        for name in sorted(self.members):
+            members, quota = self.members[name], self.quotas[name]
+            passes, rest = divmod(quota, len(members))
+            parts += [rng.permutation(members) for _ in range(passes)] + [rng.permutation(members)[:rest]]
+        order = rng.permutation(np.concatenate(parts))
+        return np.concatenate([order, order[: self.total - len(order)]])
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.epoch
+        for index in self.epoch_indices(epoch)[self.rank::self.world_size]:
+            yield (epoch, int(index))
+
+    def __len__(self) -> int:
+        return self.total // self.world_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+
+def balances_datasets(cfg: dict) -> bool:
+    """Whether a config asks for anything but the natural epoch (every image once)."""
+    return cfg.get("dataset_balance", 1.0) != 1.0 or bool(cfg.get("dataset_weights"))
+
+
+def epoch_shares(entries: list[dict], cfg: dict) -> dict[str, int] | None:
+    """Images per epoch of each dataset of a corpus under `cfg`, or None for the natural epoch."""
+    if not balances_datasets(cfg):
+        return None
+    sizes: dict[str, int] = {}
+    for entry in entries:
+        sizes[entry["dataset"]] = sizes.get(entry["dataset"], 0) + 1
+    return dataset_quotas(sizes, cfg["dataset_balance"], cfg["dataset_weights"] or {})
+
+
+def corpus_sampler(entries: list[dict], cfg: dict) -> dict | None:
+    """The mmengine sampler config for a corpus: None (the engine's seeded shuffle) for the natural epoch,
+    so runs that do not balance draw exactly what they drew before this option existed."""
+    if not balances_datasets(cfg):
+        return None
+    return dict(type=BalancedSampler, groups=[e["dataset"] for e in entries], seed=cfg["seed"],
+                alpha=cfg["dataset_balance"], weights=cfg["dataset_weights"])
+
+
+def dataset_quotas(sizes: dict[str, int], alpha: float, weights: dict[str, float]) -> dict[str, int]:
+    """Images per epoch of each dataset: sum(sizes) split in proportion to weight * size**alpha, rounded by
+    largest remainder (ties to the larger dataset, then the name) so they sum exactly to the corpus size.
+    alpha and the weights' values are checked with the config (harness.config); the names only here."""
+    unknown = sorted(set(weights) - set(sizes))
+    if unknown:
+        raise UserError(f"dataset_weights names datasets the corpus does not hold: {', '.join(unknown)}; "
+                        f"it holds: {', '.join(sorted(sizes))}")
+    total = sum(sizes.values())
+    mass = {name: weights.get(name, 1.0) * n ** alpha for name, n in sizes.items()}
+    exact = {name: total * m / sum(mass.values()) for name, m in mass.items()}
+    quotas = {name: int(x) for name, x in exact.items()}
+    by_remainder = sorted(sizes, key=lambda name: (-(exact[name] - quotas[name]), -sizes[name], name))
+    for name in by_remainder[: total - sum(quotas.values())]:
+        quotas[name] += 1
+    return quotas
 
 
 def derived_seed(*keys: int) -> int:

@@ -170,6 +170,7 @@ def run_pretraining(req: PretrainRequest, progress: Progress | None = None) -> P
     reports every step to `progress(steps_done, steps_total, description=, stats=)`. Only the main process
     locks the run (harness.runlock) and writes its records."""
     from medssl_bench.harness.corpus import resolve_corpus
+    from medssl_bench.harness.data import balances_datasets, epoch_shares
     from medssl_bench.harness.engine import check_sync_bn, init_distributed, is_main_process, world_size
     from medssl_bench.harness.provenance import code_version, host_info, package_versions
     from medssl_bench.methods import get_method
@@ -195,7 +196,13 @@ def run_pretraining(req: PretrainRequest, progress: Progress | None = None) -> P
             raise UserError(f"--batch-size {cfg['batch_size']} is larger than corpus {corpus.id} "
                             f"({len(entries)} images); lower --batch-size or add images")
         corpus_info = {"id": corpus.id, "n_images": len(entries), "synthetic": corpus.info.get("synthetic")}
+        shares = epoch_shares(entries, cfg)  # checks dataset_weights' names before a run folder exists
+        if shares is not None:
+            corpus_info["epoch_shares"] = shares
     else:
+        if balances_datasets(cfg):
+            raise UserError("dataset_balance / dataset_weights apply to a corpus; a label-using method visits "
+                            "its --labels-from datasets in turn, one whole pass each")
         corpus_info = labelled.corpus_info
     if cfg["batch_size"] % world_size():
         raise UserError(f"--batch-size {cfg['batch_size']} must divide evenly over {world_size()} processes")
@@ -276,7 +283,7 @@ def _train(req, progress, method_cls, cfg, run_dir, resuming, run_id, labelled, 
     from medssl_bench.harness.backbones import build_backbone
     from medssl_bench.harness.config import build_transform, method_kwargs
     from medssl_bench.harness.device_views import DeviceViewsTransform, check_device_views
-    from medssl_bench.harness.data import ViewsDataset, default_num_workers
+    from medssl_bench.harness.data import ViewsDataset, corpus_sampler, default_num_workers
     from medssl_bench.harness.engine import (MethodHook, PretrainModel, ProgressHook, RunIdentityHook, RunRecordHook,
                                              build_runner, is_main_process, leave_distributed, world_size)
 
@@ -303,7 +310,8 @@ def _train(req, progress, method_cls, cfg, run_dir, resuming, run_id, labelled, 
         hooks.append(ProgressHook(progress, f"{req.method} {cfg['backbone']}", cfg["batch_size"]))
     workers = req.num_workers if req.num_workers is not None else (
         cfg["num_workers"] if cfg["num_workers"] >= 0 else default_num_workers())
-    sampler = labelled.sampler(cfg["batch_size"] // world_size(), cfg["seed"]) if labelled else None
+    sampler = labelled.sampler(cfg["batch_size"] // world_size(), cfg["seed"]) if labelled else \
+        corpus_sampler(entries, cfg)
     runner = build_runner(model, dataset, cfg, run_dir, resume=resuming, num_workers=workers, hooks=hooks,
                           sampler=sampler)
 
