@@ -34,7 +34,8 @@ from typing import Iterator
 import numpy as np
 from PIL import Image, ImageOps
 
-from medssl_bench.harness.dicom_objects import NonImageObject, dicom_non_image, pixel_less_label, sop_class_name  # noqa: F401
+from medssl_bench.harness.dicom_objects import dicom_non_image  # noqa: F401  (re-exported)
+from medssl_bench.harness.dicom_objects import NonImageObject, pixel_less_label, sop_class_name
 from medssl_bench.harness.errors import CorruptImageError
 from medssl_bench.harness.pixel_budget import MAX_IMAGE_PIXELS, check_pixel_budget, check_volume_budget
 from medssl_bench.harness.suffixes import DICOM_SUFFIXES, NIFTI_SUFFIXES, PIL_SUFFIXES, SUPPORTED_SUFFIXES  # noqa: F401
@@ -301,11 +302,10 @@ def _dicom_frame(ds, index: int, path: str | Path) -> np.ndarray:
     check_pixel_budget((int(ds.get("Columns") or 0), int(ds.get("Rows") or 0)), path, "DICOM frame")
     try:
         raw = pixel_array(ds, index=index)  # one frame; YBR is converted to RGB here
-    except RuntimeError as err:
+    except RuntimeError as err:  # pydicom tried each decoder it has (pylibjpeg, Pillow): pass on its reasons
         syntax = ds.file_meta.get("TransferSyntaxUID")
         if syntax is None or not syntax.is_compressed:
             raise
-        # pydicom tried every decoder it has (pylibjpeg, requirements.txt; Pillow); its reasons per decoder follow
         raise CorruptImageError(f"no installed decoder could read its '{syntax.name}' pixel data: "
                                 + " ".join(str(err).split())[:400], path) from None
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
