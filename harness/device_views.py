@@ -372,7 +372,7 @@ class DeviceViewsTransform:
         shrink = max(1, math.ceil(max(image.size) / self.max_side))
         if shrink > 1:  # boxes stay in the decoded image's pixels; the device divides them by `shrink`
             image = image.reduce(shrink)
-        pixels = torch.from_numpy(np.asarray(image.convert("RGB")).copy())
+        pixels = torch.from_numpy(np.array(image if image.mode == "RGB" else image.convert("RGB")))  # one copy
         return [pixels, torch.from_numpy(params), torch.tensor(float(shrink), dtype=torch.float64)]
 
 
