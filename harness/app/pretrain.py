@@ -170,6 +170,7 @@ def run_pretraining(req: PretrainRequest, progress: Progress | None = None) -> P
     reports every step to `progress(steps_done, steps_total, description=, stats=)`. Only the main process
     locks the run (harness.runlock) and writes its records."""
     from medssl_bench.harness.corpus import resolve_corpus
+    from medssl_bench.harness.corpus_pack import packed_for_run
     from medssl_bench.harness.data import balances_datasets, epoch_shares
     from medssl_bench.harness.engine import check_sync_bn, init_distributed, is_main_process, world_size
     from medssl_bench.harness.provenance import code_version, host_info, package_versions
@@ -196,6 +197,9 @@ def run_pretraining(req: PretrainRequest, progress: Progress | None = None) -> P
             raise UserError(f"--batch-size {cfg['batch_size']} is larger than corpus {corpus.id} "
                             f"({len(entries)} images); lower --batch-size or add images")
         corpus_info = {"id": corpus.id, "n_images": len(entries), "synthetic": corpus.info.get("synthetic")}
+        packed = packed_for_run(corpus, cfg["image_size"], read_run(run_dir)["corpus"] if resuming else None)
+        if packed is not None:  # decoded once by `bench corpus pack`: the run reads its shards
+            corpus_info["packed"] = packed
         shares = epoch_shares(entries, cfg)  # checks dataset_weights' names before a run folder exists
         if shares is not None:
             corpus_info["epoch_shares"] = shares
@@ -276,6 +280,18 @@ def _claim_run(req: PretrainRequest, run_dir: Path, resuming: Path | None, field
     return lock, run_id
 
 
+def corpus_views(entries: list[dict], packed: dict | None) -> Callable:
+    """ViewsDataset over the corpus: image k read from the packed shards when there are some, else decoded
+    from entry k's source file."""
+    from medssl_bench.harness.data import ViewsDataset
+
+    if packed is None:
+        return partial(ViewsDataset, entries)
+    from medssl_bench.harness.corpus_pack import PackedImages
+
+    return partial(ViewsDataset, range(len(entries)), loader=PackedImages(packed["folder"]).rgb)
+
+
 def _train(req, progress, method_cls, cfg, run_dir, resuming, run_id, labelled, entries, corpus_info, provenance,
            labels_info) -> Path | None:
     from mmengine.runner import set_random_seed
@@ -283,7 +299,7 @@ def _train(req, progress, method_cls, cfg, run_dir, resuming, run_id, labelled, 
     from medssl_bench.harness.backbones import build_backbone
     from medssl_bench.harness.config import build_transform, method_kwargs
     from medssl_bench.harness.device_views import DeviceViewsTransform, check_device_views
-    from medssl_bench.harness.data import ViewsDataset, corpus_sampler, default_num_workers
+    from medssl_bench.harness.data import corpus_sampler, default_num_workers
     from medssl_bench.harness.engine import (MethodHook, PretrainModel, ProgressHook, RunIdentityHook, RunRecordHook,
                                              build_runner, is_main_process, leave_distributed, world_size)
 
@@ -295,7 +311,7 @@ def _train(req, progress, method_cls, cfg, run_dir, resuming, run_id, labelled, 
     kwargs = {**method_kwargs(method_cls, cfg), **({"labels": labelled.layout} if labelled else {})}
     plan = check_device_views(method_cls, cfg)  # augment "device": workers decode and draw, the device makes views
     model = PretrainModel(method_cls(backbone, feat_dim, **kwargs), plan)
-    make_views = labelled.views if labelled else partial(ViewsDataset, entries)
+    make_views = labelled.views if labelled else corpus_views(entries, corpus_info.get("packed"))
     transform, n_image_views = (DeviceViewsTransform(plan), 0) if plan else build_transform(method_cls, cfg)
     dataset = make_views(transform, seed=cfg["seed"], n_image_views=n_image_views)
     # profile: what the leaderboard ranks the row under (harness.config.profile_label); budget: what it was given

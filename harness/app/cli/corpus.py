@@ -94,6 +94,43 @@ def show(
 
 
 @corpus_app.command(
+    "pack",
+    short_help="Decode a corpus once into shards for fast random reads in training.",
+    help="Decode every image of a corpus once (DICOM LUTs, NIfTI slices windowed per volume, "
+    "frames), shrink it to --max-side (area interpolation, aspect kept; smaller images are stored as "
+    "decoded) and write lossless PNG samples into WebDataset tar shards of --shard-images images, "
+    "beside the manifest in WORKSPACE/corpora/ID/packed-MAX_SIDE/. Every core decodes a shard at a "
+    "time; a killed pack keeps its whole shards and resumes. `bench pretrain --corpus ID` then reads "
+    "the packed copy (the one with the smallest max side at least --image-size) instead of the "
+    "source files: a shuffled epoch over CT/MR volumes no longer decodes a volume per slice. The "
+    "run records which copy it read. The shards are plain tar: wids reads them by index from this "
+    "folder or from its copy on http(s)/s3 storage.",
+)
+def pack(
+    corpus_id: str = typer.Argument(..., help="Corpus id (or a unique prefix), a manifest.jsonl or a corpus folder."),
+    max_side: int = typer.Option(512, "--max-side", min=16, help="Longest side of a stored image in pixels; "
+                                 "at least the --image-size you will pretrain at (LVM-Med trains at 224)."),
+    shard_images: int = typer.Option(1000, "--shard-images", min=1, help="Images per shard (a unit of work "
+                                     "and of resume)."),
+    workers: int = typer.Option(0, "--workers", min=0, help="Processes that decode (0: one per CPU, up to 8)."),
+    workspace: Path = workspace_option(),
+) -> None:
+    from medssl_bench.harness.corpus import resolve_corpus
+    from medssl_bench.harness.corpus_pack import load_packed, pack_corpus
+
+    corpus = resolve_corpus(corpus_id, Workspace.resolve(workspace))
+    with ProgressBar(console, f"packing {corpus.id}", transient=True) as bar:
+        folder = pack_corpus(corpus, max_side=max_side, shard_images=shard_images, workers=workers or None,
+                             progress=bar)
+    info = load_packed(folder)
+    console.print(f"packed corpus [bold green]{corpus.id}[/]: {info['n_images']} images in {info['n_shards']} "
+                  f"shard(s), {info['bytes'] / 2**20:.1f} MiB, max side {info['max_side']}", highlight=False)
+    console.print(f"shards: {folder}", highlight=False, soft_wrap=True)
+    console.print(f"next: bench pretrain --method simclr --corpus {corpus.id} (reads the packed copy)",
+                  highlight=False, soft_wrap=True)
+
+
+@corpus_app.command(
     "synth",
     short_help="Generate a synthetic phantom corpus (for demos and tests without real data).",
     help="Generate a synthetic pretraining corpus of medical-looking phantoms (one sub-folder "

@@ -1,0 +1,322 @@
+"""A packed corpus: every image of a corpus decoded once, resized to a maximum side and written to
+WebDataset tar shards, for O(1) random reads by index with bounded memory (benchmarks/README.md,
+"Packed corpus format", for the measurement behind the choice).
+
+    <workspace>/corpora/<id>/packed-<max side>/
+        shards.json        the shard list in wids' dataset-description format (wids_version 1)
+        pack.json          what was packed: corpus id, max side, encoding, counts, per-shard sha256
+        shard-00000.tar    samples <k>.png (the pixels) + <k>.json (the manifest entry), k = 9 digits
+
+Sample k is manifest entry k: provenance (source path, slice, pixel hash of the full-size decode,
+dataset, modality) stays in the manifest, and a copy travels in each sample's json. Shards hold a
+fixed number of images, so a shard is one unit of work: decoded by one worker process, written to
+a temporary name and renamed when whole. A killed pack keeps its whole shards and redoes the rest;
+memory stays at one shard per worker, whatever the corpus size. The tar files are plain tar, so any
+WebDataset reader streams them, and wids (`ShardListDataset`) reads them by index from a local
+folder or, given the folder's URL, from http(s)/s3 storage through its download cache.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import hashlib
+import io
+import json
+import os
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import cv2
+import numpy as np
+
+from medssl_bench.harness import imageio
+from medssl_bench.harness.corpus import Corpus, _decode_pool
+from medssl_bench.harness.errors import CorruptImageError, UserError
+from medssl_bench.harness.fsutil import atomic_path, fsync_dir, write_json_atomic
+
+PACK_INFO, SHARD_LIST = "pack.json", "shards.json"
+FORMAT = "webdataset-tar/png"
+DEFAULT_MAX_SIDE = 512
+DEFAULT_SHARD_IMAGES = 1000
+PNG_LEVEL = 1  # zlib level 1: most of level 9's size at a fraction of the time (benchmarks/README.md)
+
+Progress = Callable[[int, int], None]
+
+
+def packed_dir(corpus: Corpus, max_side: int) -> Path:
+    return corpus.dir / f"packed-{max_side}"
+
+
+def shard_name(number: int) -> str:
+    return f"shard-{number:05d}.tar"
+
+
+def sample_key(index: int) -> str:
+    return f"{index:09d}"
+
+
+def fit_max_side(pixels: np.ndarray, max_side: int) -> np.ndarray:
+    """Downscale so the longer side is at most `max_side` (area interpolation, aspect kept); smaller
+    images are stored as decoded."""
+    height, width = pixels.shape[:2]
+    if max(height, width) <= max_side:
+        return pixels
+    scale = max_side / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
+
+
+def encode_png(pixels: np.ndarray) -> bytes:
+    bgr = cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR) if pixels.ndim == 3 else pixels
+    ok, data = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, PNG_LEVEL])
+    if not ok:
+        raise RuntimeError(f"PNG encoding failed for an image of shape {pixels.shape}")
+    return data.tobytes()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    return cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB) if pixels.ndim == 3 else pixels
+
+
+# ------------------------------------------------------------------------------------- pack
+
+
+def pack_corpus(corpus: Corpus, *, max_side: int = DEFAULT_MAX_SIDE, shard_images: int = DEFAULT_SHARD_IMAGES,
+                workers: int | None = None, progress: Progress | None = None) -> Path:
+    """Pack `corpus` (see the module docstring); returns the packed folder. Resumes a killed pack."""
+    if max_side < 16:
+        raise UserError(f"--max-side must be at least 16 pixels, got {max_side}")
+    out = packed_dir(corpus, max_side)
+    settings = {"corpus": corpus.id, "format": FORMAT, "max_side": max_side, "shard_images": shard_images,
+                "png_level": PNG_LEVEL}
+    _claim(out, settings)
+    total = corpus.info.get("n_images") or len(corpus.entries)
+    n_shards = -(-total // shard_images)
+    done = {n for n in range(n_shards) if (out / shard_name(n)).is_file()}
+    for stale in out.glob(".shard-*.tmp"):
+        stale.unlink()
+    workers = workers or min(os.cpu_count() or 1, 8)
+    images_done = sum(min(shard_images, total - n * shard_images) for n in done)
+    if progress:
+        progress(images_done, total)
+    results = {n: None for n in done}
+    with _pool(workers) as pool:
+        pending = set()
+        for number, entries in _shards(corpus.manifest_path, shard_images):
+            if number in done:
+                continue
+            pending.add(pool.submit(write_shard, out, number, number * shard_images, entries, max_side))
+            if len(pending) >= 2 * workers:  # bounded: at most two shards' entries in flight per worker
+                images_done = _collect(pending, results, images_done, total, progress, wait_all=False)
+        while pending:
+            images_done = _collect(pending, results, images_done, total, progress, wait_all=True)
+    return _finish(out, settings, total, n_shards, shard_images)
+
+
+def _collect(pending, results, images_done, total, progress, *, wait_all) -> int:
+    finished, _ = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
+    for future in finished:
+        pending.discard(future)
+        number, count = future.result()
+        results[number] = count
+        images_done += count
+        if progress:
+            progress(images_done, total)
+    return images_done
+
+
+def _claim(out: Path, settings: dict) -> None:
+    """Start or continue a pack in `out`; a folder packed with other settings is never mixed into."""
+    info_path = out / PACK_INFO
+    if info_path.is_file():
+        info = json.loads(info_path.read_text())
+        differs = {k: (info.get(k), v) for k, v in settings.items() if info.get(k) != v}
+        if differs:
+            what = ", ".join(f"{k} {old!r} (asked {new!r})" for k, (old, new) in differs.items())
+            raise UserError(f"already packed with other settings: {what}; remove the folder to repack", out)
+        return
+    write_json_atomic(info_path, {**settings, "complete": False})
+
+
+def _shards(manifest: Path, shard_images: int) -> Iterator[tuple[int, list[dict]]]:
+    """(shard number, its manifest entries), streamed from the manifest file: memory holds one shard."""
+    batch, number = [], 0
+    with open(manifest) as handle:
+        for line in handle:
+            if line.strip():
+                batch.append(json.loads(line))
+            if len(batch) == shard_images:
+                yield number, batch
+                batch, number = [], number + 1
+    if batch:
+        yield number, batch
+
+
+def write_shard(out: Path, number: int, first: int, entries: list[dict], max_side: int) -> tuple[int, int]:
+    """Decode, resize and encode the shard's images (sample keys first, first + 1, ...) into
+    shard-NNNNN.tar under a temporary name, renamed when whole. Runs in a worker process. A source that
+    no longer decodes to its manifest hash (changed or gone since the build) stops the pack: the
+    corpus id would no longer name what was packed."""
+    path = out / shard_name(number)
+    with atomic_path(path) as tmp, tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for index, entry in enumerate(entries, first):
+            pixels = _decode_checked(entry)
+            key = sample_key(index)
+            _add(tar, f"{key}.png", encode_png(fit_max_side(pixels, max_side)))
+            _add(tar, f"{key}.json", json.dumps(entry, sort_keys=True).encode())
+    return number, len(entries)
+
+
+def _decode_checked(entry: dict) -> np.ndarray:
+    from medssl_bench.harness.corpus import pixel_hash
+
+    try:
+        pixels = imageio.read_pixels(entry["path"], entry.get("slice"))
+    except CorruptImageError as err:
+        raise UserError(f"cannot pack: {err}; rebuild the corpus with `bench corpus build`") from None
+    if pixel_hash(pixels) != entry["hash"]:
+        where = entry["path"] + (f" slice {entry['slice']}" if entry.get("slice") is not None else "")
+        raise UserError(f"cannot pack: {where} decodes to other pixels than when the corpus was built "
+                        "(the file changed); rebuild the corpus with `bench corpus build`")
+    return pixels
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    member = tarfile.TarInfo(name)
+    member.size, member.mode = len(data), 0o644  # mtime 0: the same corpus packs to the same bytes
+    tar.addfile(member, io.BytesIO(data))
+
+
+def _pool(workers: int) -> concurrent.futures.Executor:
+    return _decode_pool(workers) if workers > 1 else _InlinePool()
+
+
+class _InlinePool(concurrent.futures.Executor):
+    """One worker: run each shard in this process (no fork, same code path)."""
+
+    def submit(self, fn, *args, **kwargs):
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as err:  # noqa: BLE001 - re-raised by future.result()
+            future.set_exception(err)
+        return future
+
+
+def _finish(out: Path, settings: dict, total: int, n_shards: int, shard_images: int) -> Path:
+    shards = [{"url": shard_name(n), "nsamples": min(shard_images, total - n * shard_images)}
+              for n in range(n_shards)]
+    write_json_atomic(out / SHARD_LIST, {"__kind__": "wids-shard-index-v1", "wids_version": 1,
+                                         "name": f"corpus {settings['corpus']}", "shardlist": shards})
+    digests = {s["url"]: _sha256(out / s["url"]) for s in shards}
+    info = {**settings, "complete": True, "n_images": total, "n_shards": n_shards,
+            "bytes": sum((out / s["url"]).stat().st_size for s in shards), "sha256": digests}
+    write_json_atomic(out / PACK_INFO, info)
+    return out
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ------------------------------------------------------------------------------------- read
+
+
+def load_packed(folder: Path) -> dict:
+    """pack.json of a complete packed folder, or one clear error."""
+    info_path = Path(folder) / PACK_INFO
+    if not info_path.is_file():
+        raise UserError(f"not a packed corpus (no {PACK_INFO}); run `bench corpus pack`", folder)
+    info = json.loads(info_path.read_text())
+    if not info.get("complete"):
+        raise UserError("this pack did not finish; run `bench corpus pack` again to complete it", folder)
+    return info
+
+
+def find_packed(corpus: Corpus, image_size: int) -> Path | None:
+    """The complete packed folder of `corpus` with the smallest max side >= image_size, or None."""
+    best = None
+    for folder in sorted(corpus.dir.glob("packed-*")):
+        try:
+            info = load_packed(folder)
+        except (UserError, ValueError):
+            continue
+        if info["max_side"] >= image_size and (best is None or info["max_side"] < best[0]):
+            best = (info["max_side"], folder)
+    return best[1] if best else None
+
+
+def packed_for_run(corpus: Corpus, image_size: int, recorded: dict | None) -> dict | None:
+    """What a run reads its images from: None (the source files) or its packed copy's record {folder,
+    max_side, format, digest}. A new run (`recorded` None) takes find_packed's copy; a resumed one the
+    copy it recorded, unchanged (same shard digests), or the source files if it recorded none."""
+    if recorded is None:
+        folder = find_packed(corpus, image_size)
+    elif "packed" in recorded:
+        folder = packed_dir(corpus, recorded["packed"]["max_side"])
+    else:
+        return None
+    if folder is None:
+        return None
+    info = load_packed(folder)
+    record = {"folder": str(folder), "max_side": info["max_side"], "format": info["format"],
+              "digest": hashlib.sha256(json.dumps(info["sha256"], sort_keys=True).encode()).hexdigest()[:16]}
+    if recorded is not None and record["digest"] != recorded["packed"]["digest"]:
+        raise UserError("the run was trained from another pack of this corpus (shard digests differ); "
+                        "its images would change on resume", folder)
+    return record
+
+
+@dataclass
+class PackedImages:
+    """Random reads from a packed folder (or its URL: http(s)://, s3://, read through wids' download
+    cache) by sample index. Opened lazily in each process, so DataLoader workers never share a file."""
+
+    location: str
+    cache_dir: str | None = None
+
+    def __post_init__(self):
+        self._reader, self._pid = None, None
+
+    def _open(self):
+        import wids
+
+        if self._pid != os.getpid():
+            local = not _is_url(self.location)
+            with contextlib.redirect_stderr(io.StringIO()):  # wids prints a summary line on every open
+                self._reader = wids.ShardListDataset(
+                    str(Path(self.location) / SHARD_LIST) if local else f"{self.location.rstrip('/')}/{SHARD_LIST}",
+                    cache_dir=None if local else self.cache_dir, localname=_same_path if local else None,
+                    transformations=[], lru_size=8)
+            self._pid = os.getpid()
+        return self._reader
+
+    def __getstate__(self) -> dict:  # spawned DataLoader workers open their own reader
+        return {"location": self.location, "cache_dir": self.cache_dir, "_reader": None, "_pid": None}
+
+    def __len__(self) -> int:
+        return len(self._open())
+
+    def pixels(self, index: int) -> np.ndarray:
+        sample = self._open()[index]
+        return decode_png(sample[".png"].read() if hasattr(sample[".png"], "read") else sample[".png"])
+
+    def rgb(self, index: int):
+        from PIL import Image
+
+        return Image.fromarray(self.pixels(index)).convert("RGB")
+
+
+def _same_path(url: str) -> str:  # local shards are read where they lie (no download cache)
+    return url
+
+
+def _is_url(location: str) -> bool:
+    return "://" in location
