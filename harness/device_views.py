@@ -2,22 +2,17 @@
 
 A method's view transform (lightly's MultiViewTransform of torchvision-v2 Composes) is read into a plan, one list of
 ops per view. In a worker, `DeviceViewsTransform` runs inside ViewsDataset's per-sample seeding (harness.data) and
-draws each op's parameters with the very calls the CPU op makes, in the same order (torchvision's own `make_params`
-for the crop, the jitter and the rotation; `torch.rand(1) < p` for a random apply; numpy for lightly's blur,
-solarisation and rotation). The same seed thus gives the device path the same crop boxes, flips, jitter factors and
-orders, blur sigmas as the CPU path, sample for sample, and resume stays exact whatever the worker count. The worker
-ships the decoded image (uint8, its own pixels; shrunk by a whole factor only when larger than MAX_SIDE_FACTOR x the
-crop size) and the parameters; `DeviceViewsPreprocessor` then makes every view of the batch at once on the model's
-device with kornia (crop and resize, flips, colour jitter with per-sample factors and order, grayscale, blur with
-per-sample sigma, solarisation) and normalises them as ViewsPreprocessor does.
-
-An op without a device counterpart (a custom view class, e.g. LVM-Med's, PEAC's, VICRegL's grids) is refused with
-one line before a run starts (`check_device_views`).
+draws each op's parameters with the calls the CPU op makes, in its order (torchvision's `make_params`, `torch.rand(1)
+< p` for a random apply, numpy for lightly's blur, solarisation and rotation): the same seed gives the CPU path's
+crop boxes, flips, jitter factors and orders and blur sigmas, sample for sample, so resume stays exact. The worker
+ships the decoded uint8 image and the parameters; `DeviceViewsPreprocessor` makes all views of a batch at once on the
+model's device with kornia and normalises them as ViewsPreprocessor does. A view op without a device counterpart
+(LVM-Med's, PEAC's, VICRegL's own view classes...) is refused in one line before a run starts (`check_device_views`).
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,7 +21,6 @@ from mmengine.model import BaseDataPreprocessor
 from medssl_bench.harness.data import IMAGE_MEAN, IMAGE_STD
 from medssl_bench.harness.errors import UserError
 
-AUGMENT_CHOICES = ("cpu", "device")
 # A worker shrinks an image (PIL's whole-factor box reduce, cheap) only when its long side exceeds this many times
 # the largest crop: 3 x 224 = 672 keeps 512 px CT slices as they are while a 3000 px radiograph travels at <= 672.
 MAX_SIDE_FACTOR = 3
@@ -36,9 +30,6 @@ class Unsupported(Exception):
     """An op of a view transform that has no device counterpart (its text names it)."""
 
 
-# ------------------------------------------------------------------------------------------------ ops
-
-
 class Op:
     """One step of a view. `width` parameter slots; `draw` consumes the RNGs exactly as the CPU op's call does;
     `apply` changes the rows `mask` of a (B, 3, H, W) float batch in [0, 1] given their (B, width) parameters."""
@@ -46,10 +37,10 @@ class Op:
     width = 0
 
     def draw(self, image) -> list[float]:
-        return []
+        raise NotImplementedError
 
     def apply(self, x: torch.Tensor, p: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return x
+        raise NotImplementedError
 
 
 def _where(mask: torch.Tensor, changed: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -121,9 +112,9 @@ class Rotate(Op):
 
     def __init__(self, op):
         self.op = op
-        if not hasattr(op, "angle"):
-            if op.expand or op.center is not None or any(op.fill.values() if isinstance(op.fill, dict) else [op.fill]):
-                raise Unsupported("RandomRotation with expand, a centre or a fill")
+        fill = op.fill.values() if isinstance(getattr(op, "fill", 0), dict) else [getattr(op, "fill", 0)]
+        if not hasattr(op, "angle") and (op.expand or op.center is not None or any(fill)):
+            raise Unsupported("RandomRotation with expand, a centre or a fill")
 
     def draw(self, image) -> list[float]:
         if hasattr(self.op, "angle"):  # lightly's RandomRotate draws from numpy
@@ -133,11 +124,9 @@ class Rotate(Op):
     def apply(self, x, p, mask):
         from kornia.geometry.transform import rotate
 
-        rows = mask & (p[:, 0] != 0)
-        if rows.any():
-            # kornia's angle is counter-clockwise as torchvision's; nearest, as torchvision's rotate default
-            x = x.clone()
-            x[rows] = rotate(x[rows], p[rows, 0].to(x.dtype), mode="nearest", align_corners=False)
+        rows, x = mask & (p[:, 0] != 0), x.clone()
+        # kornia's angle is counter-clockwise as torchvision's; nearest, as torchvision's rotate default
+        x[rows] = rotate(x[rows], p[rows, 0].to(x.dtype), mode="nearest", align_corners=False)
         return x
 
 
@@ -204,12 +193,9 @@ class Blur(Op):
     def apply(self, x, p, mask):
         from kornia.filters import gaussian_blur2d
 
-        rows = mask & (p[:, 0] > 0)
-        if not rows.any():
-            return x
+        rows, x = mask & (p[:, 0] > 0), x.clone()
         k = 2 * math.ceil(3 * max(self.sigmas)) + 1  # PIL's radius is the Gaussian's sigma; +-3 sigma covers it
         sigma = p[rows, 1:2].expand(-1, 2).to(x.dtype)
-        x = x.clone()
         x[rows] = gaussian_blur2d(x[rows], (k, k), sigma, border_type="replicate")  # PIL extends the edge
         return x
 
@@ -251,8 +237,6 @@ class Apply(Op):
             at += op.width
         return x
 
-
-# ------------------------------------------------------------------------------------------------ plan
 
 
 def _leaf(op) -> Op | None:
@@ -352,9 +336,6 @@ def check_device_views(method_cls, cfg: dict) -> list[View] | None:
             from None
 
 
-# ------------------------------------------------------------------------------------------------ worker side
-
-
 class DeviceViewsTransform:
     """The worker's half: (decoded image) -> [uint8 (H, W, 3) pixels, (n_views, width) float64 parameters, the
     factor the image was reduced by]. Called inside ViewsDataset's seeded context, so its draws are the CPU path's."""
@@ -377,7 +358,8 @@ class DeviceViewsTransform:
 
 
 def collate_device_views(batch: list[dict]) -> dict[str, Any]:
-    """Images zero-padded (bottom, right) to the batch's largest, parameters and shrink factors stacked; the first
+    """Images padded (bottom, right) to the batch's largest by repeating their last row and column (PIL's resize
+    clamps at the edge; zeros would darken crops that touch it), parameters and shrink factors stacked; the first
     decode error passed through, as harness.data.collate_views does."""
     for item in batch:
         if "error" in item:
@@ -387,18 +369,17 @@ def collate_device_views(batch: list[dict]) -> dict[str, Any]:
     pixels = torch.zeros((len(batch), height, width, 3), dtype=torch.uint8)
     for k, item in enumerate(batch):
         image = item["inputs"][0]
-        pixels[k, :image.shape[0], :image.shape[1]] = image
+        h, w = image.shape[:2]
+        pixels[k, :h, :w] = image
+        pixels[k, :h, w:] = image[:, -1:]
+        pixels[k, h:] = pixels[k, h - 1]
     return {"inputs": [pixels, torch.stack([item["inputs"][1] for item in batch]),
                        torch.stack([item["inputs"][2] for item in batch])]}
 
 
-# ------------------------------------------------------------------------------------------------ device side
-
-
 class DeviceViewsPreprocessor(BaseDataPreprocessor):
     """Moves a batch of decoded images + parameters to the device and makes the method's views there, normalised
-    with ViewsPreprocessor's statistics. A batch already made of views (e.g. `training_batches` with the CPU
-    path's dataset) is only normalised."""
+    with ViewsPreprocessor's statistics."""
 
     def __init__(self, plan: list[View]):
         super().__init__()
