@@ -4,6 +4,7 @@ and a method without a device path is refused in one line."""
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -62,6 +63,11 @@ def cpu_recorder(monkeypatch):
     wrap(v2.RandomHorizontalFlip, "transform", lambda op, out: ("hflip",))
     wrap(v2.RandomVerticalFlip, "transform", lambda op, out: ("vflip",))
     wrap(v2.RandomGrayscale, "transform", lambda op, out: ("gray",))
+    wrap(v2.RandomRotation, "make_params", lambda op, p: ("rotate", float(p["angle"])))
+    from lightly.transforms import rotation  # lightly's fixed-angle RandomRotate calls its module's F.rotate
+
+    monkeypatch.setattr(rotation, "F", SimpleNamespace(rotate=lambda image, angle: events.append(
+        ("rotate", float(angle))) or F.rotate(image, angle)))
     blur = ImageFilter.GaussianBlur
     monkeypatch.setattr(ImageFilter, "GaussianBlur", lambda radius: events.append(("blur", radius)) or blur(radius))
     solarize = ImageOps.solarize
@@ -91,8 +97,8 @@ def device_events(plan, params: torch.Tensor) -> list[tuple]:
             events.append(("blur", float(p[1])))
         elif isinstance(op, Solarize) and p[0] > 0:
             events.append(("solarize",))
-        elif isinstance(op, Rotate):
-            assert p[0] == 0  # the lightly methods' rr_prob is 0
+        elif isinstance(op, Rotate) and p[0] != 0:
+            events.append(("rotate", float(p[0])))
 
     for view, row in zip(plan, params):
         events.append(("crop", *[int(v) for v in row[:4]]))
@@ -119,6 +125,26 @@ def test_the_device_path_draws_the_cpu_paths_parameters_sample_for_sample(name, 
         # in the worker only the draws happen: torchvision's make_params, no pixel op
         assert cpu_recorder == [e for e in expected if e[0] in ("crop", "jitter")]
         assert device_events(plan, params) == expected, (name, epoch)
+
+
+@pytest.mark.parametrize("degrees", [None, 30.0])
+def test_rotations_are_drawn_as_lightly_draws_them(degrees, cpu_recorder):
+    """The lightly methods rotate with probability 0; a transform that rotates (90 degrees, or uniform in +-30)
+    gets the same angles on the device path."""
+    from lightly.transforms import SimCLRTransform
+
+    from medssl_bench.harness.device_views import view_plan
+
+    transform = SimCLRTransform(input_size=32, rr_prob=0.5, rr_degrees=degrees, normalize=None)
+    plan, image = view_plan(transform), textured(40, 48)
+    cpu = ViewsDataset([image], transform, seed=4, loader=lambda e: e)
+    device = ViewsDataset([image], DeviceViewsTransform(plan), seed=4, loader=lambda e: e, n_image_views=0)
+    for epoch in range(40):
+        cpu_recorder.clear()
+        cpu[(epoch, 0)]
+        expected = list(cpu_recorder)
+        assert device_events(plan, device[(epoch, 0)]["inputs"][1]) == expected
+    assert any(e[0] == "rotate" for e in expected) or degrees is None
 
 
 @pytest.mark.slow
@@ -205,6 +231,9 @@ def test_grayscale_solarise_flips_and_blur_are_torchvisions_and_pils():
     assert gap(Flip(1, True).apply(x, on, ALL), as_float(F.hflip(image)))[1] == 0
     assert gap(Flip(1, False).apply(x, on, ALL), as_float(F.vflip(image)))[1] == 0
     assert gap(Flip(1, True).apply(x, on, ~ALL), x)[1] == 0  # a row not drawn is left alone
+    for angle in (90.0, 30.0, -17.0):  # nearest neighbour, as torchvision's rotate: exact
+        assert gap(Rotate(v2.RandomRotation(45)).apply(x, torch.tensor([[angle]]), ALL),
+                   as_float(F.rotate(image, angle)))[1] == 0
     blur = Blur(GaussianBlur(prob=1, sigmas=(0.1, 2.0)))
     for sigma in (0.5, 1.0, 2.0):  # PIL's radius is a box-blur approximation of a Gaussian of that sigma
         mean, _ = gap(blur.apply(x, torch.tensor([[1.0, sigma]]), ALL),
