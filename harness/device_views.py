@@ -341,8 +341,7 @@ class DeviceViewsTransform:
     factor the image was reduced by]. Called inside ViewsDataset's seeded context, so its draws are the CPU path's."""
 
     def __init__(self, plan: list[View]):
-        self.plan = plan
-        self.width = max(view.width for view in plan)
+        self.plan, self.width = plan, max(view.width for view in plan)
         self.max_side = MAX_SIDE_FACTOR * max(max(view.crop.size) for view in plan)
 
     def __call__(self, image) -> list[torch.Tensor]:
@@ -378,8 +377,7 @@ def collate_device_views(batch: list[dict]) -> dict[str, Any]:
 
 
 class DeviceViewsPreprocessor(BaseDataPreprocessor):
-    """Moves a batch of decoded images + parameters to the device and makes the method's views there, normalised
-    with ViewsPreprocessor's statistics."""
+    """Moves decoded images + parameters to the device, makes the views there, normalised as ViewsPreprocessor's."""
 
     def __init__(self, plan: list[View]):
         super().__init__()
@@ -391,8 +389,10 @@ class DeviceViewsPreprocessor(BaseDataPreprocessor):
         data = self.cast_data(data)
         if "inputs" in data:
             pixels, params, shrink = data["inputs"]
-            images = pixels.permute(0, 3, 1, 2).float().div_(255)
-            params = params.to(images.dtype)
-            data["inputs"] = [(view.make(images, params[:, k], shrink.to(images.dtype)) - self.mean) / self.std
-                              for k, view in enumerate(self.plan)]
+            # views in float32 even under --amp (the engine calls this inside the autocast context), as the CPU path's
+            with torch.autocast(pixels.device.type, enabled=False):
+                images = pixels.permute(0, 3, 1, 2).float().div_(255)
+                params, shrink = params.float(), shrink.float()
+                data["inputs"] = [(view.make(images, params[:, k], shrink) - self.mean) / self.std
+                                  for k, view in enumerate(self.plan)]
         return data
