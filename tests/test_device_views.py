@@ -127,6 +127,21 @@ def test_the_device_path_draws_the_cpu_paths_parameters_sample_for_sample(name, 
         assert device_events(plan, params) == expected, (name, epoch)
 
 
+def test_what_workers_ship_does_not_depend_on_their_number():
+    """Two loader workers ship the bytes one process ships: images, parameters, shrink factors (per-sample seeds)."""
+    from torch.utils.data import DataLoader
+
+    cls, cfg = config("dino")
+    images = [textured(60 + 10 * k, 70, seed=k) for k in range(8)]
+    dataset = ViewsDataset(images, DeviceViewsTransform(check_device_views(cls, cfg)), seed=9, loader=lambda e: e,
+                           n_image_views=0)
+    keys = [(1, k) for k in (3, 0, 7, 5, 1, 2, 6, 4)]
+    batches = [list(DataLoader(dataset, batch_size=4, sampler=keys, num_workers=workers,
+                               collate_fn=collate_device_views)) for workers in (0, 2)]
+    for one, two in zip(*batches):
+        assert all(torch.equal(a, b) for a, b in zip(one["inputs"], two["inputs"]))
+
+
 @pytest.mark.parametrize("degrees", [None, 30.0])
 def test_rotations_are_drawn_as_lightly_draws_them(degrees, cpu_recorder):
     """The lightly methods rotate with probability 0; a transform that rotates (90 degrees, or uniform in +-30)
