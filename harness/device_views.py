@@ -19,224 +19,13 @@ import torch
 from mmengine.model import BaseDataPreprocessor
 
 from medssl_bench.harness.data import IMAGE_MEAN, IMAGE_STD
+from medssl_bench.harness.device_ops import (Apply, Blur, Crop, Flip, Grayscale, Jitter, Op, Rotate, Solarize,
+                                             Unsupported)
 from medssl_bench.harness.errors import UserError
 
 # A worker shrinks an image (PIL's whole-factor box reduce, cheap) only when its long side exceeds this many times
 # the largest crop: 3 x 224 = 672 keeps 512 px CT slices as they are while a 3000 px radiograph travels at <= 672.
 MAX_SIDE_FACTOR = 3
-
-
-class Unsupported(Exception):
-    """An op of a view transform that has no device counterpart (its text names it)."""
-
-
-class Op:
-    """One step of a view. `width` parameter slots; `draw` consumes the RNGs exactly as the CPU op's call does;
-    `apply` changes the rows `mask` of a (B, 3, H, W) float batch in [0, 1] given their (B, width) parameters."""
-
-    width = 0
-
-    def draw(self, image) -> list[float]:
-        raise NotImplementedError
-
-    def apply(self, x: torch.Tensor, p: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-
-def _where(mask: torch.Tensor, changed: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return torch.where(mask.view(-1, 1, 1, 1), changed, x)
-
-
-class Crop(Op):
-    """torchvision's RandomResizedCrop: the box drawn by its own make_params; pixels by kornia crop_and_resize."""
-
-    width = 4  # top, left, height, width, in the shipped image's pixels
-
-    def __init__(self, rrc):
-        mode = str(getattr(rrc.interpolation, "value", rrc.interpolation))  # an InterpolationMode or its name
-        if mode not in ("bilinear", "bicubic"):
-            raise Unsupported(f"RandomResizedCrop with {mode} interpolation")
-        self.rrc, self.size, self.mode = rrc, tuple(rrc.size), mode
-
-    def draw(self, image) -> list[float]:
-        box = self.rrc.make_params([image])
-        return [box["top"], box["left"], box["height"], box["width"]]
-
-    def crop(self, images: torch.Tensor, p: torch.Tensor, shrink: torch.Tensor) -> torch.Tensor:
-        """The (B, 3, *size) crops of `images` (B, 3, H, W) float; `shrink` (B,): the factor each image was reduced
-        by in its worker (boxes are drawn on the decoded image)."""
-        from kornia.filters import gaussian_blur2d
-        from kornia.geometry.transform import crop_and_resize
-
-        out_h, out_w = self.size
-        top, left, h, w = (p[:, k] / shrink for k in range(4))
-        # Pixel centres as torchvision/PIL resize them (half-pixel offsets); crop_and_resize's align_corners=True maps
-        # the first/last output centre onto these box corners.
-        x0, x1 = left + 0.5 * w / out_w - 0.5, left + (out_w - 0.5) * w / out_w - 0.5
-        y0, y1 = top + 0.5 * h / out_h - 0.5, top + (out_h - 0.5) * h / out_h - 0.5
-        boxes = torch.stack([torch.stack([x0, y0], 1), torch.stack([x1, y0], 1), torch.stack([x1, y1], 1),
-                             torch.stack([x0, y1], 1)], 1).to(images.dtype)
-        # PIL resizes with antialiasing; grid sampling does not. A crop shrunk by s gets a Gaussian pre-blur of
-        # sigma (s - 1) / 2 per axis first, kornia's own antialias rule (kornia.geometry.transform.resize).
-        sigma = torch.stack([(h / out_h - 1) / 2, (w / out_w - 1) / 2], 1).clamp(min=1e-3).to(images.dtype)
-        if float(sigma.max()) > 0.1:
-            k = 2 * math.ceil(3 * float(sigma.max())) + 1
-            images = gaussian_blur2d(images, (k, k), sigma, border_type="replicate")
-        out = crop_and_resize(images, boxes, (out_h, out_w), mode=self.mode, padding_mode="border",
-                              align_corners=True)
-        return out.clamp(0, 1)
-
-
-class Flip(Op):
-    """torchvision's RandomHorizontalFlip / RandomVerticalFlip."""
-
-    width = 1
-
-    def __init__(self, p: float, horizontal: bool):
-        self.p, self.horizontal = p, horizontal
-
-    def draw(self, image) -> list[float]:
-        return [float(torch.rand(1) < self.p)]  # _RandomApplyTransform skips when rand >= p
-
-    def apply(self, x, p, mask):
-        from kornia.geometry.transform import hflip, vflip
-
-        return _where(mask & (p[:, 0] > 0), (hflip if self.horizontal else vflip)(x), x)
-
-
-class Rotate(Op):
-    """lightly's RandomRotate (a fixed angle with probability `prob`) and torchvision's RandomRotation (angle drawn
-    by its make_params; nearest, no expansion, zero fill: its defaults) inside a RandomApply."""
-
-    width = 1  # the angle in degrees, counter-clockwise; 0: not rotated
-
-    def __init__(self, op):
-        self.op = op
-        fill = op.fill.values() if isinstance(getattr(op, "fill", 0), dict) else [getattr(op, "fill", 0)]
-        if not hasattr(op, "angle") and (op.expand or op.center is not None or any(fill)):
-            raise Unsupported("RandomRotation with expand, a centre or a fill")
-
-    def draw(self, image) -> list[float]:
-        if hasattr(self.op, "angle"):  # lightly's RandomRotate draws from numpy
-            return [float(self.op.angle) if np.random.random_sample() < self.op.prob else 0.0]
-        return [self.op.make_params([image])["angle"]]
-
-    def apply(self, x, p, mask):
-        from kornia.geometry.transform import rotate
-
-        rows, x = mask & (p[:, 0] != 0), x.clone()
-        # kornia's angle is counter-clockwise as torchvision's; nearest, as torchvision's rotate default
-        x[rows] = rotate(x[rows], p[rows, 0].to(x.dtype), mode="nearest", align_corners=False)
-        return x
-
-
-class Jitter(Op):
-    """torchvision's ColorJitter: order and factors from its make_params, pixels by kornia's blend-based adjusts
-    (torchvision's definitions: brightness scales, contrast and saturation blend with the grey mean / grey image)."""
-
-    width = 8  # the order of the four adjustments, then brightness, contrast, saturation, hue (NaN: not set)
-
-    def __init__(self, cj):
-        self.cj = cj
-
-    def draw(self, image) -> list[float]:
-        params = self.cj.make_params([])
-        factors = [params[f"{k}_factor"] for k in ("brightness", "contrast", "saturation", "hue")]
-        return [float(i) for i in params["fn_idx"]] + [math.nan if f is None else float(f) for f in factors]
-
-    def apply(self, x, p, mask):
-        from kornia.enhance import (adjust_brightness_accumulative, adjust_contrast_with_mean_subtraction, adjust_hue,
-                                    adjust_saturation_with_gray_subtraction)
-
-        fns = (adjust_brightness_accumulative, adjust_contrast_with_mean_subtraction,
-               adjust_saturation_with_gray_subtraction, lambda img, f: adjust_hue(img, f * 2 * math.pi))
-        x = x.clone()
-        for position in range(4):  # each sample its own order: per step, each adjustment on the rows it comes at
-            for fn_id, fn in enumerate(fns):
-                factor = p[:, 4 + fn_id]
-                rows = mask & (p[:, position] == fn_id) & ~torch.isnan(factor)
-                if rows.any():
-                    x[rows] = fn(x[rows], factor[rows].to(x.dtype)).clamp(0, 1)
-        return x
-
-
-class Grayscale(Op):
-    """torchvision's RandomGrayscale (ITU-R 601 luma, as PIL's convert("L")), three channels kept."""
-
-    width = 1
-
-    def __init__(self, p: float):
-        self.p = p
-
-    def draw(self, image) -> list[float]:
-        return [float(torch.rand(1) < self.p)]
-
-    def apply(self, x, p, mask):
-        from kornia.color import rgb_to_grayscale
-
-        return _where(mask & (p[:, 0] > 0), rgb_to_grayscale(x).expand_as(x), x)
-
-
-class Blur(Op):
-    """lightly's GaussianBlur: applied with `prob`, sigma uniform in `sigmas` (both numpy draws, as lightly's)."""
-
-    width = 2  # applied, sigma
-
-    def __init__(self, blur):
-        self.prob, self.sigmas = blur.prob, tuple(blur.sigmas)
-
-    def draw(self, image) -> list[float]:
-        if np.random.random_sample() < self.prob:
-            return [1.0, float(np.random.uniform(self.sigmas[0], self.sigmas[1]))]
-        return [0.0, 0.0]
-
-    def apply(self, x, p, mask):
-        from kornia.filters import gaussian_blur2d
-
-        rows, x = mask & (p[:, 0] > 0), x.clone()
-        k = 2 * math.ceil(3 * max(self.sigmas)) + 1  # PIL's radius is the Gaussian's sigma; +-3 sigma covers it
-        sigma = p[rows, 1:2].expand(-1, 2).to(x.dtype)
-        x[rows] = gaussian_blur2d(x[rows], (k, k), sigma, border_type="replicate")  # PIL extends the edge
-        return x
-
-
-class Solarize(Op):
-    """lightly's RandomSolarization: values at or above threshold/255 become 1 - value (PIL's ImageOps.solarize)."""
-
-    width = 1
-
-    def __init__(self, sol):
-        self.prob, self.threshold = sol.prob, sol.threshold
-
-    def draw(self, image) -> list[float]:
-        return [float(np.random.random_sample() < self.prob)]
-
-    def apply(self, x, p, mask):
-        from kornia.enhance import solarize
-
-        # thresholds just under k/255 so that a value exactly k/255 (an 8-bit k) counts as >= threshold
-        return _where(mask & (p[:, 0] > 0), solarize(x, thresholds=(self.threshold - 0.5) / 255), x)
-
-
-class Apply(Op):
-    """torchvision's RandomApply: one `torch.rand(1) < p` for the group; the inner ops draw only when applied."""
-
-    def __init__(self, p: float, ops: list[Op]):
-        self.p, self.ops = p, ops
-        self.width = 1 + sum(op.width for op in ops)
-
-    def draw(self, image) -> list[float]:
-        if torch.rand(1) >= self.p:
-            return [0.0] * self.width
-        return [1.0] + [value for op in self.ops for value in op.draw(image)]
-
-    def apply(self, x, p, mask):
-        mask, at = mask & (p[:, 0] > 0), 1
-        for op in self.ops:
-            x = op.apply(x, p[:, at:at + op.width], mask)
-            at += op.width
-        return x
-
 
 
 def _leaf(op) -> Op | None:
@@ -286,18 +75,33 @@ def _flatten(ops: list) -> list:
 
 
 class View:
-    """One view: a crop (its first op), then the other ops in order, each with its parameter slots."""
+    """One view: a crop (its first op), then the other ops in order, each with its parameter slots. With
+    `crop_and_flip` (lightly's RandomResizedCropAndFlip, VICRegL's), the crop and flips are its own and the worker
+    also computes the crop's location grid with its own code, as the CPU path's grid."""
 
-    def __init__(self, view_transform):
+    def __init__(self, view_transform, crop_and_flip=None):
         from torchvision.transforms import v2
 
-        ops = _flatten([view_transform])
-        if not ops or not isinstance(ops[0], v2.RandomResizedCrop):
+        ops, self.grid = _flatten([view_transform]), crop_and_flip
+        if crop_and_flip is not None:
+            self.crop = Crop(crop_and_flip.resized_crop, lightly_location=True)
+            head = [Flip(crop_and_flip.horizontal_flip.p, True), Flip(crop_and_flip.vertical_flip.p, False)]
+        elif ops and isinstance(ops[0], v2.RandomResizedCrop):
+            self.crop, ops, head = Crop(ops[0]), ops[1:], []
+        else:
             first = type(ops[0]).__name__ if ops else "nothing"
             raise Unsupported(f"a view that starts with {first}, not a RandomResizedCrop")
-        self.crop = Crop(ops[0])
-        self.ops = [leaf for leaf in map(_leaf, ops[1:]) if leaf is not None]
+        self.ops = head + [leaf for leaf in map(_leaf, ops) if leaf is not None]
         self.width = self.crop.width + sum(op.width for op in self.ops)
+
+    def location_grid(self, drawn: list[float], image) -> torch.Tensor:
+        """lightly's (grid, grid, 2) cell centres of the drawn crop in the image, flipped as the crop is."""
+        from lightly.transforms.random_crop_and_flip_with_grid import Location
+
+        top, left, height, width, hflip, vflip = drawn[:6]  # the crop's slots, then its two flips'
+        return self.grid.location_to_NxN_grid(Location(
+            top=int(top), left=int(left), height=int(height), width=int(width), image_height=image.height,
+            image_width=image.width, horizontal_flip=bool(hflip), vertical_flip=bool(vflip)))
 
     def draw(self, image) -> list[float]:
         return self.crop.draw(image) + [value for op in self.ops for value in op.draw(image)]
@@ -313,8 +117,14 @@ class View:
 
 def view_plan(transform) -> list[View]:
     """The device plan of a method's view transform; Unsupported names the first op without a device path."""
+    from lightly.transforms.image_grid_transform import ImageGridTransform
     from lightly.transforms.multi_view_transform import MultiViewTransform
+    from lightly.transforms.random_crop_and_flip_with_grid import RandomResizedCropAndFlip
 
+    if isinstance(transform, ImageGridTransform):  # (crop-and-flip with grid, view transform) pairs: VICRegL
+        if not all(isinstance(pair[0], RandomResizedCropAndFlip) for pair in transform.transforms):
+            raise Unsupported(f"{type(transform).__name__} without lightly's RandomResizedCropAndFlip")
+        return [View(view, crop_and_flip) for crop_and_flip, view in transform.transforms]
     if not isinstance(transform, MultiViewTransform):
         raise Unsupported(type(transform).__name__)
     return [View(view) for view in transform.transforms]
@@ -328,9 +138,11 @@ def check_device_views(method_cls, cfg: dict) -> list[View] | None:
         return None
     transform, n_image_views = build_transform(method_cls, cfg)
     try:
-        if n_image_views is not None:  # grids, masks, labels after the images: the method's own view class
-            raise Unsupported(f"{type(transform).__name__}, which returns more than images")
-        return view_plan(transform)
+        plan = view_plan(transform)
+        grids = sum(view.grid is not None for view in plan)
+        if n_image_views not in (None, grids) or grids not in (0, len(plan)):  # masks, labels... after the images
+            raise Unsupported(f"{type(transform).__name__}, which returns more than images and grids")
+        return plan
     except Unsupported as err:
         raise UserError(f"method {method_cls.name}'s views ({err}) have no device path yet; use --augment cpu") \
             from None
@@ -338,22 +150,25 @@ def check_device_views(method_cls, cfg: dict) -> list[View] | None:
 
 class DeviceViewsTransform:
     """The worker's half: (decoded image) -> [uint8 (H, W, 3) pixels, (n_views, width) float64 parameters, the
-    factor the image was reduced by]. Called inside ViewsDataset's seeded context, so its draws are the CPU path's."""
+    factor the image was reduced by, then any location grids]. Called inside ViewsDataset's seeded context, so its
+    draws are the CPU path's."""
 
     def __init__(self, plan: list[View]):
         self.plan, self.width = plan, max(view.width for view in plan)
         self.max_side = MAX_SIDE_FACTOR * max(max(view.crop.size) for view in plan)
 
     def __call__(self, image) -> list[torch.Tensor]:
-        params = np.zeros((len(self.plan), self.width))
+        params, grids = np.zeros((len(self.plan), self.width)), []
         for k, view in enumerate(self.plan):  # views in MultiViewTransform's order: the CPU path's RNG sequence
             drawn = view.draw(image)
             params[k, :len(drawn)] = drawn
+            if view.grid is not None:
+                grids.append(view.location_grid(drawn, image))
         shrink = max(1, math.ceil(max(image.size) / self.max_side))
         if shrink > 1:  # boxes stay in the decoded image's pixels; the device divides them by `shrink`
             image = image.reduce(shrink)
         pixels = torch.from_numpy(np.array(image if image.mode == "RGB" else image.convert("RGB")))  # one copy
-        return [pixels, torch.from_numpy(params), torch.tensor(float(shrink), dtype=torch.float64)]
+        return [pixels, torch.from_numpy(params), torch.tensor(float(shrink), dtype=torch.float64), *grids]
 
 
 def collate_device_views(batch: list[dict]) -> dict[str, Any]:
@@ -372,8 +187,8 @@ def collate_device_views(batch: list[dict]) -> dict[str, Any]:
         pixels[k, :h, :w] = image
         pixels[k, :h, w:] = image[:, -1:]
         pixels[k, h:] = pixels[k, h - 1]
-    return {"inputs": [pixels, torch.stack([item["inputs"][1] for item in batch]),
-                       torch.stack([item["inputs"][2] for item in batch])]}
+    stacked = [torch.stack([item["inputs"][k] for item in batch]) for k in range(1, len(batch[0]["inputs"]))]
+    return {"inputs": [pixels, *stacked]}
 
 
 class DeviceViewsPreprocessor(BaseDataPreprocessor):
@@ -388,11 +203,11 @@ class DeviceViewsPreprocessor(BaseDataPreprocessor):
     def forward(self, data: dict, training: bool = False) -> dict:
         data = self.cast_data(data)
         if "inputs" in data:
-            pixels, params, shrink = data["inputs"]
+            pixels, params, shrink, *grids = data["inputs"]  # grids (VICRegL's) follow the views, as on the CPU path
             # views in float32 even under --amp (the engine calls this inside the autocast context), as the CPU path's
             with torch.autocast(pixels.device.type, enabled=False):
                 images = pixels.permute(0, 3, 1, 2).float().div_(255)
                 params, shrink = params.float(), shrink.float()
                 data["inputs"] = [(view.make(images, params[:, k], shrink) - self.mean) / self.std
-                                  for k, view in enumerate(self.plan)]
+                                  for k, view in enumerate(self.plan)] + grids
         return data

@@ -1,6 +1,7 @@
-"""`augment: device` (harness.device_views): the device path draws the CPU path's parameters sample for sample, their
-distributions are lightly's, its pixel ops are torchvision's within stated tolerances, a run resumes bit-identically,
-and a method without a device path is refused in one line."""
+"""`augment: device` (harness.device_views, harness.device_ops): the device path draws the CPU path's parameters sample
+for sample, their distributions are lightly's, its pixel ops are torchvision's within stated tolerances, VICRegL's
+location grids are the CPU path's, a run resumes bit-identically, and a method without a device path is refused in
+one line."""
 from __future__ import annotations
 
 import math
@@ -16,9 +17,10 @@ from torchvision.transforms.v2 import functional as F
 
 from medssl_bench.harness.config import build_transform, resolve_config
 from medssl_bench.harness.data import ViewsDataset, ViewsPreprocessor, collate_views
-from medssl_bench.harness.device_views import (Apply, Blur, Crop, DeviceViewsPreprocessor, DeviceViewsTransform, Flip,
-                                               Grayscale, Jitter, Rotate, Solarize, check_device_views,
+from medssl_bench.harness.device_ops import Apply, Blur, Crop, Flip, Grayscale, Jitter, Rotate, Solarize
+from medssl_bench.harness.device_views import (DeviceViewsPreprocessor, DeviceViewsTransform, check_device_views,
                                                collate_device_views)
+from medssl_bench.harness.errors import UserError
 from medssl_bench.methods import get_method
 from tests.pretrain_helpers import fails_cleanly, metrics
 
@@ -256,20 +258,29 @@ def test_grayscale_solarise_flips_and_blur_are_torchvisions_and_pils():
         assert mean < 1.0, (sigma, mean)
 
 
-@pytest.mark.parametrize("name", LIGHTLY)
+@pytest.mark.parametrize("name", LIGHTLY + ("vicregl",))
 def test_a_batch_of_device_views_is_the_cpu_paths_views(name):
     """Whole views, every op together, against the CPU path's for the same seeds and images (one 400 px image
     travels shrunk 2x): mean under 4 levels (DINO's bicubic crops differ most), while views of another epoch, the
-    same images differently augmented, are over 10 levels off."""
-    cls, cfg = config(name)
+    same images differently augmented, are over 10 levels off. VICRegL's location grids (crop box and flips in
+    the image's pixels) equal the CPU path's exactly."""
+    cls, cfg = config(name, **({"n_local_views": 2} if name == "vicregl" else {}))
     plan = check_device_views(cls, cfg)
     images = [textured(80, 96, seed=k) for k in range(5)] + [textured(400, 360, seed=9)]
-    cpu = ViewsDataset(images, build_transform(cls, cfg)[0], seed=5, loader=lambda e: e)
+    transform, n_images = build_transform(cls, cfg)
+    cpu = ViewsDataset(images, transform, seed=5, loader=lambda e: e, n_image_views=n_images)
     device = ViewsDataset(images, DeviceViewsTransform(plan), seed=5, loader=lambda e: e, n_image_views=0)
     reference = ViewsPreprocessor()(collate_views([cpu[(0, k)] for k in range(6)]))["inputs"]
+    n_images = n_images or len(reference)
+    for ours_grid, cpu_grid in zip(DeviceViewsPreprocessor(plan)(collate_device_views(
+            [device[(0, k)] for k in range(6)]))["inputs"][n_images:], reference[n_images:]):
+        assert torch.equal(ours_grid, cpu_grid)
+    reference = reference[:n_images]
     ours = DeviceViewsPreprocessor(plan)(collate_device_views([device[(0, k)] for k in range(6)]))["inputs"]
+    assert len(ours) == len(plan) * (2 if name == "vicregl" else 1)
+    ours = ours[:n_images]
     assert [v.shape for v in ours] == [v.shape for v in reference]
-    other = DeviceViewsPreprocessor(plan)(collate_device_views([device[(1, k)] for k in range(6)]))["inputs"]
+    other = DeviceViewsPreprocessor(plan)(collate_device_views([device[(1, k)] for k in range(6)]))["inputs"][:n_images]
     std = ViewsPreprocessor().std  # normalised units back to 8-bit levels
     for a, b, c in zip(ours, reference, other):
         assert float(((a - b).abs() * std).mean((1, 2, 3)).max()) < 4.0
@@ -300,14 +311,20 @@ def test_a_device_views_run_resumes_bit_identically(tiny_corpus, capsys):
     assert [r["loss"] for r in metrics(workspace, "dv-split")] == [r["loss"] for r in metrics(workspace, "dv-whole")]
 
 
-@pytest.mark.parametrize("name, what", [("lvmmed", "GeometricViews"), ("vicregl", "VICRegLTransform"),
-                                        ("peac", "GridViews"), ("models_genesis", "CleanView")])
+@pytest.mark.parametrize("name, what", [("lvmmed", "GeometricViews"), ("peac", "GridViews"),
+                                        ("models_genesis", "CleanView")])
 def test_a_method_without_a_device_path_is_refused_in_one_line(name, what, tiny_corpus, capsys):
     workspace, corpus_id = tiny_corpus
     fails_cleanly(capsys, ["pretrain", "--workspace", str(workspace), "--corpus", corpus_id, "--method", name,
                            "--augment", "device", "--name", f"dv-{name}"],
                   f"method {name}'s views ({what}", "have no device path yet; use --augment cpu")
     assert not (workspace / "runs" / f"dv-{name}").exists()  # refused before a run folder exists
+
+
+def test_ark_a_label_using_method_has_no_device_path_yet():
+    cls = get_method("ark")
+    with pytest.raises(UserError, match="method ark's views .SharedGeometryViews. have no device path yet"):
+        check_device_views(cls, resolve_config(cls, "quick", {}, {}) | {"augment": "device"})
 
 
 def test_augment_takes_cpu_or_device(tiny_corpus, capsys):

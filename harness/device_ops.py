@@ -1,0 +1,227 @@
+"""The device ops of harness.device_views: one class per CPU view op, each drawing its parameters with the CPU op's
+own calls (in a loader worker) and making its pixels for a whole batch with kornia (on the model's device).
+
+Each op's `draw` consumes the RNGs exactly as the CPU op's call does, so that the same per-sample seed gives the same
+parameters on both paths; `apply` changes the rows `mask` of a (B, 3, H, W) float batch in [0, 1].
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+
+class Unsupported(Exception):
+    """An op of a view transform that has no device counterpart (its text names it)."""
+
+
+class Op:
+    """One step of a view. `width` parameter slots; `draw` consumes the RNGs exactly as the CPU op's call does;
+    `apply` changes the rows `mask` of a (B, 3, H, W) float batch in [0, 1] given their (B, width) parameters."""
+
+    width = 0
+
+    def draw(self, image) -> list[float]:
+        raise NotImplementedError
+
+    def apply(self, x: torch.Tensor, p: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def _where(mask: torch.Tensor, changed: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return torch.where(mask.view(-1, 1, 1, 1), changed, x)
+
+
+class Crop(Op):
+    """torchvision's RandomResizedCrop: the box drawn by its own make_params; pixels by kornia crop_and_resize."""
+
+    width = 4  # top, left, height, width, in the shipped image's pixels
+
+    def __init__(self, rrc, lightly_location: bool = False):
+        self.lightly_location = lightly_location  # lightly's RandomResizedCropWithLocation draws by get_params
+        mode = str(getattr(rrc.interpolation, "value", rrc.interpolation))  # an InterpolationMode or its name
+        if mode not in ("bilinear", "bicubic"):
+            raise Unsupported(f"RandomResizedCrop with {mode} interpolation")
+        self.rrc, self.size, self.mode = rrc, tuple(rrc.size), mode
+
+    def draw(self, image) -> list[float]:
+        if self.lightly_location:
+            return list(self.rrc.get_params(image, self.rrc.scale, self.rrc.ratio))
+        box = self.rrc.make_params([image])
+        return [box["top"], box["left"], box["height"], box["width"]]
+
+    def crop(self, images: torch.Tensor, p: torch.Tensor, shrink: torch.Tensor) -> torch.Tensor:
+        """The (B, 3, *size) crops of `images` (B, 3, H, W) float; `shrink` (B,): the factor each image was reduced
+        by in its worker (boxes are drawn on the decoded image)."""
+        from kornia.filters import gaussian_blur2d
+        from kornia.geometry.transform import crop_and_resize
+
+        out_h, out_w = self.size
+        top, left, h, w = (p[:, k] / shrink for k in range(4))
+        # Pixel centres as torchvision/PIL resize them (half-pixel offsets); crop_and_resize's align_corners=True maps
+        # the first/last output centre onto these box corners.
+        x0, x1 = left + 0.5 * w / out_w - 0.5, left + (out_w - 0.5) * w / out_w - 0.5
+        y0, y1 = top + 0.5 * h / out_h - 0.5, top + (out_h - 0.5) * h / out_h - 0.5
+        boxes = torch.stack([torch.stack([x0, y0], 1), torch.stack([x1, y0], 1), torch.stack([x1, y1], 1),
+                             torch.stack([x0, y1], 1)], 1).to(images.dtype)
+        # PIL resizes with antialiasing; grid sampling does not. A crop shrunk by s gets a Gaussian pre-blur of
+        # sigma (s - 1) / 2 per axis first, kornia's own antialias rule (kornia.geometry.transform.resize).
+        sigma = torch.stack([(h / out_h - 1) / 2, (w / out_w - 1) / 2], 1).clamp(min=1e-3).to(images.dtype)
+        if float(sigma.max()) > 0.1:
+            k = 2 * math.ceil(3 * float(sigma.max())) + 1
+            images = gaussian_blur2d(images, (k, k), sigma, border_type="replicate")
+        out = crop_and_resize(images, boxes, (out_h, out_w), mode=self.mode, padding_mode="border",
+                              align_corners=True)
+        return out.clamp(0, 1)
+
+
+class Flip(Op):
+    """torchvision's RandomHorizontalFlip / RandomVerticalFlip."""
+
+    width = 1
+
+    def __init__(self, p: float, horizontal: bool):
+        self.p, self.horizontal = p, horizontal
+
+    def draw(self, image) -> list[float]:
+        return [float(torch.rand(1) < self.p)]  # _RandomApplyTransform skips when rand >= p
+
+    def apply(self, x, p, mask):
+        from kornia.geometry.transform import hflip, vflip
+
+        return _where(mask & (p[:, 0] > 0), (hflip if self.horizontal else vflip)(x), x)
+
+
+class Rotate(Op):
+    """lightly's RandomRotate (a fixed angle with probability `prob`) and torchvision's RandomRotation (angle drawn
+    by its make_params; nearest, no expansion, zero fill: its defaults) inside a RandomApply."""
+
+    width = 1  # the angle in degrees, counter-clockwise; 0: not rotated
+
+    def __init__(self, op):
+        self.op = op
+        fill = op.fill.values() if isinstance(getattr(op, "fill", 0), dict) else [getattr(op, "fill", 0)]
+        if not hasattr(op, "angle") and (op.expand or op.center is not None or any(fill)):
+            raise Unsupported("RandomRotation with expand, a centre or a fill")
+
+    def draw(self, image) -> list[float]:
+        if hasattr(self.op, "angle"):  # lightly's RandomRotate draws from numpy
+            return [float(self.op.angle) if np.random.random_sample() < self.op.prob else 0.0]
+        return [self.op.make_params([image])["angle"]]
+
+    def apply(self, x, p, mask):
+        from kornia.geometry.transform import rotate
+
+        rows, x = mask & (p[:, 0] != 0), x.clone()
+        # kornia's angle is counter-clockwise as torchvision's; nearest, as torchvision's rotate default
+        x[rows] = rotate(x[rows], p[rows, 0].to(x.dtype), mode="nearest", align_corners=False)
+        return x
+
+
+class Jitter(Op):
+    """torchvision's ColorJitter: order and factors from its make_params, pixels by kornia's blend-based adjusts
+    (torchvision's definitions: brightness scales, contrast and saturation blend with the grey mean / grey image)."""
+
+    width = 8  # the order of the four adjustments, then brightness, contrast, saturation, hue (NaN: not set)
+
+    def __init__(self, cj):
+        self.cj = cj
+
+    def draw(self, image) -> list[float]:
+        params = self.cj.make_params([])
+        factors = [params[f"{k}_factor"] for k in ("brightness", "contrast", "saturation", "hue")]
+        return [float(i) for i in params["fn_idx"]] + [math.nan if f is None else float(f) for f in factors]
+
+    def apply(self, x, p, mask):
+        from kornia.enhance import (adjust_brightness_accumulative, adjust_contrast_with_mean_subtraction, adjust_hue,
+                                    adjust_saturation_with_gray_subtraction)
+
+        fns = (adjust_brightness_accumulative, adjust_contrast_with_mean_subtraction,
+               adjust_saturation_with_gray_subtraction, lambda img, f: adjust_hue(img, f * 2 * math.pi))
+        x = x.clone()
+        for position in range(4):  # each sample its own order: per step, each adjustment on the rows it comes at
+            for fn_id, fn in enumerate(fns):
+                factor = p[:, 4 + fn_id]
+                rows = mask & (p[:, position] == fn_id) & ~torch.isnan(factor)
+                if rows.any():
+                    x[rows] = fn(x[rows], factor[rows].to(x.dtype)).clamp(0, 1)
+        return x
+
+
+class Grayscale(Op):
+    """torchvision's RandomGrayscale (ITU-R 601 luma, as PIL's convert("L")), three channels kept."""
+
+    width = 1
+
+    def __init__(self, p: float):
+        self.p = p
+
+    def draw(self, image) -> list[float]:
+        return [float(torch.rand(1) < self.p)]
+
+    def apply(self, x, p, mask):
+        from kornia.color import rgb_to_grayscale
+
+        return _where(mask & (p[:, 0] > 0), rgb_to_grayscale(x).expand_as(x), x)
+
+
+class Blur(Op):
+    """lightly's GaussianBlur: applied with `prob`, sigma uniform in `sigmas` (both numpy draws, as lightly's)."""
+
+    width = 2  # applied, sigma
+
+    def __init__(self, blur):
+        self.prob, self.sigmas = blur.prob, tuple(blur.sigmas)
+
+    def draw(self, image) -> list[float]:
+        if np.random.random_sample() < self.prob:
+            return [1.0, float(np.random.uniform(self.sigmas[0], self.sigmas[1]))]
+        return [0.0, 0.0]
+
+    def apply(self, x, p, mask):
+        from kornia.filters import gaussian_blur2d
+
+        rows, x = mask & (p[:, 0] > 0), x.clone()
+        k = 2 * math.ceil(3 * max(self.sigmas)) + 1  # PIL's radius is the Gaussian's sigma; +-3 sigma covers it
+        sigma = p[rows, 1:2].expand(-1, 2).to(x.dtype)
+        x[rows] = gaussian_blur2d(x[rows], (k, k), sigma, border_type="replicate")  # PIL extends the edge
+        return x
+
+
+class Solarize(Op):
+    """lightly's RandomSolarization: values at or above threshold/255 become 1 - value (PIL's ImageOps.solarize)."""
+
+    width = 1
+
+    def __init__(self, sol):
+        self.prob, self.threshold = sol.prob, sol.threshold
+
+    def draw(self, image) -> list[float]:
+        return [float(np.random.random_sample() < self.prob)]
+
+    def apply(self, x, p, mask):
+        from kornia.enhance import solarize
+
+        # thresholds just under k/255 so that a value exactly k/255 (an 8-bit k) counts as >= threshold
+        return _where(mask & (p[:, 0] > 0), solarize(x, thresholds=(self.threshold - 0.5) / 255), x)
+
+
+class Apply(Op):
+    """torchvision's RandomApply: one `torch.rand(1) < p` for the group; the inner ops draw only when applied."""
+
+    def __init__(self, p: float, ops: list[Op]):
+        self.p, self.ops = p, ops
+        self.width = 1 + sum(op.width for op in ops)
+
+    def draw(self, image) -> list[float]:
+        if torch.rand(1) >= self.p:
+            return [0.0] * self.width
+        return [1.0] + [value for op in self.ops for value in op.draw(image)]
+
+    def apply(self, x, p, mask):
+        mask, at = mask & (p[:, 0] > 0), 1
+        for op in self.ops:
+            x = op.apply(x, p[:, at:at + op.width], mask)
+            at += op.width
+        return x
