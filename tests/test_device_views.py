@@ -70,6 +70,14 @@ def cpu_recorder(monkeypatch):
 
     monkeypatch.setattr(rotation, "F", SimpleNamespace(rotate=lambda image, angle: events.append(
         ("rotate", float(angle))) or F.rotate(image, angle)))
+    from lightly.transforms import random_crop_and_flip_with_grid as grid  # VICRegL's crop and flips
+
+    get_params = grid.RandomResizedCropWithLocation.get_params
+    monkeypatch.setattr(grid.RandomResizedCropWithLocation, "get_params", staticmethod(
+        lambda *args: (lambda box: events.append(("crop", *box)) or box)(get_params(*args))))
+    for flip, kind in ((grid.RandomHorizontalFlipWithLocation, "h"), (grid.RandomVerticalFlipWithLocation, "v")):
+        wrap(flip, "forward", lambda op, out, kind=kind: (f"{kind}flip",) if getattr(
+            out[1], "horizontal_flip" if kind == "h" else "vertical_flip") else None)
     blur = ImageFilter.GaussianBlur
     monkeypatch.setattr(ImageFilter, "GaussianBlur", lambda radius: events.append(("blur", radius)) or blur(radius))
     solarize = ImageOps.solarize
@@ -111,9 +119,11 @@ def device_events(plan, params: torch.Tensor) -> list[tuple]:
     return events
 
 
-@pytest.mark.parametrize("name", LIGHTLY)
+@pytest.mark.parametrize("name", LIGHTLY + ("vicregl",))
 def test_the_device_path_draws_the_cpu_paths_parameters_sample_for_sample(name, cpu_recorder):
-    cls, cfg = config(name)
+    """Every drawn value (crop boxes, flips, jitter orders and factors, grayscale, blur sigmas, solarisation), in
+    call order, for 60 samples."""
+    cls, cfg = config(name, **({"n_local_views": 2} if name == "vicregl" else {}))
     plan = check_device_views(cls, cfg)
     image = textured(80, 96)
     cpu = ViewsDataset([image], build_transform(cls, cfg)[0], seed=11, loader=lambda e: e)
@@ -121,11 +131,11 @@ def test_the_device_path_draws_the_cpu_paths_parameters_sample_for_sample(name, 
     for epoch in range(60):
         cpu_recorder.clear()
         cpu[(epoch, 0)]
-        expected = list(cpu_recorder)
+        expected = [e for e in cpu_recorder if e is not None]  # None: a flip with location not applied
         cpu_recorder.clear()
         params = device[(epoch, 0)]["inputs"][1]
         # in the worker only the draws happen: torchvision's make_params, no pixel op
-        assert cpu_recorder == [e for e in expected if e[0] in ("crop", "jitter")]
+        assert [e for e in cpu_recorder if e is not None] == [e for e in expected if e[0] in ("crop", "jitter")]
         assert device_events(plan, params) == expected, (name, epoch)
 
 
