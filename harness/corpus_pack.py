@@ -1,11 +1,11 @@
 """A packed corpus: every image of a corpus decoded once, resized to a maximum side and written to
-WebDataset tar shards, for O(1) random reads by index with bounded memory (benchmarks/README.md,
+WebDataset tar shards (raw .npy or lossless PNG samples), for O(1) random reads by index with bounded memory (benchmarks/README.md,
 "Packed corpus format", for the measurement behind the choice).
 
     <workspace>/corpora/<id>/packed-<max side>/
         shards.json        the shard list in wids' dataset-description format (wids_version 1)
         pack.json          what was packed: corpus id, max side, encoding, counts, per-shard sha256
-        shard-00000.tar    samples <k>.png (the pixels) + <k>.json (the manifest entry), k = 9 digits
+        shard-00000.tar    samples <k>.npy or <k>.png (the pixels) + <k>.json (the manifest entry)
 
 Sample k is manifest entry k: provenance (source path, slice, pixel hash of the full-size decode,
 dataset, modality) stays in the manifest, and a copy travels in each sample's json. Shards hold a
@@ -37,7 +37,10 @@ from medssl_bench.harness.errors import CorruptImageError, UserError
 from medssl_bench.harness.fsutil import atomic_path, fsync_dir, write_json_atomic
 
 PACK_INFO, SHARD_LIST = "pack.json", "shards.json"
-FORMAT = "webdataset-tar/png"
+FORMAT = "webdataset-tar"
+# raw: .npy, decoded in ~0.05 ms for a 256 px slice; png: lossless, ~2.4x smaller, ~0.9 ms to decode
+# (benchmarks/README.md, "Packed corpus format"): raw by default, since decoding is what a loader core pays.
+ENCODINGS = ("raw", "png")
 DEFAULT_MAX_SIDE = 512
 DEFAULT_SHARD_IMAGES = 1000
 PNG_LEVEL = 1  # zlib level 1: most of level 9's size at a fraction of the time (benchmarks/README.md)
@@ -81,17 +84,33 @@ def decode_png(data: bytes) -> np.ndarray:
     return cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB) if pixels.ndim == 3 else pixels
 
 
+def encode_npy(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(pixels), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def decode_npy(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+ENCODERS = {"raw": ("npy", encode_npy), "png": ("png", encode_png)}
+DECODERS = {".npy": decode_npy, ".png": decode_png}
+
+
 # ------------------------------------------------------------------------------------- pack
 
 
 def pack_corpus(corpus: Corpus, *, max_side: int = DEFAULT_MAX_SIDE, shard_images: int = DEFAULT_SHARD_IMAGES,
-                workers: int | None = None, progress: Progress | None = None) -> Path:
+                encoding: str = "raw", workers: int | None = None, progress: Progress | None = None) -> Path:
     """Pack `corpus` (see the module docstring); returns the packed folder. Resumes a killed pack."""
     if max_side < 16:
         raise UserError(f"--max-side must be at least 16 pixels, got {max_side}")
+    if encoding not in ENCODINGS:
+        raise UserError(f"unknown encoding '{encoding}'; choose one of: {', '.join(ENCODINGS)}")
     out = packed_dir(corpus, max_side)
-    settings = {"corpus": corpus.id, "format": FORMAT, "max_side": max_side, "shard_images": shard_images,
-                "png_level": PNG_LEVEL}
+    settings = {"corpus": corpus.id, "format": FORMAT, "encoding": encoding, "max_side": max_side,
+                "shard_images": shard_images, **({"png_level": PNG_LEVEL} if encoding == "png" else {})}
     _claim(out, settings)
     total = corpus.info.get("n_images") or len(corpus.entries)
     n_shards = -(-total // shard_images)
@@ -108,7 +127,7 @@ def pack_corpus(corpus: Corpus, *, max_side: int = DEFAULT_MAX_SIDE, shard_image
         for number, entries in _shards(corpus.manifest_path, shard_images):
             if number in done:
                 continue
-            pending.add(pool.submit(write_shard, out, number, number * shard_images, entries, max_side))
+            pending.add(pool.submit(write_shard, out, number, number * shard_images, entries, max_side, encoding))
             if len(pending) >= 2 * workers:  # bounded: at most two shards' entries in flight per worker
                 images_done = _collect(pending, results, images_done, total, progress, wait_all=False)
         while pending:
@@ -155,17 +174,19 @@ def _shards(manifest: Path, shard_images: int) -> Iterator[tuple[int, list[dict]
         yield number, batch
 
 
-def write_shard(out: Path, number: int, first: int, entries: list[dict], max_side: int) -> tuple[int, int]:
+def write_shard(out: Path, number: int, first: int, entries: list[dict], max_side: int,
+                encoding: str) -> tuple[int, int]:
     """Decode, resize and encode the shard's images (sample keys first, first + 1, ...) into
     shard-NNNNN.tar under a temporary name, renamed when whole. Runs in a worker process. A source that
     no longer decodes to its manifest hash (changed or gone since the build) stops the pack: the
     corpus id would no longer name what was packed."""
     path = out / shard_name(number)
+    suffix, encode = ENCODERS[encoding]
     with atomic_path(path) as tmp, tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
         for index, entry in enumerate(entries, first):
             pixels = _decode_checked(entry)
             key = sample_key(index)
-            _add(tar, f"{key}.png", encode_png(fit_max_side(pixels, max_side)))
+            _add(tar, f"{key}.{suffix}", encode(fit_max_side(pixels, max_side)))
             _add(tar, f"{key}.json", json.dumps(entry, sort_keys=True).encode())
     return number, len(entries)
 
@@ -267,6 +288,7 @@ def packed_for_run(corpus: Corpus, image_size: int, recorded: dict | None) -> di
         return None
     info = load_packed(folder)
     record = {"folder": str(folder), "max_side": info["max_side"], "format": info["format"],
+              "encoding": info["encoding"],
               "digest": hashlib.sha256(json.dumps(info["sha256"], sort_keys=True).encode()).hexdigest()[:16]}
     if recorded is not None and record["digest"] != recorded["packed"]["digest"]:
         raise UserError("the run was trained from another pack of this corpus (shard digests differ); "
@@ -306,7 +328,9 @@ class PackedImages:
 
     def pixels(self, index: int) -> np.ndarray:
         sample = self._open()[index]
-        return decode_png(sample[".png"].read() if hasattr(sample[".png"], "read") else sample[".png"])
+        suffix = next(s for s in DECODERS if s in sample)
+        data = sample[suffix]
+        return DECODERS[suffix](data.getvalue() if hasattr(data, "getvalue") else data)
 
     def rgb(self, index: int):
         from PIL import Image

@@ -45,12 +45,13 @@ def _direct(entry: dict) -> np.ndarray:
     return imageio.read_pixels(entry["path"], entry.get("slice"))
 
 
-def test_packed_reads_equal_the_direct_decode_and_volumes_are_decoded_once(phantoms):
+@pytest.mark.parametrize("encoding", ["raw", "png"])
+def test_packed_reads_equal_the_direct_decode_and_volumes_are_decoded_once(phantoms, encoding):
     ws, corpus = phantoms
     volumes = {e["path"] for e in corpus.entries if e["path"].endswith(".nii.gz")}
     assert len(volumes) >= 2 and len(corpus.entries) > len(volumes)
     imageio._load_nifti_volume.cache_clear()
-    folder = pack_corpus(corpus, max_side=64, shard_images=20, workers=1)  # in this process: countable
+    folder = pack_corpus(corpus, max_side=64, shard_images=20, encoding=encoding, workers=1)  # in this process
     # entries of one volume are consecutive in the manifest, so each volume is decoded once while packing
     assert imageio._load_nifti_volume.cache_info().misses == len(volumes)
     info = load_packed(folder)
@@ -64,7 +65,7 @@ def test_packed_reads_equal_the_direct_decode_and_volumes_are_decoded_once(phant
     for index, pixels in read.items():  # max side 64 > 48: stored as decoded, bit for bit
         assert np.array_equal(pixels, _direct(corpus.entries[index])), index
 
-    small = PackedImages(str(pack_corpus(corpus, max_side=32, shard_images=50, workers=1)))
+    small = PackedImages(str(pack_corpus(corpus, max_side=32, shard_images=50, encoding=encoding, workers=1)))
     for index in order[:20]:
         expected = fit_max_side(_direct(corpus.entries[index]), 32)
         assert max(expected.shape[:2]) == 32 and np.array_equal(small.pixels(int(index)), expected)
@@ -113,6 +114,8 @@ def test_other_settings_and_changed_sources_are_refused_in_one_line(phantoms):
     pack_corpus(corpus, max_side=64, shard_images=20, workers=1)
     with pytest.raises(UserError, match=r"already packed with other settings: shard_images 20 \(asked 10\)"):
         pack_corpus(corpus, max_side=64, shard_images=10, workers=1)
+    with pytest.raises(UserError, match=r"encoding 'raw' \(asked 'png'\)"):
+        pack_corpus(corpus, max_side=64, shard_images=20, encoding="png", workers=1)
     png = next(e for e in corpus.entries if e["path"].endswith(".png"))
     pixels = imageio.read_pixels(png["path"])
     from PIL import Image
