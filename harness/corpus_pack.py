@@ -1,30 +1,27 @@
 """A packed corpus: every image of a corpus decoded once, resized to a maximum side and written to
-WebDataset tar shards (raw .npy or lossless PNG samples), for O(1) random reads by index with bounded memory (benchmarks/README.md,
-"Packed corpus format", for the measurement behind the choice).
+WebDataset tar shards (raw .npy or lossless PNG samples) for O(1) reads by index (harness.packed_reader;
+benchmarks/README.md, "Packed corpus format", for the measurement behind the format).
 
     <workspace>/corpora/<id>/packed-<max side>/
-        shards.json        the shard list in wids' dataset-description format (wids_version 1)
-        pack.json          what was packed: corpus id, max side, encoding, counts, per-shard sha256
-        shard-00000.tar    samples <k>.npy or <k>.png (the pixels) + <k>.json (the manifest entry)
+        pack.json              what was packed: corpus id, max side, encoding, counts, per-shard sha256
+        shards.json            the shard list in wids' dataset-description format (wids_version 1)
+        shard-00000.tar        samples <k>.npy or <k>.png (the pixels) + <k>.json (the manifest entry)
+        shard-00000.idx.npy    byte offset and size of each sample's pixels in the tar
 
 Sample k is manifest entry k: provenance (source path, slice, pixel hash of the full-size decode,
 dataset, modality) stays in the manifest, and a copy travels in each sample's json. Shards hold a
 fixed number of images, so a shard is one unit of work: decoded by one worker process, written to
-a temporary name and renamed when whole. A killed pack keeps its whole shards and redoes the rest;
-memory stays at one shard per worker, whatever the corpus size. The tar files are plain tar, so any
-WebDataset reader streams them, and wids (`ShardListDataset`) reads them by index from a local
-folder or, given the folder's URL, from http(s)/s3 storage through its download cache.
+a temporary name and renamed when whole (its index first). A killed pack keeps its whole shards and
+redoes the rest; memory stays at one shard per worker, whatever the corpus size. The tar files are
+plain tar: any WebDataset reader streams them, and wids' ShardListDataset reads shards.json by index.
 """
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
-import hashlib
 import io
 import json
 import os
 import tarfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -34,7 +31,7 @@ import numpy as np
 from medssl_bench.harness import imageio
 from medssl_bench.harness.corpus import Corpus, _decode_pool
 from medssl_bench.harness.errors import CorruptImageError, UserError
-from medssl_bench.harness.fsutil import atomic_path, fsync_dir, write_json_atomic
+from medssl_bench.harness.fsutil import atomic_path, sha256_file, write_json_atomic
 
 PACK_INFO, SHARD_LIST = "pack.json", "shards.json"
 FORMAT = "webdataset-tar"
@@ -54,6 +51,10 @@ def packed_dir(corpus: Corpus, max_side: int) -> Path:
 
 def shard_name(number: int) -> str:
     return f"shard-{number:05d}.tar"
+
+
+def index_name(number: int) -> str:
+    return f"shard-{number:05d}.idx.npy"
 
 
 def sample_key(index: int) -> str:
@@ -115,7 +116,7 @@ def pack_corpus(corpus: Corpus, *, max_side: int = DEFAULT_MAX_SIDE, shard_image
     total = corpus.info.get("n_images") or len(corpus.entries)
     n_shards = -(-total // shard_images)
     done = {n for n in range(n_shards) if (out / shard_name(n)).is_file()}
-    for stale in out.glob(".shard-*.tmp"):
+    for stale in out.glob(".shard-*.tmp"):  # temporary files of a killed pack
         stale.unlink()
     workers = workers or min(os.cpu_count() or 1, 8)
     images_done = sum(min(shard_images, total - n * shard_images) for n in done)
@@ -182,13 +183,25 @@ def write_shard(out: Path, number: int, first: int, entries: list[dict], max_sid
     corpus id would no longer name what was packed."""
     path = out / shard_name(number)
     suffix, encode = ENCODERS[encoding]
-    with atomic_path(path) as tmp, tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
-        for index, entry in enumerate(entries, first):
-            pixels = _decode_checked(entry)
-            key = sample_key(index)
-            _add(tar, f"{key}.{suffix}", encode(fit_max_side(pixels, max_side)))
-            _add(tar, f"{key}.json", json.dumps(entry, sort_keys=True).encode())
+    with atomic_path(path) as tmp:
+        with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+            for index, entry in enumerate(entries, first):
+                pixels = _decode_checked(entry)
+                key = sample_key(index)
+                _add(tar, f"{key}.{suffix}", encode(fit_max_side(pixels, max_side)))
+                _add(tar, f"{key}.json", json.dumps(entry, sort_keys=True).encode())
+        # renamed before the shard: a whole shard always has its index
+        with atomic_path(out / index_name(number)) as index_tmp, open(index_tmp, "wb") as handle:
+            np.save(handle, pixel_offsets(tmp, suffix), allow_pickle=False)
     return number, len(entries)
+
+
+def pixel_offsets(shard: Path, suffix: str) -> np.ndarray:
+    """(n, 2) int64: byte offset and size of each sample's pixel member, in sample order (read back with
+    the standard library's tar parser, so the index describes the file as any tar reader sees it)."""
+    with tarfile.open(shard, "r") as tar:
+        rows = [(m.offset_data, m.size) for m in tar.getmembers() if m.name.endswith(f".{suffix}")]
+    return np.asarray(rows, dtype=np.int64).reshape(-1, 2)
 
 
 def _decode_checked(entry: dict) -> np.ndarray:
@@ -232,115 +245,8 @@ def _finish(out: Path, settings: dict, total: int, n_shards: int, shard_images: 
               for n in range(n_shards)]
     write_json_atomic(out / SHARD_LIST, {"__kind__": "wids-shard-index-v1", "wids_version": 1,
                                          "name": f"corpus {settings['corpus']}", "shardlist": shards})
-    digests = {s["url"]: _sha256(out / s["url"]) for s in shards}
+    digests = {s["url"]: sha256_file(out / s["url"]) for s in shards}
     info = {**settings, "complete": True, "n_images": total, "n_shards": n_shards,
             "bytes": sum((out / s["url"]).stat().st_size for s in shards), "sha256": digests}
     write_json_atomic(out / PACK_INFO, info)
     return out
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-# ------------------------------------------------------------------------------------- read
-
-
-def load_packed(folder: Path) -> dict:
-    """pack.json of a complete packed folder, or one clear error."""
-    info_path = Path(folder) / PACK_INFO
-    if not info_path.is_file():
-        raise UserError(f"not a packed corpus (no {PACK_INFO}); run `bench corpus pack`", folder)
-    info = json.loads(info_path.read_text())
-    if not info.get("complete"):
-        raise UserError("this pack did not finish; run `bench corpus pack` again to complete it", folder)
-    return info
-
-
-def find_packed(corpus: Corpus, image_size: int) -> Path | None:
-    """The complete packed folder of `corpus` with the smallest max side >= image_size, or None."""
-    best = None
-    for folder in sorted(corpus.dir.glob("packed-*")):
-        try:
-            info = load_packed(folder)
-        except (UserError, ValueError):
-            continue
-        if info["max_side"] >= image_size and (best is None or info["max_side"] < best[0]):
-            best = (info["max_side"], folder)
-    return best[1] if best else None
-
-
-def packed_for_run(corpus: Corpus, image_size: int, recorded: dict | None) -> dict | None:
-    """What a run reads its images from: None (the source files) or its packed copy's record {folder,
-    max_side, format, digest}. A new run (`recorded` None) takes find_packed's copy; a resumed one the
-    copy it recorded, unchanged (same shard digests), or the source files if it recorded none."""
-    if recorded is None:
-        folder = find_packed(corpus, image_size)
-    elif "packed" in recorded:
-        folder = packed_dir(corpus, recorded["packed"]["max_side"])
-    else:
-        return None
-    if folder is None:
-        return None
-    info = load_packed(folder)
-    record = {"folder": str(folder), "max_side": info["max_side"], "format": info["format"],
-              "encoding": info["encoding"],
-              "digest": hashlib.sha256(json.dumps(info["sha256"], sort_keys=True).encode()).hexdigest()[:16]}
-    if recorded is not None and record["digest"] != recorded["packed"]["digest"]:
-        raise UserError("the run was trained from another pack of this corpus (shard digests differ); "
-                        "its images would change on resume", folder)
-    return record
-
-
-@dataclass
-class PackedImages:
-    """Random reads from a packed folder (or its URL: http(s)://, s3://, read through wids' download
-    cache) by sample index. Opened lazily in each process, so DataLoader workers never share a file."""
-
-    location: str
-    cache_dir: str | None = None
-
-    def __post_init__(self):
-        self._reader, self._pid = None, None
-
-    def _open(self):
-        import wids
-
-        if self._pid != os.getpid():
-            local = not _is_url(self.location)
-            with contextlib.redirect_stderr(io.StringIO()):  # wids prints a summary line on every open
-                self._reader = wids.ShardListDataset(
-                    str(Path(self.location) / SHARD_LIST) if local else f"{self.location.rstrip('/')}/{SHARD_LIST}",
-                    cache_dir=None if local else self.cache_dir, localname=_same_path if local else None,
-                    transformations=[], lru_size=8)
-            self._pid = os.getpid()
-        return self._reader
-
-    def __getstate__(self) -> dict:  # spawned DataLoader workers open their own reader
-        return {"location": self.location, "cache_dir": self.cache_dir, "_reader": None, "_pid": None}
-
-    def __len__(self) -> int:
-        return len(self._open())
-
-    def pixels(self, index: int) -> np.ndarray:
-        sample = self._open()[index]
-        suffix = next(s for s in DECODERS if s in sample)
-        data = sample[suffix]
-        return DECODERS[suffix](data.getvalue() if hasattr(data, "getvalue") else data)
-
-    def rgb(self, index: int):
-        from PIL import Image
-
-        return Image.fromarray(self.pixels(index)).convert("RGB")
-
-
-def _same_path(url: str) -> str:  # local shards are read where they lie (no download cache)
-    return url
-
-
-def _is_url(location: str) -> bool:
-    return "://" in location

@@ -24,8 +24,8 @@ from safetensors.torch import load_file
 from medssl_bench.harness import imageio
 from medssl_bench.harness.app.cli import main
 from medssl_bench.harness.corpus import build_corpus
-from medssl_bench.harness.corpus_pack import (PackedImages, fit_max_side, load_packed, pack_corpus, packed_dir,
-                                              shard_name)
+from medssl_bench.harness.corpus_pack import fit_max_side, pack_corpus, packed_dir, shard_name
+from medssl_bench.harness.packed_reader import PackedImages, load_packed
 from medssl_bench.harness.errors import UserError
 from medssl_bench.harness.runs import read_run
 from medssl_bench.harness.workspace import Workspace
@@ -125,6 +125,21 @@ def test_other_settings_and_changed_sources_are_refused_in_one_line(phantoms):
         pack_corpus(corpus, max_side=48, shard_images=20, workers=1)
 
 
+def test_the_shards_are_webdataset_tars_that_wids_reads_by_index(phantoms):
+    import io
+
+    import wids
+
+    ws, corpus = phantoms
+    folder = pack_corpus(corpus, max_side=64, shard_images=40, workers=1)
+    dataset = wids.ShardListDataset(str(folder / "shards.json"), localname=str, transformations=[])
+    assert len(dataset) == len(corpus.entries)
+    for index in (0, 39, 40, len(corpus.entries) - 1):
+        sample = dataset[index]
+        assert np.array_equal(np.load(io.BytesIO(sample[".npy"].getvalue())), _direct(corpus.entries[index]))
+        assert json.loads(sample[".json"].getvalue()) == corpus.entries[index]
+
+
 def test_shards_read_over_http_through_the_download_cache(phantoms, tmp_path):
     ws, corpus = phantoms
     folder = pack_corpus(corpus, max_side=64, shard_images=40, workers=1)
@@ -138,6 +153,7 @@ def test_shards_read_over_http_through_the_download_cache(phantoms, tmp_path):
             assert np.array_equal(remote.pixels(index), _direct(corpus.entries[index]))
         assert sorted(p.name for p in (tmp_path / "cache").rglob("*.tar")) == [shard_name(0), shard_name(1),
                                                                                shard_name(2)]
+        assert not list((tmp_path / "cache").rglob("*.part"))
     finally:
         server.shutdown()
 

@@ -11,7 +11,8 @@ import pytest
 from medssl_bench.harness import imageio
 from medssl_bench.harness.app.cli import main
 from medssl_bench.harness.corpus import build_corpus
-from medssl_bench.harness.corpus_pack import PackedImages, fit_max_side, load_packed, pack_corpus
+from medssl_bench.harness.corpus_pack import fit_max_side, pack_corpus
+from medssl_bench.harness.packed_reader import PackedImages, load_packed
 from medssl_bench.harness.runs import read_run
 from medssl_bench.harness.workspace import Workspace
 

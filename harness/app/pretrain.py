@@ -170,7 +170,7 @@ def run_pretraining(req: PretrainRequest, progress: Progress | None = None) -> P
     reports every step to `progress(steps_done, steps_total, description=, stats=)`. Only the main process
     locks the run (harness.runlock) and writes its records."""
     from medssl_bench.harness.corpus import resolve_corpus
-    from medssl_bench.harness.corpus_pack import packed_for_run
+    from medssl_bench.harness.packed_reader import packed_for_run
     from medssl_bench.harness.data import balances_datasets, epoch_shares
     from medssl_bench.harness.engine import check_sync_bn, init_distributed, is_main_process, world_size
     from medssl_bench.harness.provenance import code_version, host_info, package_versions
@@ -287,7 +287,7 @@ def corpus_views(entries: list[dict], packed: dict | None) -> Callable:
 
     if packed is None:
         return partial(ViewsDataset, entries)
-    from medssl_bench.harness.corpus_pack import PackedImages
+    from medssl_bench.harness.packed_reader import PackedImages
 
     return partial(ViewsDataset, range(len(entries)), loader=PackedImages(packed["folder"]).rgb)
 

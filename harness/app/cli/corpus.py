@@ -119,7 +119,8 @@ def pack(
     workspace: Path = workspace_option(),
 ) -> None:
     from medssl_bench.harness.corpus import resolve_corpus
-    from medssl_bench.harness.corpus_pack import load_packed, pack_corpus
+    from medssl_bench.harness.corpus_pack import pack_corpus
+    from medssl_bench.harness.packed_reader import load_packed
 
     corpus = resolve_corpus(corpus_id, Workspace.resolve(workspace))
     with ProgressBar(console, f"packing {corpus.id}", transient=True) as bar:

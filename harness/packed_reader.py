@@ -1,0 +1,142 @@
+"""Reading a packed corpus (harness.corpus_pack) by sample index, in O(1) per read.
+
+Sample k lies in shard k // shard_images at row k % shard_images of that shard's offset index
+(shard-NNNNN.idx.npy: byte offset and size of the pixel member, taken from the tar headers when the
+shard was written). A read is one `os.pread` of those bytes and their decode: no tar is scanned, so a
+shuffled epoch costs what an ordered one does, and a worker's memory is the few offset tables it has
+mapped (16 bytes per image, in the page cache) and open file descriptors (an LRU of 64 shards).
+
+wids' `ShardListDataset` reads the same shards by index too, but indexes a tar by scanning its headers
+each time it opens it; with more shards than its LRU holds, a shuffled order re-scans a shard for most
+reads (measured: 7.3x the ordered read at 11 shards, benchmarks/README.md), so bench reads the offsets
+it wrote. For a folder on http(s)/s3 storage, wids' downloader (curl, the AWS CLI) fetches each shard and
+its index into a local cache on first use.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from medssl_bench.harness.corpus import Corpus
+from medssl_bench.harness.corpus_pack import (DECODERS, ENCODERS, PACK_INFO, index_name, packed_dir,
+                                              shard_name)
+from medssl_bench.harness.errors import UserError
+
+OPEN_SHARDS = 64  # file descriptors per process; reopening one costs microseconds
+
+
+def load_packed(folder: Path) -> dict:
+    """pack.json of a complete packed folder, or one clear error."""
+    info_path = Path(folder) / PACK_INFO
+    if not info_path.is_file():
+        raise UserError(f"not a packed corpus (no {PACK_INFO}); run `bench corpus pack`", folder)
+    info = json.loads(info_path.read_text())
+    if not info.get("complete"):
+        raise UserError("this pack did not finish; run `bench corpus pack` again to complete it", folder)
+    return info
+
+
+def find_packed(corpus: Corpus, image_size: int) -> Path | None:
+    """The complete packed folder of `corpus` with the smallest max side >= image_size, or None."""
+    best = None
+    for folder in sorted(corpus.dir.glob("packed-*")):
+        try:
+            info = load_packed(folder)
+        except (UserError, ValueError):
+            continue
+        if info["max_side"] >= image_size and (best is None or info["max_side"] < best[0]):
+            best = (info["max_side"], folder)
+    return best[1] if best else None
+
+
+def packed_for_run(corpus: Corpus, image_size: int, recorded: dict | None) -> dict | None:
+    """What a run reads its images from: None (the source files) or its packed copy's record {folder,
+    max_side, format, encoding, digest}. A new run (`recorded` None) takes find_packed's copy; a resumed
+    one the copy it recorded, unchanged (same shard digests), or the source files if it recorded none."""
+    if recorded is None:
+        folder = find_packed(corpus, image_size)
+    elif "packed" in recorded:
+        folder = packed_dir(corpus, recorded["packed"]["max_side"])
+    else:
+        return None
+    if folder is None:
+        return None
+    info = load_packed(folder)
+    record = {"folder": str(folder), "max_side": info["max_side"], "format": info["format"],
+              "encoding": info["encoding"],
+              "digest": hashlib.sha256(json.dumps(info["sha256"], sort_keys=True).encode()).hexdigest()[:16]}
+    if recorded is not None and record["digest"] != recorded["packed"]["digest"]:
+        raise UserError("the run was trained from another pack of this corpus (shard digests differ); "
+                        "its images would change on resume", folder)
+    return record
+
+
+class PackedImages:
+    """Sample k of a packed folder, or of its copy at a URL (`cache_dir` then holds the downloads).
+    State is per process (opened on first read after a fork), so DataLoader workers share nothing."""
+
+    def __init__(self, location: str | Path, cache_dir: str | Path | None = None):
+        self.location = str(location)
+        self.remote = "://" in self.location
+        if self.remote and cache_dir is None:
+            raise UserError("reading a packed corpus from a URL needs a cache folder (cache_dir)", self.location)
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        info = json.loads(Path(self._local(PACK_INFO)).read_text())
+        if not info.get("complete"):
+            raise UserError("this pack did not finish; run `bench corpus pack` again to complete it", self.location)
+        self.n_images, self.shard_images = info["n_images"], info["shard_images"]
+        self.decode = DECODERS["." + ENCODERS[info["encoding"]][0]]
+        self._pid, self._open = None, OrderedDict()
+
+    def __len__(self) -> int:
+        return self.n_images
+
+    def __getstate__(self) -> dict:  # a spawned worker opens its own files
+        return {**self.__dict__, "_pid": None, "_open": OrderedDict()}
+
+    def pixels(self, index: int) -> np.ndarray:
+        if not 0 <= index < self.n_images:
+            raise IndexError(f"sample {index} of a packed corpus of {self.n_images}")
+        shard, row = divmod(index, self.shard_images)
+        fd, offsets = self._shard(shard)
+        offset, size = offsets[row]
+        return self.decode(os.pread(fd, int(size), int(offset)))
+
+    def rgb(self, index: int):
+        from PIL import Image
+
+        return Image.fromarray(self.pixels(index)).convert("RGB")
+
+    def _shard(self, number: int) -> tuple[int, np.ndarray]:
+        if self._pid != os.getpid():  # forked: the parent's descriptors are not this process's to close
+            self._pid, self._open = os.getpid(), OrderedDict()
+        if number in self._open:
+            self._open.move_to_end(number)
+            return self._open[number]
+        offsets = np.load(self._local(index_name(number)), mmap_mode="r", allow_pickle=False)
+        opened = self._open[number] = (os.open(self._local(shard_name(number)), os.O_RDONLY), offsets)
+        if len(self._open) > OPEN_SHARDS:
+            os.close(self._open.popitem(last=False)[1][0])
+        return opened
+
+    def _local(self, name: str) -> str:
+        """The file's local path: in the folder, or downloaded once into the cache (whole files, renamed
+        when complete, so a concurrent reader never sees half a file)."""
+        if not self.remote:
+            return str(Path(self.location) / name)
+        local = self.cache_dir / hashlib.sha256(self.location.encode()).hexdigest()[:16] / name
+        if not local.is_file():
+            from wids.wids_dl import download_file
+
+            local.parent.mkdir(parents=True, exist_ok=True)
+            partial = local.with_name(f".{name}.{os.getpid()}.part")
+            download_file(f"{self.location.rstrip('/')}/{name}", str(partial))
+            if not partial.is_file():
+                raise UserError(f"could not download {name}", self.location)
+            os.replace(partial, local)
+        return str(local)
