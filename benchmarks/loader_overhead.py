@@ -1,0 +1,128 @@
+"""`bench pretrain` with its real loader against the same steps on views made in advance (issue #21).
+
+The same harness loop (PretrainModel + mmengine Runner + bench's hooks, default loader workers) is fed,
+in interleaved rounds, from:
+- `premade`: views made once and held in memory (no decoding, no augmentation: the step alone);
+- `files`: the corpus's source files, views made in the loader workers (the path without a pack);
+- `packed`: the packed copy (`bench corpus pack`), views made in the loader workers;
+- `packed_device`: the packed copy, views made on the device (`--augment device`; here the CPU).
+The figure is images/s of each path over images/s of `premade` (goal: >= 0.95 at the quick settings).
+
+    .venv/bin/python benchmarks/loader_overhead.py [--method simclr] [--images 512] [--rounds 3]
+
+Writes benchmarks/results/loader_overhead_cpu.json and prints it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pretrain_step import PremadeViews, StepClock, make_views  # noqa: E402  (configures the process)
+
+from medssl_bench.harness.backbones import build_backbone  # noqa: E402
+from medssl_bench.harness.config import build_transform, method_kwargs, resolve_config  # noqa: E402
+from medssl_bench.harness.corpus import build_corpus  # noqa: E402
+from medssl_bench.harness.corpus_pack import pack_corpus  # noqa: E402
+from medssl_bench.harness.data import ViewsDataset, default_num_workers  # noqa: E402
+from medssl_bench.harness.device_views import DeviceViewsTransform, check_device_views  # noqa: E402
+from medssl_bench.harness.engine import MethodHook, PretrainModel, RunRecordHook, build_runner  # noqa: E402
+from medssl_bench.harness.packed_reader import PackedImages  # noqa: E402
+from medssl_bench.harness.provenance import code_version, package_versions  # noqa: E402
+from medssl_bench.harness.workspace import Workspace  # noqa: E402
+from medssl_bench.methods import get_method  # noqa: E402
+
+RESULT = Path(__file__).resolve().parent / "results" / "loader_overhead_cpu.json"
+
+
+def timed_steps(method: str, cfg: dict, dataset, n_steps: int, device_plan=None) -> list[float]:
+    from mmengine.hooks import Hook
+    from mmengine.runner import set_random_seed
+
+    clock = StepClock("cpu")
+
+    class ClockHook(Hook):
+        priority = "LOWEST"
+
+        def before_train(self, runner):
+            clock.tick()
+
+        def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+            clock.tick()
+
+    method_cls = get_method(method)
+    set_random_seed(0)
+    backbone, width = build_backbone(cfg["backbone"])
+    model = PretrainModel(method_cls(backbone, width, **method_kwargs(method_cls, cfg)), device_plan)
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = Path(tmp)
+        steps_cfg = {**cfg, "epochs": 1}
+        runner = build_runner(model, dataset, steps_cfg, run_dir, resume=False, num_workers=default_num_workers(),
+                              hooks=[MethodHook(), RunRecordHook(run_dir, {}), ClockHook()])
+        runner.train()
+    return clock.times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--method", default="simclr")
+    parser.add_argument("--images", type=int, default=512, help="phantom images in the corpus (96 px)")
+    parser.add_argument("--steps", type=int, default=12, help="timed steps per round")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    from medssl_bench.downstream.phantoms import synthesize_corpus
+
+    method_cls = get_method(args.method)
+    cfg = resolve_config(method_cls, "quick", {}, {})
+    device_cfg = resolve_config(method_cls, "quick", {}, {"augment": "device"})
+    n_steps = args.warmup + args.steps
+    with tempfile.TemporaryDirectory() as tmp:
+        synthesize_corpus(Path(tmp) / "src", n=args.images, seed=0, size=96)
+        corpus = build_corpus([Path(tmp) / "src"], Workspace(Path(tmp) / "ws"))
+        packed = PackedImages(pack_corpus(corpus, max_side=128, workers=1))
+        entries = corpus.entries[: n_steps * cfg["batch_size"]]  # one epoch = the timed round
+        transform, n_images = build_transform(method_cls, cfg)
+        plan = check_device_views(method_cls, device_cfg)
+        sources = {
+            "premade": lambda: PremadeViews(make_views(method_cls, cfg, cfg["batch_size"] * 3), n_steps * cfg["batch_size"]),
+            "files": lambda: ViewsDataset(entries, transform, seed=0, n_image_views=n_images),
+            "packed": lambda: ViewsDataset(range(len(entries)), transform, seed=0, loader=packed.rgb,
+                                           n_image_views=n_images),
+            "packed_device": lambda: ViewsDataset(range(len(entries)), DeviceViewsTransform(plan), seed=0,
+                                                  loader=packed.rgb, n_image_views=0),
+        }
+        times: dict[str, list[float]] = {name: [] for name in sources}
+        for _ in range(args.rounds):
+            for name, make in sources.items():
+                use_cfg, use_plan = (device_cfg, plan) if name == "packed_device" else (cfg, None)
+                times[name] += timed_steps(args.method, use_cfg, make(), n_steps, use_plan)[args.warmup:]
+    median = {name: statistics.median(t) for name, t in times.items()}
+    result = {
+        "benchmark": "loader_overhead", "date": time.strftime("%Y-%m-%d %H:%M"),
+        "device": f"cpu ({platform.machine()}, {torch.get_num_threads()} threads, {os.cpu_count()} cores)",
+        "load_average": os.getloadavg(), "loader_workers": default_num_workers(),
+        "settings": {**vars(args), "profile": "quick", "backbone": cfg["backbone"], "image_size": cfg["image_size"],
+                     "batch_size": cfg["batch_size"]},
+        "median_step_s": median,
+        "images_per_s": {name: cfg["batch_size"] / m for name, m in median.items()},
+        "ratio_over_premade": {name: median["premade"] / m for name, m in median.items()},
+        "code": code_version(), "versions": package_versions(),
+    }
+    RESULT.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: result[k] for k in ("device", "load_average", "median_step_s", "ratio_over_premade")},
+                     indent=2))
+    print(f"results written to {RESULT}")
+
+
+if __name__ == "__main__":
+    main()
