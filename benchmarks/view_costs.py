@@ -4,8 +4,9 @@ draws), and what the device then spends per batch making the views (harness.devi
 
 One process, one thread (a worker's lot), a 512 x 512 PNG decoded by the harness's own loader, each method's
 `benchmark` views at 224 px, each sample seeded as in training (its own (seed, epoch, index)). Per sample, interleaved
-so that a busy machine slows all three alike: decode, the CPU path's views of the decoded image, the device path's
-worker half; each figure is the median over samples. A path's cost per image = decode + its views. The device side
+so that a busy machine slows all four alike: decode, the read of the same image from a packed copy (`bench corpus pack`,
+raw .npy), the CPU path's views of the decoded image, the device path's worker half; each figure is the median over
+samples. A path's cost per image = decode (or the packed read) + its views. The device side
 runs on `--device` (default cpu, for reference).
 
     python benchmarks/view_costs.py                       # writes benchmarks/results/view_costs_cpu.json
@@ -18,6 +19,7 @@ import json
 import os
 import platform
 import statistics
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -34,7 +36,11 @@ from medssl_bench.harness.config import build_transform, resolve_config  # noqa:
 from medssl_bench.harness.data import ViewsDataset  # noqa: E402
 from medssl_bench.harness.device_views import (DeviceViewsPreprocessor, DeviceViewsTransform,  # noqa: E402
                                                check_device_views, collate_device_views)
+from medssl_bench.harness.corpus import build_corpus  # noqa: E402
+from medssl_bench.harness.corpus_pack import pack_corpus  # noqa: E402
 from medssl_bench.harness.imageio import load_rgb  # noqa: E402
+from medssl_bench.harness.packed_reader import PackedImages  # noqa: E402
+from medssl_bench.harness.workspace import Workspace  # noqa: E402
 from medssl_bench.harness.provenance import code_version, package_versions  # noqa: E402
 from medssl_bench.methods import get_method  # noqa: E402
 
@@ -97,6 +103,10 @@ def main() -> None:
         test_image(path)
         image = load_rgb(path)
         entries = [image] * (1 + args.images)
+        (Path(tmp) / "corpus" / "one").mkdir(parents=True)
+        shutil.copy(path, Path(tmp) / "corpus" / "one" / "image.png")
+        corpus = build_corpus([Path(tmp) / "corpus"], Workspace(Path(tmp) / "ws"))
+        packed = PackedImages(pack_corpus(corpus, max_side=512, workers=1))  # `bench corpus pack`'s raw .npy
         rows = {}
         for name in args.methods:
             cls = get_method(name)
@@ -105,8 +115,9 @@ def main() -> None:
             plan = check_device_views(cls, cfg)
             cpu = ViewsDataset(entries, transform, seed=0, loader=lambda e: e, n_image_views=n_image_views)
             dev = ViewsDataset(entries, DeviceViewsTransform(plan), seed=0, loader=lambda e: e, n_image_views=0)
-            decode, cpu_views, dev_views = interleaved_ms(
-                [lambda k: load_rgb(path), lambda k: cpu[(0, k)], lambda k: dev[(0, k)]], args.images)
+            decode, packed_read, cpu_views, dev_views = interleaved_ms(
+                [lambda k: load_rgb(path), lambda k: packed.rgb(0), lambda k: cpu[(0, k)], lambda k: dev[(0, k)]],
+                args.images)
             cpu_ms, dev_ms = round(decode + cpu_views, 3), round(decode + dev_views, 3)
             torch.set_num_threads(os.cpu_count() or 1)  # the device side is the training process's
             batch_ms = device_batch_ms(dev, plan, args.batch, args.device, args.repeats)
@@ -115,6 +126,8 @@ def main() -> None:
                 v.crop.size for v in plan)]
             rows[name] = {"views": " + ".join(views), "decode_ms": decode, "cpu_path_views_ms": cpu_views,
                           "device_path_worker_ms": dev_views, "cpu_path_ms_per_image": cpu_ms,
+                          "packed_read_ms": packed_read,
+                          "device_path_from_packed_ms_per_image": round(packed_read + dev_views, 3),
                           "device_path_host_ms_per_image": dev_ms, "speed_up": round(cpu_ms / dev_ms, 1),
                           f"device_side_ms_per_batch_{args.batch}": batch_ms}
             print(name, rows[name], flush=True)
