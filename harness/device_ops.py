@@ -38,15 +38,17 @@ class Crop(Op):
 
     width = 4  # top, left, height, width, in the shipped image's pixels
 
-    def __init__(self, rrc, lightly_location: bool = False):
-        self.lightly_location = lightly_location  # lightly's RandomResizedCropWithLocation draws by get_params
+    def __init__(self, rrc, by_get_params: bool = False):
+        # lightly's RandomResizedCropWithLocation and LVM-Med's crop (methods/blocks/crop_grid.py) draw their box by
+        # torchvision's static get_params, not make_params: the same torch draws, called as those ops call them
+        self.by_get_params = by_get_params
         mode = str(getattr(rrc.interpolation, "value", rrc.interpolation))  # an InterpolationMode or its name
         if mode not in ("bilinear", "bicubic"):
             raise Unsupported(f"RandomResizedCrop with {mode} interpolation")
         self.rrc, self.size, self.mode = rrc, tuple(rrc.size), mode
 
     def draw(self, image) -> list[float]:
-        if self.lightly_location:
+        if self.by_get_params:
             return list(self.rrc.get_params(image, self.rrc.scale, self.rrc.ratio))
         box = self.rrc.make_params([image])
         return [box["top"], box["left"], box["height"], box["width"]]

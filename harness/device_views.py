@@ -7,7 +7,8 @@ draws each op's parameters with the calls the CPU op makes, in its order (torchv
 crop boxes, flips, jitter factors and orders and blur sigmas, sample for sample, so resume stays exact. The worker
 ships the decoded uint8 image and the parameters; `DeviceViewsPreprocessor` makes all views of a batch at once on the
 model's device with kornia and normalises them as ViewsPreprocessor does. A view op without a device counterpart
-(LVM-Med's, PEAC's, VICRegL's own view classes...) is refused in one line before a run starts (`check_device_views`).
+(PEAC's, Ark's, Models Genesis' own view classes) is refused in one line before a run starts (`check_device_views`);
+a view class of a method's own may offer its plan (`device_plan()`, LVM-Med's).
 """
 from __future__ import annotations
 
@@ -75,17 +76,19 @@ def _flatten(ops: list) -> list:
 
 
 class View:
-    """One view: a crop (its first op), then the other ops in order, each with its parameter slots. With
-    `crop_and_flip` (lightly's RandomResizedCropAndFlip, VICRegL's), the crop and flips are its own and the worker
-    also computes the crop's location grid with its own code, as the CPU path's grid."""
+    """One view: a crop (its first op), then the other ops in order, each with its parameter slots.
 
-    def __init__(self, view_transform, crop_and_flip=None):
+    A view whose crop and flips are not ops of its Compose (VICRegL's crop-and-flip with location, LVM-Med's own crop
+    with its cell grid) passes them as `crop` and `head` (drawn before the Compose's ops, as its CPU call draws them)
+    and a `grid`: a picklable callable (drawn parameters, decoded image) -> the tensor the CPU path returns after the
+    views, computed in the worker so that it equals the CPU path's exactly."""
+
+    def __init__(self, view_transform, crop: Crop | None = None, head: list[Op] = (), grid=None):
         from torchvision.transforms import v2
 
-        ops, self.grid = _flatten([view_transform]), crop_and_flip
-        if crop_and_flip is not None:
-            self.crop = Crop(crop_and_flip.resized_crop, lightly_location=True)
-            head = [Flip(crop_and_flip.horizontal_flip.p, True), Flip(crop_and_flip.vertical_flip.p, False)]
+        ops, self.grid = _flatten([view_transform]), grid
+        if crop is not None:
+            self.crop, head = crop, list(head)
         elif ops and isinstance(ops[0], v2.RandomResizedCrop):
             self.crop, ops, head = Crop(ops[0]), ops[1:], []
         else:
@@ -93,15 +96,6 @@ class View:
             raise Unsupported(f"a view that starts with {first}, not a RandomResizedCrop")
         self.ops = head + [leaf for leaf in map(_leaf, ops) if leaf is not None]
         self.width = self.crop.width + sum(op.width for op in self.ops)
-
-    def location_grid(self, drawn: list[float], image) -> torch.Tensor:
-        """lightly's (grid, grid, 2) cell centres of the drawn crop in the image, flipped as the crop is."""
-        from lightly.transforms.random_crop_and_flip_with_grid import Location
-
-        top, left, height, width, hflip, vflip = drawn[:6]  # the crop's slots, then its two flips'
-        return self.grid.location_to_NxN_grid(Location(
-            top=int(top), left=int(left), height=int(height), width=int(width), image_height=image.height,
-            image_width=image.width, horizontal_flip=bool(hflip), vertical_flip=bool(vflip)))
 
     def draw(self, image) -> list[float]:
         return self.crop.draw(image) + [value for op in self.ops for value in op.draw(image)]
@@ -115,16 +109,39 @@ class View:
         return x
 
 
+class LightlyLocationGrid:
+    """lightly's (grid, grid, 2) cell centres of a drawn crop in the image, flipped as the crop is (VICRegL's);
+    a class, not a closure, so that a plan pickles into spawned loader workers."""
+
+    def __init__(self, crop_and_flip):
+        self.crop_and_flip = crop_and_flip
+
+    def __call__(self, drawn: list[float], image) -> torch.Tensor:
+        from lightly.transforms.random_crop_and_flip_with_grid import Location
+
+        top, left, height, width, hflip, vflip = drawn[:6]  # the crop's slots, then its two flips'
+        return self.crop_and_flip.location_to_NxN_grid(Location(
+            top=int(top), left=int(left), height=int(height), width=int(width), image_height=image.height,
+            image_width=image.width, horizontal_flip=bool(hflip), vertical_flip=bool(vflip)))
+
+
 def view_plan(transform) -> list[View]:
-    """The device plan of a method's view transform; Unsupported names the first op without a device path."""
+    """The device plan of a method's view transform; Unsupported names the first op without a device path.
+
+    A transform of the method's own (methods/...) offers its plan through a `device_plan()` method built from its own
+    objects, so that this ground floor imports no plug-in."""
     from lightly.transforms.image_grid_transform import ImageGridTransform
     from lightly.transforms.multi_view_transform import MultiViewTransform
     from lightly.transforms.random_crop_and_flip_with_grid import RandomResizedCropAndFlip
 
+    if callable(getattr(transform, "device_plan", None)):
+        return transform.device_plan()
     if isinstance(transform, ImageGridTransform):  # (crop-and-flip with grid, view transform) pairs: VICRegL
         if not all(isinstance(pair[0], RandomResizedCropAndFlip) for pair in transform.transforms):
             raise Unsupported(f"{type(transform).__name__} without lightly's RandomResizedCropAndFlip")
-        return [View(view, crop_and_flip) for crop_and_flip, view in transform.transforms]
+        return [View(view, Crop(cf.resized_crop, by_get_params=True),
+                     [Flip(cf.horizontal_flip.p, True), Flip(cf.vertical_flip.p, False)], LightlyLocationGrid(cf))
+                for cf, view in transform.transforms]
     if not isinstance(transform, MultiViewTransform):
         raise Unsupported(type(transform).__name__)
     return [View(view) for view in transform.transforms]
@@ -163,7 +180,7 @@ class DeviceViewsTransform:
             drawn = view.draw(image)
             params[k, :len(drawn)] = drawn
             if view.grid is not None:
-                grids.append(view.location_grid(drawn, image))
+                grids.append(view.grid(drawn, image))
         shrink = max(1, math.ceil(max(image.size) / self.max_side))
         if shrink > 1:  # boxes stay in the decoded image's pixels; the device divides them by `shrink`
             image = image.reduce(shrink)

@@ -43,13 +43,26 @@ class GeometricViews:
         self.n_views = n_views
 
     def __call__(self, image):
-        size = torch.tensor(image.size, dtype=torch.float32)  # (width, height) = (x, y) scale
         views, grids = [], []
         for _ in range(self.n_views):
             crop, grid = self.crop(image)
             views.append(self.photometric(crop))
-            grids.append(grid / size)
+            grids.append(self.normalised(grid, image))
         return views + grids
+
+    @staticmethod
+    def normalised(grid: torch.Tensor, image) -> torch.Tensor:
+        return grid / torch.tensor(image.size, dtype=torch.float32)  # (width, height) = (x, y) scale
+
+    def device_plan(self) -> list:
+        """`--augment device` (harness.device_views): per view our crop and flip, then the photometric Compose's
+        ops, drawn as __call__ draws them; the grids computed in the worker from the drawn box and flip."""
+        from medssl_bench.harness.device_views import View
+
+        return [View(self.photometric, *self.crop.device_parts(), grid=self.device_grid) for _ in range(self.n_views)]
+
+    def device_grid(self, drawn: list[float], image) -> torch.Tensor:
+        return self.normalised(self.crop.grid_of(drawn), image)
 
 
 class LVMMed(SSLMethod):

@@ -45,3 +45,16 @@ class CropFlipWithGrid:
         if flip:
             crop = F.hflip(crop)
         return crop, cell_centres(top, left, height, width, self.grid, flip)
+
+    def device_parts(self) -> tuple:
+        """(crop op, [flip op]) of the device path (harness.device_ops) drawing what __call__ draws, in its order:
+        the box by RandomResizedCrop.get_params, then the flip's torch.rand(1); bilinear, as __call__ resizes."""
+        from medssl_bench.harness.device_ops import Crop, Flip
+
+        rrc = T.RandomResizedCrop(self.size, self.scale, self.ratio, interpolation=T.InterpolationMode.BILINEAR)
+        return Crop(rrc, by_get_params=True), [Flip(self.hflip_prob, horizontal=True)]
+
+    def grid_of(self, drawn: list[float]) -> torch.Tensor:
+        """The cell centres __call__ returns, from the device path's drawn slots (top, left, height, width, flip)."""
+        top, left, height, width, flip = (int(v) for v in drawn[:5])
+        return cell_centres(top, left, height, width, self.grid, bool(flip))

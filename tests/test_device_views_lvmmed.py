@@ -1,0 +1,113 @@
+"""`augment: device` for LVM-Med (methods/lvmmed.py GeometricViews.device_plan): our crop box and flip, lightly's
+VICRegL photometric draws and both crop grids equal the CPU path's sample for sample; whole views are the CPU path's
+within tests/test_device_views.py's tolerance; a run resumes bit-identically; the other own-view methods stay
+refused."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medssl_bench.harness.config import build_transform, resolve_config
+from medssl_bench.harness.data import ViewsDataset, ViewsPreprocessor, collate_views
+from medssl_bench.harness.device_views import (DeviceViewsPreprocessor, DeviceViewsTransform, check_device_views,
+                                               collate_device_views)
+from medssl_bench.harness.errors import UserError
+from medssl_bench.methods import get_method
+from medssl_bench.methods.blocks import crop_grid
+from tests.pretrain_helpers import metrics
+from tests.test_device_views import config, cpu_recorder, device_events, textured  # noqa: F401 (a fixture)
+
+
+@pytest.fixture
+def lvmmed_recorder(cpu_recorder, monkeypatch):  # noqa: F811 (the imported fixture)
+    """cpu_recorder plus LVM-Med's own crop and flip, read where both are known: the call of cell_centres."""
+    centres = crop_grid.cell_centres
+
+    def recorded(top, left, height, width, grid, hflip):
+        cpu_recorder.extend([("crop", top, left, height, width)] + ([("hflip",)] if hflip else []))
+        return centres(top, left, height, width, grid, hflip)
+    monkeypatch.setattr(crop_grid, "cell_centres", recorded)
+    return cpu_recorder
+
+
+def datasets(image_size: int, images, seed: int):
+    cls, cfg = config("lvmmed", image_size=image_size)
+    plan = check_device_views(cls, cfg)
+    transform, n_images = build_transform(cls, cfg)
+    cpu = ViewsDataset(images, transform, seed=seed, loader=lambda e: e, n_image_views=n_images)
+    device = ViewsDataset(images, DeviceViewsTransform(plan), seed=seed, loader=lambda e: e, n_image_views=0)
+    return plan, cpu, device
+
+
+def test_lvmmed_draws_and_grids_are_the_cpu_paths_sample_for_sample(lvmmed_recorder):
+    """60 samples (96 px views: 3 x 3 grids) of a non-square image: every drawn value in call order (crop box, flip,
+    jitter order and factors, grayscale, blur sigma, solarisation) and both crop grids, exactly."""
+    plan, cpu, device = datasets(96, [textured(150, 110)], seed=11)
+    assert len(plan) == 2 and all(view.grid is not None for view in plan)
+    flips = 0
+    for epoch in range(60):
+        lvmmed_recorder.clear()
+        cpu_item = cpu[(epoch, 0)]["inputs"]
+        expected = [e for e in lvmmed_recorder if e is not None]
+        lvmmed_recorder.clear()
+        shipped = device[(epoch, 0)]["inputs"]
+        # in the worker only the draws (jitter's make_params) and each view's grid after them (its cell centres):
+        # no pixel op
+        worker = [e for e in lvmmed_recorder if e is not None]
+        for kinds in (("jitter",), ("crop", "hflip")):
+            assert [e for e in worker if e[0] in kinds] == [e for e in expected if e[0] in kinds], epoch
+        assert len(worker) == len([e for e in expected if e[0] in ("crop", "hflip", "jitter")])
+        assert device_events(plan, shipped[1]) == expected, epoch
+        assert len(shipped) == 5 and shipped[3].shape == (3, 3, 2)  # pixels, parameters, shrink, two grids
+        assert all(torch.equal(ours, theirs) for ours, theirs in zip(shipped[3:], cpu_item[2:])), epoch
+        flips += sum(e == ("hflip",) for e in expected)
+    assert 20 < flips < 100  # both branches of the flip (and of the grids' mirroring) were taken
+
+
+def test_a_batch_of_lvmmed_device_views_is_the_cpu_paths_views():
+    """Whole views (crop, flip, jitter, grayscale, blur together), one 400 px image shipped shrunk: mean under 4
+    levels of the CPU path's, views of another epoch over 10 levels off; the grids after them exactly equal."""
+    images = [textured(80, 96, seed=k) for k in range(5)] + [textured(400, 360, seed=9)]
+    plan, cpu, device = datasets(64, images, seed=5)
+    reference = ViewsPreprocessor()(collate_views([cpu[(0, k)] for k in range(6)]))["inputs"]
+    data = collate_device_views([device[(0, k)] for k in range(6)])
+    assert float(data["inputs"][2].max()) > 1  # the 400 px image travelled reduced
+    ours = DeviceViewsPreprocessor(plan)(data)["inputs"]
+    other = DeviceViewsPreprocessor(plan)(collate_device_views([device[(1, k)] for k in range(6)]))["inputs"]
+    assert len(ours) == len(reference) == 4
+    assert all(torch.equal(a, b) for a, b in zip(ours[2:], reference[2:]))
+    std = ViewsPreprocessor().std  # normalised units back to 8-bit levels
+    for a, b, c in zip(ours[:2], reference[:2], other[:2]):
+        assert a.shape == b.shape == (6, 3, 64, 64)
+        assert float(((a - b).abs() * std).mean((1, 2, 3)).max()) < 4.0
+        assert float(((c - b).abs() * std).mean((1, 2, 3)).min()) > 10.0
+
+
+@pytest.mark.parametrize("name, what", [("peac", "GridViews"), ("models_genesis", "CleanView"),
+                                        ("ark", "SharedGeometryViews")])
+def test_the_other_own_view_methods_are_still_refused(name, what):
+    cls = get_method(name)
+    with pytest.raises(UserError, match=f"method {name}'s views .{what}. have no device path yet"):
+        check_device_views(cls, resolve_config(cls, "quick", {}, {}) | {"augment": "device"})
+
+
+@pytest.mark.slow
+def test_an_lvmmed_device_views_run_resumes_bit_identically(tiny_corpus):
+    from safetensors.torch import load_file
+
+    from medssl_bench.harness.app.cli import main
+    from medssl_bench.harness.runs import read_run
+
+    workspace, corpus_id = tiny_corpus
+    common = ["pretrain", "--workspace", str(workspace), "--corpus", corpus_id, "--method", "lvmmed", "--image-size",
+              "64", "--batch-size", "32", "--num-workers", "0", "--epochs", "2", "--seed", "3", "--augment", "device"]
+    assert main([*common, "--name", "lv-dv-whole"]) == 0
+    assert main([*common, "--name", "lv-dv-split", "--stop-after-epoch", "1"]) == 0
+    assert main(["pretrain", "--workspace", str(workspace), "--method", "lvmmed", "--name", "lv-dv-split",
+                 "--resume"]) == 0
+    runs = workspace / "runs"
+    assert read_run(runs / "lv-dv-split")["config"]["augment"] == "device"
+    whole, split = (load_file(str(runs / name / "backbone.safetensors")) for name in ("lv-dv-whole", "lv-dv-split"))
+    assert whole.keys() == split.keys() and all(torch.equal(whole[k], split[k]) for k in whole)
+    losses = [r["loss"] for r in metrics(workspace, "lv-dv-whole")]
+    assert len(losses) == 6 and [r["loss"] for r in metrics(workspace, "lv-dv-split")] == losses
