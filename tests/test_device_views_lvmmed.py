@@ -4,6 +4,8 @@ within tests/test_device_views.py's tolerance; a run resumes bit-identically; th
 refused."""
 from __future__ import annotations
 
+import pickle
+
 import pytest
 import torch
 
@@ -35,7 +37,8 @@ def datasets(image_size: int, images, seed: int):
     plan = check_device_views(cls, cfg)
     transform, n_images = build_transform(cls, cfg)
     cpu = ViewsDataset(images, transform, seed=seed, loader=lambda e: e, n_image_views=n_images)
-    device = ViewsDataset(images, DeviceViewsTransform(plan), seed=seed, loader=lambda e: e, n_image_views=0)
+    shipped = pickle.loads(pickle.dumps(DeviceViewsTransform(plan)))  # as a spawned loader worker gets it
+    device = ViewsDataset(images, shipped, seed=seed, loader=lambda e: e, n_image_views=0)
     return plan, cpu, device
 
 
