@@ -7,8 +7,8 @@ draws each op's parameters with the calls the CPU op makes, in its order (torchv
 crop boxes, flips, jitter factors and orders and blur sigmas, sample for sample, so resume stays exact. The worker
 ships the decoded uint8 image and the parameters; `DeviceViewsPreprocessor` makes all views of a batch at once on the
 model's device with kornia and normalises them as ViewsPreprocessor does. A view op without a device counterpart
-(PEAC's, Ark's, Models Genesis' own view classes) is refused in one line before a run starts (`check_device_views`);
-a view class of a method's own may offer its plan (`device_plan()`, LVM-Med's).
+(Ark's, Models Genesis' own view classes) is refused in one line before a run starts (`check_device_views`);
+a view class of a method's own may offer its plan (`device_plan()`: LVM-Med's, PEAC's).
 """
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ class View:
     def __init__(self, view_transform, crop: Crop | None = None, head: list[Op] = (), grid=None):
         from torchvision.transforms import v2
 
-        ops, self.grid = _flatten([view_transform]), grid
+        ops, self.grid = ([] if view_transform is None else _flatten([view_transform])), grid  # None: no more ops
         if crop is not None:
             self.crop, head = crop, list(head)
         elif ops and isinstance(ops[0], v2.RandomResizedCrop):
@@ -220,7 +220,7 @@ class DeviceViewsPreprocessor(BaseDataPreprocessor):
     def forward(self, data: dict, training: bool = False) -> dict:
         data = self.cast_data(data)
         if "inputs" in data:
-            pixels, params, shrink, *grids = data["inputs"]  # grids (VICRegL's) follow the views, as on the CPU path
+            pixels, params, shrink, *grids = data["inputs"]  # grids or masks follow the views, as on the CPU path
             # views in float32 even under --amp (the engine calls this inside the autocast context), as the CPU path's
             with torch.autocast(pixels.device.type, enabled=False):
                 images = pixels.permute(0, 3, 1, 2).float().div_(255)

@@ -321,7 +321,7 @@ def test_a_device_views_run_resumes_bit_identically(tiny_corpus, capsys):
     assert [r["loss"] for r in metrics(workspace, "dv-split")] == [r["loss"] for r in metrics(workspace, "dv-whole")]
 
 
-@pytest.mark.parametrize("name, what", [("peac", "GridViews"), ("models_genesis", "CleanView")])
+@pytest.mark.parametrize("name, what", [("models_genesis", "CleanView")])
 def test_a_method_without_a_device_path_is_refused_in_one_line(name, what, tiny_corpus, capsys):
     workspace, corpus_id = tiny_corpus
     fails_cleanly(capsys, ["pretrain", "--workspace", str(workspace), "--corpus", corpus_id, "--method", name,

@@ -1,7 +1,8 @@
-"""`augment: device` for LVM-Med (methods/lvmmed.py GeometricViews.device_plan): our crop box and flip, lightly's
-VICRegL photometric draws and both crop grids equal the CPU path's sample for sample; whole views are the CPU path's
-within tests/test_device_views.py's tolerance; a run resumes bit-identically; the other own-view methods stay
-refused."""
+"""`augment: device` for the methods' own view classes that offer a plan (`device_plan()`): LVM-Med's (methods/lvmmed.py
+GeometricViews: our crop box and flip, lightly's VICRegL photometric draws and both crop grids equal the CPU path's
+sample for sample) and PEAC's (methods/blocks/peac_views.py GridViews: the same offsets, the same overlap masks);
+whole views are the CPU path's within tests/test_device_views.py's tolerance; runs resume bit-identically; the
+other own-view methods stay refused."""
 from __future__ import annotations
 
 import pickle
@@ -32,8 +33,8 @@ def lvmmed_recorder(cpu_recorder, monkeypatch):  # noqa: F811 (the imported fixt
     return cpu_recorder
 
 
-def datasets(image_size: int, images, seed: int):
-    cls, cfg = config("lvmmed", image_size=image_size)
+def datasets(image_size: int, images, seed: int, name: str = "lvmmed"):
+    cls, cfg = config(name, image_size=image_size)
     plan = check_device_views(cls, cfg)
     transform, n_images = build_transform(cls, cfg)
     cpu = ViewsDataset(images, transform, seed=seed, loader=lambda e: e, n_image_views=n_images)
@@ -86,8 +87,7 @@ def test_a_batch_of_lvmmed_device_views_is_the_cpu_paths_views():
         assert float(((c - b).abs() * std).mean((1, 2, 3)).min()) > 10.0
 
 
-@pytest.mark.parametrize("name, what", [("peac", "GridViews"), ("models_genesis", "CleanView"),
-                                        ("ark", "SharedGeometryViews")])
+@pytest.mark.parametrize("name, what", [("models_genesis", "CleanView"), ("ark", "SharedGeometryViews")])
 def test_the_other_own_view_methods_are_still_refused(name, what):
     cls = get_method(name)
     with pytest.raises(UserError, match=f"method {name}'s views .{what}. have no device path yet"):
@@ -95,22 +95,78 @@ def test_the_other_own_view_methods_are_still_refused(name, what):
 
 
 @pytest.mark.slow
-def test_an_lvmmed_device_views_run_resumes_bit_identically(tiny_corpus):
+@pytest.mark.parametrize("name", ["lvmmed", "peac"])
+def test_a_device_views_run_of_an_own_view_method_resumes_bit_identically(name, tiny_corpus):
+    """Quick profile at 64 px, 2 epochs of 3 steps: stopped after epoch 1 and resumed equals uninterrupted."""
     from safetensors.torch import load_file
 
     from medssl_bench.harness.app.cli import main
     from medssl_bench.harness.runs import read_run
 
     workspace, corpus_id = tiny_corpus
-    common = ["pretrain", "--workspace", str(workspace), "--corpus", corpus_id, "--method", "lvmmed", "--image-size",
+    common = ["pretrain", "--workspace", str(workspace), "--corpus", corpus_id, "--method", name, "--image-size",
               "64", "--batch-size", "32", "--num-workers", "0", "--epochs", "2", "--seed", "3", "--augment", "device"]
-    assert main([*common, "--name", "lv-dv-whole"]) == 0
-    assert main([*common, "--name", "lv-dv-split", "--stop-after-epoch", "1"]) == 0
-    assert main(["pretrain", "--workspace", str(workspace), "--method", "lvmmed", "--name", "lv-dv-split",
+    assert main([*common, "--name", f"{name}-dv-whole"]) == 0
+    assert main([*common, "--name", f"{name}-dv-split", "--stop-after-epoch", "1"]) == 0
+    assert main(["pretrain", "--workspace", str(workspace), "--method", name, "--name", f"{name}-dv-split",
                  "--resume"]) == 0
     runs = workspace / "runs"
-    assert read_run(runs / "lv-dv-split")["config"]["augment"] == "device"
-    whole, split = (load_file(str(runs / name / "backbone.safetensors")) for name in ("lv-dv-whole", "lv-dv-split"))
+    assert read_run(runs / f"{name}-dv-split")["config"]["augment"] == "device"
+    whole, split = (load_file(str(runs / f"{name}-dv-{part}" / "backbone.safetensors")) for part in ("whole", "split"))
     assert whole.keys() == split.keys() and all(torch.equal(whole[k], split[k]) for k in whole)
-    losses = [r["loss"] for r in metrics(workspace, "lv-dv-whole")]
-    assert len(losses) == 6 and [r["loss"] for r in metrics(workspace, "lv-dv-split")] == losses
+    losses = [r["loss"] for r in metrics(workspace, f"{name}-dv-whole")]
+    assert len(losses) == 6 and [r["loss"] for r in metrics(workspace, f"{name}-dv-split")] == losses
+
+
+# ---- PEAC ------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def peac_draws(monkeypatch):
+    """Each call of GridViews.draw (both views' offsets) and what it drew, on either path."""
+    from medssl_bench.methods.blocks.peac_views import GridViews
+
+    draws, draw = [], GridViews.draw
+    monkeypatch.setattr(GridViews, "draw", lambda self: (lambda out: draws.append(out) or out)(draw(self)))
+    return draws
+
+
+def test_peac_offsets_and_masks_are_the_cpu_paths_sample_for_sample(peac_draws):
+    """60 samples of a 128 px square image (the quick canvas: no resize): the same offsets drawn, the shipped
+    boxes are the CPU path's windows, the views equal the CPU path's (same-size crops are exact) and so do the
+    overlap masks."""
+    plan, cpu, device = datasets(64, [textured(128, 128)], seed=3, name="peac")
+    shared = 0
+    for epoch in range(60):
+        reference = cpu[(epoch, 0)]["inputs"]
+        shipped = device[(epoch, 0)]["inputs"]
+        assert len(peac_draws) == 2 and peac_draws[0] == peac_draws[1], epoch
+        (dy, dx), offsets = peac_draws.pop()
+        peac_draws.clear()
+        assert shipped[1].tolist() == [[dy + 32 * row, dx + 32 * col, 64, 64] for row, col in offsets]
+        views = DeviceViewsPreprocessor(plan)(collate_device_views([{"inputs": shipped}]))["inputs"]
+        expected = ViewsPreprocessor()(collate_views([{"inputs": reference}]))["inputs"]
+        for ours, theirs in zip(views[:2], expected[:2]):
+            assert float(((ours - theirs).abs() * ViewsPreprocessor().std).max()) < 0.01, epoch
+        assert all(torch.equal(a, b) for a, b in zip(views[2:], expected[2:])), epoch
+        shared += int(reference[2].sum())
+    assert 60 < shared < 60 * 4  # some pairs overlapped partly, the masks not all full
+
+
+def test_a_batch_of_peac_device_views_is_the_cpu_paths_views():
+    """Non-square images (the canvas resized down and up, one 400 px image shipped shrunk): each view's mean
+    under 2 levels of the CPU path's, views of another epoch (other windows) well off; masks equal."""
+    images = [textured(80 + 20 * k, 150 - 10 * k, seed=k) for k in range(5)] + [textured(400, 360, seed=9)]
+    plan, cpu, device = datasets(64, images, seed=5, name="peac")
+    reference = ViewsPreprocessor()(collate_views([cpu[(0, k)] for k in range(6)]))["inputs"]
+    data = collate_device_views([device[(0, k)] for k in range(6)])
+    assert float(data["inputs"][2].max()) > 1  # the 400 px image travelled reduced
+    ours = DeviceViewsPreprocessor(plan)(data)["inputs"]
+    other = DeviceViewsPreprocessor(plan)(collate_device_views([device[(1, k)] for k in range(6)]))["inputs"]
+    assert len(ours) == len(reference) == 4
+    assert all(torch.equal(a, b) for a, b in zip(ours[2:], reference[2:]))
+    std = ViewsPreprocessor().std
+    for a, b, c in zip(ours[:2], reference[:2], other[:2]):
+        assert a.shape == b.shape == (6, 3, 64, 64)
+        assert float(((a - b).abs() * std).mean((1, 2, 3)).max()) < 2.0
+        assert float(((c - b).abs() * std).mean((1, 2, 3)).min()) > 10.0

@@ -14,6 +14,7 @@ from torch import nn
 from torchvision.transforms import v2 as T
 
 from medssl_bench.harness.data import IMAGE_MEAN, IMAGE_STD
+from medssl_bench.harness.device_ops import Crop
 from medssl_bench.harness.errors import UserError
 
 # the network input's mean/std per `normalisation`: cxr = the official ChestX-ray14 values (datasets.py)
@@ -93,14 +94,78 @@ class GridViews:
 
     def __call__(self, image) -> list[torch.Tensor]:
         canvas = self.canvas(image)
-        dy, dx = torch.randint(0, self.cell, (2,)).tolist()
-        offsets = torch.randint(0, self.max_offset + 1, (2, 2)).tolist()
+        (dy, dx), offsets = self.draw()
         side = self.n * self.cell
         views = []
         for row, col in offsets:
             top, left = dy + row * self.cell, dx + col * self.cell
             views.append(canvas[:, top:top + side, left:left + side])
         return [*views, *overlap_masks(tuple(offsets[0]), tuple(offsets[1]), self.n)]
+
+    def draw(self) -> tuple[list[int], list[list[int]]]:
+        """(pixel offset (dy, dx), both views' cell offsets [(row, col), (row, col)]): all of a sample's draws."""
+        return torch.randint(0, self.cell, (2,)).tolist(), torch.randint(0, self.max_offset + 1, (2, 2)).tolist()
+
+    def device_plan(self) -> list:
+        """`--augment device` (harness.device_views): each view a window of the canvas, i.e. a box of the image
+        resized to the view's side; the masks computed in the worker from the same draws."""
+        from medssl_bench.harness.device_views import View
+
+        shared = _SharedDraw(self)
+        return [View(None, _CanvasWindow(shared, k), grid=_OverlapMask(shared, k)) for k in range(2)]
+
+    def canvas_geometry(self, height: int, width: int) -> tuple[float, float, int, int]:
+        """(image px per canvas px down, across, the centre crop's top, left in the resized image), from the very
+        torchvision helpers the canvas Compose's Resize and CenterCrop run (private: the tests catch a change)."""
+        from torchvision.transforms.v2.functional._geometry import (_center_crop_compute_crop_anchor,
+                                                                    _compute_resized_output_size)
+
+        side = self.canvas.transforms[1].size[0]
+        new_h, new_w = _compute_resized_output_size((height, width), [side])
+        top, left = _center_crop_compute_crop_anchor(side, side, new_h, new_w)
+        return height / new_h, width / new_w, top, left
+
+
+class _SharedDraw:
+    """One sample's geometry for both device views: GridViews.draw called when view 0 draws (its order on the CPU
+    path: both views' offsets in one go), read back by view 1 and by both masks; a worker makes one sample at a
+    time, so the state never mixes samples."""
+
+    def __init__(self, views: GridViews):
+        self.views, self.drawn = views, None
+
+    def box(self, image, k: int) -> list[float]:
+        """View k's window as a (top, left, height, width) box in the decoded image's pixels."""
+        views, ((dy, dx), offsets) = self.views, self.drawn
+        scale_y, scale_x, top, left = views.canvas_geometry(image.height, image.width)
+        side = views.n * views.cell
+        row, col = offsets[k]
+        return [(top + dy + row * views.cell) * scale_y, (left + dx + col * views.cell) * scale_x,
+                side * scale_y, side * scale_x]
+
+
+class _CanvasWindow(Crop):
+    """A device crop (harness.device_ops.Crop's bilinear crop and resize) of view k's window."""
+
+    def __init__(self, shared: _SharedDraw, k: int):
+        side = shared.views.n * shared.views.cell
+        self.shared, self.k, self.size, self.mode = shared, k, (side, side), "bilinear"
+
+    def draw(self, image) -> list[float]:
+        if self.k == 0:
+            self.shared.drawn = self.shared.views.draw()
+        return self.shared.box(image, self.k)
+
+
+class _OverlapMask:
+    """View k's overlap mask from the sample's draws (a picklable grid function of harness.device_views.View)."""
+
+    def __init__(self, shared: _SharedDraw, k: int):
+        self.shared, self.k = shared, k
+
+    def __call__(self, drawn, image) -> torch.Tensor:
+        offsets = self.shared.drawn[1]
+        return overlap_masks(tuple(offsets[0]), tuple(offsets[1]), self.shared.views.n)[self.k]
 
 
 def to_cells(images: torch.Tensor, cell: int) -> torch.Tensor:
