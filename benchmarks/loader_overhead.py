@@ -9,8 +9,10 @@ in interleaved rounds, from:
 The figure is images/s of each path over images/s of `premade` (goal: >= 0.95 at the quick settings).
 
     .venv/bin/python benchmarks/loader_overhead.py [--method simclr] [--images 512] [--rounds 3]
+    python benchmarks/loader_overhead.py --device cuda --backbone resnet50 --image-size 224 --batch-size 256 \
+        --amp --image-side 320 --images 4096 --methods simclr,dino --tag h100_r50_224     # the issue's GPU row
 
-Writes benchmarks/results/loader_overhead_cpu.json and prints it.
+Writes benchmarks/results/loader_overhead_<tag>.json (tag: cpu by default) and prints it.
 """
 from __future__ import annotations
 
@@ -41,14 +43,14 @@ from medssl_bench.harness.provenance import code_version, package_versions  # no
 from medssl_bench.harness.workspace import Workspace  # noqa: E402
 from medssl_bench.methods import get_method  # noqa: E402
 
-RESULT = Path(__file__).resolve().parent / "results" / "loader_overhead_cpu.json"
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def timed_steps(method: str, cfg: dict, dataset, n_steps: int, device_plan=None) -> list[float]:
+def timed_steps(method: str, cfg: dict, dataset, n_steps: int, device: str, device_plan=None) -> list[float]:
     from mmengine.hooks import Hook
     from mmengine.runner import set_random_seed
 
-    clock = StepClock("cpu")
+    clock = StepClock(device)
 
     class ClockHook(Hook):
         priority = "LOWEST"
@@ -74,54 +76,70 @@ def timed_steps(method: str, cfg: dict, dataset, n_steps: int, device_plan=None)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--method", default="simclr")
-    parser.add_argument("--images", type=int, default=512, help="phantom images in the corpus (96 px)")
+    parser.add_argument("--methods", default="simclr")
+    parser.add_argument("--images", type=int, default=512, help="phantom images in the corpus")
+    parser.add_argument("--image-side", type=int, default=96, help="side of the phantom images")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--backbone", default=None, help="default: the quick profile's")
+    parser.add_argument("--image-size", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--amp", action="store_true")
+    parser.add_argument("--tag", default="cpu")
     parser.add_argument("--steps", type=int, default=12, help="timed steps per round")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     from medssl_bench.downstream.phantoms import synthesize_corpus
 
-    method_cls = get_method(args.method)
-    cfg = resolve_config(method_cls, "quick", {}, {})
-    device_cfg = resolve_config(method_cls, "quick", {}, {"augment": "device"})
+    overrides = {k: v for k, v in dict(backbone=args.backbone, image_size=args.image_size,
+                                       batch_size=args.batch_size, amp=args.amp or None).items() if v is not None}
     n_steps = args.warmup + args.steps
+    rows = {}
     with tempfile.TemporaryDirectory() as tmp:
-        synthesize_corpus(Path(tmp) / "src", n=args.images, seed=0, size=96)
+        synthesize_corpus(Path(tmp) / "src", n=args.images, seed=0, size=args.image_side)
         corpus = build_corpus([Path(tmp) / "src"], Workspace(Path(tmp) / "ws"))
-        packed = PackedImages(pack_corpus(corpus, max_side=128, workers=1))
-        entries = corpus.entries[: n_steps * cfg["batch_size"]]  # one epoch = the timed round
-        transform, n_images = build_transform(method_cls, cfg)
-        plan = check_device_views(method_cls, device_cfg)
-        sources = {
-            "premade": lambda: PremadeViews(make_views(method_cls, cfg, cfg["batch_size"] * 3), n_steps * cfg["batch_size"]),
-            "files": lambda: ViewsDataset(entries, transform, seed=0, n_image_views=n_images),
-            "packed": lambda: ViewsDataset(range(len(entries)), transform, seed=0, loader=packed.rgb,
-                                           n_image_views=n_images),
-            "packed_device": lambda: ViewsDataset(range(len(entries)), DeviceViewsTransform(plan), seed=0,
-                                                  loader=packed.rgb, n_image_views=0),
-        }
-        times: dict[str, list[float]] = {name: [] for name in sources}
-        for _ in range(args.rounds):
-            for name, make in sources.items():
-                use_cfg, use_plan = (device_cfg, plan) if name == "packed_device" else (cfg, None)
-                times[name] += timed_steps(args.method, use_cfg, make(), n_steps, use_plan)[args.warmup:]
-    median = {name: statistics.median(t) for name, t in times.items()}
+        packed = PackedImages(pack_corpus(corpus, max_side=max(128, args.image_side), workers=1))
+        for method in args.methods.split(","):
+            rows[method] = measure(method, overrides, corpus.entries, packed, n_steps, args)
     result = {
         "benchmark": "loader_overhead", "date": time.strftime("%Y-%m-%d %H:%M"),
-        "device": f"cpu ({platform.machine()}, {torch.get_num_threads()} threads, {os.cpu_count()} cores)",
-        "load_average": os.getloadavg(), "loader_workers": default_num_workers(),
-        "settings": {**vars(args), "profile": "quick", "backbone": cfg["backbone"], "image_size": cfg["image_size"],
-                     "batch_size": cfg["batch_size"]},
-        "median_step_s": median,
-        "images_per_s": {name: cfg["batch_size"] / m for name, m in median.items()},
-        "ratio_over_premade": {name: median["premade"] / m for name, m in median.items()},
-        "code": code_version(), "versions": package_versions(),
+        "device": torch.cuda.get_device_name(0) if args.device == "cuda" else
+        f"cpu ({platform.machine()}, {torch.get_num_threads()} threads, {os.cpu_count()} cores)",
+        "load_average": os.getloadavg(), "loader_workers": default_num_workers(), "settings": vars(args),
+        "methods": rows, "code": code_version(), "versions": package_versions(),
     }
-    RESULT.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("device", "load_average", "median_step_s", "ratio_over_premade")},
-                     indent=2))
-    print(f"results written to {RESULT}")
+    out = RESULTS / f"loader_overhead_{args.tag}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: result[k] for k in ("device", "load_average", "methods")}, indent=2))
+    print(f"results written to {out}")
+
+
+def measure(method: str, overrides: dict, all_entries: list, packed, n_steps: int, args) -> dict:
+    method_cls = get_method(method)
+    cfg = resolve_config(method_cls, "quick", overrides, {})
+    device_cfg = resolve_config(method_cls, "quick", overrides, {"augment": "device"})
+    entries = all_entries[: n_steps * cfg["batch_size"]]  # one epoch = the timed round
+    if len(entries) < n_steps * cfg["batch_size"]:
+        raise SystemExit(f"--images {len(all_entries)} < {n_steps} steps x batch {cfg['batch_size']}")
+    transform, n_images = build_transform(method_cls, cfg)
+    plan = check_device_views(method_cls, device_cfg)
+    sources = {
+        "premade": lambda: PremadeViews(make_views(method_cls, cfg, cfg["batch_size"] * 3), n_steps * cfg["batch_size"]),
+        "files": lambda: ViewsDataset(entries, transform, seed=0, n_image_views=n_images),
+        "packed": lambda: ViewsDataset(range(len(entries)), transform, seed=0, loader=packed.rgb,
+                                       n_image_views=n_images),
+        "packed_device": lambda: ViewsDataset(range(len(entries)), DeviceViewsTransform(plan), seed=0,
+                                              loader=packed.rgb, n_image_views=0),
+    }
+    times: dict[str, list[float]] = {name: [] for name in sources}
+    for _ in range(args.rounds):
+        for name, make in sources.items():
+            use_cfg, use_plan = (device_cfg, plan) if name == "packed_device" else (cfg, None)
+            times[name] += timed_steps(method, use_cfg, make(), n_steps, args.device, use_plan)[args.warmup:]
+    median = {name: statistics.median(t) for name, t in times.items()}
+    return {"config": {k: cfg[k] for k in ("backbone", "image_size", "batch_size", "amp")},
+            "median_step_s": median, "images_per_s": {n: cfg["batch_size"] / m for n, m in median.items()},
+            "ratio_over_premade": {n: median["premade"] / m for n, m in median.items()}}
 
 
 if __name__ == "__main__":

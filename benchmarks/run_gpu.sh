@@ -15,3 +15,7 @@ python3 benchmarks/lvmmed_step.py --device cuda --backbone resnet50 --image-size
   --repeats 5 --warmup 2 --tag "${TAG}_r50_224"
 python3 benchmarks/pretrain_step.py --device cuda --backbone resnet50 --image-size 224 --batch-size 256 --amp \
   --steps 10 --rounds 2 --warmup 3 --distinct-batches 2 --tag "${TAG}_r50_224"
+# issue #21: views on the host vs the device, and the real loader (packed corpus, device views) vs premade views
+python3 benchmarks/view_costs.py --device cuda --batch 256 --out "benchmarks/results/view_costs_${TAG}.json"
+python3 benchmarks/loader_overhead.py --device cuda --backbone resnet50 --image-size 224 --batch-size 256 --amp \
+  --image-side 320 --images 4096 --steps 10 --rounds 2 --methods simclr,dino --tag "${TAG}_r50_224"
