@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pretrain_step import PremadeViews, StepClock, make_views  # noqa: E402  (configures the process)
+from pretrain_step import PremadeViews, StepClock, clock_hook, make_views  # noqa: E402  (configures the process)
 
 from medssl_bench.harness.backbones import build_backbone  # noqa: E402
 from medssl_bench.harness.config import build_transform, method_kwargs, resolve_config  # noqa: E402
@@ -46,21 +46,11 @@ from medssl_bench.methods import get_method  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def timed_steps(method: str, cfg: dict, dataset, n_steps: int, device: str, device_plan=None) -> list[float]:
-    from mmengine.hooks import Hook
+def timed_steps(method: str, cfg: dict, dataset, device: str, device_plan=None) -> list[float]:
+    """Per-step seconds of one epoch of `dataset` through bench's loop."""
     from mmengine.runner import set_random_seed
 
     clock = StepClock(device)
-
-    class ClockHook(Hook):
-        priority = "LOWEST"
-
-        def before_train(self, runner):
-            clock.tick()
-
-        def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
-            clock.tick()
-
     method_cls = get_method(method)
     set_random_seed(0)
     backbone, width = build_backbone(cfg["backbone"])
@@ -69,7 +59,7 @@ def timed_steps(method: str, cfg: dict, dataset, n_steps: int, device: str, devi
         run_dir = Path(tmp)
         steps_cfg = {**cfg, "epochs": 1}
         runner = build_runner(model, dataset, steps_cfg, run_dir, resume=False, num_workers=default_num_workers(),
-                              hooks=[MethodHook(), RunRecordHook(run_dir, {}), ClockHook()])
+                              hooks=[MethodHook(), RunRecordHook(run_dir, {}), clock_hook(clock)])
         runner.train()
     return clock.times
 
@@ -135,7 +125,7 @@ def measure(method: str, overrides: dict, all_entries: list, packed, n_steps: in
     for _ in range(args.rounds):
         for name, make in sources.items():
             use_cfg, use_plan = (device_cfg, plan) if name == "packed_device" else (cfg, None)
-            times[name] += timed_steps(method, use_cfg, make(), n_steps, args.device, use_plan)[args.warmup:]
+            times[name] += timed_steps(method, use_cfg, make(), args.device, use_plan)[args.warmup:]
     median = {name: statistics.median(t) for name, t in times.items()}
     return {"config": {k: cfg[k] for k in ("backbone", "image_size", "batch_size", "amp")},
             "median_step_s": median, "images_per_s": {n: cfg["batch_size"] / m for n, m in median.items()},

@@ -115,13 +115,9 @@ def bare_lightly_simclr(cfg, batches, device: str, amp: bool, concat: bool) -> l
     return clock.times
 
 
-def harness_steps(method: str, cfg, samples, device: str, n_steps: int) -> list[float]:
-    """The same steps through bench: PretrainModel + mmengine Runner + bench's hooks."""
+def clock_hook(clock: StepClock):
+    """An mmengine hook ticking `clock` when training starts and after every iteration."""
     from mmengine.hooks import Hook
-    from mmengine.runner import set_random_seed
-
-    method_cls = get_method(method)
-    clock = StepClock(device)
 
     class ClockHook(Hook):
         priority = "LOWEST"
@@ -132,6 +128,15 @@ def harness_steps(method: str, cfg, samples, device: str, n_steps: int) -> list[
         def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
             clock.tick()
 
+    return ClockHook()
+
+
+def harness_steps(method: str, cfg, samples, device: str, n_steps: int) -> list[float]:
+    """The same steps through bench: PretrainModel + mmengine Runner + bench's hooks."""
+    from mmengine.runner import set_random_seed
+
+    method_cls = get_method(method)
+    clock = StepClock(device)
     set_random_seed(0)
     backbone, width = build_backbone(cfg["backbone"])
     with tempfile.TemporaryDirectory() as tmp:
@@ -149,7 +154,7 @@ def harness_steps(method: str, cfg, samples, device: str, n_steps: int) -> list[
         run_dir.mkdir()
         runner = build_runner(model, dataset or PremadeViews(samples, n_steps * cfg["batch_size"]), cfg, run_dir,
                               resume=False, num_workers=default_num_workers(),
-                              hooks=[MethodHook(), RunRecordHook(run_dir, {}), ClockHook()], sampler=sampler)
+                              hooks=[MethodHook(), RunRecordHook(run_dir, {}), clock_hook(clock)], sampler=sampler)
         runner.train()
     return clock.times
 

@@ -68,17 +68,24 @@ def test_lvmmed_draws_and_grids_are_the_cpu_paths_sample_for_sample(lvmmed_recor
     assert 20 < flips < 100  # both branches of the flip (and of the grids' mirroring) were taken
 
 
-def test_a_batch_of_lvmmed_device_views_is_the_cpu_paths_views():
-    """Whole views (crop, flip, jitter, grayscale, blur together), one 400 px image shipped shrunk: mean under 4
-    levels of the CPU path's, views of another epoch over 10 levels off; the grids after them exactly equal."""
-    images = [textured(80, 96, seed=k) for k in range(5)] + [textured(400, 360, seed=9)]
-    plan, cpu, device = datasets(64, images, seed=5)
+def views_three_ways(name: str, images: list) -> tuple[list, list, list]:
+    """The six images' views at 64 px: the device path's (epoch 0), the CPU path's (epoch 0) and the device path's
+    of epoch 1, normalised; checks the last (400 px) image travelled reduced."""
+    plan, cpu, device = datasets(64, images, seed=5, name=name)
     reference = ViewsPreprocessor()(collate_views([cpu[(0, k)] for k in range(6)]))["inputs"]
     data = collate_device_views([device[(0, k)] for k in range(6)])
     assert float(data["inputs"][2].max()) > 1  # the 400 px image travelled reduced
     ours = DeviceViewsPreprocessor(plan)(data)["inputs"]
     other = DeviceViewsPreprocessor(plan)(collate_device_views([device[(1, k)] for k in range(6)]))["inputs"]
     assert len(ours) == len(reference) == 4
+    return ours, reference, other
+
+
+def test_a_batch_of_lvmmed_device_views_is_the_cpu_paths_views():
+    """Whole views (crop, flip, jitter, grayscale, blur together), one 400 px image shipped shrunk: mean under 4
+    levels of the CPU path's, views of another epoch over 10 levels off; the grids after them exactly equal."""
+    images = [textured(80, 96, seed=k) for k in range(5)] + [textured(400, 360, seed=9)]
+    ours, reference, other = views_three_ways("lvmmed", images)
     assert all(torch.equal(a, b) for a, b in zip(ours[2:], reference[2:]))
     std = ViewsPreprocessor().std  # normalised units back to 8-bit levels
     for a, b, c in zip(ours[:2], reference[:2], other[:2]):
@@ -157,13 +164,7 @@ def test_a_batch_of_peac_device_views_is_the_cpu_paths_views():
     """Non-square images (the canvas resized down and up, one 400 px image shipped shrunk): each view's mean
     under 2 levels of the CPU path's, views of another epoch (other windows) well off; masks equal."""
     images = [textured(80 + 20 * k, 150 - 10 * k, seed=k) for k in range(5)] + [textured(400, 360, seed=9)]
-    plan, cpu, device = datasets(64, images, seed=5, name="peac")
-    reference = ViewsPreprocessor()(collate_views([cpu[(0, k)] for k in range(6)]))["inputs"]
-    data = collate_device_views([device[(0, k)] for k in range(6)])
-    assert float(data["inputs"][2].max()) > 1  # the 400 px image travelled reduced
-    ours = DeviceViewsPreprocessor(plan)(data)["inputs"]
-    other = DeviceViewsPreprocessor(plan)(collate_device_views([device[(1, k)] for k in range(6)]))["inputs"]
-    assert len(ours) == len(reference) == 4
+    ours, reference, other = views_three_ways("peac", images)
     assert all(torch.equal(a, b) for a, b in zip(ours[2:], reference[2:]))
     std = ViewsPreprocessor().std
     for a, b, c in zip(ours[:2], reference[:2], other[:2]):
