@@ -172,3 +172,17 @@ def test_pretraining_from_the_pack_equals_pretraining_from_the_files(phantoms, c
     assert json.loads((runs / "packed" / "backbone.json").read_text())["corpus"]["packed"] == recorded
     files, packed = (load_file(str(runs / n / "backbone.safetensors")) for n in ("files", "packed"))
     assert all(torch.equal(files[k], packed[k]) for k in files)
+
+
+def test_pack_and_show_on_the_command_line(phantoms, capsys):
+    ws, corpus = phantoms
+    assert main(["corpus", "pack", corpus.id, "--workspace", str(ws.root), "--max-side", "40", "--encoding", "png",
+                 "--shard-images", "50", "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    folder = packed_dir(corpus, 40)
+    n = len(corpus.entries)
+    assert f"{n} images in {-(-n // 50)} shard(s)" in out and str(folder) in out
+    assert main(["corpus", "show", corpus.id, "--workspace", str(ws.root)]) == 0
+    assert f"packed, max side 40, png: {n} images in {-(-n // 50)} shard(s)" in capsys.readouterr().out
+    assert main(["corpus", "pack", corpus.id, "--workspace", str(ws.root), "--max-side", "8"]) == 2
+    assert "--max-side" in capsys.readouterr().err

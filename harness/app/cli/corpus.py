@@ -91,6 +91,19 @@ def show(
     modalities = ", ".join(f"{name} {count}" for name, count in info.get("modalities", {}).items())
     console.print(f"{info.get('n_images', len(corpus.entries))} images ({modalities}); "
                   f"manifest: {corpus.manifest_path}", highlight=False, soft_wrap=True)
+    _print_packs(corpus.dir)
+
+
+def _print_packs(corpus_dir: Path) -> None:
+    """One line per packed copy (`bench corpus pack`): max side, encoding, shards, size, or unfinished."""
+    import json
+
+    for info_path in sorted(corpus_dir.glob("packed-*/pack.json")):
+        pack = json.loads(info_path.read_text())
+        state = (f"{pack['n_images']} images in {pack['n_shards']} shard(s), {pack['bytes'] / 2**20:.1f} MiB"
+                 if pack.get("complete") else "unfinished: run `bench corpus pack` again to complete it")
+        console.print(f"packed, max side {pack['max_side']}, {pack['encoding']}: {state}; {info_path.parent}",
+                      highlight=False, soft_wrap=True)
 
 
 @corpus_app.command(
