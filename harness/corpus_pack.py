@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 
 from medssl_bench.harness import imageio
-from medssl_bench.harness.corpus import Corpus, _decode_pool
+from medssl_bench.harness.corpus import Corpus, _decode_pool, pixel_hash
 from medssl_bench.harness.errors import CorruptImageError, UserError
 from medssl_bench.harness.fsutil import atomic_path, sha256_file, write_json_atomic
 
@@ -116,13 +116,11 @@ def pack_corpus(corpus: Corpus, *, max_side: int = DEFAULT_MAX_SIDE, shard_image
     total = corpus.info.get("n_images") or len(corpus.entries)
     n_shards = -(-total // shard_images)
     done = {n for n in range(n_shards) if (out / shard_name(n)).is_file()}
-    for stale in out.glob(".shard-*.tmp"):  # temporary files of a killed pack
-        stale.unlink()
     workers = workers or min(os.cpu_count() or 1, 8)
     images_done = sum(min(shard_images, total - n * shard_images) for n in done)
     if progress:
         progress(images_done, total)
-    results = {n: None for n in done}
+    digests: dict[int, str] = {}  # sha256 of each shard written now, taken by its worker
     with _pool(workers) as pool:
         pending = set()
         for number, entries in _shards(corpus.manifest_path, shard_images):
@@ -130,18 +128,19 @@ def pack_corpus(corpus: Corpus, *, max_side: int = DEFAULT_MAX_SIDE, shard_image
                 continue
             pending.add(pool.submit(write_shard, out, number, number * shard_images, entries, max_side, encoding))
             if len(pending) >= 2 * workers:  # bounded: at most two shards' entries in flight per worker
-                images_done = _collect(pending, results, images_done, total, progress, wait_all=False)
+                images_done = _collect(pending, digests, images_done, total, progress)
         while pending:
-            images_done = _collect(pending, results, images_done, total, progress, wait_all=True)
-    return _finish(out, settings, total, n_shards, shard_images)
+            images_done = _collect(pending, digests, images_done, total, progress)
+    return _finish(out, settings, total, n_shards, shard_images, digests)
 
 
-def _collect(pending, results, images_done, total, progress, *, wait_all) -> int:
+def _collect(pending, digests, images_done, total, progress) -> int:
+    """Wait for at least one shard; record its digest and advance the progress."""
     finished, _ = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
     for future in finished:
         pending.discard(future)
-        number, count = future.result()
-        results[number] = count
+        number, count, digest = future.result()
+        digests[number] = digest
         images_done += count
         if progress:
             progress(images_done, total)
@@ -176,14 +175,15 @@ def _shards(manifest: Path, shard_images: int) -> Iterator[tuple[int, list[dict]
 
 
 def write_shard(out: Path, number: int, first: int, entries: list[dict], max_side: int,
-                encoding: str) -> tuple[int, int]:
+                encoding: str) -> tuple[int, int, str]:
     """Decode, resize and encode the shard's images (sample keys first, first + 1, ...) into
     shard-NNNNN.tar under a temporary name, renamed when whole. Runs in a worker process. A source that
     no longer decodes to its manifest hash (changed or gone since the build) stops the pack: the
-    corpus id would no longer name what was packed."""
+    corpus id would no longer name what was packed. Returns (number, images, sha256 of the shard). Temporary
+    files a killed pack left for this shard are removed first."""
     path = out / shard_name(number)
     suffix, encode = ENCODERS[encoding]
-    with atomic_path(path) as tmp:
+    with atomic_path(path, clear_stale=True) as tmp:
         with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
             for index, entry in enumerate(entries, first):
                 pixels = _decode_checked(entry)
@@ -191,9 +191,10 @@ def write_shard(out: Path, number: int, first: int, entries: list[dict], max_sid
                 _add(tar, f"{key}.{suffix}", encode(fit_max_side(pixels, max_side)))
                 _add(tar, f"{key}.json", json.dumps(entry, sort_keys=True).encode())
         # renamed before the shard: a whole shard always has its index
-        with atomic_path(out / index_name(number)) as index_tmp, open(index_tmp, "wb") as handle:
+        with atomic_path(out / index_name(number), clear_stale=True) as index_tmp, open(index_tmp, "wb") as handle:
             np.save(handle, pixel_offsets(tmp, suffix), allow_pickle=False)
-    return number, len(entries)
+        digest = sha256_file(tmp)  # here, in parallel and from the page cache, not re-read at the end
+    return number, len(entries), digest
 
 
 def pixel_offsets(shard: Path, suffix: str) -> np.ndarray:
@@ -205,8 +206,6 @@ def pixel_offsets(shard: Path, suffix: str) -> np.ndarray:
 
 
 def _decode_checked(entry: dict) -> np.ndarray:
-    from medssl_bench.harness.corpus import pixel_hash
-
     try:
         pixels = imageio.read_pixels(entry["path"], entry.get("slice"))
     except CorruptImageError as err:
@@ -240,13 +239,14 @@ class _InlinePool(concurrent.futures.Executor):
         return future
 
 
-def _finish(out: Path, settings: dict, total: int, n_shards: int, shard_images: int) -> Path:
+def _finish(out: Path, settings: dict, total: int, n_shards: int, shard_images: int, digests: dict[int, str]) -> Path:
+    """Write shards.json and the completed pack.json; only shards finished by an earlier, killed run are hashed here."""
     shards = [{"url": shard_name(n), "nsamples": min(shard_images, total - n * shard_images)}
               for n in range(n_shards)]
     write_json_atomic(out / SHARD_LIST, {"__kind__": "wids-shard-index-v1", "wids_version": 1,
                                          "name": f"corpus {settings['corpus']}", "shardlist": shards})
-    digests = {s["url"]: sha256_file(out / s["url"]) for s in shards}
+    hashes = {shard_name(n): digests[n] if n in digests else sha256_file(out / shard_name(n)) for n in range(n_shards)}
     info = {**settings, "complete": True, "n_images": total, "n_shards": n_shards,
-            "bytes": sum((out / s["url"]).stat().st_size for s in shards), "sha256": digests}
+            "bytes": sum((out / s["url"]).stat().st_size for s in shards), "sha256": hashes}
     write_json_atomic(out / PACK_INFO, info)
     return out

@@ -35,9 +35,13 @@ def load_packed(folder: Path) -> dict:
     info_path = Path(folder) / PACK_INFO
     if not info_path.is_file():
         raise UserError(f"not a packed corpus (no {PACK_INFO}); run `bench corpus pack`", folder)
-    info = json.loads(info_path.read_text())
+    return complete_pack(json.loads(info_path.read_text()), folder)
+
+
+def complete_pack(info: dict, where) -> dict:
+    """`info` (a pack.json) if its pack finished, else one clear error naming `where`."""
     if not info.get("complete"):
-        raise UserError("this pack did not finish; run `bench corpus pack` again to complete it", folder)
+        raise UserError("this pack did not finish; run `bench corpus pack` again to complete it", where)
     return info
 
 
@@ -86,9 +90,7 @@ class PackedImages:
         if self.remote and cache_dir is None:
             raise UserError("reading a packed corpus from a URL needs a cache folder (cache_dir)", self.location)
         self.cache_dir = Path(cache_dir) if cache_dir else None
-        info = json.loads(Path(self._local(PACK_INFO)).read_text())
-        if not info.get("complete"):
-            raise UserError("this pack did not finish; run `bench corpus pack` again to complete it", self.location)
+        info = complete_pack(json.loads(Path(self._local(PACK_INFO)).read_text()), self.location)
         self.n_images, self.shard_images = info["n_images"], info["shard_images"]
         self.decode = DECODERS["." + ENCODERS[info["encoding"]][0]]
         self._pid, self._open = None, OrderedDict()

@@ -186,3 +186,5 @@ def test_pack_and_show_on_the_command_line(phantoms, capsys):
     assert f"packed, max side 40, png: {n} images in {-(-n // 50)} shard(s)" in capsys.readouterr().out
     assert main(["corpus", "pack", corpus.id, "--workspace", str(ws.root), "--max-side", "8"]) == 2
     assert "--max-side" in capsys.readouterr().err
+    assert main(["corpus", "pack", corpus.id, "--workspace", str(ws.root), "--encoding", "jpeg"]) == 2
+    assert "unknown encoding 'jpeg'; choose one of: raw, png" in capsys.readouterr().err

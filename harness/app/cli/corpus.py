@@ -100,10 +100,13 @@ def _print_packs(corpus_dir: Path) -> None:
 
     for info_path in sorted(corpus_dir.glob("packed-*/pack.json")):
         pack = json.loads(info_path.read_text())
-        state = (f"{pack['n_images']} images in {pack['n_shards']} shard(s), {pack['bytes'] / 2**20:.1f} MiB"
-                 if pack.get("complete") else "unfinished: run `bench corpus pack` again to complete it")
+        state = _pack_size(pack) if pack.get("complete") else "unfinished: run `bench corpus pack` again to complete it"
         console.print(f"packed, max side {pack['max_side']}, {pack['encoding']}: {state}; {info_path.parent}",
                       highlight=False, soft_wrap=True)
+
+
+def _pack_size(pack: dict) -> str:
+    return f"{pack['n_images']} images in {pack['n_shards']} shard(s), {pack['bytes'] / 2**20:.1f} MiB"
 
 
 @corpus_app.command(
@@ -140,9 +143,8 @@ def pack(
         folder = pack_corpus(corpus, max_side=max_side, shard_images=shard_images, encoding=encoding,
                              workers=workers or None, progress=bar)
     info = load_packed(folder)
-    console.print(f"packed corpus [bold green]{corpus.id}[/]: {info['n_images']} images in {info['n_shards']} "
-                  f"shard(s), {info['bytes'] / 2**20:.1f} MiB, max side {info['max_side']}, {info['encoding']}",
-                  highlight=False)
+    console.print(f"packed corpus [bold green]{corpus.id}[/]: {_pack_size(info)}, max side {info['max_side']}, "
+                  f"{info['encoding']}", highlight=False)
     console.print(f"shards: {folder}", highlight=False, soft_wrap=True)
     console.print(f"next: bench pretrain --method simclr --corpus {corpus.id} (reads the packed copy)",
                   highlight=False, soft_wrap=True)
