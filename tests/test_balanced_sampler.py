@@ -117,3 +117,28 @@ def test_a_balanced_run_resumed_under_torchrun_equals_an_uninterrupted_one(uneve
     assert all(torch.equal(whole[k], split[k]) for k in whole)
     losses = [[json.loads(line)["loss"] for line in (runs / n / "metrics.jsonl").open()] for n in ("whole", "split")]
     assert losses[0] == losses[1] and len(losses[0]) == 2 * (87 // 16)
+
+
+def test_bad_balance_settings_are_one_line_each():
+    from medssl_bench.harness.config import resolve_config
+    from medssl_bench.methods import get_method
+
+    simclr = get_method("simclr")
+    with pytest.raises(UserError, match=r"dataset_balance must lie in \[0, 1\] .* got 2.0"):
+        resolve_config(simclr, "quick", {}, {"dataset_balance": "2"})
+    with pytest.raises(UserError, match="dataset_weights must be a mapping of dataset name to a positive number"):
+        resolve_config(simclr, "quick", {}, {"dataset_weights": "{'ct': 0}"})
+    with pytest.raises(UserError, match="dataset_weights must be a mapping"):
+        resolve_config(simclr, "quick", {}, {"dataset_weights": "[1, 2]"})
+    assert resolve_config(simclr, "quick", {}, {"dataset_weights": "{'ct': 2}"})["dataset_weights"] == {"ct": 2}
+
+
+def test_a_label_using_method_refuses_dataset_balance_in_one_line(tmp_path, capsys):
+    from medssl_bench.harness.app.cli import main
+
+    code = main(["pretrain", "--method", "ark", "--labels-from", "phantom_ct", "--workspace", str(tmp_path / "ws"),
+                 "--set", "dataset_balance=0.5", "--epochs", "1"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "dataset_balance / dataset_weights apply to a corpus" in err and "Traceback" not in err
+    assert not (tmp_path / "ws" / "runs").exists() or not any((tmp_path / "ws" / "runs").iterdir())
