@@ -10,13 +10,18 @@ wids' `ShardListDataset` reads the same shards by index too, but indexes a tar b
 each time it opens it; with more shards than its LRU holds, a shuffled order re-scans a shard for most
 reads (measured: 7.3x the ordered read at 11 shards, benchmarks/README.md), so bench reads the offsets
 it wrote. For a folder on http(s)/s3 storage, wids' downloader (curl, the AWS CLI) fetches each shard and
-its index into a local cache on first use.
+its index into a local cache on first use. The AWS CLI takes its settings from the environment as ever
+(AWS_ENDPOINT_URL for a store that is not AWS, such as MinIO; credentials; region); tests/test_packed_s3.py
+reads a pack from moto's S3 server that way.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import shutil
+import subprocess
+import sys
 from collections import OrderedDict
 from pathlib import Path
 
@@ -90,7 +95,8 @@ class PackedImages:
         if self.remote and cache_dir is None:
             raise UserError("reading a packed corpus from a URL needs a cache folder (cache_dir)", self.location)
         self.cache_dir = Path(cache_dir) if cache_dir else None
-        info = complete_pack(json.loads(Path(self._local(PACK_INFO)).read_text()), self.location)
+        info = (complete_pack(json.loads(Path(self._local(PACK_INFO)).read_text()), self.location) if self.remote
+                else load_packed(Path(self.location)))
         self.n_images, self.shard_images = info["n_images"], info["shard_images"]
         self.decode = DECODERS["." + ENCODERS[info["encoding"]][0]]
         self._pid, self._open = None, OrderedDict()
@@ -133,12 +139,53 @@ class PackedImages:
             return str(Path(self.location) / name)
         local = self.cache_dir / hashlib.sha256(self.location.encode()).hexdigest()[:16] / name
         if not local.is_file():
-            from wids.wids_dl import download_file
-
             local.parent.mkdir(parents=True, exist_ok=True)
             partial = local.with_name(f".{name}.{os.getpid()}.part")
-            download_file(f"{self.location.rstrip('/')}/{name}", str(partial))
-            if not partial.is_file():
-                raise UserError(f"could not download {name}", self.location)
-            os.replace(partial, local)
+            try:
+                download(f"{self.location.rstrip('/')}/{name}", str(partial))
+                os.replace(partial, local)
+            finally:
+                partial.unlink(missing_ok=True)
         return str(local)
+
+
+def download(url: str, local: str) -> None:
+    """The object at `url` into the file `local`, through wids' downloader; a failure is one UserError
+    naming the URL and the tool's own reason. Our handlers replace wids' shell commands for http(s) and s3:
+    its curl saves an HTTP error page as the file, and an `os.system` failure is a bare AssertionError."""
+    from wids.wids_dl import default_cmds, download_file
+
+    try:
+        download_file(url, local, handlers={**default_cmds, "http": _curl, "https": _curl, "s3": _aws_s3_cp})
+    except (AssertionError, OSError, ValueError) as err:  # wids' other schemes (gs, file, pipe)
+        raise UserError(f"download failed: {err}", url) from None
+    if not os.path.isfile(local):
+        raise UserError("download failed: the downloader wrote no file", url)
+
+
+def _curl(url: str, local: str) -> None:
+    _run(["curl", "--fail", "--silent", "--show-error", "--location", "--output", local, url], url)
+
+
+def _aws_s3_cp(url: str, local: str) -> None:
+    _run([aws_cli(url), "s3", "cp", "--only-show-errors", url, local], url)
+
+
+def aws_cli(url: str) -> str:
+    """The `aws` command: the one installed beside this Python first (requirements.txt pins it, and a
+    venv's bin/ is on PATH only while activated), else the one on PATH."""
+    beside = Path(sys.executable).parent / "aws"
+    found = str(beside) if os.access(beside, os.X_OK) else shutil.which("aws")
+    if not found:
+        raise UserError("reading s3:// needs the AWS CLI, and no `aws` was found (pip install awscli)", url)
+    return found
+
+
+def _run(command: list[str], url: str) -> None:
+    try:
+        done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    except FileNotFoundError:
+        raise UserError(f"download failed: `{command[0]}` is not installed", url) from None
+    if done.returncode != 0:
+        said = (done.stderr.strip() or done.stdout.strip()).splitlines()
+        raise UserError(f"download failed: {said[-1] if said else f'{command[0]} exited {done.returncode}'}", url)
