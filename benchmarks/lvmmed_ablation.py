@@ -43,6 +43,8 @@ ROWS = [
     ("edge noise 0", "lvmmed", ["edge_noise_scale=0.0"]),
     ("edge noise 0.2 (1/k)", "lvmmed", ["edge_noise_scale=0.2"]),
     ("sigma on last GCN layer", "lvmmed", ["gcn_last_activation=true"]),
+    # VICRegL's multi-crop: 6 local crops of 96/224 of the image size (32 px here: one backbone cell each)
+    ("6 local crops (multi-crop)", "lvmmed", ["n_local_views=6", "local_crop_size=32"]),
 ]
 
 

@@ -11,6 +11,8 @@ for the views (crop_scale) an entry of `views`.
 """
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from lightly.transforms.vicregl_transform import VICRegLViewTransform
 from optuna.distributions import FloatDistribution, IntDistribution
@@ -31,22 +33,24 @@ EULER_GAMMA = 0.5772156649  # mean of Gumbel(0, 1)
 
 
 class GeometricViews:
-    """Two VICRegL global views plus, per view, the centre of every backbone feature cell in
-    source-image coordinates normalised to [0, 1] (so cells of different images compare). The crop,
-    flip and cell centres are ours (blocks/crop_grid.py: lightly 1.6.0 mis-spaces the centres); the
-    photometric rest is lightly's VICRegL global view (jitter, grayscale, blur, no solarisation)."""
+    """Two VICRegL global views, then `n_local` local crops, each with the centre of every backbone feature cell in
+    source-image coordinates normalised to [0, 1] (so cells of different images compare). The crop, flip and cell
+    centres are ours (blocks/crop_grid.py: lightly 1.6.0 mis-spaces the centres); the photometric rest is lightly's
+    VICRegL view (jitter, grayscale, blur; local crops: blur p 0.1, solarisation p 0.2, as VICRegLTransform's)."""
 
-    def __init__(self, image_size: int, crop_scale: tuple, n_views: int = 2):
-        self.grid = max(1, image_size // FEATURE_STRIDE)
-        self.crop = CropFlipWithGrid(image_size, tuple(crop_scale), self.grid)
+    def __init__(self, image_size: int, crop_scale: tuple, n_local: int = 0, local_size: int = 96,
+                 local_scale: tuple = (0.05, 0.2)):
+        self.crop = CropFlipWithGrid(image_size, tuple(crop_scale), max(1, image_size // FEATURE_STRIDE))
+        self.local_crop = CropFlipWithGrid(local_size, tuple(local_scale), max(1, local_size // FEATURE_STRIDE))
         self.photometric = VICRegLViewTransform(normalize=None)  # the harness normalises on the device
-        self.n_views = n_views
+        self.local_photometric = VICRegLViewTransform(gaussian_blur_prob=0.1, solarize_prob=0.2, normalize=None)
+        self.kinds = [(self.crop, self.photometric)] * 2 + [(self.local_crop, self.local_photometric)] * n_local
 
     def __call__(self, image):
         views, grids = [], []
-        for _ in range(self.n_views):
-            crop, grid = self.crop(image)
-            views.append(self.photometric(crop))
+        for crop_flip, photometric in self.kinds:
+            crop, grid = crop_flip(image)
+            views.append(photometric(crop))
             grids.append(self.normalised(grid, image))
         return views + grids
 
@@ -59,10 +63,12 @@ class GeometricViews:
         ops, drawn as __call__ draws them; the grids computed in the worker from the drawn box and flip."""
         from medssl_bench.harness.device_views import View
 
-        return [View(self.photometric, *self.crop.device_parts(), grid=self.device_grid) for _ in range(self.n_views)]
+        return [View(photometric, *crop_flip.device_parts(), grid=partial(self.device_grid, crop_flip))
+                for crop_flip, photometric in self.kinds]
 
-    def device_grid(self, drawn: list[float], image) -> torch.Tensor:
-        return self.normalised(self.crop.grid_of(drawn), image)
+    @classmethod
+    def device_grid(cls, crop_flip: CropFlipWithGrid, drawn: list[float], image) -> torch.Tensor:
+        return cls.normalised(crop_flip.grid_of(drawn), image)
 
 
 class LVMMed(SSLMethod):
@@ -75,7 +81,9 @@ class LVMMed(SSLMethod):
         "lam": FloatDistribution(1.0, 200.0, log=True),
         "knn_k": IntDistribution(2, 10),
     }
-    views = {"crop_scale": (0.2, 1.0)}  # the paper uses "multi-crop as VICRegL" without scales: lightly's default
+    # The paper uses "multi-crop as VICRegL" without scales: lightly's defaults. Local crops are off (Algorithm 1
+    # matches two views); n_local_views > 0 matches each local crop's graph with a global view's (docs/lvmmed.md).
+    views = {"crop_scale": (0.2, 1.0), "n_local_views": 0, "local_crop_size": 96, "local_crop_scale": (0.05, 0.2)}
     profiles = {
         # Paper: ResNet-50 from ImageNet-1K weights (INIT_REQUIRED: a run names them, or --init none),
         # 100 epochs, batch 3200, 224 px (inferred), Adam lr 2e-3 halved four times (milestones not
@@ -120,16 +128,20 @@ class LVMMed(SSLMethod):
         if per_rank < cfg["graph_size"]:  # a remainder is completed from the previous group, so one must exist
             raise UserError(f"lvmmed matches groups of {cfg['graph_size']} images within each process: the batch "
                             f"per process ({per_rank}) must hold at least graph_size images")
+        if cfg["n_local_views"] < 0 or cfg["local_crop_size"] < 1:
+            raise UserError(f"n_local_views ({cfg['n_local_views']}) must be >= 0 and local_crop_size "
+                            f"({cfg['local_crop_size']}) >= 1")
         if cfg["knn_k"] >= cfg["graph_size"]:
             raise UserError(f"knn_k ({cfg['knn_k']}) must be smaller than graph_size ({cfg['graph_size']})")
 
     @classmethod
     def transform(cls, image_size, views):
-        return GeometricViews(image_size, views["crop_scale"])
+        return GeometricViews(image_size, views["crop_scale"], views["n_local_views"], views["local_crop_size"],
+                              views["local_crop_scale"])
 
     @classmethod
     def image_view_count(cls, views):
-        return 2  # then the two crop grids
+        return 2 + views["n_local_views"]  # then one crop grid per view
 
     def _noise(self, shape, device, step: StepInfo, salt: int, scale: float) -> torch.Tensor:
         """Gumbel(0, 1) * scale, seeded by (seed, rank, step): exact on resume, different per rank."""
@@ -141,29 +153,48 @@ class LVMMed(SSLMethod):
         return gumbel * scale
 
     def embed(self, views: list[torch.Tensor]):
-        """Group-wise embeddings of both views: maps (2, G, N, P, D), z (2, G, N, F), grids (2, G, N, P, 2), with
-        G groups of N = graph_size images; the last group may overlap the one before (blocks/matching_groups.py)."""
-        x_s, x_t, grid_s, grid_t = views
-        batch = x_s.shape[0]
-        index = group_index(batch, self.hp["graph_size"]).to(x_s.device)
-        maps = feature_map(self.backbone, torch.cat([x_s, x_t]))  # (2B, D, R, S): BN sees every image once
-        z = self.projector(maps.mean((2, 3))).view(2, batch, -1)[:, index]
-        cells = maps.flatten(2).transpose(1, 2).reshape(2, batch, -1, maps.shape[1])[:, index]
-        grids = torch.stack([grid_s, grid_t]).reshape(2, batch, -1, 2)[:, index]
+        """Group-wise embeddings of every view (the 2 global ones, then the local crops): cells [V x (G, N, P, D)],
+        z (V, G, N, F), grids [V x (G, N, P, 2)], with G groups of N = graph_size images; the last group may overlap
+        the one before (blocks/matching_groups.py). Crops of one size share a backbone pass (BN sees each once)."""
+        n_views = len(views) // 2  # every view brings its grid
+        images, view_grids = views[:n_views], views[n_views:]
+        batch = images[0].shape[0]
+        index = group_index(batch, self.hp["graph_size"]).to(images[0].device)
+        passes = [feature_map(self.backbone, torch.cat(images[:2]))]  # (2B, D, R, S)
+        if n_views > 2:
+            passes.append(feature_map(self.backbone, torch.cat(images[2:])))
+        pooled = torch.cat([maps.mean((2, 3)) for maps in passes])
+        z = self.projector(pooled).view(n_views, batch, -1)[:, index]
+        cells = [c[index] for maps in passes for c in maps.flatten(2).transpose(1, 2).chunk(len(maps) // batch)]
+        grids = [g.reshape(batch, -1, 2)[index] for g in view_grids]
         return cells, z, grids
 
+    @staticmethod
+    def view_pairs(n_views: int) -> list[tuple[int, int]]:
+        """The matched (s, t) view pairs: the global views, then local crop k with global view k mod 2 (ours: the
+        paper matches two views; DINO and SwAV likewise compare local crops with global views only)."""
+        return [(0, 1)] + [(2 + k, k % 2) for k in range(n_views - 2)]
+
     def affinities(self, views: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Affinities of every pair's instances, pairs stacked along the instance axis (view_pairs' order)."""
         hp = self.hp
         cells, z, grids = self.embed(views)
-        edges_s, edges_t = knn_edges(z[0], hp["knn_k"]), knn_edges(z[1], hp["knn_k"])
+        edges = [knn_edges(z_view, hp["knn_k"]) for z_view in z]
         if self.gcn is not None:
-            z = torch.stack([self.gcn(z[0], gcn_adjacency(edges_s, z.shape[2])),
-                             self.gcn(z[1], gcn_adjacency(edges_t, z.shape[2]))])
-        local = (local_affinity(cells[0], cells[1], grids[0], grids[1], hp["gamma_pairs"], hp["local_fp32"])
-                 if hp["local_similarity"] else None)
-        unary = vertex_affinity(z[0], z[1], local, hp["alpha"], hp["symmetric_local"])
-        edge = edge_affinity(z[0], z[1], edges_s, edges_t) if hp["second_order"] else None
-        return dict(unary=unary, edge=edge, edges_s=edges_s, edges_t=edges_t, z=z, local=local)
+            z = torch.stack([self.gcn(z_view, gcn_adjacency(e, z.shape[2])) for z_view, e in zip(z, edges)])
+        out = {key: [] for key in ("unary", "edge", "edges_s", "edges_t", "local")}
+        for s, t in self.view_pairs(len(z)):
+            local = (local_affinity(cells[s], cells[t], grids[s], grids[t], hp["gamma_pairs"], hp["local_fp32"])
+                     if hp["local_similarity"] else None)
+            out["unary"].append(vertex_affinity(z[s], z[t], local, hp["alpha"], hp["symmetric_local"]))
+            out["edge"].append(edge_affinity(z[s], z[t], edges[s], edges[t]) if hp["second_order"] else None)
+            out["edges_s"].append(edges[s])
+            out["edges_t"].append(edges[t])
+            out["local"].append(local)
+        cat = lambda xs: None if xs[0] is None else torch.cat(xs)  # noqa: E731
+        local = None if out["local"][0] is None else tuple(map(torch.cat, zip(*out["local"])))
+        return dict(unary=cat(out["unary"]), edge=cat(out["edge"]), edges_s=cat(out["edges_s"]),
+                    edges_t=cat(out["edges_t"]), z=z, local=local)
 
     def training_loss(self, views: list[torch.Tensor], step: StepInfo) -> dict[str, torch.Tensor]:
         hp = self.hp
@@ -188,5 +219,9 @@ class LVMMed(SSLMethod):
             solve = solve_target = lambda u, *_: solve_lap(u)  # noqa: E731
         loss, matching = imle_hamming_matching(unary, edge, noise_u, noise_e, hp["lam"], solve, edges_s, edges_t,
                                                solve_target, hp["lambda_convention"])
-        accuracy = matching.diagonal(dim1=1, dim2=2).mean()
-        return {"loss": loss.mean(), "match_acc": accuracy.detach()}
+        # pairs hold equally many instances, so every pair weighs alike; the global pair's accuracy is the paper's
+        accuracy = matching.diagonal(dim1=1, dim2=2).detach().chunk(len(self.view_pairs(len(aff["z"]))))
+        out = {"loss": loss.mean(), "match_acc": accuracy[0].mean()}
+        if len(accuracy) > 1:
+            out["local_match_acc"] = torch.cat(accuracy[1:]).mean()
+        return out

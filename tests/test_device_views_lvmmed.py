@@ -33,8 +33,8 @@ def lvmmed_recorder(cpu_recorder, monkeypatch):  # noqa: F811 (the imported fixt
     return cpu_recorder
 
 
-def datasets(image_size: int, images, seed: int, name: str = "lvmmed"):
-    cls, cfg = config(name, image_size=image_size)
+def datasets(image_size: int, images, seed: int, name: str = "lvmmed", **overrides):
+    cls, cfg = config(name, image_size=image_size, **overrides)
     plan = check_device_views(cls, cfg)
     transform, n_images = build_transform(cls, cfg)
     cpu = ViewsDataset(images, transform, seed=seed, loader=lambda e: e, n_image_views=n_images)
@@ -43,11 +43,13 @@ def datasets(image_size: int, images, seed: int, name: str = "lvmmed"):
     return plan, cpu, device
 
 
-def test_lvmmed_draws_and_grids_are_the_cpu_paths_sample_for_sample(lvmmed_recorder):
-    """60 samples (96 px views: 3 x 3 grids) of a non-square image: every drawn value in call order (crop box, flip,
-    jitter order and factors, grayscale, blur sigma, solarisation) and both crop grids, exactly."""
-    plan, cpu, device = datasets(96, [textured(150, 110)], seed=11)
-    assert len(plan) == 2 and all(view.grid is not None for view in plan)
+@pytest.mark.parametrize("n_local", [0, 2])
+def test_lvmmed_draws_and_grids_are_the_cpu_paths_sample_for_sample(lvmmed_recorder, n_local):
+    """60 samples (96 px views: 3 x 3 grids; with local crops, then two 64 px crops: 2 x 2 grids) of a non-square
+    image: every drawn value in call order (crop box, flip, jitter order and factors, grayscale, blur sigma,
+    solarisation) and every crop grid, exactly."""
+    plan, cpu, device = datasets(96, [textured(150, 110)], seed=11, n_local_views=n_local, local_crop_size=64)
+    assert len(plan) == 2 + n_local and all(view.grid is not None for view in plan)
     flips = 0
     for epoch in range(60):
         lvmmed_recorder.clear()
@@ -62,10 +64,11 @@ def test_lvmmed_draws_and_grids_are_the_cpu_paths_sample_for_sample(lvmmed_recor
             assert [e for e in worker if e[0] in kinds] == [e for e in expected if e[0] in kinds], epoch
         assert len(worker) == len([e for e in expected if e[0] in ("crop", "hflip", "jitter")])
         assert device_events(plan, shipped[1]) == expected, epoch
-        assert len(shipped) == 5 and shipped[3].shape == (3, 3, 2)  # pixels, parameters, shrink, two grids
-        assert all(torch.equal(ours, theirs) for ours, theirs in zip(shipped[3:], cpu_item[2:])), epoch
+        assert len(shipped) == 3 + len(plan)  # pixels, parameters, shrink, one grid per view
+        assert [g.shape for g in shipped[3:]] == [(3, 3, 2)] * 2 + [(2, 2, 2)] * n_local
+        assert all(torch.equal(ours, theirs) for ours, theirs in zip(shipped[3:], cpu_item[len(plan):], strict=True)), epoch
         flips += sum(e == ("hflip",) for e in expected)
-    assert 20 < flips < 100  # both branches of the flip (and of the grids' mirroring) were taken
+    assert 10 * len(plan) < flips < 50 * len(plan)  # both branches of the flip (and of the grids' mirroring) were taken
 
 
 def views_three_ways(name: str, images: list) -> tuple[list, list, list]:
@@ -102,9 +105,11 @@ def test_the_other_own_view_methods_are_still_refused(name, what):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["lvmmed", "peac"])
-def test_a_device_views_run_of_an_own_view_method_resumes_bit_identically(name, tiny_corpus):
-    """Quick profile at 64 px, 2 epochs of 3 steps: stopped after epoch 1 and resumed equals uninterrupted."""
+@pytest.mark.parametrize("name, options", [("lvmmed", ["--set", "n_local_views=2", "--set", "local_crop_size=32"]),
+                                           ("peac", [])])
+def test_a_device_views_run_of_an_own_view_method_resumes_bit_identically(name, options, tiny_corpus):
+    """Quick profile at 64 px, 2 epochs of 3 steps: stopped after epoch 1 and resumed equals uninterrupted (LVM-Med
+    with two local crops, so their matchings resume too)."""
     from safetensors.torch import load_file
 
     from medssl_bench.harness.app.cli import main
@@ -112,7 +117,8 @@ def test_a_device_views_run_of_an_own_view_method_resumes_bit_identically(name, 
 
     workspace, corpus_id = tiny_corpus
     common = ["pretrain", "--workspace", str(workspace), "--corpus", corpus_id, "--method", name, "--image-size",
-              "64", "--batch-size", "32", "--num-workers", "0", "--epochs", "2", "--seed", "3", "--augment", "device"]
+              "64", "--batch-size", "32", "--num-workers", "0", "--epochs", "2", "--seed", "3", "--augment", "device",
+              *options]
     assert main([*common, "--name", f"{name}-dv-whole"]) == 0
     assert main([*common, "--name", f"{name}-dv-split", "--stop-after-epoch", "1"]) == 0
     assert main(["pretrain", "--workspace", str(workspace), "--method", name, "--name", f"{name}-dv-split",
@@ -122,6 +128,7 @@ def test_a_device_views_run_of_an_own_view_method_resumes_bit_identically(name, 
     whole, split = (load_file(str(runs / f"{name}-dv-{part}" / "backbone.safetensors")) for part in ("whole", "split"))
     assert whole.keys() == split.keys() and all(torch.equal(whole[k], split[k]) for k in whole)
     losses = [r["loss"] for r in metrics(workspace, f"{name}-dv-whole")]
+    assert all(("local_match_acc" in r) == bool(options) for r in metrics(workspace, f"{name}-dv-whole"))
     assert len(losses) == 6 and [r["loss"] for r in metrics(workspace, f"{name}-dv-split")] == losses
 
 

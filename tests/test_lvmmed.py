@@ -218,11 +218,42 @@ def test_noise_is_seeded_by_step_so_resume_is_exact(views):
         assert model.training_loss(views, StepInfo(step=5))["loss"] == model.training_loss(views, StepInfo(step=5))["loss"]
 
 
+def test_local_crops_add_matchings_against_the_global_views_and_leave_the_global_one_alone():
+    """n_local_views=2 (32 px: one backbone cell each): the views are 2 x 64 px, 2 x 32 px, then their grids; the
+    instances are the global pair's, then local crop k against global view k mod 2, each pair a whole batch of
+    groups; with frozen BatchNorm statistics the global pair's affinities are the two-view model's, exactly."""
+    from PIL import Image
+
+    cfg = build(n_local_views=2, local_crop_size=32)[1]
+    transform, n_images = build_transform(LVMMed, cfg)
+    torch.manual_seed(1)
+    samples = [transform(Image.fromarray((torch.rand(80, 72, 3) * 255).byte().numpy())) for _ in range(32)]
+    views = [torch.stack([s[k] for s in samples]) for k in range(8)]
+    assert n_images == 4 and [tuple(v.shape[1:]) for v in views] == [(3, 64, 64)] * 2 + [(3, 32, 32)] * 2 + [
+        (2, 2, 2)] * 2 + [(1, 1, 2)] * 2
+    assert 0 < min(float(g.min()) for g in views[4:]) and max(float(g.max()) for g in views[4:]) < 1
+    assert LVMMed.view_pairs(4) == [(0, 1), (2, 0), (3, 1)]
+    model = build(n_local_views=2, local_crop_size=32)[0].eval()
+    with torch.no_grad():
+        both = model.affinities(views)
+        two = model.affinities(views[:2] + views[4:6])
+    assert both["unary"].shape == (3 * 2, 16, 16) and both["edge"].shape[0] == 6 and both["z"].shape[0] == 4
+    torch.testing.assert_close(both["unary"][:2], two["unary"], rtol=0, atol=0)
+    torch.testing.assert_close(both["edge"][:2], two["edge"], rtol=0, atol=0)
+    assert not torch.allclose(both["unary"][2:4], two["unary"])  # local crop 0 against global view 0: another
+    model.train()
+    out = model.training_loss(views, StepInfo(step=1))
+    assert out["loss"].requires_grad and set(out) == {"loss", "match_acc", "local_match_acc"}
+    assert 0 <= float(out["local_match_acc"]) <= 1
+
+
 def test_each_process_needs_one_whole_group():
     cfg = build()[1]
     LVMMed.check_config({**cfg, "batch_size": 48}, world_size=2)  # 24: a group + the remainder (test_lvmmed_paper_profile)
     with pytest.raises(UserError, match="at least graph_size"):
         LVMMed.check_config({**cfg, "batch_size": 16}, world_size=2)
+    with pytest.raises(UserError, match=r"n_local_views \(-1\) must be >= 0"):
+        LVMMed.check_config({**cfg, "n_local_views": -1}, world_size=1)
 
 
 # ---------------------------------------------------------------- learning, on a controlled problem

@@ -101,6 +101,7 @@ def test_embed_matches_the_overlapping_group_on_the_same_images():
     grids = torch.rand(2, 24, 2, 2, 2)
     with torch.no_grad():
         cells, z, cell_grids = model.embed([x[0], x[1], grids[0], grids[1]])
+    cells, cell_grids = torch.stack(cells), torch.stack(cell_grids)
     assert z.shape == (2, 2, 16, 128) and cells.shape == (2, 2, 16, 4, 512) and cell_grids.shape == (2, 2, 16, 4, 2)
     # group 1 = images 8..23: its first 8 nodes are images 8..15, the last 8 of group 0
     torch.testing.assert_close(z[:, 1, :8], z[:, 0, 8:])
