@@ -29,6 +29,12 @@ class Op:
         raise NotImplementedError
 
 
+def bernoulli(p: float) -> float:
+    """1.0 where torchvision's `torch.rand(1) < p` holds, from the same draw: torch compares a float32 tensor with a
+    Python number in float32, so p is rounded to float32 first; the scalar comparison is ~3x faster per draw."""
+    return float(torch.rand(1).item() < float(np.float32(p)))
+
+
 def _where(mask: torch.Tensor, changed: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.where(mask.view(-1, 1, 1, 1), changed, x)
 
@@ -87,7 +93,7 @@ class Flip(Op):
         self.p, self.horizontal = p, horizontal
 
     def draw(self, image) -> list[float]:
-        return [float(torch.rand(1) < self.p)]  # _RandomApplyTransform skips when rand >= p
+        return [bernoulli(self.p)]  # _RandomApplyTransform skips when rand >= p
 
     def apply(self, x, p, mask):
         from kornia.geometry.transform import hflip, vflip
@@ -133,7 +139,7 @@ class Jitter(Op):
     def draw(self, image) -> list[float]:
         params = self.cj.make_params([])
         factors = [params[f"{k}_factor"] for k in ("brightness", "contrast", "saturation", "hue")]
-        return [float(i) for i in params["fn_idx"]] + [math.nan if f is None else float(f) for f in factors]
+        return [float(i) for i in params["fn_idx"].tolist()] + [math.nan if f is None else float(f) for f in factors]
 
     def apply(self, x, p, mask):
         from kornia.enhance import (adjust_brightness_accumulative, adjust_contrast_with_mean_subtraction, adjust_hue,
@@ -160,7 +166,7 @@ class Grayscale(Op):
         self.p = p
 
     def draw(self, image) -> list[float]:
-        return [float(torch.rand(1) < self.p)]
+        return [bernoulli(self.p)]
 
     def apply(self, x, p, mask):
         from kornia.color import rgb_to_grayscale
@@ -217,7 +223,7 @@ class Apply(Op):
         self.width = 1 + sum(op.width for op in ops)
 
     def draw(self, image) -> list[float]:
-        if torch.rand(1) >= self.p:
+        if not bernoulli(self.p):
             return [0.0] * self.width
         return [1.0] + [value for op in self.ops for value in op.draw(image)]
 

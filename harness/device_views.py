@@ -13,6 +13,7 @@ a view class of a method's own may offer its plan (`device_plan()`: LVM-Med's, P
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -165,16 +166,34 @@ def check_device_views(method_cls, cfg: dict) -> list[View] | None:
             from None
 
 
+@lru_cache(maxsize=64)
+def size_stand_in(width: int, height: int):
+    """A 1-bit PIL image of this size (32 KiB at 512 px): what the draws read of an image is its size."""
+    from PIL import Image
+
+    return Image.new("1", (width, height))
+
+
 class DeviceViewsTransform:
-    """The worker's half: (decoded image) -> [uint8 (H, W, 3) pixels, (n_views, width) float64 parameters, the
+    """The worker's half: (decoded image) -> [uint8 (H, W, C) pixels, (n_views, width) float64 parameters, the
     factor the image was reduced by, then any location grids]. Called inside ViewsDataset's seeded context, so its
-    draws are the CPU path's."""
+    draws are the CPU path's. The image is a PIL image, or a uint8 (H, W) / (H, W, 3) array as a packed corpus
+    holds it (PackedImages.pixels): then the pixels travel as they are, grey as one channel (the collate repeats it,
+    as PIL's convert("RGB") would), and the draws see a stand-in of its size."""
 
     def __init__(self, plan: list[View]):
         self.plan, self.width = plan, max(view.width for view in plan)
         self.max_side = MAX_SIDE_FACTOR * max(max(view.crop.size) for view in plan)
 
     def __call__(self, image) -> list[torch.Tensor]:
+        # a grey or RGB array travels as it is; any other array through PIL's convert("RGB"), as a PIL image
+        array = image if isinstance(image, np.ndarray) and (image.ndim == 2 or image.shape[2] == 3) else None
+        if isinstance(image, np.ndarray) and array is None:
+            from PIL import Image
+
+            image = Image.fromarray(image)
+        if array is not None:
+            image = size_stand_in(array.shape[1], array.shape[0])
         params, grids = np.zeros((len(self.plan), self.width)), []
         for k, view in enumerate(self.plan):  # views in MultiViewTransform's order: the CPU path's RNG sequence
             drawn = view.draw(image)
@@ -182,16 +201,23 @@ class DeviceViewsTransform:
             if view.grid is not None:
                 grids.append(view.grid(drawn, image))
         shrink = max(1, math.ceil(max(image.size) / self.max_side))
-        if shrink > 1:  # boxes stay in the decoded image's pixels; the device divides them by `shrink`
-            image = image.reduce(shrink)
-        pixels = torch.from_numpy(np.array(image if image.mode == "RGB" else image.convert("RGB")))  # one copy
+        if array is not None and shrink == 1:
+            pixels = torch.from_numpy(array if array.ndim == 3 else array[:, :, None])
+        else:
+            if array is not None:
+                from PIL import Image
+
+                image = Image.fromarray(array)
+            if shrink > 1:  # boxes stay in the decoded image's pixels; the device divides them by `shrink`
+                image = image.reduce(shrink)
+            pixels = torch.from_numpy(np.array(image if image.mode == "RGB" else image.convert("RGB")))  # one copy
         return [pixels, torch.from_numpy(params), torch.tensor(float(shrink), dtype=torch.float64), *grids]
 
 
 def collate_device_views(batch: list[dict]) -> dict[str, Any]:
     """Images padded (bottom, right) to the batch's largest by repeating their last row and column (PIL's resize
-    clamps at the edge; zeros would darken crops that touch it), parameters and shrink factors stacked; the first
-    decode error passed through, as harness.data.collate_views does."""
+    clamps at the edge; zeros would darken crops that touch it), a grey one repeated to RGB, parameters and shrink
+    factors stacked; the first decode error passed through, as harness.data.collate_views does."""
     for item in batch:
         if "error" in item:
             return {"error": item["error"]}

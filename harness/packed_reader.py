@@ -108,6 +108,7 @@ class PackedImages:
         return {**self.__dict__, "_pid": None, "_open": OrderedDict()}
 
     def pixels(self, index: int) -> np.ndarray:
+        """Image `index` as stored, uint8 (H, W) or (H, W, 3); `--augment device` workers ship it as it is."""
         if not 0 <= index < self.n_images:
             raise IndexError(f"sample {index} of a packed corpus of {self.n_images}")
         shard, row = divmod(index, self.shard_images)

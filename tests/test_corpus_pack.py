@@ -158,10 +158,13 @@ def test_shards_read_over_http_through_the_download_cache(phantoms, tmp_path):
         server.shutdown()
 
 
-def test_pretraining_from_the_pack_equals_pretraining_from_the_files(phantoms, capsys):
+@pytest.mark.parametrize("augment", ["cpu", "device"])
+def test_pretraining_from_the_pack_equals_pretraining_from_the_files(phantoms, capsys, augment):
+    """Device views read the packed grey pixels as stored (one channel, no PIL image) and still train bit for bit
+    as from the decoded files."""
     ws, corpus = phantoms
     common = ["pretrain", "--workspace", str(ws.root), "--method", "simclr", "--corpus", corpus.id,
-              "--image-size", "32", "--batch-size", "16", "--epochs", "1", "--num-workers", "0"]
+              "--image-size", "32", "--batch-size", "16", "--epochs", "1", "--num-workers", "0", "--augment", augment]
     assert main([*common, "--name", "files"]) == 0
     pack_corpus(corpus, max_side=64, shard_images=30, workers=1)  # 64 >= 48: lossless, so the same pixels
     assert main([*common, "--name", "packed"]) == 0

@@ -154,6 +154,39 @@ def test_what_workers_ship_does_not_depend_on_their_number():
         assert all(torch.equal(a, b) for a, b in zip(one["inputs"], two["inputs"]))
 
 
+@pytest.mark.parametrize("name", ("simclr", "dino", "vicregl", "lvmmed", "peac"))
+@pytest.mark.parametrize("grey", [False, True])
+def test_an_array_as_a_packed_corpus_holds_it_ships_what_its_pil_image_ships(name, grey):
+    """A uint8 array (PackedImages.pixels) in place of the PIL image: the same draws and grids (the draws see only
+    its size), the pixels as stored, and after the collate the RGB pixels the PIL image gives."""
+    cls, cfg = config(name)
+    rgb = np.array(textured(90, 70, seed=3))
+    array = rgb[:, :, 1].copy() if grey else rgb
+    image = Image.fromarray(array).convert("RGB")  # PackedImages.rgb
+    transform = DeviceViewsTransform(check_device_views(cls, cfg))
+    from_array, from_image = (ViewsDataset([x], transform, seed=4, loader=lambda e: e, n_image_views=0)
+                              for x in (array, image))
+    for epoch in range(5):
+        ours, theirs = from_array[(epoch, 0)]["inputs"], from_image[(epoch, 0)]["inputs"]
+        assert ours[0].shape == (90, 70, 1 if grey else 3)
+        assert len(ours) == len(theirs) and all(torch.equal(a, b) for a, b in zip(ours[1:], theirs[1:]))
+        assert torch.equal(collate_device_views([{"inputs": ours}])["inputs"][0],
+                           collate_device_views([{"inputs": theirs}])["inputs"][0])
+
+
+def test_bernoulli_compares_as_torch_does_in_float32(monkeypatch):
+    """float32(0.7) < 0.7 in float64, yet torch's `rand < 0.7` compares in float32: a draw of exactly
+    float32(0.7) is not taken by either."""
+    from medssl_bench.harness import device_ops
+
+    edge = torch.tensor([0.7], dtype=torch.float32)
+    assert float(edge) < 0.7 and not bool(edge < 0.7)
+    monkeypatch.setattr(device_ops.torch, "rand", lambda *shape: edge.clone())
+    assert device_ops.bernoulli(0.7) == 0.0
+    monkeypatch.setattr(device_ops.torch, "rand", lambda *shape: torch.nextafter(edge, torch.zeros(1)))
+    assert device_ops.bernoulli(0.7) == 1.0
+
+
 @pytest.mark.parametrize("degrees", [None, 30.0])
 def test_rotations_are_drawn_as_lightly_draws_them(degrees, cpu_recorder):
     """The lightly methods rotate with probability 0; a transform that rotates (90 degrees, or uniform in +-30)

@@ -280,16 +280,17 @@ def _claim_run(req: PretrainRequest, run_dir: Path, resuming: Path | None, field
     return lock, run_id
 
 
-def corpus_views(entries: list[dict], packed: dict | None) -> Callable:
+def corpus_views(entries: list[dict], packed: dict | None, device_views: bool = False) -> Callable:
     """ViewsDataset over the corpus: image k read from the packed shards when there are some, else decoded
-    from entry k's source file."""
+    from entry k's source file. Device views take the packed pixels as stored (no PIL image is made)."""
     from medssl_bench.harness.data import ViewsDataset
 
     if packed is None:
         return partial(ViewsDataset, entries)
     from medssl_bench.harness.packed_reader import PackedImages
 
-    return partial(ViewsDataset, range(len(entries)), loader=PackedImages(packed["folder"]).rgb)
+    images = PackedImages(packed["folder"])
+    return partial(ViewsDataset, range(len(entries)), loader=images.pixels if device_views else images.rgb)
 
 
 def _train(req, progress, method_cls, cfg, run_dir, resuming, run_id, labelled, entries, corpus_info, provenance,
@@ -311,7 +312,7 @@ def _train(req, progress, method_cls, cfg, run_dir, resuming, run_id, labelled, 
     kwargs = {**method_kwargs(method_cls, cfg), **({"labels": labelled.layout} if labelled else {})}
     plan = check_device_views(method_cls, cfg)  # augment "device": workers decode and draw, the device makes views
     model = PretrainModel(method_cls(backbone, feat_dim, **kwargs), plan)
-    make_views = labelled.views if labelled else corpus_views(entries, corpus_info.get("packed"))
+    make_views = labelled.views if labelled else corpus_views(entries, corpus_info.get("packed"), plan is not None)
     transform, n_image_views = (DeviceViewsTransform(plan), 0) if plan else build_transform(method_cls, cfg)
     dataset = make_views(transform, seed=cfg["seed"], n_image_views=n_image_views)
     # profile: what the leaderboard ranks the row under (harness.config.profile_label); budget: what it was given
