@@ -45,7 +45,10 @@ def _leaf(op, size: tuple[int, int]) -> Op | None:
         return None
     if callable(getattr(op, "device_op", None)):  # an op of a method's own (methods/...) names its device op
         return op.device_op()
-    inner = lambda ops: [leaf for leaf in (_leaf(o, size) for o in _flatten(list(ops))) if leaf is not None]  # noqa: E731
+
+    def inner(ops) -> list[Op]:
+        return [leaf for leaf in (_leaf(o, size) for o in _flatten(list(ops))) if leaf is not None]
+
     if isinstance(op, (v2.RandomHorizontalFlip, v2.RandomVerticalFlip)):
         return Flip(op.p, isinstance(op, v2.RandomHorizontalFlip))
     if isinstance(op, (v2.RandomApply, v1.RandomApply)):
