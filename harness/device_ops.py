@@ -271,7 +271,8 @@ class Affine(Op):
     def __init__(self, op, size: tuple[int, int]):
         mode = str(getattr(op.interpolation, "value", op.interpolation))
         if op.shear is not None or op.center is not None or mode not in ("nearest", "bilinear"):
-            raise Unsupported(f"RandomAffine with shear, a centre or {mode} interpolation")
+            why = "shear" if op.shear is not None else "a centre" if op.center is not None else f"{mode} interpolation"
+            raise Unsupported(f"RandomAffine with {why}")
         fill = 0 if op.fill is None else op.fill
         fill = [float(fill)] * 3 if isinstance(fill, (int, float)) else [float(f) for f in fill]
         self.op, self.size, self.mode, self.fill = op, tuple(size), mode, fill

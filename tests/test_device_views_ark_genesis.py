@@ -224,10 +224,23 @@ def test_gamma_jitter_and_the_choice_are_torchvisions():
     assert torch.equal(out[1], gamma.apply(x, rows[1:2, 9:], ALL)[0]) and torch.equal(out[2], x[0])
 
 
-def test_unsupported_settings_are_named():
+def test_unsupported_settings_are_named(monkeypatch):
+    """Each op names what it cannot make; a method's views with such an op are one UserError line."""
+    from medssl_bench.harness.errors import UserError
+    from medssl_bench.methods.ark import SharedGeometryViews
+
+    cls, cfg = config("ark")
+    views = SharedGeometryViews(64)
+    views.geometry.transforms[1].transforms[0].shear = [-5.0, 5.0]  # RandomAffine(..., shear=5)
+    monkeypatch.setattr(cls, "transform", classmethod(lambda c, size, settings: views))
+    with pytest.raises(UserError, match=r"method ark's views \(RandomAffine with shear\) have no device path yet; "
+                                        r"use --augment cpu"):
+        check_device_views(cls, cfg)
     with pytest.raises(Unsupported, match="RandomAffine with shear"):
         Affine(T.RandomAffine(10, shear=5), (64, 64))
-    with pytest.raises(Unsupported, match="RandomAffine with shear, a centre or bicubic"):
+    with pytest.raises(Unsupported, match="RandomAffine with a centre"):
+        Affine(T.RandomAffine(10, center=(3, 4)), (64, 64))
+    with pytest.raises(Unsupported, match="RandomAffine with bicubic interpolation"):
         Affine(T.RandomAffine(10, interpolation=InterpolationMode.BICUBIC), (64, 64))
     with pytest.raises(Unsupported, match="Resize to"):
         WholeImage(T.Resize(64))  # keep-ratio: not a box of the image
