@@ -47,7 +47,9 @@ from medssl_bench.harness.provenance import code_version, package_versions  # no
 from medssl_bench.methods import get_method  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-METHODS = ("simclr", "moco", "byol", "barlowtwins", "vicregl", "swav", "dino", "lvmmed", "peac")
+# Ark is timed on its views alone: its labels come from the labelled loader, not its transform
+METHODS = ("simclr", "moco", "byol", "barlowtwins", "vicregl", "swav", "dino", "lvmmed", "peac", "models_genesis",
+           "ark")
 
 
 def test_image(path: Path, side: int = 512) -> None:

@@ -7,6 +7,7 @@ parameters on both paths; `apply` changes the rows `mask` of a (B, 3, H, W) floa
 from __future__ import annotations
 
 import math
+import random
 
 import numpy as np
 import torch
@@ -29,10 +30,12 @@ class Op:
         raise NotImplementedError
 
 
-def bernoulli(p: float) -> float:
-    """1.0 where torchvision's `torch.rand(1) < p` holds, from the same draw: torch compares a float32 tensor with a
-    Python number in float32, so p is rounded to float32 first; the scalar comparison is ~3x faster per draw."""
-    return float(torch.rand(1).item() < float(np.float32(p)))
+def bernoulli(p: float, at_p: bool = False) -> float:
+    """1.0 where torchvision's `torch.rand(1) < p` holds (`at_p`: `<= p`, v1 RandomApply's `p < rand` skip), from the
+    same draw: torch compares a float32 tensor with a Python number in float32, so p is rounded to float32 first; the
+    scalar comparison is ~3x faster per draw."""
+    r, p32 = torch.rand(1).item(), float(np.float32(p))
+    return float(r <= p32 if at_p else r < p32)
 
 
 def _where(mask: torch.Tensor, changed: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -128,8 +131,9 @@ class Rotate(Op):
 
 
 class Jitter(Op):
-    """torchvision's ColorJitter: order and factors from its make_params, pixels by kornia's blend-based adjusts
-    (torchvision's definitions: brightness scales, contrast and saturation blend with the grey mean / grey image)."""
+    """torchvision's ColorJitter: order and factors from its make_params (v2) or get_params (v1, as its forward
+    calls it), pixels by kornia's blend-based adjusts (torchvision's definitions: brightness scales, contrast and
+    saturation blend with the grey mean / grey image)."""
 
     width = 8  # the order of the four adjustments, then brightness, contrast, saturation, hue (NaN: not set)
 
@@ -137,9 +141,15 @@ class Jitter(Op):
         self.cj = cj
 
     def draw(self, image) -> list[float]:
-        params = self.cj.make_params([])
-        factors = [params[f"{k}_factor"] for k in ("brightness", "contrast", "saturation", "hue")]
-        return [float(i) for i in params["fn_idx"].tolist()] + [math.nan if f is None else float(f) for f in factors]
+        cj = self.cj
+        if hasattr(cj, "make_params"):
+            params = cj.make_params([])
+            order, factors = params["fn_idx"], [params[f"{k}_factor"] for k in ("brightness", "contrast",
+                                                                                 "saturation", "hue")]
+        else:
+            order, *factors = cj.get_params(cj.brightness, cj.contrast, cj.saturation, cj.hue)
+        order = order.tolist() if isinstance(order, torch.Tensor) else order
+        return [float(i) for i in order] + [math.nan if f is None else float(f) for f in factors]
 
     def apply(self, x, p, mask):
         from kornia.enhance import (adjust_brightness_accumulative, adjust_contrast_with_mean_subtraction, adjust_hue,
@@ -216,14 +226,15 @@ class Solarize(Op):
 
 
 class Apply(Op):
-    """torchvision's RandomApply: one `torch.rand(1) < p` for the group; the inner ops draw only when applied."""
+    """torchvision's RandomApply: one `torch.rand(1)` against p for the group; the inner ops draw only when applied.
+    v2 applies when rand < p, v1 unless p < rand (`v1`): the same comparison, so a tie goes the CPU op's way."""
 
-    def __init__(self, p: float, ops: list[Op]):
-        self.p, self.ops = p, ops
+    def __init__(self, p: float, ops: list[Op], v1: bool = False):
+        self.p, self.ops, self.v1 = p, ops, v1
         self.width = 1 + sum(op.width for op in ops)
 
     def draw(self, image) -> list[float]:
-        if not bernoulli(self.p):
+        if not bernoulli(self.p, at_p=self.v1):
             return [0.0] * self.width
         return [1.0] + [value for op in self.ops for value in op.draw(image)]
 
@@ -233,3 +244,99 @@ class Apply(Op):
             x = op.apply(x, p[:, at:at + op.width], mask)
             at += op.width
         return x
+
+
+class Choice(Op):
+    """torchvision's (v1) RandomChoice: one op picked by the CPU op's own `random.choices` over its list (Python's
+    RNG, seeded per sample by harness.data); only the picked op draws."""
+
+    def __init__(self, choice, ops: list[Op]):
+        self.choice, self.ops = choice, ops  # the CPU op (its list and weights), its ops' device counterparts
+        self.width = 1 + sum(op.width for op in ops)  # the picked op's index, then each op's slots
+
+    def draw(self, image) -> list[float]:
+        picked = self.choice.transforms.index(random.choices(self.choice.transforms, weights=self.choice.p)[0])
+        out = [float(picked)]
+        for k, op in enumerate(self.ops):
+            out += op.draw(image) if k == picked else [0.0] * op.width
+        return out
+
+    def apply(self, x, p, mask):
+        at = 1
+        for k, op in enumerate(self.ops):
+            x = op.apply(x, p[:, at:at + op.width], mask & (p[:, 0] == k))
+            at += op.width
+        return x
+
+
+class Affine(Op):
+    """torchvision's (v1) RandomAffine without shear or centre: angle, translation, scale drawn by its own get_params
+    on the view's size (its forward's call), pixels by kornia's warp_affine with torchvision's matrix (rotation about
+    the image centre, then the shift; nearest or bilinear and the fill as the CPU op's)."""
+
+    width = 4  # angle (degrees), tx, ty (pixels), scale
+
+    def __init__(self, op, size: tuple[int, int]):
+        mode = str(getattr(op.interpolation, "value", op.interpolation))
+        if op.shear is not None or op.center is not None or mode not in ("nearest", "bilinear"):
+            why = "shear" if op.shear is not None else "a centre" if op.center is not None else f"{mode} interpolation"
+            raise Unsupported(f"RandomAffine with {why}")
+        fill = 0 if op.fill is None else op.fill
+        fill = [float(fill)] * 3 if isinstance(fill, (int, float)) else [float(f) for f in fill]
+        self.op, self.size, self.mode, self.fill = op, tuple(size), mode, fill
+
+    def draw(self, image) -> list[float]:
+        op, (height, width) = self.op, self.size
+        angle, (tx, ty), scale, _ = op.get_params(op.degrees, op.translate, op.scale, op.shear, [width, height])
+        return [angle, float(tx), float(ty), scale]
+
+    def apply(self, x, p, mask):
+        from kornia.geometry.transform import get_affine_matrix2d, warp_affine
+
+        rows, x = mask, x.clone()
+        if not rows.any():
+            return x
+        q, (height, width) = p[rows].to(x.dtype), x.shape[-2:]
+        # kornia's pixel centres are integers, PIL's (torchvision's) at +0.5: the image centre is ((W-1)/2, (H-1)/2);
+        # kornia's angle runs as torchvision's affine angle (tests/test_device_views_ark_genesis.py checks it)
+        centre = torch.tensor([(width - 1) / 2, (height - 1) / 2], dtype=x.dtype, device=x.device).expand(len(q), 2)
+        matrix = get_affine_matrix2d(q[:, 1:3], centre, q[:, 3:4].expand(-1, 2), q[:, 0])
+        fill = torch.tensor(self.fill, dtype=x.dtype, device=x.device) / 255
+        x[rows] = warp_affine(x[rows], matrix[:, :2], (height, width), mode=self.mode,
+                              padding_mode="fill" if any(self.fill) else "zeros", align_corners=True,
+                              fill_value=fill if any(self.fill) else None)
+        return x
+
+
+class Gamma(Op):
+    """A gamma correction x ** g (torchvision's adjust_gamma, gain 1) with g drawn by the CPU op's own `draw`
+    (a picklable callable) and applied by kornia's adjust_gamma."""
+
+    width = 1
+
+    def __init__(self, draw):
+        self.draw_gamma = draw
+
+    def draw(self, image) -> list[float]:
+        return [float(self.draw_gamma())]
+
+    def apply(self, x, p, mask):
+        from kornia.enhance import adjust_gamma
+
+        x = x.clone()
+        if mask.any():
+            x[mask] = adjust_gamma(x[mask], p[mask, 0].to(x.dtype))
+        return x
+
+
+class WholeImage(Crop):
+    """torchvision's Resize to a fixed (height, width): the whole image as a crop box, nothing drawn."""
+
+    def __init__(self, resize):
+        mode, size = str(getattr(resize.interpolation, "value", resize.interpolation)), resize.size
+        if not isinstance(size, (list, tuple)) or len(size) != 2 or mode not in ("bilinear", "bicubic"):
+            raise Unsupported(f"Resize to {size} with {mode} interpolation (a fixed height and width only)")
+        self.size, self.mode = tuple(size), mode
+
+    def draw(self, image) -> list[float]:
+        return [0.0, 0.0, float(image.height), float(image.width)]

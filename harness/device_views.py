@@ -7,8 +7,10 @@ draws each op's parameters with the calls the CPU op makes, in its order (torchv
 crop boxes, flips, jitter factors and orders and blur sigmas, sample for sample, so resume stays exact. The worker
 ships the decoded uint8 image and the parameters; `DeviceViewsPreprocessor` makes all views of a batch at once on the
 model's device with kornia and normalises them as ViewsPreprocessor does. A view op without a device counterpart
-(Ark's, Models Genesis' own view classes) is refused in one line before a run starts (`check_device_views`);
-a view class of a method's own may offer its plan (`device_plan()`: LVM-Med's, PEAC's).
+is refused in one line before a run starts (`check_device_views`); a view class of a method's own offers its plan
+(`device_plan()`: LVM-Med's, PEAC's, Models Genesis', Ark's) and an op of its own its device op (`device_op()`).
+torchvision's v1 ops read here (Compose, RandomResizedCrop, RandomApply, RandomChoice, ColorJitter, RandomAffine)
+draw through the calls their v1 forwards make (get_params, `p < rand`, random.choices).
 """
 from __future__ import annotations
 
@@ -21,8 +23,8 @@ import torch
 from mmengine.model import BaseDataPreprocessor
 
 from medssl_bench.harness.data import IMAGE_MEAN, IMAGE_STD
-from medssl_bench.harness.device_ops import (Apply, Blur, Crop, Flip, Grayscale, Jitter, Op, Rotate, Solarize,
-                                             Unsupported)
+from medssl_bench.harness.device_ops import (Affine, Apply, Blur, Choice, Crop, Flip, Grayscale, Jitter, Op, Rotate,
+                                             Solarize, Unsupported)
 from medssl_bench.harness.errors import UserError
 
 # A worker shrinks an image (PIL's whole-factor box reduce, cheap) only when its long side exceeds this many times
@@ -30,8 +32,10 @@ from medssl_bench.harness.errors import UserError
 MAX_SIDE_FACTOR = 3
 
 
-def _leaf(op) -> Op | None:
-    """The device op for one CPU op; None for ToTensor (the device path is float throughout)."""
+def _leaf(op, size: tuple[int, int]) -> Op | None:
+    """The device op for one CPU op of a view of `size` (height, width); None for ToTensor (the device path is
+    float throughout)."""
+    import torchvision.transforms as v1
     from lightly.transforms.gaussian_blur import GaussianBlur
     from lightly.transforms.rotation import RandomRotate
     from lightly.transforms.solarize import RandomSolarization
@@ -40,11 +44,21 @@ def _leaf(op) -> Op | None:
     name = type(op).__name__
     if name == "ToTensor":  # lightly's own or torchvision's: pixels to [0, 1], nothing drawn
         return None
+    if callable(getattr(op, "device_op", None)):  # an op of a method's own (methods/...) names its device op
+        return op.device_op()
+
+    def inner(ops) -> list[Op]:
+        return [leaf for leaf in (_leaf(o, size) for o in _flatten(list(ops))) if leaf is not None]
+
     if isinstance(op, (v2.RandomHorizontalFlip, v2.RandomVerticalFlip)):
         return Flip(op.p, isinstance(op, v2.RandomHorizontalFlip))
-    if isinstance(op, v2.RandomApply):
-        return Apply(op.p, [leaf for leaf in map(_leaf, _flatten(list(op.transforms))) if leaf is not None])
-    if isinstance(op, v2.ColorJitter):
+    if isinstance(op, (v2.RandomApply, v1.RandomApply)):
+        return Apply(op.p, inner(op.transforms), v1=isinstance(op, v1.RandomApply))
+    if isinstance(op, v1.RandomChoice):
+        return Choice(op, [_leaf(o, size) for o in op.transforms])
+    if isinstance(op, v1.RandomAffine):
+        return Affine(op, size)
+    if isinstance(op, (v2.ColorJitter, v1.ColorJitter)):
         return Jitter(op)
     if isinstance(op, v2.RandomGrayscale):
         return Grayscale(op.p)
@@ -59,13 +73,14 @@ def _leaf(op) -> Op | None:
 
 def _flatten(ops: list) -> list:
     """A view's ops in call order: Composes opened, lightly's view classes (a `.transform` Compose) opened."""
+    import torchvision.transforms as v1
     from torchvision.transforms import v2
 
     out = []
     for op in ops:
         if type(op).__name__ == "ToTensor":  # lightly's wraps a Compose of its own: kept whole
             out.append(op)
-        elif isinstance(op, v2.Compose):
+        elif isinstance(op, (v2.Compose, v1.Compose)):
             out += _flatten(list(op.transforms))
         elif type(op).__name__ == "RandomRotateDegrees":  # lightly: RandomApply([RandomRotation])
             out += _flatten([op.transform])
@@ -85,21 +100,24 @@ class View:
     views, computed in the worker so that it equals the CPU path's exactly."""
 
     def __init__(self, view_transform, crop: Crop | None = None, head: list[Op] = (), grid=None):
+        import torchvision.transforms as v1
         from torchvision.transforms import v2
 
         ops, self.grid = ([] if view_transform is None else _flatten([view_transform])), grid  # None: no more ops
         if crop is not None:
             self.crop, head = crop, list(head)
-        elif ops and isinstance(ops[0], v2.RandomResizedCrop):
-            self.crop, ops, head = Crop(ops[0]), ops[1:], []
+        elif ops and isinstance(ops[0], (v2.RandomResizedCrop, v1.RandomResizedCrop)):
+            # v1's forward draws its box by its static get_params
+            self.crop, ops, head = Crop(ops[0], by_get_params=isinstance(ops[0], v1.RandomResizedCrop)), ops[1:], []
         else:
             first = type(ops[0]).__name__ if ops else "nothing"
             raise Unsupported(f"a view that starts with {first}, not a RandomResizedCrop")
-        self.ops = head + [leaf for leaf in map(_leaf, ops) if leaf is not None]
+        self.ops = head + [leaf for leaf in (_leaf(op, self.crop.size) for op in ops) if leaf is not None]
         self.width = self.crop.width + sum(op.width for op in self.ops)
 
     def draw(self, image) -> list[float]:
-        return self.crop.draw(image) + [value for op in self.ops for value in op.draw(image)]
+        self.drawn = self.crop.draw(image) + [value for op in self.ops for value in op.draw(image)]
+        return self.drawn  # kept for a SameDraw view after this one (a worker makes one sample at a time)
 
     def make(self, images: torch.Tensor, p: torch.Tensor, shrink: torch.Tensor) -> torch.Tensor:
         x = self.crop.crop(images, p[:, :4], shrink)
@@ -108,6 +126,18 @@ class View:
             x = op.apply(x, p[:, at:at + op.width], mask)
             at += op.width
         return x
+
+
+class SameDraw(View):
+    """A view made from another view's draw: its crop and first `n_ops` ops with the slots that view drew for them,
+    nothing drawn again (Ark's one geometric draw for both views). It must come after `source` in the plan."""
+
+    def __init__(self, source: View, n_ops: int):
+        self.source, self.crop, self.ops, self.grid = source, source.crop, source.ops[:n_ops], None
+        self.width = self.crop.width + sum(op.width for op in self.ops)
+
+    def draw(self, image) -> list[float]:
+        return self.source.drawn[:self.width]
 
 
 class LightlyLocationGrid:
@@ -158,7 +188,9 @@ def check_device_views(method_cls, cfg: dict) -> list[View] | None:
     try:
         plan = view_plan(transform)
         grids = sum(view.grid is not None for view in plan)
-        if n_image_views not in (None, grids) or grids not in (0, len(plan)):  # masks, labels... after the images
+        # a label-using method's loader puts the labels after the images (harness.app.labelled), not its transform
+        labels_only = method_cls.uses_labels and grids == 0 and n_image_views == len(plan)
+        if n_image_views not in (None, grids) and not labels_only or grids not in (0, len(plan)):
             raise Unsupported(f"{type(transform).__name__}, which returns more than images and grids")
         return plan
     except Unsupported as err:

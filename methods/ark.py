@@ -42,7 +42,15 @@ def ark_terms(logits, target, z_student, z_teacher) -> tuple[torch.Tensor, torch
 
 class RandomGamma:  # albumentations' RandomGamma(gamma_limit=(80, 120)) on a PIL image
     def __call__(self, image):
-        return TF.adjust_gamma(image, float(torch.empty(1).uniform_(0.8, 1.2)))
+        return TF.adjust_gamma(image, self.draw())
+
+    def draw(self) -> float:
+        return float(torch.empty(1).uniform_(0.8, 1.2))
+
+    def device_op(self):  # --augment device (harness.device_views): the same draw, kornia's gamma
+        from medssl_bench.harness.device_ops import Gamma
+
+        return Gamma(self.draw)
 
 
 class SharedGeometryViews:
@@ -62,6 +70,15 @@ class SharedGeometryViews:
         shared = self.geometry(image)
         teacher = self.whole(image) if self.whole else shared
         return [TF.to_tensor(self.photometric(shared)), TF.to_tensor(teacher)]
+
+    def device_plan(self) -> list:
+        """`--augment device` (harness.device_views): the student view draws the geometry, then the photometric ops,
+        as __call__ draws them; the teacher view reuses the student's geometric draw, or resizes the whole image."""
+        from medssl_bench.harness.device_ops import WholeImage
+        from medssl_bench.harness.device_views import SameDraw, View
+
+        student = View(T.Compose([self.geometry, self.photometric]))
+        return [student, View(None, WholeImage(self.whole)) if self.whole else SameDraw(student, n_ops=1)]
 
 
 class Ark(SSLMethod):

@@ -37,6 +37,11 @@ class CleanView:
     def __call__(self, image):
         return [self.crop(image)]
 
+    def device_plan(self) -> list:  # --augment device (harness.device_views): the same crop, made on the device
+        from medssl_bench.harness.device_views import View
+
+        return [View(self.crop)]
+
 
 def encoder_features(resnet: nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
     """The torchvision ResNet's feature maps at strides 2, 4, 8, 16, 32."""

@@ -1,7 +1,7 @@
 """`augment: device` (harness.device_views, harness.device_ops): the device path draws the CPU path's parameters sample
 for sample, their distributions are lightly's, its pixel ops are torchvision's within stated tolerances, VICRegL's
-location grids are the CPU path's, a run resumes bit-identically, and a method without a device path is refused in
-one line."""
+location grids are the CPU path's, a run resumes bit-identically, and a method without a device path (today: a view
+class without its `device_plan`) is refused in one line."""
 from __future__ import annotations
 
 import math
@@ -176,13 +176,13 @@ def test_an_array_as_a_packed_corpus_holds_it_ships_what_its_pil_image_ships(nam
 
 def test_bernoulli_compares_as_torch_does_in_float32(monkeypatch):
     """float32(0.7) < 0.7 in float64, yet torch's `rand < 0.7` compares in float32: a draw of exactly
-    float32(0.7) is not taken by either."""
+    float32(0.7) is not taken by either, and v1 RandomApply's `p < rand` skip takes it."""
     from medssl_bench.harness import device_ops
 
     edge = torch.tensor([0.7], dtype=torch.float32)
     assert float(edge) < 0.7 and not bool(edge < 0.7)
     monkeypatch.setattr(device_ops.torch, "rand", lambda *shape: edge.clone())
-    assert device_ops.bernoulli(0.7) == 0.0
+    assert device_ops.bernoulli(0.7) == 0.0 and not bool(0.7 < edge) and device_ops.bernoulli(0.7, at_p=True) == 1.0
     monkeypatch.setattr(device_ops.torch, "rand", lambda *shape: torch.nextafter(edge, torch.zeros(1)))
     assert device_ops.bernoulli(0.7) == 1.0
 
@@ -355,7 +355,11 @@ def test_a_device_views_run_resumes_bit_identically(tiny_corpus, capsys):
 
 
 @pytest.mark.parametrize("name, what", [("models_genesis", "CleanView")])
-def test_a_method_without_a_device_path_is_refused_in_one_line(name, what, tiny_corpus, capsys):
+def test_a_method_without_a_device_path_is_refused_in_one_line(name, what, tiny_corpus, capsys, monkeypatch):
+    """Every method offers a device path now: a view class without its `device_plan` stands in for one without."""
+    from medssl_bench.methods.models_genesis import CleanView
+
+    monkeypatch.delattr(CleanView, "device_plan")
     workspace, corpus_id = tiny_corpus
     fails_cleanly(capsys, ["pretrain", "--workspace", str(workspace), "--corpus", corpus_id, "--method", name,
                            "--augment", "device", "--name", f"dv-{name}"],
@@ -363,8 +367,14 @@ def test_a_method_without_a_device_path_is_refused_in_one_line(name, what, tiny_
     assert not (workspace / "runs" / f"dv-{name}").exists()  # refused before a run folder exists
 
 
-def test_ark_a_label_using_method_has_no_device_path_yet():
+def test_ark_a_label_using_method_has_a_device_path_and_without_its_plan_none(monkeypatch):
+    """Its labels follow its two image views from the loader, not its transform: a plan of two views passes
+    (tests/test_device_views_ark_genesis.py); without `device_plan` its view class is refused as before."""
+    from medssl_bench.methods.ark import SharedGeometryViews
+
     cls = get_method("ark")
+    assert len(check_device_views(cls, resolve_config(cls, "quick", {}, {}) | {"augment": "device"})) == 2
+    monkeypatch.delattr(SharedGeometryViews, "device_plan")
     with pytest.raises(UserError, match="method ark's views .SharedGeometryViews. have no device path yet"):
         check_device_views(cls, resolve_config(cls, "quick", {}, {}) | {"augment": "device"})
 

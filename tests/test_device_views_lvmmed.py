@@ -1,8 +1,8 @@
 """`augment: device` for the methods' own view classes that offer a plan (`device_plan()`): LVM-Med's (methods/lvmmed.py
 GeometricViews: our crop box and flip, lightly's VICRegL photometric draws and both crop grids equal the CPU path's
 sample for sample) and PEAC's (methods/blocks/peac_views.py GridViews: the same offsets, the same overlap masks);
-whole views are the CPU path's within tests/test_device_views.py's tolerance; runs resume bit-identically; the
-other own-view methods stay refused."""
+whole views are the CPU path's within tests/test_device_views.py's tolerance; runs resume bit-identically; an own
+view class without `device_plan` is refused (Ark's and Models Genesis': tests/test_device_views_ark_genesis.py)."""
 from __future__ import annotations
 
 import pickle
@@ -98,8 +98,9 @@ def test_a_batch_of_lvmmed_device_views_is_the_cpu_paths_views():
 
 
 @pytest.mark.parametrize("name, what", [("models_genesis", "CleanView"), ("ark", "SharedGeometryViews")])
-def test_the_other_own_view_methods_are_still_refused(name, what):
+def test_an_own_view_class_without_its_device_plan_is_refused(name, what, monkeypatch):
     cls = get_method(name)
+    monkeypatch.delattr(type(cls.transform(64, cls.views)), "device_plan")
     with pytest.raises(UserError, match=f"method {name}'s views .{what}. have no device path yet"):
         check_device_views(cls, resolve_config(cls, "quick", {}, {}) | {"augment": "device"})
 
