@@ -154,7 +154,7 @@ def test_what_workers_ship_does_not_depend_on_their_number():
         assert all(torch.equal(a, b) for a, b in zip(one["inputs"], two["inputs"]))
 
 
-@pytest.mark.parametrize("name", ("simclr", "dino", "vicregl", "lvmmed", "peac"))
+@pytest.mark.parametrize("name", ("simclr", "dino", "vicregl", "lvmmed", "peac", "models_genesis"))
 @pytest.mark.parametrize("grey", [False, True])
 def test_an_array_as_a_packed_corpus_holds_it_ships_what_its_pil_image_ships(name, grey):
     """A uint8 array (PackedImages.pixels) in place of the PIL image: the same draws and grids (the draws see only
