@@ -31,7 +31,8 @@ QUIRKS = {
     # one matching group per batch of 8 (k-NN k 5 < 8); the issue-19 settings switched away from their defaults or
     # named, so the resume test covers them (solver restarts are always seeded per step)
     "lvmmed": ["--set", "graph_size=8", "--set", "lambda_convention=batch_mean", "--set", "gcn_last_activation=true",
-               "--set", "local_fp32=true", "--set", "vertex_noise_scale=0.5", "--set", "edge_noise_scale=0.25"],
+               "--set", "local_fp32=true", "--set", "vertex_noise_scale=0.5", "--set", "edge_noise_scale=0.25",
+               "--set", "n_local_views=1", "--set", "local_crop_size=16"],
     "ark": ["--labels-from", "phantom_ct"],  # supervised: a labelled phantom set instead of a corpus
 }
 
