@@ -38,6 +38,30 @@ def metrics(workspace, name: str) -> list[dict]:
     return [json.loads(line) for line in (Path(workspace) / "runs" / name / "metrics.jsonl").open()]
 
 
+def device_views_resume(workspace, data: list[str], method: str, image_size: int, *options: str) -> list[dict]:
+    """`bench pretrain --augment device`, 2 epochs at batch 32, run whole and stopped after epoch 1 then resumed by a
+    bare --resume: checks the resumed run kept `augment: device` and ends with the whole run's weights and losses;
+    returns the whole run's metrics. `data`: --corpus ID or --labels-from SET."""
+    from safetensors.torch import load_file
+
+    from medssl_bench.harness.runs import read_run
+
+    common = ["pretrain", "--workspace", str(workspace), *data, "--method", method, "--image-size", str(image_size),
+              "--batch-size", "32", "--num-workers", "0", "--epochs", "2", "--seed", "3", "--augment", "device",
+              *options]
+    whole, split = f"{method}-dv-whole", f"{method}-dv-split"
+    assert main([*common, "--name", whole]) == 0
+    assert main([*common, "--name", split, "--stop-after-epoch", "1"]) == 0
+    assert main(["pretrain", "--workspace", str(workspace), "--method", method, "--name", split, "--resume"]) == 0
+    runs = Path(workspace) / "runs"
+    assert read_run(runs / split)["config"]["augment"] == "device"
+    weights = [load_file(str(runs / name / "backbone.safetensors")) for name in (whole, split)]
+    assert weights[0].keys() == weights[1].keys() and all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    rows = metrics(workspace, whole)
+    assert [r["loss"] for r in metrics(workspace, split)] == [r["loss"] for r in rows]
+    return rows
+
+
 def build(name: str, images: list[Image.Image], overrides: dict | None = None, sets: dict[str, str] | None = None):
     """(mmengine model around the method, its optimiser, one batch of the method's views of `images`, the
     resolved quick-profile config), as `bench pretrain` builds them. A label-using method (Ark) gets one

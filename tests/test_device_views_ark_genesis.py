@@ -24,7 +24,7 @@ from medssl_bench.harness.device_ops import Affine, Apply, Choice, Gamma, Jitter
 from medssl_bench.harness.device_views import (DeviceViewsPreprocessor, DeviceViewsTransform, SameDraw,
                                                check_device_views, collate_device_views)
 from medssl_bench.methods.ark import RandomGamma
-from tests.pretrain_helpers import metrics
+from tests.pretrain_helpers import device_views_resume
 from tests.test_device_views import ALL, as_float, config, gap, textured
 
 # (method, its view settings): Ark with the teacher on the shared crop and on the whole image, Models Genesis
@@ -279,25 +279,8 @@ def test_a_batch_of_device_views_is_the_cpu_paths_views(name, views):
 def test_a_device_views_run_resumes_bit_identically(name, tiny_corpus, tmp_path):
     """Quick profile at 64 px, 2 epochs (Models Genesis on the tiny corpus: 3 steps each; Ark on phantom_ct's labels
     through the labelled loader: 4 steps each): stopped after epoch 1 and resumed equals uninterrupted."""
-    from safetensors.torch import load_file
-
-    from medssl_bench.harness.app.cli import main
-    from medssl_bench.harness.runs import read_run
-
     workspace, corpus_id = tiny_corpus
     data = ["--labels-from", "phantom_ct"] if name == "ark" else ["--corpus", corpus_id]
     if name == "ark":
         workspace = tmp_path / "ws"
-    common = ["pretrain", "--workspace", str(workspace), *data, "--method", name, "--image-size", "64",
-              "--batch-size", "32", "--num-workers", "0", "--epochs", "2", "--seed", "3", "--augment", "device"]
-    assert main([*common, "--name", f"{name}-dv-whole"]) == 0
-    assert main([*common, "--name", f"{name}-dv-split", "--stop-after-epoch", "1"]) == 0
-    assert main(["pretrain", "--workspace", str(workspace), "--method", name, "--name", f"{name}-dv-split",
-                 "--resume"]) == 0
-    runs = workspace / "runs"
-    assert read_run(runs / f"{name}-dv-split")["config"]["augment"] == "device"
-    whole, split = (load_file(str(runs / f"{name}-dv-{part}" / "backbone.safetensors")) for part in ("whole", "split"))
-    assert whole.keys() == split.keys() and all(torch.equal(whole[k], split[k]) for k in whole)
-    losses = [r["loss"] for r in metrics(workspace, f"{name}-dv-whole")]
-    assert len(losses) == (8 if name == "ark" else 6)
-    assert [r["loss"] for r in metrics(workspace, f"{name}-dv-split")] == losses
+    assert len(device_views_resume(workspace, data, name, 64)) == (8 if name == "ark" else 6)

@@ -17,7 +17,7 @@ from medssl_bench.harness.device_views import (DeviceViewsPreprocessor, DeviceVi
 from medssl_bench.harness.errors import UserError
 from medssl_bench.methods import get_method
 from medssl_bench.methods.blocks import crop_grid
-from tests.pretrain_helpers import metrics
+from tests.pretrain_helpers import device_views_resume
 from tests.test_device_views import config, cpu_recorder, device_events, textured  # noqa: F401 (a fixture)
 
 
@@ -111,26 +111,9 @@ def test_an_own_view_class_without_its_device_plan_is_refused(name, what, monkey
 def test_a_device_views_run_of_an_own_view_method_resumes_bit_identically(name, options, tiny_corpus):
     """Quick profile at 64 px, 2 epochs of 3 steps: stopped after epoch 1 and resumed equals uninterrupted (LVM-Med
     with two local crops, so their matchings resume too)."""
-    from safetensors.torch import load_file
-
-    from medssl_bench.harness.app.cli import main
-    from medssl_bench.harness.runs import read_run
-
     workspace, corpus_id = tiny_corpus
-    common = ["pretrain", "--workspace", str(workspace), "--corpus", corpus_id, "--method", name, "--image-size",
-              "64", "--batch-size", "32", "--num-workers", "0", "--epochs", "2", "--seed", "3", "--augment", "device",
-              *options]
-    assert main([*common, "--name", f"{name}-dv-whole"]) == 0
-    assert main([*common, "--name", f"{name}-dv-split", "--stop-after-epoch", "1"]) == 0
-    assert main(["pretrain", "--workspace", str(workspace), "--method", name, "--name", f"{name}-dv-split",
-                 "--resume"]) == 0
-    runs = workspace / "runs"
-    assert read_run(runs / f"{name}-dv-split")["config"]["augment"] == "device"
-    whole, split = (load_file(str(runs / f"{name}-dv-{part}" / "backbone.safetensors")) for part in ("whole", "split"))
-    assert whole.keys() == split.keys() and all(torch.equal(whole[k], split[k]) for k in whole)
-    losses = [r["loss"] for r in metrics(workspace, f"{name}-dv-whole")]
-    assert all(("local_match_acc" in r) == bool(options) for r in metrics(workspace, f"{name}-dv-whole"))
-    assert len(losses) == 6 and [r["loss"] for r in metrics(workspace, f"{name}-dv-split")] == losses
+    rows = device_views_resume(workspace, ["--corpus", corpus_id], name, 64, *options)
+    assert len(rows) == 6 and all(("local_match_acc" in r) == bool(options) for r in rows)
 
 
 # ---- PEAC ------------------------------------------------------------------------------------------------------
