@@ -57,7 +57,8 @@ class SharedGeometryViews:
     """[student x'', teacher x'] as in the MICCAI code: one geometric draw (RandomResizedCrop, then
     ShiftScaleRotate(rotate_limit=10) with its defaults: shift 0.0625, scale 0.1, p 0.5) for both views, and
     OneOf[brightness/contrast 0.2, gamma 0.8-1.2] with p 0.3 on the student only. (The original's teacher view
-    goes through mask-style nearest resampling; here both share one bilinear warp.) teacher_view "whole" is Ark+:
+    goes through mask-style nearest resampling; here both share one warp: the crop resized
+    bilinearly, then RandomAffine's nearest.) teacher_view "whole" is Ark+:
     the teacher sees the resized whole image."""
 
     def __init__(self, size: int, teacher_view: str = "crop"):
