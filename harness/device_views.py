@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 from mmengine.model import BaseDataPreprocessor
+from PIL import Image
 
 from medssl_bench.harness.data import IMAGE_MEAN, IMAGE_STD
 from medssl_bench.harness.device_ops import (Affine, Apply, Blur, Choice, Crop, Flip, Grayscale, Jitter, Op, Rotate,
@@ -199,10 +200,8 @@ def check_device_views(method_cls, cfg: dict) -> list[View] | None:
 
 
 @lru_cache(maxsize=64)
-def size_stand_in(width: int, height: int):
+def size_stand_in(width: int, height: int) -> Image.Image:
     """A 1-bit PIL image of this size (32 KiB at 512 px): what the draws read of an image is its size."""
-    from PIL import Image
-
     return Image.new("1", (width, height))
 
 
@@ -218,14 +217,12 @@ class DeviceViewsTransform:
         self.max_side = MAX_SIDE_FACTOR * max(max(view.crop.size) for view in plan)
 
     def __call__(self, image) -> list[torch.Tensor]:
-        # a grey or RGB array travels as it is; any other array through PIL's convert("RGB"), as a PIL image
-        array = image if isinstance(image, np.ndarray) and (image.ndim == 2 or image.shape[2] == 3) else None
-        if isinstance(image, np.ndarray) and array is None:
-            from PIL import Image
-
-            image = Image.fromarray(image)
-        if array is not None:
-            image = size_stand_in(array.shape[1], array.shape[0])
+        array = None
+        if isinstance(image, np.ndarray):  # grey or RGB travels as stored; another array (RGBA...) as PIL converts it
+            if image.ndim == 2 or image.shape[2] == 3:
+                array, image = image, size_stand_in(image.shape[1], image.shape[0])
+            else:
+                image = Image.fromarray(image)
         params, grids = np.zeros((len(self.plan), self.width)), []
         for k, view in enumerate(self.plan):  # views in MultiViewTransform's order: the CPU path's RNG sequence
             drawn = view.draw(image)
@@ -233,13 +230,11 @@ class DeviceViewsTransform:
             if view.grid is not None:
                 grids.append(view.grid(drawn, image))
         shrink = max(1, math.ceil(max(image.size) / self.max_side))
-        if array is not None and shrink == 1:
+        if array is not None and shrink > 1:
+            image, array = Image.fromarray(array), None
+        if array is not None:
             pixels = torch.from_numpy(array if array.ndim == 3 else array[:, :, None])
         else:
-            if array is not None:
-                from PIL import Image
-
-                image = Image.fromarray(array)
             if shrink > 1:  # boxes stay in the decoded image's pixels; the device divides them by `shrink`
                 image = image.reduce(shrink)
             pixels = torch.from_numpy(np.array(image if image.mode == "RGB" else image.convert("RGB")))  # one copy
