@@ -46,6 +46,15 @@ ROWS = [
     # VICRegL's multi-crop: 6 local crops of 96/224 of the image size (32 px here: one backbone cell each)
     ("6 local crops (multi-crop)", "lvmmed", ["n_local_views=6", "local_crop_size=32"]),
 ]
+# Rows with another launch: (row name, method, --set options, {"seed": pretraining seed, "nproc": DDP processes}).
+# The defaults at a second pretraining seed measure the table's seed noise. torch's SyncBatchNorm does not
+# run on CPU, but what it computes is known: BatchNorm statistics (and their gradients) over the global batch,
+# which is what one process with the whole batch computes. So the defaults row *is* SyncBN's row, and 4
+# gloo processes x 16 images (one 16-image group each, BN over 16) is the per-process BN of DDP without it.
+LAUNCH_ROWS = [
+    ("LVM-Med defaults, seed 1", "lvmmed", [], {"seed": 1}),
+    ("per-process BN (DDP 4 x 16)", "lvmmed", [], {"nproc": 4}),
+]
 
 
 def bench(*args: str) -> None:
@@ -78,15 +87,23 @@ def finished(ws: Path, name: str) -> bool:
     return run.exists() and json.loads(run.read_text()).get("status") == "done"
 
 
-def pretrain(ws: Path, corpus: Path, name: str, method: str, sets: list[str], epochs: int) -> dict:
+def pretrain(ws: Path, corpus: Path, name: str, method: str, sets: list[str], epochs: int,
+             launch: dict) -> dict:
     run_dir = ws / "runs" / name
     if not finished(ws, name):
         options = [x for s in sets for x in ("--set", s)]
         views = LVMMED_VIEWS if method == "lvmmed" else []
         resume = ["--resume"] if run_dir.exists() else []
-        bench("pretrain", "--method", method, "--profile", "quick", "--corpus", str(corpus), "--workspace", str(ws),
-              "--image-size", "64", "--epochs", str(epochs), "--batch-size", "64", "--seed", "0", "--name", name,
-              *COMMON, *views, *options, *resume)
+        args = ["pretrain", "--method", method, "--profile", "quick", "--corpus", str(corpus), "--workspace", str(ws),
+                "--image-size", "64", "--epochs", str(epochs), "--batch-size", "64",
+                "--seed", str(launch.get("seed", 0)), "--name", name, *COMMON, *views, *options, *resume]
+        if launch.get("nproc", 1) > 1:  # one thread per process: the processes share the machine's cores
+            torchrun = [str(ROOT / ".venv" / "bin" / "torchrun"), "--standalone", "--nproc-per-node",
+                        str(launch["nproc"]), "-m", "medssl_bench.harness"]
+            print("+ torchrun ... bench", " ".join(args), flush=True)
+            subprocess.run([*torchrun, *args, "--num-workers", "0"], check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        else:
+            bench(*args)
     record = json.loads((run_dir / "run.json").read_text())
     steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     last = steps[-20:]
@@ -133,9 +150,10 @@ def main() -> None:
     ws, started = args.out / "ws", time.time()
     result_path = RESULTS / f"lvmmed_ablation_cpu_e{args.epochs}.json"
     corpus = prepare(args.out, args.n)
-    wanted = set(args.rows.split(",")) if args.rows else {r[0] for r in ROWS}
+    rows = [(*r, {}) for r in ROWS] + LAUNCH_ROWS
+    wanted = set(args.rows.split(",")) if args.rows else {r[0] for r in rows}
     # rows not asked for are still reported when an earlier invocation finished them
-    chosen = [r for r in ROWS if r[0] in wanted or finished(ws, f"abl-{slug(r[0])}")]
+    chosen = [r for r in rows if r[0] in wanted or finished(ws, f"abl-{slug(r[0])}")]
     result = {"task": TASK, "device": f"CPU ({os.cpu_count()} cores, {platform.machine()})",
               "code": subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
                                      text=True).stdout.strip(),
@@ -156,11 +174,11 @@ def main() -> None:
         result_path.write_text(json.dumps(result, indent=2) + "\n")
 
     evaluate("random")
-    for label, method, sets in chosen:
+    for label, method, sets, launch in chosen:
         name = f"abl-{slug(label)}"
         names[label] = name
-        result["rows"][label] = {"method": method, "set": sets, "run": name,
-                                 "pretrain": pretrain(ws, corpus, name, method, sets, args.epochs)}
+        result["rows"][label] = {"method": method, "set": sets, "run": name, **launch,
+                                 "pretrain": pretrain(ws, corpus, name, method, sets, args.epochs, launch)}
         evaluate(name)
     print("| row | linear test | kNN test | final loss | match acc |\n|---|---|---|---|---|")
     for label, row in result["rows"].items():
