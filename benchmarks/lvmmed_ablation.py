@@ -52,7 +52,7 @@ ROWS = [
 # which is what one process with the whole batch computes. So the defaults row *is* SyncBN's row, and 4
 # gloo processes x 16 images (one 16-image group each, BN over 16) is the per-process BN of DDP without it.
 LAUNCH_ROWS = [
-    ("LVM-Med defaults, seed 1", "lvmmed", [], {"seed": 1}),
+    ("LVM-Med defaults (seed 1)", "lvmmed", [], {"seed": 1}),
     ("per-process BN (DDP 4 x 16)", "lvmmed", [], {"nproc": 4}),
 ]
 
