@@ -106,7 +106,7 @@ def main() -> None:
         path = Path(tmp) / "image.png"
         test_image(path)
         image = load_rgb(path)
-        entries = [image] * (1 + args.images)
+        entries = [image] * max(1 + args.images, args.batch)  # the device side's batch reads as many
         (Path(tmp) / "corpus" / "one").mkdir(parents=True)
         shutil.copy(path, Path(tmp) / "corpus" / "one" / "image.png")
         corpus = build_corpus([Path(tmp) / "corpus"], Workspace(Path(tmp) / "ws"))
