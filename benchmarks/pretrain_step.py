@@ -53,15 +53,48 @@ class PremadeViews(torch.utils.data.Dataset):
         return {"inputs": self.views[index % len(self.views)]}
 
 
+class _Made(torch.utils.data.Dataset):
+    def __init__(self, make_one, n: int, seed: int):
+        self.make_one, self.n, self.seed = make_one, n, seed
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, k):
+        import random
+
+        import numpy as np
+
+        torch.manual_seed(self.seed * 1_000_003 + k)
+        random.seed(self.seed * 1_000_003 + k)
+        np.random.seed([self.seed, k])
+        return [t.numpy() for t in self.make_one(k)]  # numpy: through the pipe, no shared-memory handle per tensor
+
+
+def made_in_parallel(make_one, n: int, seed: int = 0) -> list[list[torch.Tensor]]:
+    """[make_one(k) for k in range(n)], sample k seeded by (seed, k), made on every core of the host (a DataLoader's
+    forked workers, in order). Making the views is set-up, not what the benchmarks time: at 224 px a sample takes
+    20-100 ms on one core, minutes for the thousands a GPU run makes."""
+    from medssl_bench.harness.provenance import available_cpus
+
+    workers = min(16, available_cpus()) if n >= 32 else 0
+    loader = torch.utils.data.DataLoader(_Made(make_one, n, seed), batch_size=None, num_workers=workers,
+                                         collate_fn=lambda sample: sample,
+                                         multiprocessing_context="fork" if workers else None)
+    return [[torch.from_numpy(a) for a in sample] for sample in loader]
+
+
 def make_views(method_cls, cfg, n: int, seed: int = 0):
     """n samples of the method's own views as the harness ships them (uint8 images, float extras)."""
     from PIL import Image
 
-    torch.manual_seed(seed)
     transform, n_images = build_transform(method_cls, cfg)
     side = int(cfg["image_size"] * 1.25)
-    images = (Image.fromarray((torch.rand(side, side, 3) * 255).byte().numpy()) for _ in range(n))
-    return [ship_views(transform(image), n_images) for image in images]
+
+    def one(_):
+        return ship_views(transform(Image.fromarray((torch.rand(side, side, 3) * 255).byte().numpy())), n_images)
+
+    return made_in_parallel(one, n, seed)
 
 
 def normalised(view_u8: torch.Tensor) -> torch.Tensor:
