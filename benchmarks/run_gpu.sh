@@ -3,9 +3,9 @@
 # CUDA machine whose python3 has torch/torchvision: the rest of what the benchmarks import comes as wheels in .whl/
 # (benchmarks/gpu_wheels.sh), bench itself from this checkout.
 #
-#   PART=1 bash benchmarks/run_gpu.sh   # issue #19's LVM-Med rows (batch 200, 400), batch 256, pretrain_step (~5 min)
-#   PART=2 bash benchmarks/run_gpu.sh   # issue #21: view_costs, loader_overhead (~4.5 min)
-#   bash benchmarks/run_gpu.sh          # both parts in one run (~9.5 min estimated: over BUDGET_S, the last rows skip)
+#   PART=1 bash benchmarks/run_gpu.sh   # issue #19's LVM-Med rows (batch 200, 400), batch 256, pretrain_step (~5.2 min)
+#   PART=2 bash benchmarks/run_gpu.sh   # issue #21: view_costs, loader_overhead (~4.8 min)
+#   bash benchmarks/run_gpu.sh          # both parts in one run (~10 min estimated: past BUDGET_S, the last rows skip)
 #   ONLY="view_costs" bash benchmarks/run_gpu.sh                # named rows only
 #   SMOKE=1 TAG=smoke bash benchmarks/run_gpu.sh                # every command and code path on the CPU, tiny sizes
 #
