@@ -110,7 +110,9 @@ def pretrain(ws: Path, corpus: Path, name: str, method: str, sets: list[str], ep
     record = json.loads((run_dir / "run.json").read_text())
     steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     last = steps[-20:]
-    return {"status": record.get("status"), "steps": len(steps),
+    code = record.get("provenance", {})
+    return {"status": record.get("status"), "steps": len(steps), "world_size": record.get("world_size", 1),
+            "code": (code.get("git_sha") or "?")[:7] + ("-dirty" if code.get("dirty") else ""),
             "wall_s": round(sum(s.get("seconds", 0.0) for s in steps), 1),
             "final_loss": round(statistics.fmean(s["loss"] for s in last), 4) if last else None,
             "final_match_acc": round(statistics.fmean(s["match_acc"] for s in last), 4)
