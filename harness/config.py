@@ -34,9 +34,6 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "min_lr_ratio": 0.0,  # cosine decays to base lr * this
     "clip_grad": None,  # max gradient norm, or None
     "num_workers": -1,  # -1: choose from the CPU count
-    # loader workers' niceness (os.nice): the training process keeps the cores it computes on and workers fill
-    # its gaps (measured: benchmarks/README.md, "bench pretrain's real loader"); 0: the same priority
-    "loader_nice": 0,
     "amp": False,  # mixed precision (GPU only)
     # where views are made: "cpu" (loader workers run the method's lightly transform) or "device" (workers decode and
     # draw the same parameters, the model's device makes the pixels: harness.device_views, for hosts whose CPUs
@@ -74,7 +71,7 @@ PAPER_RECIPE_KEYS = ("backbone", "init", "image_size", "batch_size", "epochs", "
                      "lr_schedule", "warmup_epochs", "weight_decay", "clip_grad")
 # Keys that do not change what is learnt (workers, seed, precision, BN sync) or name the data (labels_from):
 # overriding them keeps a run on its profile. `init` is judged apart (_profile_changes).
-NOT_RECIPE = ("num_workers", "loader_nice", "seed", "amp", "sync_bn", "labels_from", "init",
+NOT_RECIPE = ("num_workers", "seed", "amp", "sync_bn", "labels_from", "init",
               "augment")  # the same views by the same parameters; only resampling arithmetic differs, as with amp
 SECTIONS = ("train", "model", "views")
 # constructor arguments the harness passes itself, not settings

@@ -108,14 +108,6 @@ class RunIdentityHook(Hook):
         refuse_foreign(checkpoint.get("meta"), self.run_id, self.run_name, self.resume_from)
 
 
-def _loader_worker_init(worker_id: int, num_workers: int, rank: int, seed: int, nice: int) -> None:
-    from mmengine.dataset import worker_init_fn
-
-    worker_init_fn(worker_id, num_workers, rank, seed)
-    if nice > 0:  # lower priority only: raising it back would need privileges
-        os.nice(nice)
-
-
 def unwrap(model) -> PretrainModel:
     return model.module if is_model_wrapper(model) else model
 
@@ -368,10 +360,6 @@ def build_runner(model: PretrainModel, dataset, cfg: dict, run_dir: Path, *, res
             persistent_workers=num_workers > 0,
             pin_memory=cuda,
             drop_last=True,
-            # mmengine's own seeding of each worker, then the worker's priority
-            worker_init_fn=dict(type=_loader_worker_init, num_workers=num_workers,
-                                rank=dist.get_rank() if distributed else 0, seed=cfg["seed"],
-                                nice=cfg.get("loader_nice", 0)),
         ),
         train_cfg=dict(by_epoch=True, max_epochs=cfg["epochs"]),
         optim_wrapper=build_optim_wrapper(model, cfg),
