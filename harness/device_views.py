@@ -120,13 +120,16 @@ class View:
         self.drawn = self.crop.draw(image) + [value for op in self.ops for value in op.draw(image)]
         return self.drawn  # kept for a SameDraw view after this one (a worker makes one sample at a time)
 
-    def make(self, images: torch.Tensor, p: torch.Tensor, shrink: torch.Tensor) -> torch.Tensor:
+    def make(self, images: torch.Tensor, p: torch.Tensor, shrink: torch.Tensor, keep: int | None = None):
+        """The (B, 3, *size) views; with `keep`, also the pixels after the crop and the first `keep` ops (a SameDraw
+        view of this one: ops never change their input in place, so that batch is final when the next op runs)."""
         x = self.crop.crop(images, p[:, :4], shrink)
-        mask, at = torch.ones(len(x), dtype=torch.bool, device=x.device), self.crop.width
-        for op in self.ops:
+        mask, at, kept = torch.ones(len(x), dtype=torch.bool, device=x.device), self.crop.width, x
+        for n, op in enumerate(self.ops, 1):
             x = op.apply(x, p[:, at:at + op.width], mask)
             at += op.width
-        return x
+            kept = x if n == keep else kept
+        return x if keep is None else (x, kept)
 
 
 class SameDraw(View):
@@ -135,6 +138,7 @@ class SameDraw(View):
 
     def __init__(self, source: View, n_ops: int):
         self.source, self.crop, self.ops, self.grid = source, source.crop, source.ops[:n_ops], None
+        self.n_ops = n_ops
         self.width = self.crop.width + sum(op.width for op in self.ops)
 
     def draw(self, image) -> list[float]:
@@ -267,8 +271,26 @@ class DeviceViewsPreprocessor(BaseDataPreprocessor):
     def __init__(self, plan: list[View]):
         super().__init__()
         self.plan = plan
+        # {source view: (its SameDraw view, ops they share)}: the SameDraw view's pixels are the source's after those
+        # ops, from the same slots, so they are kept as the source is made rather than made twice (Ark's teacher)
+        sources = {j: next(k for k, v in enumerate(plan) if v is view.source)
+                   for j, view in enumerate(plan) if isinstance(view, SameDraw)}
+        self.shared = {k: (j, plan[j].n_ops) for j, k in sources.items() if k < j}
         self.register_buffer("mean", torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGE_STD).view(1, 3, 1, 1), persistent=False)
+
+    def views(self, images: torch.Tensor, params: torch.Tensor, shrink: torch.Tensor) -> list[torch.Tensor]:
+        views, kept = [], {}
+        for k, view in enumerate(self.plan):
+            if k in kept:
+                views.append(kept.pop(k))
+            elif k in self.shared:
+                same, n_ops = self.shared[k]
+                x, kept[same] = view.make(images, params[:, k], shrink, keep=n_ops)
+                views.append(x)
+            else:
+                views.append(view.make(images, params[:, k], shrink))
+        return views
 
     def forward(self, data: dict, training: bool = False) -> dict:
         data = self.cast_data(data)
@@ -278,6 +300,5 @@ class DeviceViewsPreprocessor(BaseDataPreprocessor):
             with torch.autocast(pixels.device.type, enabled=False):
                 images = pixels.permute(0, 3, 1, 2).float().div_(255)
                 params, shrink = params.float(), shrink.float()
-                data["inputs"] = [(view.make(images, params[:, k], shrink) - self.mean) / self.std
-                                  for k, view in enumerate(self.plan)] + grids
+                data["inputs"] = [(view - self.mean) / self.std for view in self.views(images, params, shrink)] + grids
         return data

@@ -271,6 +271,25 @@ def test_a_batch_of_device_views_is_the_cpu_paths_views(name, views):
             assert float(((c - a).abs() * std).mean((1, 2, 3)).min()) > 10.0
 
 
+def test_arks_teacher_is_kept_from_the_students_geometry_not_made_twice(monkeypatch):
+    """teacher_view "crop": the teacher's pixels are the student's after crop + affine, kept as the student is made
+    (one crop per batch, not two) and equal, bit for bit, to the teacher view made on its own."""
+    images = [textured(80, 96, seed=k) for k in range(6)]
+    plan, _, device = datasets("ark", {}, images, seed=5)
+    data = collate_device_views([device[(0, k)] for k in range(6)])
+    pixels, params, shrink = data["inputs"][:3]
+    images_float, params, shrink = pixels.permute(0, 3, 1, 2).float().div_(255), params.float(), shrink.float()
+    alone = [view.make(images_float, params[:, k], shrink) for k, view in enumerate(plan)]
+    assert float(params[:, 0, 4].sum()) > 0  # some samples got the affine (the shared ops are not a no-op)
+
+    crops = []
+    original = type(plan[0].crop).crop
+    monkeypatch.setattr(type(plan[0].crop), "crop", lambda self, *a: crops.append(1) or original(self, *a))
+    kept = DeviceViewsPreprocessor(plan).views(images_float, params, shrink)
+    assert len(crops) == 1
+    assert all(torch.equal(a, b) for a, b in zip(kept, alone))
+
+
 # ---- runs ----------------------------------------------------------------------------------------------------
 
 
