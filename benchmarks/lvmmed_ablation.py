@@ -104,7 +104,8 @@ def pretrain(ws: Path, corpus: Path, name: str, method: str, sets: list[str], ep
             torchrun = [str(ROOT / ".venv" / "bin" / "torchrun"), "--standalone", "--nproc-per-node",
                         str(launch["nproc"]), "-m", "medssl_bench.harness"]
             print("+ torchrun ... bench", " ".join(args), flush=True)
-            subprocess.run([*torchrun, *args, "--num-workers", "0"], check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+            subprocess.run([*torchrun, *args, "--num-workers", "0"], check=True,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"})
         else:
             bench(*args)
     record = json.loads((run_dir / "run.json").read_text())

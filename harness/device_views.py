@@ -271,7 +271,7 @@ class DeviceViewsPreprocessor(BaseDataPreprocessor):
     def __init__(self, plan: list[View]):
         super().__init__()
         self.plan = plan
-        # {source view: (its SameDraw view, ops they share)}: the SameDraw view's pixels are the source's after those
+        # {source's index: (its SameDraw view's index, ops they share)}: that view's pixels are the source's after those
         # ops, from the same slots, so they are kept as the source is made rather than made twice (Ark's teacher)
         sources = {j: next(k for k, v in enumerate(plan) if v is view.source)
                    for j, view in enumerate(plan) if isinstance(view, SameDraw)}
