@@ -37,21 +37,7 @@ rm -rf .whl && mkdir -p .whl
   --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl "${specs[@]}"
 
 # the code the wheels were made for: run_gpu.sh recomputes the hash on the device and stamps the results
-"$PY" - <<'EOF'
-import hashlib, subprocess
-from pathlib import Path
-
-def tree_hash():  # as run_gpu.sh's stamp()
-    h = hashlib.sha256()
-    for p in sorted(p for folder in ("harness", "methods", "downstream", "leaderboard", "benchmarks")
-                    for p in Path(folder).rglob("*.py") if "__pycache__" not in p.parts):
-        h.update(str(p).encode() + b"\0" + p.read_bytes() + b"\0")
-    return h.hexdigest()
-
-git = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True).stdout.strip()
-dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
-Path(".whl/code.txt").write_text(f"{git('rev-parse', 'HEAD')} {'dirty' if dirty else 'clean'} {tree_hash()}\n")
-EOF
+"$PY" benchmarks/code_stamp.py record
 
 echo "wheels in .whl/ (code: $(cat .whl/code.txt)):"
 ls -1 .whl/*.whl | sed 's|^.whl/|  |'

@@ -172,24 +172,7 @@ row() {
 # The device gets no .git, so a result's `code` reads "unknown" there: fill it from .whl/code.txt (gpu_wheels.sh:
 # commit, clean/dirty, hash of the code) when the code here hashes the same.
 stamp() {
-  [ -f "$1" ] && [ -f .whl/code.txt ] || return 0
-  python3 - "$1" <<'EOF'
-import hashlib, json, sys
-from pathlib import Path
-path = Path(sys.argv[1])
-d = json.loads(path.read_text())
-if d.get("code", {}).get("git_sha") != "unknown":
-    sys.exit(0)
-h = hashlib.sha256()
-for p in sorted(p for folder in ("harness", "methods", "downstream", "leaderboard", "benchmarks")
-                for p in Path(folder).rglob("*.py") if "__pycache__" not in p.parts):
-    h.update(str(p).encode() + b"\0" + p.read_bytes() + b"\0")
-sha, state, tree = Path(".whl/code.txt").read_text().split()
-same = h.hexdigest() == tree
-d["code"] = {"git_sha": sha, "dirty": state == "dirty" or not same,
-             "from": "gpu_wheels.sh's .whl/code.txt" + ("" if same else "; the code changed after it")}
-path.write_text(json.dumps(d, indent=2) + "\n")
-EOF
+  python3 benchmarks/code_stamp.py stamp "$1"
 }
 
 if [ -n "${OUT:-}" ]; then
