@@ -132,14 +132,15 @@ def main():
     sim_step = lambda m, v, i: m.training_loss(v, StepInfo(step=i))["loss"]  # noqa: E731
     t_simclr = time_steps(runner(sim, sim_opt, sim_views, sim_step), args.repeats, args.warmup, device)
 
+    groups, matched_twice = layout(args.batch_size, lvm_cfg["graph_size"])
     result = {
         "benchmark": "lvmmed_step",
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "device": torch.cuda.get_device_name(0) if device == "cuda" else f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)",
         "settings": vars(args),
         "solver": lvm_cfg and {"restarts": lvm_cfg["solver_restarts"], "iters": lvm_cfg["solver_iters"]},
-        "groups_per_step": layout(args.batch_size, lvm_cfg["graph_size"])[0],
-        "images_matched_twice": layout(args.batch_size, lvm_cfg["graph_size"])[1],
+        "groups_per_step": groups,
+        "images_matched_twice": matched_twice,
         "seconds": {"lvmmed_step": t_lvmmed, "backbone_only_step": t_backbone, "simclr_step": t_simclr,
                     "solver_per_step": solve_per_step},
         "lvmmed_overhead_share": (t_lvmmed - t_backbone) / t_lvmmed,
