@@ -5,6 +5,8 @@ The classifier is replaced by `Identity`, so `state_dict()` has exactly the torc
 """
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torchvision
 from torch import nn
@@ -29,6 +31,35 @@ def build_backbone(name: str) -> tuple[nn.Module, int]:
 
 
 def feature_map(resnet: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """The last convolutional feature map (B, C, H/32, W/32), before average pooling."""
+    """The last convolutional feature map (B, C, H/32, W/32), before average pooling; compiled for a ResNet
+    passed to `compile_resnet`."""
+    trunk = _compiled_trunk() if resnet in _COMPILED else _trunk
+    return trunk(resnet, images)
+
+
+def _trunk(resnet: nn.Module, images: torch.Tensor) -> torch.Tensor:
     x = resnet.maxpool(resnet.relu(resnet.bn1(resnet.conv1(images))))
     return resnet.layer4(resnet.layer3(resnet.layer2(resnet.layer1(x))))
+
+
+# ResNets whose feature_map runs compiled (weak: a dropped model leaves no entry; a deepcopy is not in it and runs
+# eager, as nn.Module.compile leaves a copy eager too)
+_COMPILED: weakref.WeakSet = weakref.WeakSet()
+
+
+def _compiled_trunk():
+    global _TRUNK
+    if _TRUNK is None:  # one compiled function for every ResNet: its modules are inputs, so copies share a graph
+        _TRUNK = torch.compile(_trunk)
+    return _TRUNK
+
+
+_TRUNK = None
+
+
+def compile_resnet(resnet: nn.Module) -> None:
+    """torch.compile a ResNet in place, both ways methods call it: `resnet(images)` (pooled features; through
+    nn.Module.compile, which keeps the parameter names, so checkpoints, exports and resume are unchanged) and
+    `feature_map(resnet, images)` (LVM-Med, VICRegL, PEAC)."""
+    resnet.compile()
+    _COMPILED.add(resnet)

@@ -39,6 +39,11 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     # draw the same parameters, the model's device makes the pixels: harness.device_views, for hosts whose CPUs
     # cannot feed the GPU)
     "augment": "cpu",
+    # speed only (benchmarks/README.md measures both per device): the method's weights in NHWC memory order, which
+    # convolutions on tensor-core GPUs prefer (the views follow from the first convolution); torch.compile of every
+    # backbone copy (harness.backbones.compile_resnet)
+    "channels_last": False,
+    "compile": False,
     "sync_bn": False,  # DDP on GPUs: BatchNorm statistics over all processes (torch SyncBatchNorm), not per process
     "seed": 0,
     # a bench backbone checkpoint (.safetensors) to start from, e.g. imported ImageNet weights; INIT_NONE: random
@@ -71,7 +76,7 @@ PAPER_RECIPE_KEYS = ("backbone", "init", "image_size", "batch_size", "epochs", "
                      "lr_schedule", "warmup_epochs", "weight_decay", "clip_grad")
 # Keys that do not change what is learnt (workers, seed, precision, BN sync) or name the data (labels_from):
 # overriding them keeps a run on its profile. `init` is judged apart (_profile_changes).
-NOT_RECIPE = ("num_workers", "seed", "amp", "sync_bn", "labels_from", "init",
+NOT_RECIPE = ("num_workers", "seed", "amp", "sync_bn", "labels_from", "init", "channels_last", "compile",
               "augment")  # the same views by the same parameters; only resampling arithmetic differs, as with amp
 SECTIONS = ("train", "model", "views")
 # constructor arguments the harness passes itself, not settings

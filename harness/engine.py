@@ -329,6 +329,23 @@ def sync_batchnorm(model: torch.nn.Module, cfg: dict) -> torch.nn.Module:
     return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
+def speed_options(model: PretrainModel, cfg: dict) -> None:
+    """`channels_last`: every 4-D weight of the method in NHWC order; a convolution whose weight is channels_last
+    returns channels_last maps, so the views need no conversion. `compile`: every ResNet copy in the method (student,
+    momentum and teacher copies) compiled in place; its losses and heads stay eager (LVM-Med's solver, DINO's
+    centring: Python and graph breaks for little arithmetic). Neither changes a parameter's name or value."""
+    if cfg.get("channels_last"):
+        model.method.to(memory_format=torch.channels_last)
+    if cfg.get("compile"):
+        from torchvision.models import ResNet
+
+        from medssl_bench.harness.backbones import compile_resnet
+
+        for module in model.method.modules():
+            if isinstance(module, ResNet):
+                compile_resnet(module)
+
+
 def build_runner(model: PretrainModel, dataset, cfg: dict, run_dir: Path, *, resume: Path | bool | None,
                  num_workers: int, hooks: list[Hook], sampler: dict | None = None) -> BenchRunner:
     """`resume`: the run's own full checkpoint to continue from, named explicitly (mmengine's auto-resume
@@ -337,6 +354,7 @@ def build_runner(model: PretrainModel, dataset, cfg: dict, run_dir: Path, *, res
     distributed = world_size() > 1
     cuda = torch.cuda.is_available()
     model = sync_batchnorm(model, cfg)
+    speed_options(model, cfg)
     collate = collate_views
     if cfg.get("augment") == "device":  # decoded images of any size + parameters (harness.device_views)
         from medssl_bench.harness.device_views import collate_device_views as collate

@@ -47,6 +47,8 @@ def pretrain(
     init: Optional[Path] = typer.Option(None, help="Start from a bench backbone checkpoint (.safetensors), e.g. torchvision's ImageNet weights imported with `bench import-checkpoint resnet50-0676ba61.pth`: LVM-Med and its baselines start from ImageNet-1K, so the paper profiles of lvmmed and ark, and every benchmark run, start only with --init PATH, or with --init none (random weights, recorded as a change of the profile)."),
     profile: str = typer.Option("quick", help="quick (CPU smoke) | paper (the published recipe) | benchmark (one budget for every method: ResNet-50, ImageNet init, 224 px, 100 epochs x batch 256)."),
     amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="bf16 mixed precision (GPU only)."),
+    channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last", help="Weights and feature maps in NHWC memory order, which tensor-core GPUs run faster (benchmarks/README.md measures it). Speed only: the same training."),
+    compile_: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile every backbone copy (student and momentum/teacher); losses and heads stay eager. The first steps compile (seconds to minutes); faster on GPUs, not on CPUs (benchmarks/README.md). Speed only: the same training."),
     augment: Optional[str] = typer.Option(None, "--augment", help="Where the views are made: cpu (default: loader workers run the method's lightly transforms) or device (workers only decode and draw the same random parameters; crops, flips, colour jitter, blur and solarisation are made on the training device with kornia, so a GPU is not starved by a few CPU cores). LVM-Med's and PEAC's own views have a device path too; ark and models_genesis have CPU views only."),
     set_: list[str] = typer.Option([], "--set", help="Override any setting: --set temperature=0.2."),
     name: Optional[str] = typer.Option(None, help="Run name, a folder in WORKSPACE/runs: letters, digits, '.', '_', '-' (default METHOD-BACKBONE-TIMESTAMP)."),
@@ -62,7 +64,8 @@ def pretrain(
     from medssl_bench.harness.runs import read_run
 
     overrides = dict(backbone=backbone, epochs=epochs, batch_size=batch_size, image_size=image_size,
-                     base_lr=lr, seed=seed, amp=amp, augment=augment, init=str(init) if init else None,
+                     base_lr=lr, seed=seed, amp=amp, augment=augment,
+                     channels_last=channels_last, compile=compile_, init=str(init) if init else None,
                      labels_from=labels_from or None)
     request = PretrainRequest(method=method, profile=profile, corpus=corpus, overrides=overrides,
                               sets=parse_set_options(set_), workspace=Workspace.resolve(workspace), name=name,
