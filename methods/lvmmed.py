@@ -22,14 +22,13 @@ from medssl_bench.harness.backbones import feature_map
 from medssl_bench.harness.config import INIT_REQUIRED
 from medssl_bench.harness.errors import UserError
 from medssl_bench.harness.method_api import SSLMethod, StepInfo, step_generator
-from medssl_bench.methods.blocks.crop_grid import CropFlipWithGrid
+from medssl_bench.methods.blocks.crop_grid import CropFlipWithGrid, normalised, normalised_grid_of
 from medssl_bench.methods.blocks.graph_matching import edge_indicator, solve_lap, solve_qap
-from medssl_bench.methods.blocks.imle import CONVENTIONS, imle_hamming_matching
-from medssl_bench.methods.blocks.lvmmed_graph import GCN, edge_affinity, gcn_adjacency, knn_edges, local_affinity, vertex_affinity
-from medssl_bench.methods.blocks.matching_groups import group_index
+from medssl_bench.methods.blocks.imle import CONVENTIONS, gumbel_noise, imle_hamming_matching
+from medssl_bench.methods.blocks.lvmmed_graph import GCN, gcn_adjacency, knn_edges, pair_affinities
+from medssl_bench.methods.blocks.matching_groups import group_index, view_pairs
 
 FEATURE_STRIDE = 32  # ResNet: one feature cell per 32x32 input pixels
-EULER_GAMMA = 0.5772156649  # mean of Gumbel(0, 1)
 
 
 class GeometricViews:
@@ -51,24 +50,16 @@ class GeometricViews:
         for crop_flip, photometric in self.kinds:
             crop, grid = crop_flip(image)
             views.append(photometric(crop))
-            grids.append(self.normalised(grid, image))
+            grids.append(normalised(grid, image))
         return views + grids
-
-    @staticmethod
-    def normalised(grid: torch.Tensor, image) -> torch.Tensor:
-        return grid / torch.tensor(image.size, dtype=torch.float32)  # (width, height) = (x, y) scale
 
     def device_plan(self) -> list:
         """`--augment device` (harness.device_views): per view our crop and flip, then the photometric Compose's
         ops, drawn as __call__ draws them; the grids computed in the worker from the drawn box and flip."""
         from medssl_bench.harness.device_views import View
 
-        return [View(photometric, *crop_flip.device_parts(), grid=partial(self.device_grid, crop_flip))
+        return [View(photometric, *crop_flip.device_parts(), grid=partial(normalised_grid_of, crop_flip))
                 for crop_flip, photometric in self.kinds]
-
-    @classmethod
-    def device_grid(cls, crop_flip: CropFlipWithGrid, drawn: list[float], image) -> torch.Tensor:
-        return cls.normalised(crop_flip.grid_of(drawn), image)
 
 
 class LVMMed(SSLMethod):
@@ -146,11 +137,7 @@ class LVMMed(SSLMethod):
     def _noise(self, shape, device, step: StepInfo, salt: int, scale: float) -> torch.Tensor:
         """Gumbel(0, 1) * scale, seeded by (seed, rank, step): exact on resume, different per rank."""
         generator = step_generator(self.hp["seed"], step, device, salt)
-        uniform = torch.rand(shape, device=device, generator=generator).clamp_(1e-10, 1 - 1e-10)
-        gumbel = -torch.log(-torch.log(uniform))
-        if self.hp["noise_centered"]:  # zero mean: otherwise every paid edge pair earns +0.577 on average
-            gumbel = gumbel - EULER_GAMMA
-        return gumbel * scale
+        return gumbel_noise(shape, device, generator, scale, self.hp["noise_centered"])
 
     def embed(self, views: list[torch.Tensor]):
         """Group-wise embeddings of every view (the 2 global ones, then the local crops): cells [V x (G, N, P, D)],
@@ -169,32 +156,21 @@ class LVMMed(SSLMethod):
         grids = [g.reshape(batch, -1, 2)[index] for g in view_grids]
         return cells, z, grids
 
-    @staticmethod
-    def view_pairs(n_views: int) -> list[tuple[int, int]]:
-        """The matched (s, t) view pairs: the global views, then local crop k with global view k mod 2 (ours: the
-        paper matches two views; DINO and SwAV likewise compare local crops with global views only)."""
-        return [(0, 1)] + [(2 + k, k % 2) for k in range(n_views - 2)]
+    view_pairs = staticmethod(view_pairs)  # (blocks/matching_groups.py)
 
-    def affinities(self, views: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Affinities of every pair's instances, pairs stacked along the instance axis (view_pairs' order)."""
+    def affinities(self, views: list[torch.Tensor]) -> dict:
+        """Affinities of every pair's instances, pairs stacked along the instance axis in the order of `pairs`,
+        which it returns with them (blocks/lvmmed_graph.py, pair_affinities)."""
         hp = self.hp
         cells, z, grids = self.embed(views)
         edges = [knn_edges(z_view, hp["knn_k"]) for z_view in z]
         if self.gcn is not None:
             z = torch.stack([self.gcn(z_view, gcn_adjacency(e, z.shape[2])) for z_view, e in zip(z, edges)])
-        out = {key: [] for key in ("unary", "edge", "edges_s", "edges_t", "local")}
-        for s, t in self.view_pairs(len(z)):
-            local = (local_affinity(cells[s], cells[t], grids[s], grids[t], hp["gamma_pairs"], hp["local_fp32"])
-                     if hp["local_similarity"] else None)
-            out["unary"].append(vertex_affinity(z[s], z[t], local, hp["alpha"], hp["symmetric_local"]))
-            out["edge"].append(edge_affinity(z[s], z[t], edges[s], edges[t]) if hp["second_order"] else None)
-            out["edges_s"].append(edges[s])
-            out["edges_t"].append(edges[t])
-            out["local"].append(local)
-        cat = lambda xs: None if xs[0] is None else torch.cat(xs)  # noqa: E731
-        local = None if out["local"][0] is None else tuple(map(torch.cat, zip(*out["local"])))
-        return dict(unary=cat(out["unary"]), edge=cat(out["edge"]), edges_s=cat(out["edges_s"]),
-                    edges_t=cat(out["edges_t"]), z=z, local=local)
+        pairs = self.view_pairs(len(z))
+        aff = pair_affinities(cells, z, grids, edges, pairs, alpha=hp["alpha"], gamma=hp["gamma_pairs"],
+                              fp32=hp["local_fp32"], symmetric_local=hp["symmetric_local"],
+                              local_similarity=hp["local_similarity"], second_order=hp["second_order"])
+        return dict(aff, z=z, pairs=pairs)
 
     def training_loss(self, views: list[torch.Tensor], step: StepInfo) -> dict[str, torch.Tensor]:
         hp = self.hp
@@ -220,7 +196,7 @@ class LVMMed(SSLMethod):
         loss, matching = imle_hamming_matching(unary, edge, noise_u, noise_e, hp["lam"], solve, edges_s, edges_t,
                                                solve_target, hp["lambda_convention"])
         # pairs hold equally many instances, so every pair weighs alike; the global pair's accuracy is the paper's
-        accuracy = matching.diagonal(dim1=1, dim2=2).detach().chunk(len(self.view_pairs(len(aff["z"]))))
+        accuracy = matching.diagonal(dim1=1, dim2=2).detach().chunk(len(aff["pairs"]))
         out = {"loss": loss.mean(), "match_acc": accuracy[0].mean()}
         if len(accuracy) > 1:
             out["local_match_acc"] = torch.cat(accuracy[1:]).mean()

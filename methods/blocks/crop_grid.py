@@ -27,6 +27,11 @@ def cell_centres(top: float, left: float, height: float, width: float, grid: int
     return torch.stack([grid_x, grid_y], dim=-1).float()
 
 
+def normalised(grid: torch.Tensor, image) -> torch.Tensor:
+    """Cell centres in source-image pixels scaled to [0, 1], so that cells of different images compare."""
+    return grid / torch.tensor(image.size, dtype=torch.float32)  # (width, height) = (x, y) scale
+
+
 class CropFlipWithGrid:
     """PIL image -> (crop resized to `size`, its (grid, grid, 2) cell centres in source pixels, (x, y)).
 
@@ -58,3 +63,8 @@ class CropFlipWithGrid:
         """The cell centres __call__ returns, from the device path's drawn slots (top, left, height, width, flip)."""
         top, left, height, width, flip = (int(v) for v in drawn[:5])
         return cell_centres(top, left, height, width, self.grid, bool(flip))
+
+
+def normalised_grid_of(crop_flip: CropFlipWithGrid, drawn: list[float], image) -> torch.Tensor:
+    """The device path's grid (harness.device_views.View's `grid`): the drawn crop's cell centres, normalised."""
+    return normalised(crop_flip.grid_of(drawn), image)

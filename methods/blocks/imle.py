@@ -27,6 +27,16 @@ from medssl_bench.methods.blocks.graph_matching import edge_indicator, identity_
 # (unary, edge costs or None, edges_s or None, edges_t or None) -> 0/1 matching, batched over instances
 Solver = Callable[[Tensor, Tensor | None, Tensor | None, Tensor | None], Tensor]
 CONVENTIONS = ("batch_mean", "per_instance")
+EULER_GAMMA = 0.5772156649  # mean of Gumbel(0, 1)
+
+
+def gumbel_noise(shape, device, generator: torch.Generator, scale: float = 1.0, centered: bool = False) -> Tensor:
+    """Gumbel(0, 1) * scale from `generator`, the perturbation ε; `centered` subtracts its mean first."""
+    uniform = torch.rand(shape, device=device, generator=generator).clamp_(1e-10, 1 - 1e-10)
+    gumbel = -torch.log(-torch.log(uniform))
+    if centered:  # zero mean: otherwise every paid edge pair earns +0.577 on average
+        gumbel = gumbel - EULER_GAMMA
+    return gumbel * scale
 
 
 def hamming(v: Tensor, gold: Tensor) -> Tensor:

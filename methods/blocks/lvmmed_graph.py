@@ -124,3 +124,24 @@ def edge_affinity(z_s: torch.Tensor, z_t: torch.Tensor, edges_s: torch.Tensor, e
         return F.normalize(take(0) - take(1), dim=-1)
 
     return differences(z_s, edges_s) @ differences(z_t, edges_t).transpose(1, 2)
+
+
+def pair_affinities(cells: list[torch.Tensor], z: torch.Tensor, grids: list[torch.Tensor], edges: list[torch.Tensor],
+                    pairs: list[tuple[int, int]], *, alpha: float, gamma: int, fp32: bool = True,
+                    symmetric_local: bool = True, local_similarity: bool = True,
+                    second_order: bool = True) -> dict[str, torch.Tensor | None]:
+    """Every (s, t) view pair's affinities, the pairs' instances stacked along the group axis in `pairs`' order:
+    unary, edge (None without `second_order`), edges_s, edges_t, local (both directions; None without
+    `local_similarity`). Per view: cells [(G, N, P, D)], z (V, G, N, F), grids [(G, N, P, 2)], edges [(G, E, 2)]."""
+    out = {key: [] for key in ("unary", "edge", "edges_s", "edges_t", "local")}
+    for s, t in pairs:
+        local = local_affinity(cells[s], cells[t], grids[s], grids[t], gamma, fp32) if local_similarity else None
+        out["unary"].append(vertex_affinity(z[s], z[t], local, alpha, symmetric_local))
+        out["edge"].append(edge_affinity(z[s], z[t], edges[s], edges[t]) if second_order else None)
+        out["edges_s"].append(edges[s])
+        out["edges_t"].append(edges[t])
+        out["local"].append(local)
+    cat = lambda xs: None if xs[0] is None else torch.cat(xs)  # noqa: E731
+    local = None if out["local"][0] is None else tuple(map(torch.cat, zip(*out["local"])))
+    return dict(unary=cat(out["unary"]), edge=cat(out["edge"]), edges_s=cat(out["edges_s"]),
+                edges_t=cat(out["edges_t"]), local=local)

@@ -5,6 +5,7 @@ the last n images, which overlaps the one before it by n - r images. Every image
 instance has n nodes (the paper's 16), so all instances solve in one batched call. The n - r overlapping
 images are matched twice in that step; the batch is shuffled, so over a run each image is equally likely
 to be among them. Why not a smaller group or cross-process groups: docs/lvmmed.md, "Groups".
+Which views are matched (`view_pairs`): each pair's instances are one more batch of groups.
 """
 from __future__ import annotations
 
@@ -25,3 +26,9 @@ def layout(batch: int, graph_size: int) -> tuple[int, int]:
     """(instances per step, images matched twice per step) for a batch of `batch` images per process."""
     groups = -(-batch // graph_size)
     return groups, groups * graph_size - batch
+
+
+def view_pairs(n_views: int) -> list[tuple[int, int]]:
+    """The matched (s, t) view pairs: the global views, then local crop k with global view k mod 2 (ours: the
+    paper matches two views; DINO and SwAV likewise compare local crops with global views only)."""
+    return [(0, 1)] + [(2 + k, k % 2) for k in range(n_views - 2)]
