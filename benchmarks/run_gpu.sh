@@ -5,13 +5,14 @@
 #
 #   PART=1 bash benchmarks/run_gpu.sh   # issue #19's LVM-Med rows (batch 200, 400), batch 256, pretrain_step (~5.2 min)
 #   PART=2 bash benchmarks/run_gpu.sh   # issue #21: view_costs, loader_overhead (~4.8 min)
-#   bash benchmarks/run_gpu.sh          # both parts in one run (~10 min estimated: past BUDGET_S, the last rows skip)
+#   PART=3 bash benchmarks/run_gpu.sh   # issue #21: speed_options (channels_last, compile) (~4.2 min)
+#   bash benchmarks/run_gpu.sh          # all parts in one run (~14 min estimated: past BUDGET_S, the last rows skip)
 #   ONLY="view_costs" bash benchmarks/run_gpu.sh                # named rows only
 #   SMOKE=1 TAG=smoke bash benchmarks/run_gpu.sh                # every command and code path on the CPU, tiny sizes
 #
 # Rows run in order, each even if one before it failed. A row that would not finish within BUDGET_S seconds of the
 # start is skipped, and each is stopped at the budget (`timeout`), so the run ends before a 600 s device limit. Each
-# results JSON is copied into "$OUT" (when set) as soon as its row ends, with the log (run_gpu.log): 7 files at most.
+# results JSON is copied into "$OUT" (when set) as soon as its row ends, with the log (run_gpu.log): 8 files at most.
 # Ends with one summary line per row; exit status 0 only if every row passed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -65,6 +66,7 @@ main() {
     STEP=(--batch-size 32 --steps 1 --rounds 1 --warmup 1 --distinct-batches 1)
     VIEWS=(--batch 4 --images 2 --repeats 1)
     LOADER=(--batch-size 32 --image-side 96 --images 64 --steps 1 --rounds 1 --warmup 1)
+    OPTS=(--batch-size 32 --steps 1 --rounds 1 --warmup 1 --distinct-batches 1)
   else
     R50=(--backbone resnet50 --image-size 224)
     AMP=(--amp); LVM_AMP=(--amp)
@@ -72,6 +74,7 @@ main() {
     STEP=(--batch-size 256 --steps 10 --rounds 2 --warmup 3 --distinct-batches 2)
     VIEWS=(--batch 256)
     LOADER=(--batch-size 256 --image-side 320 --images 3072 --steps 10 --rounds 2 --warmup 2)
+    OPTS=(--batch-size 256 --steps 8 --rounds 1 --warmup 3 --distinct-batches 2)
   fi
 
   # H100 estimate per row (16 cores; from the README's H100 rows of 2026-11-22 and the CPU rehearsal) as its
@@ -108,6 +111,15 @@ main() {
       python3 benchmarks/loader_overhead.py "${DEV[@]}" "${R50[@]}" "${AMP[@]}" "${LOADER[@]}" --methods simclr,dino \
       --tag "${TAG}_r50_224"
   fi
+  if [ "$PART" = all ] || [ "$PART" = 3 ]; then
+    # issue #21: the step with --channels-last, and with --compile on top of it, over the default; SimCLR and DINO.
+    # ~240 s: views ~10 s (all cores), 2 methods x 3 settings x (Runner ~3 s + 3 + 8 steps of 0.2-0.3 s), and
+    # inductor compiling R50's forward and backward (SimCLR one graph; DINO two, its global and local crops),
+    # estimated ~40-60 s each on 16 cores
+    row speed_options 240 "speed_options_${TAG}_r50_224.json" -- \
+      python3 benchmarks/speed_options.py "${DEV[@]}" "${R50[@]}" "${AMP[@]}" "${OPTS[@]}" --methods simclr,dino \
+      --settings default,channels_last,channels_last+compile --tag "${TAG}_r50_224"
+  fi
 
   echo "=== summary (part $PART, total $((SECONDS - T0)) s; goals of issue #19: lvmmed/simclr <= 1.10, overhead <= 10%)"
   for r in "${ROWS[@]}"; do
@@ -130,6 +142,9 @@ if status == "pass" and Path(path).is_file():
         line += (f"  bench/lightly {d['ratio_bench_over_lightly_recipe']:.2f}, bench/same computation"
                  f" {d['ratio_bench_over_bare_same_computation']:.2f}; img/s "
                  + " ".join(f"{m} {v['images_per_s']:.0f}" for m, v in d["methods"].items()))
+    elif kind == "speed_options":
+        line += "  img/s over default: " + "; ".join(m + " " + " ".join(f"{k} {v:.2f}" for k, v in r["ratio_over_default"].items()
+                                                                 if k != "default") for m, r in d["methods"].items())
     elif kind == "loader_overhead":
         line += "  / premade: " + "; ".join(m + " " + " ".join(f"{k} {v:.2f}" for k, v in r["ratio_over_premade"].items()
                                                             if k != "premade") for m, r in d["methods"].items())
