@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from medssl_bench.harness.data import BalancedSampler, dataset_quotas
+from medssl_bench.harness.data import BalancedSampler, dataset_quotas, epoch_shares
 from medssl_bench.harness.errors import UserError
 from medssl_bench.harness.runs import read_run
 
@@ -30,6 +30,13 @@ def test_quotas_equal_hand_computed_shares():
     # alpha 0.5, b weighted 2: masses sqrt(1000) : 2 sqrt(10) : sqrt(90) = 10 : 2 : 3, so shares of 1100 are
     # 733.33, 146.67, 220 -> 733, 146 + 1 (the largest remainder), 220
     assert dataset_quotas(SIZES, 0.5, {"b": 2}) == {"a": 733, "b": 147, "c": 220}
+
+
+def test_a_run_records_its_samplers_shares_in_its_order():
+    groups = ["c"] * 90 + ["a"] * 1000 + ["b"] * 10  # first seen c, a, b: the record lists them as the sampler, by name
+    shares = epoch_shares([{"dataset": g} for g in groups], {"dataset_balance": 0.5, "dataset_weights": {"b": 2}})
+    quotas = BalancedSampler(None, groups, alpha=0.5, weights={"b": 2}, rank=0, world_size=1).quotas
+    assert list(shares.items()) == list(quotas.items()) == [("a", 733), ("b", 147), ("c", 220)]
 
 
 def test_weights_naming_a_dataset_the_corpus_lacks_are_one_clear_error():
