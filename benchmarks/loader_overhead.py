@@ -46,11 +46,46 @@ from medssl_bench.methods import get_method  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def timed_steps(method: str, cfg: dict, dataset, device: str, device_plan=None) -> list[float]:
-    """Per-step seconds of one epoch of `dataset` through bench's loop."""
+def proc_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a live process (Linux /proc: utime and stime, fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_meter(warmup: int):
+    """An mmengine hook measuring the CPU seconds the timed steps (those after `warmup`) took: the training process's
+    (step threads and loop) and its loader workers' (live processes, read from /proc), and the wall time."""
+    import resource
+
+    from mmengine.hooks import Hook
+
+    class CpuMeter(Hook):
+        priority = "LOWEST"
+        used: dict = {}
+
+        def _now(self, runner) -> tuple[float, float, float]:
+            own = resource.getrusage(resource.RUSAGE_SELF)
+            workers = getattr(getattr(runner.train_dataloader, "_iterator", None), "_workers", [])
+            return time.perf_counter(), own.ru_utime + own.ru_stime, sum(proc_cpu_seconds(w.pid) for w in workers)
+
+        def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+            if batch_idx + 1 == warmup:
+                self.start = self._now(runner)
+
+        def after_train_epoch(self, runner):  # persistent workers are still alive here
+            end = self._now(runner)
+            self.used = dict(zip(("wall_s", "training_process_cpu_s", "loader_workers_cpu_s"),
+                                 (e - s for e, s in zip(end, self.start))))
+
+    return CpuMeter()
+
+
+def timed_steps(method: str, cfg: dict, dataset, device: str, device_plan=None,
+                warmup: int = 0) -> tuple[list[float], dict]:
+    """Per-step seconds of one epoch of `dataset` through bench's loop, and cpu_meter's figures past `warmup`."""
     from mmengine.runner import set_random_seed
 
-    clock = StepClock(device)
+    clock, meter = StepClock(device), cpu_meter(warmup)
     method_cls = get_method(method)
     set_random_seed(0)
     backbone, width = build_backbone(cfg["backbone"])
@@ -59,9 +94,9 @@ def timed_steps(method: str, cfg: dict, dataset, device: str, device_plan=None) 
         run_dir = Path(tmp)
         steps_cfg = {**cfg, "epochs": 1}
         runner = build_runner(model, dataset, steps_cfg, run_dir, resume=False, num_workers=default_num_workers(),
-                              hooks=[MethodHook(), RunRecordHook(run_dir, {}), clock_hook(clock)])
+                              hooks=[MethodHook(), RunRecordHook(run_dir, {}), clock_hook(clock), meter])
         runner.train()
-    return clock.times
+    return clock.times, meter.used
 
 
 def main() -> None:
@@ -138,14 +173,24 @@ def measure(method: str, overrides: dict, all_entries: list, packed, n_steps: in
                                               loader=packed.rgb, n_image_views=0),
     }
     times: dict[str, list[float]] = {name: [] for name in sources}
+    used: dict[str, list[dict]] = {name: [] for name in sources}
     for _ in range(args.rounds):
         for name, make in sources.items():
             use_cfg, use_plan = (device_cfg, plan) if name == "packed_device" else (cfg, None)
-            times[name] += timed_steps(method, use_cfg, make(), args.device, use_plan)[args.warmup:]
+            steps, cpu = timed_steps(method, use_cfg, make(), args.device, use_plan, args.warmup)
+            times[name] += steps[args.warmup:]
+            used[name].append(cpu)
     median = {name: statistics.median(t) for name, t in times.items()}
+    total = lambda rs, key: sum(r[key] for r in rs)  # noqa: E731
+    cpu = {name: {"cores_busy": round((total(rs, "training_process_cpu_s") + total(rs, "loader_workers_cpu_s"))
+                                      / total(rs, "wall_s"), 2),
+                  **{f"{key}_per_step": round(total(rs, key) / (len(rs) * args.steps), 4)
+                     for key in ("training_process_cpu_s", "loader_workers_cpu_s")}}
+           for name, rs in used.items()}
     return {"config": {k: cfg[k] for k in ("backbone", "image_size", "batch_size", "amp")},
             "median_step_s": median, "images_per_s": {n: cfg["batch_size"] / m for n, m in median.items()},
-            "ratio_over_premade": {n: median["premade"] / m for n, m in median.items()}}
+            "ratio_over_premade": {n: median["premade"] / m for n, m in median.items()},
+            "cpu_over_timed_steps": cpu}
 
 
 if __name__ == "__main__":
