@@ -113,7 +113,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12, help="timed steps per round")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--sources", default="premade,files,packed,packed_device", help="premade first: the reference")
     args = parser.parse_args()
+    if not set(args.sources.split(",")) <= {"premade", "files", "packed", "packed_device"} or \
+            not args.sources.startswith("premade"):
+        parser.error(f"--sources: premade first, then any of files, packed, packed_device; got {args.sources}")
     overrides = {k: v for k, v in dict(backbone=args.backbone, image_size=args.image_size,
                                        batch_size=args.batch_size, amp=args.amp or None).items() if v is not None}
     n_steps = args.warmup + args.steps
@@ -172,6 +176,7 @@ def measure(method: str, overrides: dict, all_entries: list, packed, n_steps: in
         "packed_device": lambda: ViewsDataset(range(len(entries)), DeviceViewsTransform(plan), seed=0,
                                               loader=packed.rgb, n_image_views=0),
     }
+    sources = {name: sources[name] for name in args.sources.split(",")}
     times: dict[str, list[float]] = {name: [] for name in sources}
     used: dict[str, list[dict]] = {name: [] for name in sources}
     for _ in range(args.rounds):
