@@ -29,7 +29,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pretrain_step import PremadeViews, StepClock, clock_hook, make_views  # noqa: E402  (configures the process)
+from pretrain_step import (PremadeViews, StepClock, clock_hook, make_views,  # noqa: E402  (configures the process)
+                           thread_environment)
 
 from medssl_bench.harness.backbones import build_backbone  # noqa: E402
 from medssl_bench.harness.config import build_transform, method_kwargs, resolve_config  # noqa: E402
@@ -133,6 +134,7 @@ def main() -> None:
         "device": torch.cuda.get_device_name(0) if args.device == "cuda" else
         f"cpu ({platform.machine()}, {torch.get_num_threads()} threads, {os.cpu_count()} cores)",
         "load_average": os.getloadavg(), "loader_workers": default_num_workers(), "settings": vars(args),
+        "thread_environment": thread_environment(),
         "methods": rows, "code": code_version(), "versions": package_versions(),
     }
     out = RESULTS / f"loader_overhead_{args.tag}.json"

@@ -97,6 +97,14 @@ def make_views(method_cls, cfg, n: int, seed: int = 0):
     return made_in_parallel(one, n, seed)
 
 
+def thread_environment() -> dict[str, str]:
+    """The environment variables that set how the step's threads run and wait (OpenMP, MKL): part of a timing's
+    provenance (e.g. OMP_WAIT_POLICY changes a 2-core step by 15%, benchmarks/README.md)."""
+    import os
+
+    return {k: v for k, v in sorted(os.environ.items()) if k.startswith(("OMP_", "GOMP_", "KMP_", "MKL_"))}
+
+
 def normalised(view_u8: torch.Tensor) -> torch.Tensor:
     """What lightly's recipe feeds its loop: float views normalised on the CPU."""
     mean, std = torch.tensor(IMAGE_MEAN).view(3, 1, 1), torch.tensor(IMAGE_STD).view(3, 1, 1)
@@ -246,6 +254,7 @@ def main() -> None:
         "ratio_bench_over_bare_same_computation": median["bench_simclr"] / median["bare_lightly_concat"],
         "methods": per_method,
         "n_timed_steps_per_loop": len(timings["bench_simclr"]),
+        "thread_environment": thread_environment(),
         "code": code_version(),
         "versions": package_versions(),
     }

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pretrain_step import harness_steps, make_views  # noqa: E402  (configures the process)
+from pretrain_step import harness_steps, make_views, thread_environment  # noqa: E402  (configures the process)
 
 from medssl_bench.harness.config import resolve_config  # noqa: E402
 from medssl_bench.harness.provenance import code_version, package_versions  # noqa: E402
@@ -85,6 +85,7 @@ def main() -> None:
         "device": torch.cuda.get_device_name(0) if args.device == "cuda" else
         f"cpu ({platform.machine()}, {torch.get_num_threads()} threads, {os.cpu_count()} cores)",
         "load_average": os.getloadavg(), "settings": vars(args), "methods": rows,
+        "thread_environment": thread_environment(),
         "code": code_version(), "versions": package_versions(),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)

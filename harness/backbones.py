@@ -50,7 +50,7 @@ _COMPILED: weakref.WeakSet = weakref.WeakSet()
 def _compiled_trunk():
     global _TRUNK
     if _TRUNK is None:  # one compiled function for every ResNet: its modules are inputs, so copies share a graph
-        _TRUNK = torch.compile(_trunk)
+        _TRUNK = torch.compile(_trunk, dynamic=False)
     return _TRUNK
 
 
@@ -60,6 +60,7 @@ _TRUNK = None
 def compile_resnet(resnet: nn.Module) -> None:
     """torch.compile a ResNet in place, both ways methods call it: `resnet(images)` (pooled features; through
     nn.Module.compile, which keeps the parameter names, so checkpoints, exports and resume are unchanged) and
-    `feature_map(resnet, images)` (LVM-Med, VICRegL, PEAC)."""
-    resnet.compile()
+    `feature_map(resnet, images)` (LVM-Med, VICRegL, PEAC). Static shapes: a method feeds a few fixed view sizes
+    (DINO: global and local crops), each compiled once for its own size rather than one graph for any size."""
+    resnet.compile(dynamic=False)
     _COMPILED.add(resnet)
