@@ -25,14 +25,14 @@ import platform
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
+from medssl_bench.harness.process import configure_process
+
+configure_process()  # before torch loads its OpenMP runtime (thread wait policy), as `bench` does
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-from medssl_bench.harness.process import configure_process  # noqa: E402
-
-configure_process()
-
 from medssl_bench.methods.blocks import graph_matching as gm  # noqa: E402
 
 LAMBDA = 80.0

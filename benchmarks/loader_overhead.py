@@ -26,10 +26,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
+from medssl_bench.harness.process import configure_process
+
+configure_process()  # before torch loads its OpenMP runtime (thread wait policy), as `bench` does
+
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pretrain_step import (PremadeViews, StepClock, clock_hook, make_views,  # noqa: E402  (configures the process)
+from pretrain_step import (PremadeViews, StepClock, clock_hook, make_views,  # noqa: E402
                            thread_environment)
 
 from medssl_bench.harness.backbones import build_backbone  # noqa: E402

@@ -25,11 +25,11 @@ import statistics
 import time
 from pathlib import Path
 
-import torch
+from medssl_bench.harness.process import configure_process
 
-from medssl_bench.harness.process import configure_process  # noqa: E402
+configure_process()  # before torch loads its OpenMP runtime (thread wait policy), as `bench` does
 
-configure_process()
+import torch  # noqa: E402
 
 import medssl_bench.methods.lvmmed as lvmmed_module  # noqa: E402
 from medssl_bench.harness.backbones import build_backbone, feature_map  # noqa: E402

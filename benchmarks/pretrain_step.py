@@ -21,12 +21,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-from torch import nn
+from medssl_bench.harness.process import configure_process
 
-from medssl_bench.harness.process import configure_process  # noqa: E402
+configure_process()  # before torch loads its OpenMP runtime (thread wait policy), as `bench` does
 
-configure_process()
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
 
 from medssl_bench.harness.backbones import build_backbone  # noqa: E402
 from medssl_bench.harness.config import build_transform, method_kwargs, resolve_config  # noqa: E402

@@ -23,10 +23,14 @@ import sys
 import time
 from pathlib import Path
 
-import torch
+from medssl_bench.harness.process import configure_process
+
+configure_process()  # before torch loads its OpenMP runtime (thread wait policy), as `bench` does
+
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pretrain_step import harness_steps, make_views, thread_environment  # noqa: E402  (configures the process)
+from pretrain_step import harness_steps, make_views, thread_environment  # noqa: E402
 
 from medssl_bench.harness.config import resolve_config  # noqa: E402
 from medssl_bench.harness.provenance import code_version, package_versions  # noqa: E402

@@ -45,6 +45,7 @@ def _trunk(resnet: nn.Module, images: torch.Tensor) -> torch.Tensor:
 # ResNets whose feature_map runs compiled (weak: a dropped model leaves no entry; a deepcopy is not in it and runs
 # eager, as nn.Module.compile leaves a copy eager too)
 _COMPILED: weakref.WeakSet = weakref.WeakSet()
+_TRUNK = None  # feature_map's compiled function, made on first use
 
 
 def _compiled_trunk():
@@ -52,9 +53,6 @@ def _compiled_trunk():
     if _TRUNK is None:  # one compiled function for every ResNet: its modules are inputs, so copies share a graph
         _TRUNK = torch.compile(_trunk, dynamic=False)
     return _TRUNK
-
-
-_TRUNK = None
 
 
 def compile_resnet(resnet: nn.Module) -> None:
