@@ -14,7 +14,9 @@ TRACKED_PACKAGES = ("torch", "torchvision", "lightly", "mmengine", "numpy", "pyd
 
 @functools.lru_cache(maxsize=1)
 def code_version() -> dict:
-    """Git commit of the bench code and whether the working tree had local changes."""
+    """Git commit of the bench code and whether the working tree had local changes. Benchmark results are
+    outputs, not code: a script rewriting benchmarks/results/ (its own JSON, or an earlier script's in the same
+    checkout) leaves the tree clean."""
 
     def git(*args: str) -> str:
         return subprocess.run(
@@ -23,7 +25,7 @@ def code_version() -> dict:
 
     try:
         sha = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)benchmarks/results"))
     except (OSError, subprocess.SubprocessError):
         return {"git_sha": "unknown", "dirty": None}
     return {"git_sha": sha, "dirty": dirty}
