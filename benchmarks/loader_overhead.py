@@ -17,6 +17,7 @@ Writes benchmarks/results/loader_overhead_<tag>.json (tag: cpu by default) and p
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -101,6 +102,8 @@ def timed_steps(method: str, cfg: dict, dataset, device: str, device_plan=None,
         runner = build_runner(model, dataset, steps_cfg, run_dir, resume=False, num_workers=default_num_workers(),
                               hooks=[MethodHook(), RunRecordHook(run_dir, {}), clock_hook(clock), meter])
         runner.train()
+        del runner
+    gc.collect()  # the runner's cycles: its loader workers end now, not in a later round's forked children
     return clock.times, meter.used
 
 

@@ -14,6 +14,7 @@ Also: images/s of every method's training step at the same settings.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import platform
 import statistics
@@ -197,6 +198,8 @@ def harness_steps(method: str, cfg, samples, device: str, n_steps: int) -> list[
                               resume=False, num_workers=default_num_workers(),
                               hooks=[MethodHook(), RunRecordHook(run_dir, {}), clock_hook(clock)], sampler=sampler)
         runner.train()
+        del runner
+    gc.collect()  # the runner's cycles: its loader workers end now, not in a later round's forked children
     return clock.times
 
 
