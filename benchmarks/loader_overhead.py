@@ -74,6 +74,10 @@ def cpu_meter(warmup: int):
             workers = getattr(getattr(runner.train_dataloader, "_iterator", None), "_workers", [])
             return time.perf_counter(), own.ru_utime + own.ru_stime, sum(proc_cpu_seconds(w.pid) for w in workers)
 
+        def before_train(self, runner):
+            if warmup == 0:
+                self.start = self._now(runner)
+
         def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
             if batch_idx + 1 == warmup:
                 self.start = self._now(runner)
