@@ -100,7 +100,7 @@ def make_views(method_cls, cfg, n: int, seed: int = 0):
 
 def thread_environment() -> dict[str, str]:
     """The environment variables that set how the step's threads run and wait (OpenMP, MKL): part of a timing's
-    provenance (e.g. OMP_WAIT_POLICY changes a 2-core step by 15%, benchmarks/README.md)."""
+    provenance (OMP_WAIT_POLICY moves a 2-core step by a few percent, benchmarks/README.md)."""
     import os
 
     return {k: v for k, v in sorted(os.environ.items()) if k.startswith(("OMP_", "GOMP_", "KMP_", "MKL_"))}
