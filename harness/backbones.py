@@ -5,6 +5,7 @@ The classifier is replaced by `Identity`, so `state_dict()` has exactly the torc
 """
 from __future__ import annotations
 
+import functools
 import weakref
 
 import torch
@@ -45,14 +46,12 @@ def _trunk(resnet: nn.Module, images: torch.Tensor) -> torch.Tensor:
 # ResNets whose feature_map runs compiled (weak: a dropped model leaves no entry; a deepcopy is not in it and runs
 # eager, as nn.Module.compile leaves a copy eager too)
 _COMPILED: weakref.WeakSet = weakref.WeakSet()
-_TRUNK = None  # feature_map's compiled function, made on first use
 
 
+@functools.cache
 def _compiled_trunk():
-    global _TRUNK
-    if _TRUNK is None:  # one compiled function for every ResNet: its modules are inputs, so copies share a graph
-        _TRUNK = torch.compile(_trunk, dynamic=False)
-    return _TRUNK
+    """One compiled function for every ResNet (its modules are inputs, so copies share a graph), made on first use."""
+    return torch.compile(_trunk, dynamic=False)
 
 
 def compile_resnet(resnet: nn.Module) -> None:
