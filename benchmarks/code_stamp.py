@@ -8,8 +8,8 @@ clean/dirty and a hash of the code to .whl/code.txt; `stamp FILE` (on the device
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -25,11 +25,13 @@ def tree_hash() -> str:
 
 
 def record() -> None:
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], capture_output=True, text=True).stdout.strip()
-
-    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
-    RECORD.write_text(f"{git('rev-parse', 'HEAD')} {'dirty' if dirty else 'clean'} {tree_hash()}\n")
+    # bench's own code_version (commit; dirty unless only results changed), loaded from its file: this runs under
+    # any python3, bench installed or not, and provenance.py imports only the standard library
+    spec = importlib.util.spec_from_file_location("provenance", Path("harness/provenance.py"))
+    provenance = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(provenance)
+    code = provenance.code_version()
+    RECORD.write_text(f"{code['git_sha']} {'dirty' if code['dirty'] else 'clean'} {tree_hash()}\n")
 
 
 def stamp(path: Path) -> None:
