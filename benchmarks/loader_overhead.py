@@ -17,7 +17,6 @@ Writes benchmarks/results/loader_overhead_<tag>.json (tag: cpu by default) and p
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import platform
@@ -34,16 +33,13 @@ configure_process()  # before torch loads its OpenMP runtime (thread wait policy
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pretrain_step import (PremadeViews, StepClock, clock_hook, make_views,  # noqa: E402
-                           thread_environment)
+from pretrain_step import PremadeViews, harness_steps, make_views, thread_environment  # noqa: E402
 
-from medssl_bench.harness.backbones import build_backbone  # noqa: E402
-from medssl_bench.harness.config import build_transform, method_kwargs, resolve_config  # noqa: E402
+from medssl_bench.harness.config import build_transform, resolve_config  # noqa: E402
 from medssl_bench.harness.corpus import build_corpus  # noqa: E402
 from medssl_bench.harness.corpus_pack import pack_corpus  # noqa: E402
 from medssl_bench.harness.data import ViewsDataset, default_num_workers  # noqa: E402
 from medssl_bench.harness.device_views import DeviceViewsTransform, check_device_views  # noqa: E402
-from medssl_bench.harness.engine import MethodHook, PretrainModel, RunRecordHook, build_runner  # noqa: E402
 from medssl_bench.harness.packed_reader import PackedImages  # noqa: E402
 from medssl_bench.harness.provenance import code_version, package_versions  # noqa: E402
 from medssl_bench.harness.workspace import Workspace  # noqa: E402
@@ -93,22 +89,10 @@ def cpu_meter(warmup: int):
 def timed_steps(method: str, cfg: dict, dataset, device: str, device_plan=None,
                 warmup: int = 0) -> tuple[list[float], dict]:
     """Per-step seconds of one epoch of `dataset` through bench's loop, and cpu_meter's figures past `warmup`."""
-    from mmengine.runner import set_random_seed
-
-    clock, meter = StepClock(device), cpu_meter(warmup)
-    method_cls = get_method(method)
-    set_random_seed(0)
-    backbone, width = build_backbone(cfg["backbone"])
-    model = PretrainModel(method_cls(backbone, width, **method_kwargs(method_cls, cfg)), device_plan)
-    with tempfile.TemporaryDirectory() as tmp:
-        run_dir = Path(tmp)
-        steps_cfg = {**cfg, "epochs": 1}
-        runner = build_runner(model, dataset, steps_cfg, run_dir, resume=False, num_workers=default_num_workers(),
-                              hooks=[MethodHook(), RunRecordHook(run_dir, {}), clock_hook(clock), meter])
-        runner.train()
-        del runner
-    gc.collect()  # the runner's cycles: its loader workers end now, not in a later round's forked children
-    return clock.times, meter.used
+    meter = cpu_meter(warmup)
+    steps = harness_steps(method, {**cfg, "epochs": 1}, None, device, len(dataset) // cfg["batch_size"],
+                          dataset=dataset, device_plan=device_plan, hooks=[meter])
+    return steps, meter.used
 
 
 def main() -> None:

@@ -173,8 +173,11 @@ def clock_hook(clock: StepClock):
     return ClockHook()
 
 
-def harness_steps(method: str, cfg, samples, device: str, n_steps: int) -> list[float]:
-    """The same steps through bench: PretrainModel + mmengine Runner + bench's hooks."""
+def harness_steps(method: str, cfg, samples, device: str, n_steps: int, dataset=None, device_plan=None,
+                  hooks=()) -> list[float]:
+    """The same steps through bench: PretrainModel + mmengine Runner + bench's hooks, fed `samples` (views made in
+    advance, cycled for n_steps batches) or `dataset` (an epoch of it; `device_plan`: its views made on the device),
+    with `hooks` after the step clock's."""
     from mmengine.runner import set_random_seed
 
     method_cls = get_method(method)
@@ -182,7 +185,7 @@ def harness_steps(method: str, cfg, samples, device: str, n_steps: int) -> list[
     set_random_seed(0)
     backbone, width = build_backbone(cfg["backbone"])
     with tempfile.TemporaryDirectory() as tmp:
-        kwargs, dataset, sampler = method_kwargs(method_cls, cfg), None, None
+        kwargs, sampler = method_kwargs(method_cls, cfg), None
         if method_cls.uses_labels:  # Ark: real labelled phantom sets through its cyclic sampler (loading included)
             from medssl_bench.harness.app.labelled import load_labelled
 
@@ -191,12 +194,14 @@ def harness_steps(method: str, cfg, samples, device: str, n_steps: int) -> list[
             kwargs["labels"], sampler = data.layout, data.sampler(cfg["batch_size"], 0)
             transform, n_images = build_transform(method_cls, cfg)
             dataset = data.views(transform, 0, n_images)
-        model = PretrainModel(method_cls(backbone, width, **kwargs))
+        elif dataset is None:
+            dataset = PremadeViews(samples, n_steps * cfg["batch_size"])
+        model = PretrainModel(method_cls(backbone, width, **kwargs), device_plan)
         run_dir = Path(tmp) / "run"
         run_dir.mkdir()
-        runner = build_runner(model, dataset or PremadeViews(samples, n_steps * cfg["batch_size"]), cfg, run_dir,
-                              resume=False, num_workers=default_num_workers(),
-                              hooks=[MethodHook(), RunRecordHook(run_dir, {}), clock_hook(clock)], sampler=sampler)
+        runner = build_runner(model, dataset, cfg, run_dir, resume=False, num_workers=default_num_workers(),
+                              hooks=[MethodHook(), RunRecordHook(run_dir, {}), clock_hook(clock), *hooks],
+                              sampler=sampler)
         runner.train()
         del runner
     gc.collect()  # the runner's cycles: its loader workers end now, not in a later round's forked children
