@@ -6,6 +6,8 @@ The classifier is replaced by `Identity`, so `state_dict()` has exactly the torc
 from __future__ import annotations
 
 import functools
+import os
+import shutil
 import weakref
 
 import torch
@@ -61,3 +63,18 @@ def compile_resnet(resnet: nn.Module) -> None:
     (DINO: global and local crops), each compiled once for its own size rather than one graph for any size."""
     resnet.compile(dynamic=False)
     _COMPILED.add(resnet)
+
+
+def check_compile(cfg: dict) -> None:
+    """`compile` on a CPU host: inductor builds its CPU kernels with a C++ compiler and, without one, fails inside
+    the first step with its own traceback. Look first, where inductor looks (its `cpp.cxx`: $CXX, else g++; its None
+    entry, a conda-installed gcc, only when TORCH_INDUCTOR_INSTALL_GXX is set), before a run folder exists."""
+    if not cfg.get("compile") or torch.cuda.is_available() or os.getenv("TORCH_INDUCTOR_INSTALL_GXX"):
+        return
+    from torch._inductor import config as inductor_config
+
+    search = inductor_config.cpp.cxx
+    names = [name for name in (search if isinstance(search, (list, tuple)) else [search]) if name]
+    if not any(shutil.which(name) for name in names):
+        raise UserError(f"--compile on a CPU needs a C++ compiler (torch.compile builds its CPU kernels with one); "
+                        f"{' or '.join(names) or 'none'} not found: install g++ (or set CXX), or drop --compile")

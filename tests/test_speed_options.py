@@ -97,3 +97,17 @@ def test_a_compiled_channels_last_run_resumes_bit_identically(tiny_corpus):
     weights = [load_file(str(runs / name / "backbone.safetensors")) for name in ("fast-whole", "fast-split")]
     assert weights[0].keys() == weights[1].keys() and all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     assert [r["loss"] for r in metrics(workspace, "fast-split")] == [r["loss"] for r in metrics(workspace, "fast-whole")]
+
+
+def test_compile_without_a_cpu_compiler_is_one_line_before_a_run_folder(tiny_corpus, capsys, monkeypatch):
+    from torch._inductor import config as inductor_config
+
+    workspace, corpus_id = tiny_corpus
+    monkeypatch.delenv("TORCH_INDUCTOR_INSTALL_GXX", raising=False)
+    monkeypatch.setattr(inductor_config.cpp, "cxx", (None, "no-such-c++"))
+    code = main(["pretrain", "--workspace", str(workspace), "--corpus", corpus_id, "--method", "simclr",
+                 "--image-size", "32", "--batch-size", "16", "--epochs", "1", "--compile", "--name", "no-cxx"])
+    err = capsys.readouterr().err
+    assert code == 2 and "no-such-c++ not found" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (workspace / "runs" / "no-cxx").exists()

@@ -172,6 +172,7 @@ def run_pretraining(req: PretrainRequest, progress: Progress | None = None) -> P
     from medssl_bench.harness.corpus import resolve_corpus
     from medssl_bench.harness.packed_reader import packed_for_run
     from medssl_bench.harness.data import balances_datasets, epoch_shares
+    from medssl_bench.harness.backbones import check_compile
     from medssl_bench.harness.engine import check_sync_bn, init_distributed, is_main_process, world_size
     from medssl_bench.harness.provenance import code_version, host_info, package_versions
     from medssl_bench.methods import get_method
@@ -212,6 +213,7 @@ def run_pretraining(req: PretrainRequest, progress: Progress | None = None) -> P
         raise UserError(f"--batch-size {cfg['batch_size']} must divide evenly over {world_size()} processes")
     method_cls.check_config(cfg, world_size())
     check_sync_bn(cfg)
+    check_compile(cfg)
 
     if cfg["init"] and cfg["init"] != INIT_NONE:
         cfg["init"] = str(Path(cfg["init"]).resolve())
