@@ -142,12 +142,10 @@ if status == "pass" and Path(path).is_file():
         line += (f"  bench/lightly {d['ratio_bench_over_lightly_recipe']:.2f}, bench/same computation"
                  f" {d['ratio_bench_over_bare_same_computation']:.2f}; img/s "
                  + " ".join(f"{m} {v['images_per_s']:.0f}" for m, v in d["methods"].items()))
-    elif kind == "speed_options":
-        line += "  img/s over default: " + "; ".join(m + " " + " ".join(f"{k} {v:.2f}" for k, v in r["ratio_over_default"].items()
-                                                                 if k != "default") for m, r in d["methods"].items())
-    elif kind == "loader_overhead":
-        line += "  / premade: " + "; ".join(m + " " + " ".join(f"{k} {v:.2f}" for k, v in r["ratio_over_premade"].items()
-                                                            if k != "premade") for m, r in d["methods"].items())
+    elif kind in ("speed_options", "loader_overhead"):  # images/s of each setting or source over the reference's
+        ref = "default" if kind == "speed_options" else "premade"
+        line += f"  img/s over {ref}: " + "; ".join(m + " " + " ".join(f"{k} {v:.2f}" for k, v in r[f"ratio_over_{ref}"].items()
+                                                                     if k != ref) for m, r in d["methods"].items())
     else:
         batch = next(k for k in next(iter(d["methods"].values())) if k.startswith("device_side_ms_per_batch"))
         line += f"  device path ms/img (packed) | {batch.rsplit('_', 1)[1]}-batch ms on the device: " + " ".join(
