@@ -6,7 +6,10 @@ in interleaved rounds, from:
 - `files`: the corpus's source files, views made in the loader workers (the path without a pack);
 - `packed`: the packed copy (`bench corpus pack`), views made in the loader workers;
 - `packed_device`: the packed copy, views made on the device (`--augment device`; here the CPU).
-The figure is images/s of each path over images/s of `premade` (goal: >= 0.95 at the quick settings).
+The figure is images/s of each path over images/s of `premade` (goal: >= 0.95 at the quick settings): over the
+medians of all rounds (`ratio_over_premade`), and per round against that round's premade step
+(`ratio_over_premade_by_round`: median, min, max), which a shared machine's drift in speed between rounds
+leaves out.
 
     .venv/bin/python benchmarks/loader_overhead.py [--method simclr] [--images 512] [--rounds 3]
     python benchmarks/loader_overhead.py --device cuda --backbone resnet50 --image-size 224 --batch-size 256 \
@@ -176,13 +179,18 @@ def measure(method: str, overrides: dict, all_entries: list, packed, n_steps: in
     sources = {name: sources[name] for name in args.sources.split(",")}
     times: dict[str, list[float]] = {name: [] for name in sources}
     used: dict[str, list[dict]] = {name: [] for name in sources}
+    rounds: dict[str, list[float]] = {name: [] for name in sources}  # each round's median step
     for _ in range(args.rounds):
         for name, make in sources.items():
             use_cfg, use_plan = (device_cfg, plan) if name == "packed_device" else (cfg, None)
             steps, cpu = timed_steps(method, use_cfg, make(), args.device, use_plan, args.warmup)
             times[name] += steps[args.warmup:]
+            rounds[name].append(statistics.median(steps[args.warmup:]))
             used[name].append(cpu)
     median = {name: statistics.median(t) for name, t in times.items()}
+    # a source against the premade step of its own round (minutes apart at most): drift of a shared machine's
+    # speed between rounds cancels in these, not in the ratio of medians over all rounds
+    paired = {name: [p / s for p, s in zip(rounds["premade"], r)] for name, r in rounds.items()}
     total = lambda rs, key: sum(r[key] for r in rs)  # noqa: E731
     cpu = {name: {"cores_busy": round((total(rs, "training_process_cpu_s") + total(rs, "loader_workers_cpu_s"))
                                       / total(rs, "wall_s"), 2),
@@ -192,6 +200,9 @@ def measure(method: str, overrides: dict, all_entries: list, packed, n_steps: in
     return {"config": {k: cfg[k] for k in ("backbone", "image_size", "batch_size", "amp")},
             "median_step_s": median, "images_per_s": {n: cfg["batch_size"] / m for n, m in median.items()},
             "ratio_over_premade": {n: median["premade"] / m for n, m in median.items()},
+            "median_step_s_per_round": rounds,
+            "ratio_over_premade_by_round": {n: {"median": statistics.median(r), "min": min(r), "max": max(r)}
+                                            for n, r in paired.items()},
             "cpu_over_timed_steps": cpu}
 
 
