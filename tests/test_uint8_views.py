@@ -46,12 +46,14 @@ def test_cpu_views_do_not_depend_on_workers_and_leave_the_main_processs_rngs_alo
 
     from medssl_bench.harness.data import collate_views
 
-    cls = get_method("dino")  # lightly's blur draws from numpy, the crops from torch, lightly's solarize from random
+    cls = get_method("dino")  # its crops draw from torch, lightly's blur and solarisation from numpy
     transform, n_images = build_transform(cls, resolve_config(cls, "quick", {"image_size": 64}, {}))
     dataset = ViewsDataset([textured(70 + 5 * k, 90, k) for k in range(6)], transform, seed=4, loader=lambda e: e,
                            n_image_views=n_images)
     keys = [(2, k) for k in (4, 1, 5, 0, 3, 2)]
-    torch.manual_seed(1), random.seed(1), np.random.seed(1)
+    torch.manual_seed(1)
+    random.seed(1)
+    np.random.seed(1)
     states = torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy()
     in_main = [collate_views([dataset[key] for key in keys[at:at + 3]]) for at in (0, 3)]
     assert torch.equal(torch.get_rng_state(), states[0]) and random.getstate() == states[1]
