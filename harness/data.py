@@ -208,7 +208,8 @@ def ship_views(views: list[torch.Tensor], n_image_views: int | None) -> list[tor
 class Uint8Pixels:
     """lightly's ToTensor at the end of a view, for views that travel as uint8: a PIL image straight to its
     (C, H, W) uint8 pixels (torchvision's pil_to_tensor), the values ToTensor then `to_uint8` give, without the
-    float round trip (0.3 ms of a 64 px SimCLR sample's 1.8, 0.5 of 8.9 at 224 px). Anything else goes to ToTensor."""
+    float round trip (SimCLR: 0.3 ms of 1.8 a sample at 64 px, 0.9 of 10 at 224 px; benchmarks/worker_share.py).
+    Anything else goes to ToTensor."""
 
     def __init__(self, to_tensor: Callable):
         self.to_tensor = to_tensor
